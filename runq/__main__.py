@@ -1,0 +1,3 @@
+from runq.cli import main
+
+main()

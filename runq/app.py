@@ -1,0 +1,245 @@
+"""The App: the one object a user holds. It owns the settings, the broker and the task registry."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar, overload
+
+from runq.brokers import Broker, connect
+from runq.handles import Handle
+from runq.models import Message, Stats, Status, TaskInfo, WorkerInfo, new_task_id, queue_of
+from runq.settings import Settings
+from runq.tasks import Options, Signature, Task
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class App:
+    """``runq.App(url)``: URL → broker, the tasks it knows, and the producer/inspection API.
+
+    The broker connects lazily, so importing a module that builds an App costs nothing
+    and a worker process can import the same module its producers use.
+    """
+
+    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env(url=url)
+        self.tasks: dict[str, Task[Any, Any]] = {}
+        self._broker: Broker | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<runq.App {self.settings.url}>"
+
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            with self._lock:
+                if self._broker is None:
+                    self._broker = connect(self.settings.url, self.settings.connect_timeout)
+        return self._broker
+
+    def close(self) -> None:
+        with self._lock:
+            if self._broker is not None:
+                self._broker.close()
+                self._broker = None
+
+    # -- registering ------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self, *, name: str | None = None, retry_for: Iterable[type[BaseException]] = (), **options: Any
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(
+        self,
+        fn: Callable[P, R] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry_for: Iterable[type[BaseException]] = (),
+        **options: Any,
+    ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
+        """Register a function (sync or ``async def``) as a task: ``@app.task`` or ``@app.task(...)``.
+
+        ``retry_for`` limits retries to those exception types; anything else fails at
+        once. Without it every exception is retried (``retries`` times).
+        """
+        defaults = Options.build(options)
+        retry_types = tuple(retry_for)
+        for kind in retry_types:
+            if not (isinstance(kind, type) and issubclass(kind, BaseException)):
+                raise TypeError(f"retry_for must hold exception classes, got {kind!r}")
+
+        def register(func: Callable[P, R]) -> Task[P, R]:
+            task_name = name or default_task_name(func)
+            if task_name in self.tasks and self.tasks[task_name].fn is not func:
+                raise ValueError(f"a different task is already registered as {task_name!r}")
+            task = Task(self, func, task_name, defaults, retry_types)
+            self.tasks[task_name] = task
+            return task
+
+        return register(fn) if fn is not None else register
+
+    # -- producing --------------------------------------------------------------
+
+    def enqueue(
+        self,
+        name: str,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Handle[Any]:
+        """Enqueue a task by name; the task need not be importable here."""
+        message = self.message(name, args, kwargs, Options.build(options))
+        [task_id] = self.broker.enqueue([message], self.settings.key_ttl)
+        return Handle(self, task_id)
+
+    def enqueue_many(self, signatures: Iterable[Signature]) -> list[Handle[Any]]:
+        """Enqueue a batch in one broker round trip; all or nothing."""
+        messages = []
+        for signature in signatures:
+            if not isinstance(signature, Signature):
+                raise TypeError(f"enqueue_many takes signatures (task.s(...)), got {type(signature).__name__}")
+            messages.append(self.message(signature.name, signature.args, signature.kwargs, signature.opts))
+        if not messages:
+            return []
+        return [Handle(self, task_id) for task_id in self.broker.enqueue(messages, self.settings.key_ttl)]
+
+    def message(
+        self, name: str, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None, call: Options
+    ) -> Message:
+        """Validate one call against the task's defaults and the settings; build its Message."""
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"task name must be a non-empty string, got {name!r}")
+        task = self.tasks.get(name)
+        opts = (task.defaults if task else Options()).merge(call)
+        args_list = list(args or ())
+        kwargs_dict = dict(kwargs or {})
+        for key in kwargs_dict:
+            if not isinstance(key, str):
+                raise TypeError(f"keyword argument names must be strings, got {key!r}")
+        delay = opts.delay or 0.0
+        if opts.eta is not None:
+            delay = max(0.0, (opts.eta - datetime.now(timezone.utc)).total_seconds())
+        queue = opts.queue or "default"
+        message = Message(
+            id=new_task_id(queue),
+            name=name,
+            queue=queue,
+            args=args_list,
+            kwargs=kwargs_dict,
+            priority=opts.priority or 0,
+            delay=delay,
+            key=opts.key,
+            retries=3 if opts.retries is None else opts.retries,
+            backoff=2.0 if opts.backoff is None else opts.backoff,
+            backoff_max=3600.0 if opts.backoff_max is None else opts.backoff_max,
+            jitter=True if opts.jitter is None else opts.jitter,
+            timeout=opts.timeout,
+            result_ttl=opts.result_ttl or self.settings.result_ttl,
+            after=opts.after or (),
+        )
+        size = len(check_json(args_list, kwargs_dict).encode())
+        if size > self.settings.max_payload:
+            raise ValueError(f"task payload is {size} bytes, over max_payload ({self.settings.max_payload} bytes)")
+        return message
+
+    # -- inspecting and steering ------------------------------------------------
+
+    def handle(self, task_id: str) -> Handle[Any]:
+        queue_of(task_id)
+        return Handle(self, task_id)
+
+    def info(self, task_id: str) -> TaskInfo | None:
+        return self.broker.get(task_id)
+
+    def cancel(self, task_id: str) -> bool:
+        return self.broker.cancel(task_id)
+
+    def retry(self, task_id: str) -> bool:
+        """Put a failed (or cancelled) task back to pending with its attempts reset."""
+        return self.broker.retry(task_id)
+
+    def list(self, status: Status | str | None = None, queue: str | None = None, limit: int = 20) -> list[TaskInfo]:
+        return self.broker.list(_status(status), queue, limit)
+
+    def purge(self, status: Status | str | None = Status.FAILED, queue: str | None = None) -> int:
+        """Delete tasks in ``status`` (default the dead-letter set); ``None``: every final task."""
+        return self.broker.purge(_status(status), queue)
+
+    def stats(self) -> Stats:
+        return self.broker.stats()
+
+    def workers(self) -> list[WorkerInfo]:
+        return self.broker.workers()
+
+    def wait_idle(self, timeout: float = 60.0) -> bool:
+        """Block until no task is pending, scheduled or running (for scripts and demos)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            queues = self.stats().queues.values()
+            if not any(q.pending or q.scheduled or q.running or q.waiting for q in queues):
+                return True
+            time.sleep(0.05)
+        return False
+
+
+def _status(status: Status | str | None) -> Status | None:
+    if status is None or isinstance(status, Status):
+        return status
+    try:
+        return Status(status)
+    except ValueError:
+        valid = ", ".join(s.value for s in Status)
+        raise ValueError(f"unknown status {status!r}; valid: {valid}") from None
+
+
+def check_json(args: list[Any], kwargs: dict[str, Any]) -> str:
+    """The JSON text of a call's arguments; ``TypeError`` naming the first bad value's type."""
+    try:
+        return json.dumps([args, kwargs], separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"task arguments must be JSON-serialisable: {exc}") from None
+
+
+def default_task_name(fn: Callable[..., Any]) -> str:
+    """``module.qualname``; a script run as ``__main__`` uses its importable name instead."""
+    module = fn.__module__
+    if module == "__main__":
+        main = sys.modules.get("__main__")
+        spec = getattr(main, "__spec__", None)
+        if spec is not None and spec.name:
+            module = spec.name
+        elif main is not None and getattr(main, "__file__", None):
+            module = Path(str(main.__file__)).stem
+    return f"{module}.{fn.__qualname__}"
+
+
+def load_app(path: str) -> App:
+    """Import ``module:attribute`` (the current directory is importable, as for ``python -m``)."""
+    module_name, sep, attribute = path.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(f"APP must look like 'module:attribute', got {path!r}")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    module = importlib.import_module(module_name)
+    try:
+        app = getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not isinstance(app, App):
+        raise TypeError(f"{path} is a {type(app).__name__}, not a runq.App")
+    return app

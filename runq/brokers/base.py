@@ -1,0 +1,144 @@
+"""The one interface between runq and a storage engine.
+
+The app, the worker, the CLI and the dashboard speak only to :class:`Broker`.
+Every method is a small, atomic state change or read; policy (back-off times,
+whether an error is retryable, how many attempts a task gets) is decided in
+Python and passed in, so the SQLite transactions and the Redis Lua scripts stay
+small and mean the same thing. Methods work on batches where a hot path would
+otherwise pay one round trip per task: ``enqueue``, ``claim`` and ``settle``.
+
+Timestamps are the broker's clock (seconds since the epoch); callers pass
+durations, never absolute times, so workers with skewed clocks agree.
+
+Each method is named after its Redis Lua twin (``lua/<name>.lua``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from runq.models import Claim, Message, Outcome, Stats, Status, TaskInfo, WorkerInfo
+
+
+class Broker(ABC):
+    """A task store with leases, fencing tokens and a dead-letter set.
+
+    Implementations must be safe to use from several threads of one process
+    (the worker claims, settles and renews from different threads) and from
+    many processes at once.
+    """
+
+    url: str
+
+    # -- producing --------------------------------------------------------------
+
+    @abstractmethod
+    def enqueue(self, messages: Sequence[Message], key_ttl: float) -> list[str]:
+        """Store all messages atomically, in one round trip; return the ids in order.
+
+        A message whose idempotency ``key`` is already held in its queue (for at most
+        ``key_ttl`` seconds, and only while that task exists) is not stored: its slot in
+        the result holds the existing task's id. Messages with ``delay > 0`` become
+        ``scheduled``, the others ``pending``. Raises ``BrokerUnavailable``.
+        """
+
+    # -- consuming --------------------------------------------------------------
+
+    @abstractmethod
+    def claim(self, queues: Sequence[str], worker_id: str, limit: int, lease: float) -> list[Claim]:
+        """Take up to ``limit`` ready tasks, earlier queues first, for ``lease`` seconds.
+
+        Within a queue: higher priority first, then the order tasks became ready.
+        In the same atomic step the broker promotes due ``scheduled`` tasks and
+        reclaims expired leases of these queues: an expired task goes back to
+        ``pending`` (error ``WorkerLost``), or to ``failed`` when it has used all its
+        attempts. Each claim increments ``attempts`` and gets a new fencing token.
+        """
+
+    @abstractmethod
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Block until a task may be ready in ``queues`` or ``timeout`` passes.
+
+        Spurious wake-ups are allowed; busy polling is not. A scheduled task's due
+        time counts as work: the wait ends by then.
+        """
+
+    @abstractmethod
+    def renew(self, claims: Sequence[Claim], lease: float) -> list[bool]:
+        """Extend the leases of running claims; ``False`` where the claim is no longer held.
+
+        A claim is no longer held when the task was cancelled or its lease expired
+        and another worker took it: the worker must stop that run and drop its result.
+        """
+
+    @abstractmethod
+    def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        """Apply outcomes in one round trip; ``False`` where the fencing token is stale.
+
+        ``succeeded`` stores the result for ``result_ttl``; ``retry`` schedules the
+        task ``delay`` seconds from now; ``failed`` moves it to the dead-letter set
+        (kept until purged); ``release`` returns it to ``pending``.
+        """
+
+    # -- inspecting and steering ------------------------------------------------
+
+    @abstractmethod
+    def get(self, task_id: str) -> TaskInfo | None:
+        """The task's current state, or ``None`` when it does not exist (any more)."""
+
+    @abstractmethod
+    def wait(self, task_id: str, timeout: float) -> TaskInfo | None:
+        """Block until the task is final (or ``timeout`` passes); return its state.
+
+        Returns ``None`` when the task does not exist. Waits on a notification where
+        the broker has one; never a busy loop.
+        """
+
+    @abstractmethod
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task that is not final yet; ``False`` when it was already final or unknown.
+
+        A running task becomes ``cancelled`` at once; its worker learns on its next
+        ``renew`` and stops it, and its late outcome is rejected.
+        """
+
+    @abstractmethod
+    def retry(self, task_id: str) -> bool:
+        """Put a ``failed`` or ``cancelled`` task back to ``pending`` with its attempts reset."""
+
+    @abstractmethod
+    def list(self, status: Status | None, queue: str | None, limit: int) -> list[TaskInfo]:
+        """Tasks in a state (any state for ``None``), newest first, at most ``limit``."""
+
+    @abstractmethod
+    def purge(self, status: Status | None, queue: str | None) -> int:
+        """Delete tasks in a final state (``failed`` by default); running ones are never touched."""
+
+    @abstractmethod
+    def stats(self) -> Stats:
+        """Counts per queue and state, counters, and latency over the last five minutes."""
+
+    # -- workers ----------------------------------------------------------------
+
+    @abstractmethod
+    def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
+        """Publish a worker's state; it drops out of :meth:`workers` after ``ttl`` seconds."""
+
+    @abstractmethod
+    def unregister(self, worker_id: str) -> None:
+        """Remove a worker at a clean shutdown."""
+
+    @abstractmethod
+    def workers(self) -> list[WorkerInfo]:
+        """Workers whose heartbeat is still live."""
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Check the connection; raises ``BrokerUnavailable``."""
+        self.stats()
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the broker must not be used afterwards."""

@@ -1,0 +1,52 @@
+-- runq's SQLite schema. One row per task; `seq` (the rowid) is the FIFO tie-break.
+-- Partial indexes keep each hot query (claim, promote, reclaim) an index range scan.
+
+CREATE TABLE IF NOT EXISTS runq_tasks (
+    seq            INTEGER PRIMARY KEY,
+    id             TEXT    NOT NULL UNIQUE,
+    queue          TEXT    NOT NULL,
+    name           TEXT    NOT NULL,
+    status         TEXT    NOT NULL,
+    priority       INTEGER NOT NULL,
+    ready_at       REAL    NOT NULL,  -- when it became (or becomes) ready to run
+    payload        TEXT    NOT NULL,  -- the JSON Message, kept verbatim
+    retries        INTEGER NOT NULL,
+    attempts       INTEGER NOT NULL DEFAULT 0,
+    key            TEXT,              -- idempotency key, unique per queue while held
+    key_expires_at REAL,
+    token          TEXT,              -- fencing token of the current claim
+    lease_until    REAL,
+    worker         TEXT,
+    result         TEXT,              -- JSON
+    error          TEXT,              -- JSON {type, message, traceback}
+    result_ttl     REAL    NOT NULL,
+    enqueued_at    REAL    NOT NULL,
+    started_at     REAL,
+    finished_at    REAL,
+    expires_at     REAL               -- deleted after this; NULL keeps it (failed tasks)
+);
+
+CREATE INDEX IF NOT EXISTS runq_ready ON runq_tasks (queue, priority DESC, ready_at, seq)
+    WHERE status = 'pending';
+CREATE INDEX IF NOT EXISTS runq_due ON runq_tasks (queue, ready_at)
+    WHERE status = 'scheduled';
+CREATE INDEX IF NOT EXISTS runq_leases ON runq_tasks (queue, lease_until)
+    WHERE status = 'running';
+CREATE INDEX IF NOT EXISTS runq_by_status ON runq_tasks (status, queue, seq);
+CREATE INDEX IF NOT EXISTS runq_expiry ON runq_tasks (expires_at)
+    WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS runq_finished ON runq_tasks (finished_at)
+    WHERE finished_at IS NOT NULL;
+CREATE UNIQUE INDEX IF NOT EXISTS runq_keys ON runq_tasks (queue, key)
+    WHERE key IS NOT NULL;
+
+CREATE TABLE IF NOT EXISTS runq_counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS runq_workers (
+    id         TEXT PRIMARY KEY,
+    info       TEXT NOT NULL,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;

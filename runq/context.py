@@ -1,0 +1,36 @@
+"""``runq.current()``: what a running task knows about itself.
+
+A ContextVar (not a thread-local) so that it is right in threads, in child
+processes and in concurrently running coroutines of the async pool alike.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TaskContext:
+    id: str
+    name: str
+    queue: str
+    attempt: int
+    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the task was cancelled: a thread-pool task should return soon."""
+        return self._cancel.is_set()
+
+
+_current: ContextVar[TaskContext | None] = ContextVar("runq_current", default=None)
+
+
+def current() -> TaskContext:
+    """The task running in this context; ``RuntimeError`` outside a task."""
+    context = _current.get()
+    if context is None:
+        raise RuntimeError("runq.current() is only available inside a running task")
+    return context

@@ -1,0 +1,68 @@
+"""Every error runq raises, in one tree.
+
+    RunqError
+    ├── BrokerUnavailable      the broker could not be reached within connect_timeout
+    ├── TaskFailed             result() of a task that ended `failed`
+    ├── TaskCancelled          result() of a task that ended `cancelled`
+    ├── TaskNotFound           an id the broker does not know (expired, purged or never existed)
+    └── Retry                  raised *inside* a task to ask for another attempt
+
+    TimeoutError (the builtin) is raised by Handle.result() when the wait runs out,
+    and is the error type recorded for an attempt killed by its hard timeout.
+
+Errors recorded on a task (``TaskInfo.error["type"]``) that are not Python exceptions
+of the task itself: ``WorkerLost`` (the lease expired: the worker died or stalled),
+``UnknownTask`` (no task of that name at the worker), ``MalformedMessage`` (a payload
+that is not valid runq JSON; the raw text is kept) and ``TimeoutError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RunqError(Exception):
+    """Base class of every runq error, so callers can catch runq's failures in one place."""
+
+
+class BrokerUnavailable(RunqError):
+    """The broker did not answer within ``connect_timeout``; nothing was enqueued."""
+
+
+class TaskNotFound(RunqError, LookupError):
+    """No task with this id exists (it may have expired after ``result_ttl`` or been purged)."""
+
+
+class TaskFailed(RunqError):
+    """The task ended ``failed``; carries the remote error's type, message and traceback."""
+
+    def __init__(self, task_id: str, error: dict[str, Any] | None) -> None:
+        error = error or {}
+        self.task_id = task_id
+        self.type: str = str(error.get("type", "Error"))
+        self.message: str = str(error.get("message", ""))
+        self.traceback: str | None = error.get("traceback")
+        super().__init__(f"task {task_id} failed: {self.type}: {self.message}")
+
+
+class TaskCancelled(RunqError):
+    """The task ended ``cancelled`` (by a user, or because a workflow step before it failed)."""
+
+    def __init__(self, task_id: str, reason: str | None = None) -> None:
+        self.task_id = task_id
+        self.reason = reason
+        super().__init__(f"task {task_id} was cancelled" + (f": {reason}" if reason else ""))
+
+
+class Retry(RunqError):
+    """Raise inside a task to run it again after ``delay`` seconds (default: the back-off).
+
+    The retry counts as an attempt; once ``retries`` are used up the task fails.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        if delay is not None and delay < 0:
+            raise ValueError(f"Retry delay must be >= 0, got {delay!r}")
+        self.delay = delay
+        self.reason = reason
+        super().__init__(reason or (f"retry in {delay}s" if delay is not None else "retry"))

@@ -1,0 +1,77 @@
+"""Handles: a producer's view of one enqueued task, by id.
+
+A handle holds nothing but the id and the app, so it can be rebuilt anywhere
+with ``app.handle(task_id)``; every call asks the broker afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from runq.errors import TaskCancelled, TaskFailed, TaskNotFound
+from runq.models import Status, TaskInfo
+
+if TYPE_CHECKING:
+    from runq.app import App
+
+R = TypeVar("R")
+_FOREVER_SLICE = 3600.0
+
+
+class Handle(Generic[R]):
+    def __init__(self, app: App, task_id: str) -> None:
+        self.app = app
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"<runq.Handle {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Handle) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def info(self) -> TaskInfo | None:
+        return self.app.broker.get(self.id)
+
+    def status(self) -> Status:
+        info = self.info()
+        if info is None:
+            raise TaskNotFound(self.id)
+        return info.status
+
+    def cancel(self) -> bool:
+        return self.app.broker.cancel(self.id)
+
+    def result(self, timeout: float | None = None) -> R:
+        """Block until the task is final and return its value.
+
+        Raises ``TaskFailed`` (with the remote error), ``TaskCancelled``,
+        ``TaskNotFound``, or ``TimeoutError`` when ``timeout`` seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = _FOREVER_SLICE if deadline is None else max(0.0, deadline - time.monotonic())
+            info = self.app.broker.wait(self.id, remaining)
+            if info is None:
+                raise TaskNotFound(self.id)
+            if info.status.final:
+                return cast(R, result_of(info))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"task {self.id} is still {info.status.value} after {timeout}s")
+
+    async def aresult(self, timeout: float | None = None) -> R:
+        """``result()`` for asyncio code: the blocking wait runs in a thread."""
+        return await asyncio.to_thread(self.result, timeout)
+
+
+def result_of(info: TaskInfo) -> Any:
+    """The value of a finished task, raising as ``Handle.result`` does."""
+    if info.status is Status.FAILED:
+        raise TaskFailed(info.id, info.error)
+    if info.status is Status.CANCELLED:
+        raise TaskCancelled(info.id, (info.error or {}).get("message"))
+    return info.result

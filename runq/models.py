@@ -1,0 +1,302 @@
+"""Pure data shared by the app, the brokers and the worker: no I/O here.
+
+A task travels as a :class:`Message` (JSON, never pickle). The broker keeps it as
+an opaque payload next to the few fields it needs to order and expire tasks, and
+hands it back inside a :class:`Claim`. The worker reports what happened as an
+:class:`Outcome`; the broker accepts it only if the claim's fencing token still
+matches, so a worker that stalled past its lease cannot overwrite a newer attempt.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+class Status(str, enum.Enum):
+    """Where a task is in its lifecycle (SPEC §3)."""
+
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    WAITING = "waiting"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def final(self) -> bool:
+        return self in FINAL_STATUSES
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINAL_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
+
+
+def check_queue_name(queue: str) -> str:
+    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
+        raise ValueError(
+            f"invalid queue name {queue!r}: use 1-64 characters from A-Z a-z 0-9 _ . -"
+        )
+    return queue
+
+
+def new_task_id(queue: str) -> str:
+    """A URL-safe id that carries its queue: ``<queue>.<26-char ULID>``.
+
+    Carrying the queue lets a Redis Cluster broker find the task's hash slot from
+    the id alone (see docs/architecture.md). The ULID part sorts by creation time.
+    """
+    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
+    chars = []
+    for _ in range(26):
+        chars.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return f"{queue}.{''.join(reversed(chars))}"
+
+
+def queue_of(task_id: str) -> str:
+    """The queue a task id belongs to; ``ValueError`` for a string that is not a runq id."""
+    queue, sep, ulid = task_id.rpartition(".")
+    if not sep or len(ulid) != 26 or not QUEUE_NAME.match(queue):
+        raise ValueError(f"not a runq task id: {task_id!r}")
+    return queue
+
+
+def to_datetime(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One task as enqueued: everything a worker needs to run it and apply its policy."""
+
+    id: str
+    name: str
+    queue: str
+    args: list[Any] = field(default_factory=list)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    delay: float = 0.0
+    key: str | None = None
+    retries: int = 3
+    backoff: float = 2.0
+    backoff_max: float = 3600.0
+    jitter: bool = True
+    timeout: float | None = None
+    result_ttl: float = 86400.0
+    after: tuple[str, ...] = ()
+
+    def encode(self) -> str:
+        data = asdict(self)
+        data["after"] = list(self.after)
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> Message:
+        """Parse a payload; raises ``ValueError`` for anything that is not a runq message."""
+        try:
+            data = json.loads(raw)
+        except (TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise ValueError(f"payload is not JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError("payload is not a JSON object")
+        try:
+            message = cls(**{**data, "after": tuple(data.get("after", ()))})
+        except TypeError as exc:
+            raise ValueError(f"payload has wrong fields: {exc}") from None
+        if not isinstance(message.name, str) or not isinstance(message.args, list):
+            raise ValueError("payload has a bad name or args")
+        if not isinstance(message.kwargs, dict):
+            raise ValueError("payload kwargs is not an object")
+        return message
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A task handed to one worker: valid while ``token`` is the task's current fence."""
+
+    id: str
+    queue: str
+    payload: str
+    attempt: int
+    token: str
+
+
+OutcomeKind = Literal["succeeded", "retry", "failed", "release"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one claim, for :meth:`Broker.settle`.
+
+    ``retry`` waits ``delay`` seconds on the broker's clock. ``release`` puts a task
+    back as pending at once; ``uncount`` also gives back its attempt (for a task that
+    was claimed but never started).
+    """
+
+    id: str
+    token: str
+    kind: OutcomeKind
+    result: str | None = None
+    error: Mapping[str, Any] | None = None
+    delay: float = 0.0
+    result_ttl: float = 86400.0
+    uncount: bool = False
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    """A snapshot of one task, as returned by ``App.info`` and ``Handle.info``."""
+
+    id: str
+    name: str
+    queue: str
+    status: Status
+    priority: int
+    attempts: int
+    args: list[Any] | None
+    kwargs: dict[str, Any] | None
+    result: Any
+    error: dict[str, Any] | None
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+    key: str | None = None
+    eta: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (datetimes as ISO 8601) for the CLI and the HTTP API."""
+        data = asdict(self)
+        data["status"] = self.status.value
+        for name in ("enqueued_at", "started_at", "finished_at", "eta"):
+            value = data[name]
+            data[name] = value.isoformat() if value else None
+        return data
+
+
+def task_info(
+    record: Mapping[str, Any],
+) -> TaskInfo:
+    """Build a TaskInfo from a broker's flat record (same field names on every broker).
+
+    ``record`` has: id, queue, status, payload, attempts, result (JSON text or None),
+    error (JSON text or None), worker, and the float timestamps enqueued_at,
+    started_at, finished_at, ready_at.
+    """
+    payload = record["payload"]
+    try:
+        message: Message | None = Message.decode(payload)
+    except ValueError:
+        message = None
+    result_text = record.get("result")
+    error_text = record.get("error")
+    status = Status(record["status"])
+    ready_at = record.get("ready_at")
+    return TaskInfo(
+        id=record["id"],
+        name=message.name if message else str(record.get("name") or "?"),
+        queue=record["queue"],
+        status=status,
+        priority=message.priority if message else 0,
+        attempts=int(record.get("attempts") or 0),
+        args=message.args if message else None,
+        kwargs=message.kwargs if message else None,
+        result=json.loads(result_text) if result_text else None,
+        error=json.loads(error_text) if error_text else None,
+        enqueued_at=to_datetime(_float(record.get("enqueued_at"))),
+        started_at=to_datetime(_float(record.get("started_at"))),
+        finished_at=to_datetime(_float(record.get("finished_at"))),
+        worker=record.get("worker") or None,
+        key=message.key if message else None,
+        eta=to_datetime(_float(ready_at)) if status is Status.SCHEDULED else None,
+    )
+
+
+def _float(value: Any) -> float | None:
+    return None if value in (None, "") else float(value)
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    pending: int = 0
+    scheduled: int = 0
+    waiting: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    p50: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Percentiles:
+        if not samples:
+            return cls()
+        ordered = sorted(samples)
+
+        def pick(q: float) -> float:
+            return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+        return cls(pick(0.50), pick(0.95), pick(0.99))
+
+
+@dataclass(frozen=True)
+class Stats:
+    """``App.stats()``: counts per queue, lifetime counters, latency over the last 5 minutes."""
+
+    queues: dict[str, QueueStats]
+    counters: dict[str, int]
+    wait: Percentiles
+    run: Percentiles
+    throughput: float  # tasks finished per second over the last minute
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+COUNTERS = ("enqueued", "succeeded", "failed", "retried", "cancelled")
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A worker's heartbeat, as listed by ``App.workers()``."""
+
+    id: str
+    host: str
+    pid: int
+    queues: tuple[str, ...]
+    pool: str
+    concurrency: int
+    current: tuple[str, ...] = ()
+    counts: dict[str, int] = field(default_factory=dict)
+    started_at: float = 0.0
+    last_seen: float = 0.0
+
+    def encode(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def decode(cls, raw: str | bytes) -> WorkerInfo:
+        data = json.loads(raw)
+        data["queues"] = tuple(data["queues"])
+        data["current"] = tuple(data["current"])
+        return cls(**data)

@@ -1,0 +1,87 @@
+"""One frozen settings object: explicit arguments, else ``RUNQ_*`` variables, else defaults.
+
+Reading the environment in exactly one place keeps every other module free of
+``os.environ`` and makes a worker's effective configuration easy to print.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from runq.brokers import DEFAULT_URL
+
+POOLS = ("process", "thread", "async")
+LOG_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class Settings:
+    url: str = DEFAULT_URL
+    queues: tuple[str, ...] = ("default",)
+    concurrency: int = 0  # 0: the pool's own default (CPU count for process, 8 for thread, 100 for async)
+    pool: str = "process"
+    lease: float = 30.0
+    grace: float = 30.0
+    result_ttl: float = 86400.0
+    key_ttl: float = 86400.0
+    max_payload: int = 1024 * 1024
+    connect_timeout: float = 5.0
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log format must be text or json, got {self.log_format!r}")
+        if self.concurrency < 0:
+            raise ValueError(f"concurrency must be >= 0, got {self.concurrency}")
+        for name in ("lease", "result_ttl", "key_ttl", "connect_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.grace < 0:
+            raise ValueError(f"grace must be >= 0, got {self.grace}")
+        if self.max_payload <= 0:
+            raise ValueError(f"max_payload must be > 0, got {self.max_payload}")
+        if not self.queues:
+            raise ValueError("at least one queue is needed")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults ← ``RUNQ_<FIELD>`` variables ← ``overrides`` (``None`` values are ignored)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for spec in fields(cls):
+            raw = environ.get(f"RUNQ_{spec.name.upper()}")
+            if raw is not None and raw != "":
+                values[spec.name] = _parse(spec.name, raw)
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        if isinstance(values.get("queues"), str):
+            values["queues"] = _parse("queues", values["queues"])
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **{name: value for name, value in changes.items() if value is not None})
+
+    @property
+    def effective_concurrency(self) -> int:
+        if self.concurrency:
+            return self.concurrency
+        return {"process": os.cpu_count() or 2, "thread": 8, "async": 100}[self.pool]
+
+
+def _parse(name: str, raw: str) -> Any:
+    kind = {spec.name: spec.type for spec in fields(Settings)}[name]
+    try:
+        if name == "queues":
+            return tuple(q.strip() for q in raw.split(",") if q.strip())
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"RUNQ_{name.upper()}={raw!r} is not a valid {kind}") from None
+    return raw.lower() if name in ("pool", "log_format") else raw

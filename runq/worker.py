@@ -1,0 +1,326 @@
+"""The worker: claims tasks, hands them to a pool, settles their outcomes, keeps leases.
+
+Three threads share one table of in-flight claims, each with a single job:
+
+* the **claimer** takes as many tasks as there are free slots, in one broker call,
+  and blocks on the broker while there is nothing to do;
+* the **settler** turns finished runs into outcomes (retry policy lives here) and
+  settles everything that finished meanwhile in one broker call;
+* the **keeper** renews the leases of running tasks every half second, stops runs
+  whose claim is gone (cancelled, or taken over after a stall), and publishes the
+  heartbeat.
+
+Shutdown (SPEC §3): the first SIGTERM/SIGINT stops claiming and lets running tasks
+finish within ``grace``; the second, or the end of ``grace``, returns the tasks
+still running to their queue and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any, TypeVar
+
+from runq.app import App
+from runq.brokers import Broker, connect
+from runq.errors import BrokerUnavailable
+from runq.logs import mask_url
+from runq.models import Claim, Message, Outcome, WorkerInfo
+from runq.pools import Pool, create_pool
+from runq.runner import Job, RunResult
+from runq.settings import Settings
+from runq.tasks import backoff_delay
+
+log = logging.getLogger("runq.worker")
+T = TypeVar("T")
+
+RENEW_INTERVAL = 0.5
+HEARTBEAT_INTERVAL = 2.0
+HEARTBEAT_TTL = 10.0
+IDLE_WAIT = 1.0
+SETTLE_BATCH = 256
+MAX_BACKOFF = 5.0
+
+
+@dataclass
+class InFlight:
+    claim: Claim
+    message: Message | None
+    started: float
+    done: bool = False  # its outcome is waiting to be settled
+
+
+class Worker:
+    def __init__(self, app: App, app_path: str, settings: Settings | None = None) -> None:
+        self.app = app
+        self.settings = settings or app.settings
+        app.settings = self.settings  # tasks that enqueue from inside a task use the worker's broker
+        self.app_path = app_path
+        self.concurrency = self.settings.effective_concurrency
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.broker: Broker = connect(self.settings.url, self.settings.connect_timeout)
+        self.pool: Pool = create_pool(self.settings.pool, app, app_path, self.concurrency, self._finished)
+        self.counts: Counter[str] = Counter()
+        self.started_at = time.time()
+        self._inflight: dict[str, InFlight] = {}
+        self._cond = threading.Condition()
+        self._outcomes: queue.Queue[tuple[Outcome, InFlight] | None] = queue.Queue()
+        self._stopping = threading.Event()  # no more claims
+        self._forced = threading.Event()  # second signal: stop waiting for running tasks
+        self._halted = threading.Event()  # all threads end
+
+    # -- running ------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until a signal (or :meth:`stop`), then shut down cleanly; returns the exit code."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self.pool.start()
+        threads = [
+            threading.Thread(target=self._claim_loop, name="runq-claimer", daemon=True),
+            threading.Thread(target=self._settle_loop, name="runq-settler", daemon=True),
+            threading.Thread(target=self._keep_loop, name="runq-keeper", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        log.info(
+            "worker %s started: broker %s, queues %s, pool %s x%d",
+            self.id,
+            mask_url(self.settings.url),
+            ",".join(self.settings.queues),
+            self.settings.pool,
+            self.concurrency,
+        )
+        while not self._stopping.wait(0.2):
+            pass
+        threads[0].join()
+        self._drain()
+        self._outcomes.put(None)
+        threads[1].join()
+        self._halted.set()
+        threads[2].join()
+        self._try(lambda: self.broker.unregister(self.id))
+        self.broker.close()
+        log.info("worker %s stopped", self.id)
+        return 0
+
+    def stop(self, force: bool = False) -> None:
+        if force:
+            self._forced.set()
+        self._stopping.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        first = not self._stopping.is_set()
+        log.warning(
+            "%s: %s",
+            signal.Signals(signum).name,
+            f"finishing running tasks (up to {self.settings.grace}s); again to stop now"
+            if first
+            else "returning running tasks to the queue",
+        )
+        self.stop(force=not first)
+
+    def _drain(self) -> None:
+        """Wait for running tasks up to ``grace``; return the rest to their queue."""
+        deadline = time.monotonic() + self.settings.grace
+        with self._cond:
+            while self._inflight and not self._forced.is_set() and time.monotonic() < deadline:
+                self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            leftover = [entry for entry in self._inflight.values() if not entry.done]
+        if leftover:
+            self.pool.terminate()
+            log.warning("returning %d running task(s) to the queue", len(leftover))
+            releases = [Outcome(entry.claim.id, entry.claim.token, "release") for entry in leftover]
+            self._try(lambda: self.broker.settle(releases))
+        else:
+            self.pool.terminate()
+
+    # -- claiming -----------------------------------------------------------------
+
+    def _claim_loop(self) -> None:
+        queues = self.settings.queues
+        while not self._stopping.is_set():
+            with self._cond:
+                while len(self._inflight) >= self.concurrency and not self._stopping.is_set():
+                    self._cond.wait(1.0)
+                free = self.concurrency - len(self._inflight)
+            if self._stopping.is_set():
+                return
+            claims = self._retrying(lambda: self.broker.claim(queues, self.id, free, self.settings.lease))
+            if claims is None:
+                continue
+            if not claims:
+                if self._try(lambda: self.broker.wait_for_work(queues, IDLE_WAIT) or True) is None:
+                    self._stopping.wait(IDLE_WAIT)
+                continue
+            if self._stopping.is_set():  # claimed during shutdown: hand them straight back
+                releases = [Outcome(c.id, c.token, "release", uncount=True) for c in claims]
+                self._try(lambda: self.broker.settle(releases))
+                return
+            for claim in claims:
+                self._start(claim)
+
+    def _start(self, claim: Claim) -> None:
+        try:
+            message: Message | None = Message.decode(claim.payload)
+        except ValueError as exc:
+            message = None
+            error = {"type": "MalformedMessage", "message": str(exc), "raw": claim.payload}
+        entry = InFlight(claim, message, time.monotonic())
+        with self._cond:
+            self._inflight[claim.id] = entry
+        if message is None:
+            log.error("malformed message %s moved to failed", claim.id, extra={"task": {"id": claim.id}})
+            entry.done = True
+            self._outcomes.put((Outcome(claim.id, claim.token, "failed", error=error), entry))
+            return
+        log.debug("started", extra={"task": self._fields(entry)})
+        self.pool.submit(
+            Job(claim.id, message.name, claim.queue, claim.attempt, message.args, message.kwargs, message.timeout)
+        )
+
+    # -- settling -----------------------------------------------------------------
+
+    def _finished(self, job: Job, result: RunResult | None) -> None:
+        """Called by the pool when a run ends (``None``: stopped because its claim is gone)."""
+        with self._cond:
+            entry = self._inflight.get(job.id)
+        if entry is None or entry.message is None:
+            return
+        if result is None:
+            log.info("stopped (cancelled or taken over)", extra={"task": self._fields(entry)})
+            self._forget([entry])
+            return
+        with self._cond:
+            entry.done = True
+        self._outcomes.put((self.outcome(entry.claim, entry.message, result), entry))
+
+    @staticmethod
+    def outcome(claim: Claim, message: Message, result: RunResult) -> Outcome:
+        """The retry policy: what one attempt's result means for the task."""
+        if result.ok:
+            return Outcome(claim.id, claim.token, "succeeded", result=result.result, result_ttl=message.result_ttl)
+        if result.retryable and claim.attempt <= message.retries:
+            delay = result.retry_delay
+            if delay is None:
+                delay = backoff_delay(claim.attempt, message.backoff, message.backoff_max, message.jitter)
+            return Outcome(claim.id, claim.token, "retry", error=result.error, delay=delay)
+        return Outcome(claim.id, claim.token, "failed", error=result.error)
+
+    def _settle_loop(self) -> None:
+        while (item := self._outcomes.get()) is not None:
+            batch = [item]
+            while len(batch) < SETTLE_BATCH:
+                try:
+                    more = self._outcomes.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._outcomes.put(None)
+                    break
+                batch.append(more)
+            accepted = self._retrying(lambda: self.broker.settle([outcome for outcome, _ in batch]), forever=True)
+            for (outcome, entry), ok in zip(batch, accepted or [False] * len(batch)):
+                self._report(outcome, entry, ok)
+            self._forget([entry for _, entry in batch])
+
+    def _report(self, outcome: Outcome, entry: InFlight, accepted: bool) -> None:
+        fields = self._fields(entry)
+        if not accepted:
+            log.warning("late outcome rejected: the task was cancelled or taken over", extra={"task": fields})
+            self.counts["rejected"] += 1
+            return
+        event = {"succeeded": "succeeded", "retry": "retried", "failed": "failed"}.get(outcome.kind, outcome.kind)
+        self.counts[event] += 1
+        if outcome.error:
+            fields["error"] = f"{outcome.error.get('type')}: {outcome.error.get('message')}"
+        if outcome.kind == "retry":
+            fields["retry_in"] = round(outcome.delay, 3)
+        level = logging.WARNING if outcome.kind == "failed" else logging.INFO
+        log.log(level, event, extra={"task": fields})
+
+    def _forget(self, entries: list[InFlight]) -> None:
+        with self._cond:
+            for entry in entries:
+                self._inflight.pop(entry.claim.id, None)
+            self._cond.notify_all()
+
+    @staticmethod
+    def _fields(entry: InFlight) -> dict[str, Any]:
+        return {
+            "id": entry.claim.id,
+            "name": entry.message.name if entry.message else None,
+            "queue": entry.claim.queue,
+            "attempt": entry.claim.attempt,
+            "duration": round(time.monotonic() - entry.started, 6),
+        }
+
+    # -- leases and heartbeat -----------------------------------------------------
+
+    def _keep_loop(self) -> None:
+        next_heartbeat = 0.0
+        while not self._halted.wait(RENEW_INTERVAL):
+            with self._cond:
+                held_claims = [entry.claim for entry in self._inflight.values()]
+            if held_claims:
+                held = self._try(lambda: self.broker.renew(held_claims, self.settings.lease))
+                for claim, ok in zip(held_claims, held or []):
+                    if not ok:
+                        self.pool.cancel(claim.id)
+            if time.monotonic() >= next_heartbeat:
+                next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
+                self._try(lambda: self.broker.heartbeat(self.info(), HEARTBEAT_TTL))
+
+    def info(self) -> WorkerInfo:
+        with self._cond:
+            current = tuple(self._inflight)
+        return WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.settings.queues,
+            pool=self.settings.pool,
+            concurrency=self.concurrency,
+            current=current,
+            counts=dict(self.counts),
+            started_at=self.started_at,
+            last_seen=time.time(),
+        )
+
+    # -- broker outages -----------------------------------------------------------
+
+    def _try(self, call: Callable[[], T]) -> T | None:
+        """One attempt; a broker outage is logged, not raised (the caller's loop goes on)."""
+        try:
+            return call()
+        except (BrokerUnavailable, ConnectionError, OSError) as exc:
+            log.warning("broker unavailable: %s", exc)
+            return None
+
+    def _retrying(self, call: Callable[[], T], forever: bool = False) -> T | None:
+        """Call until the broker answers, backing off; gives up at shutdown unless ``forever``."""
+        pause = 0.1
+        while True:
+            result = self._try(call)
+            if result is not None:
+                return result
+            if self._forced.is_set() or (self._stopping.is_set() and not forever):
+                return None
+            if forever:
+                time.sleep(pause)
+            else:
+                self._stopping.wait(pause)
+            pause = min(MAX_BACKOFF, pause * 2)
