@@ -126,6 +126,7 @@ class SQLiteBroker(Broker):
 
     def enqueue(self, messages: Sequence[Message], key_ttl: float) -> list[str]:
         ids: list[str] = []
+        inserted = 0
         with self._write() as db:
             now = time.time()
             for message in messages:
@@ -155,7 +156,8 @@ class SQLiteBroker(Broker):
                     ),
                 )
                 ids.append(message.id)
-            self._count(db, "enqueued", len(messages))
+                inserted += 1
+            self._count(db, "enqueued", inserted)
         return ids
 
     @staticmethod

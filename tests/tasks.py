@@ -1,0 +1,89 @@
+"""Tasks the worker tests run in real worker processes (``runq worker tests.tasks:app``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import runq
+
+app = runq.App()  # RUNQ_URL comes from the test
+
+
+@app.task(name="add")
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@app.task(name="noop")
+def noop() -> None:
+    return None
+
+
+@app.task(name="echo")
+def echo(*args: Any, **kwargs: Any) -> Any:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task(name="sleep")
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+@app.task(name="async_sleep")
+async def async_sleep(seconds: float) -> float:
+    await asyncio.sleep(seconds)
+    return seconds
+
+
+@app.task(name="touch_then_sleep")
+def touch_then_sleep(path: str, seconds: float) -> str:
+    """Marks that it started (so a test can act mid-run), then works for ``seconds``."""
+    Path(path).write_text(str(os.getpid()))
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if runq.current().cancelled:
+            return "stopped"
+        time.sleep(0.01)
+    return "finished"
+
+
+@app.task(name="flaky", retries=3, backoff=0.01)
+def flaky(succeed_on: int) -> int:
+    attempt = runq.current().attempt
+    if attempt < succeed_on:
+        raise RuntimeError(f"attempt {attempt} fails")
+    return attempt
+
+
+@app.task(name="picky", retries=3, backoff=0.01, retry_for=(IOError,))
+def picky(kind: str) -> None:
+    raise (OSError if kind == "io" else ValueError)(kind)
+
+
+@app.task(name="ask_retry", retries=2)
+def ask_retry() -> int:
+    attempt = runq.current().attempt
+    if attempt < 2:
+        raise runq.Retry(delay=0.05)
+    return attempt
+
+
+@app.task(name="bad_result")
+def bad_result() -> object:
+    return object()
+
+
+@app.task(name="context")
+def context() -> dict[str, Any]:
+    info = runq.current()
+    return {"id": info.id, "name": info.name, "attempt": info.attempt}
+
+
+@app.task(name="crash", retries=1, backoff=0.01)
+def crash() -> None:
+    os._exit(13)
