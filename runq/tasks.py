@@ -104,9 +104,9 @@ class Options:
         """These options with every field that ``override`` sets replaced."""
         changes = {spec.name: getattr(override, spec.name) for spec in fields(override)}
         changes = {name: value for name, value in changes.items() if value is not None}
-        if "eta" in changes:
+        if override.eta is not None:
             changes["delay"] = None
-        if "delay" in changes:
+        if override.delay is not None:
             changes["eta"] = None
         return replace(self, **changes)
 

@@ -162,12 +162,13 @@ class SQLiteBroker(Broker):
 
     @staticmethod
     def _held_key(db: sqlite3.Connection, queue: str, key: str, now: float) -> str | None:
+        """The id holding ``key`` in ``queue``; an expired hold is released for the new task."""
         row = db.execute(
-            "SELECT id, key_expires_at FROM runq_tasks WHERE queue = ? AND key = ?", (queue, key)
+            "SELECT id, key_expires_at, expires_at FROM runq_tasks WHERE queue = ? AND key = ?", (queue, key)
         ).fetchone()
         if row is None:
             return None
-        if row["key_expires_at"] > now:
+        if row["key_expires_at"] > now and (row["expires_at"] is None or row["expires_at"] > now):
             return str(row["id"])
         db.execute("UPDATE runq_tasks SET key = NULL WHERE id = ?", (row["id"],))
         return None
@@ -318,7 +319,10 @@ class SQLiteBroker(Broker):
     # -- inspecting and steering --------------------------------------------------
 
     def get(self, task_id: str) -> TaskInfo | None:
-        row = self._read().execute(f"SELECT {_TASK_COLUMNS} FROM runq_tasks WHERE id = ?", (task_id,)).fetchone()
+        row = self._read().execute(
+            f"SELECT {_TASK_COLUMNS} FROM runq_tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
+            (task_id, time.time()),
+        ).fetchone()
         return task_info(dict(row)) if row else None
 
     def wait(self, task_id: str, timeout: float) -> TaskInfo | None:
@@ -359,7 +363,7 @@ class SQLiteBroker(Broker):
             return cursor.rowcount == 1
 
     def list(self, status: Status | None, queue: str | None, limit: int) -> list[TaskInfo]:
-        where, params = _filter(status, queue)
+        where, params = _filter(status, queue, time.time())
         rows = self._read().execute(
             f"SELECT {_TASK_COLUMNS} FROM runq_tasks {where} ORDER BY seq DESC LIMIT ?", (*params, limit)
         ).fetchall()
@@ -438,8 +442,13 @@ class SQLiteBroker(Broker):
         self._local = threading.local()
 
 
-def _filter(status: Status | None, queue: str | None) -> tuple[str, tuple[Any, ...]]:
-    clauses, params = [], []
+def _filter(status: Status | None, queue: str | None, now: float | None = None) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause; with ``now``, tasks past their expiry are left out."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if now is not None:
+        clauses.append("(expires_at IS NULL OR expires_at > ?)")
+        params.append(now)
     if status is not None:
         clauses.append("status = ?")
         params.append(status.value)
