@@ -91,10 +91,11 @@ class Message:
     priority: int = 0
     delay: float = 0.0
     key: str | None = None
-    retries: int = 3
-    backoff: float = 2.0
-    backoff_max: float = 3600.0
-    jitter: bool = True
+    # Retry policy set by the producer; None: the worker's task default applies.
+    retries: int | None = None
+    backoff: float | None = None
+    backoff_max: float | None = None
+    jitter: bool | None = None
     timeout: float | None = None
     result_ttl: float = 86400.0
     after: tuple[str, ...] = ()

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from runq.models import check_queue_name
+from runq.models import Message, check_queue_name
 
 if TYPE_CHECKING:
     from runq.app import App
@@ -122,6 +122,36 @@ def parse_rate_limit(text: str) -> tuple[float, float]:
     if not match or float(match.group(1)) <= 0:
         raise ValueError(f"rate_limit must look like '10/s', '100/m' or '1000/h', got {text!r}")
     return float(match.group(1)), {"s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The retry policy a worker applies to one message: the producer's explicit choice,
+    else the task's decorator default as registered at the worker, else runq's default.
+
+    Resolving at the worker means ``app.enqueue("name")`` from a producer that does not
+    import the task still gets the task's declared retries and timeout.
+    """
+
+    retries: int = 3
+    backoff: float = 2.0
+    backoff_max: float = 3600.0
+    jitter: bool = True
+    timeout: float | None = None
+
+    @classmethod
+    def resolve(cls, message: Message, task: Task[Any, Any] | None) -> Policy:
+        defaults = task.defaults if task else Options()
+        values: dict[str, Any] = {}
+        for name in ("retries", "backoff", "backoff_max", "jitter", "timeout"):
+            value = getattr(message, name)
+            value = getattr(defaults, name) if value is None else value
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+    def delay(self, retry: int) -> float:
+        return backoff_delay(retry, self.backoff, self.backoff_max, self.jitter)
 
 
 def backoff_delay(retry: int, backoff: float, backoff_max: float, jitter: bool) -> float:

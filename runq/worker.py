@@ -39,7 +39,7 @@ from runq.models import Claim, Message, Outcome, WorkerInfo
 from runq.pools import Pool, create_pool
 from runq.runner import Job, RunResult
 from runq.settings import Settings
-from runq.tasks import backoff_delay
+from runq.tasks import Policy
 
 log = logging.getLogger("runq.worker")
 T = TypeVar("T")
@@ -56,6 +56,7 @@ MAX_BACKOFF = 5.0
 class InFlight:
     claim: Claim
     message: Message | None
+    policy: Policy
     started: float
     done: bool = False  # its outcome is waiting to be settled
 
@@ -178,19 +179,29 @@ class Worker:
             message: Message | None = Message.decode(claim.payload)
         except ValueError as exc:
             message = None
-            error = {"type": "MalformedMessage", "message": str(exc), "raw": claim.payload}
-        entry = InFlight(claim, message, time.monotonic())
+            error: dict[str, Any] = {"type": "MalformedMessage", "message": str(exc), "raw": claim.payload}
+        policy = Policy.resolve(message, self.app.tasks.get(message.name)) if message else Policy()
+        entry = InFlight(claim, message, policy, time.monotonic())
         with self._cond:
             self._inflight[claim.id] = entry
         if message is None:
             log.error("malformed message %s moved to failed", claim.id, extra={"task": {"id": claim.id}})
-            entry.done = True
-            self._outcomes.put((Outcome(claim.id, claim.token, "failed", error=error), entry))
+            self._settle_now(entry, Outcome(claim.id, claim.token, "failed", error=error))
+            return
+        if claim.attempt > policy.retries + 1:  # every earlier run lost its worker: a poison pill
+            error = {"type": "WorkerLost", "message": f"gave up after {claim.attempt - 1} lost attempts"}
+            self._settle_now(entry, Outcome(claim.id, claim.token, "failed", error=error))
             return
         log.debug("started", extra={"task": self._fields(entry)})
         self.pool.submit(
-            Job(claim.id, message.name, claim.queue, claim.attempt, message.args, message.kwargs, message.timeout)
+            Job(claim.id, message.name, claim.queue, claim.attempt, message.args, message.kwargs, policy.timeout)
         )
+
+    def _settle_now(self, entry: InFlight, outcome: Outcome) -> None:
+        """Queue an outcome decided without running the task."""
+        with self._cond:
+            entry.done = True
+        self._outcomes.put((outcome, entry))
 
     # -- settling -----------------------------------------------------------------
 
@@ -204,19 +215,15 @@ class Worker:
             log.info("stopped (cancelled or taken over)", extra={"task": self._fields(entry)})
             self._forget([entry])
             return
-        with self._cond:
-            entry.done = True
-        self._outcomes.put((self.outcome(entry.claim, entry.message, result), entry))
+        self._settle_now(entry, self.outcome(entry.claim, entry.message, entry.policy, result))
 
     @staticmethod
-    def outcome(claim: Claim, message: Message, result: RunResult) -> Outcome:
-        """The retry policy: what one attempt's result means for the task."""
+    def outcome(claim: Claim, message: Message, policy: Policy, result: RunResult) -> Outcome:
+        """What one attempt's result means for the task."""
         if result.ok:
             return Outcome(claim.id, claim.token, "succeeded", result=result.result, result_ttl=message.result_ttl)
-        if result.retryable and claim.attempt <= message.retries:
-            delay = result.retry_delay
-            if delay is None:
-                delay = backoff_delay(claim.attempt, message.backoff, message.backoff_max, message.jitter)
+        if result.retryable and claim.attempt <= policy.retries:
+            delay = policy.delay(claim.attempt) if result.retry_delay is None else result.retry_delay
             return Outcome(claim.id, claim.token, "retry", error=result.error, delay=delay)
         return Outcome(claim.id, claim.token, "failed", error=result.error)
 

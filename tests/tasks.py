@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -87,3 +88,9 @@ def context() -> dict[str, Any]:
 @app.task(name="crash", retries=1, backoff=0.01)
 def crash() -> None:
     os._exit(13)
+
+
+@app.task(name="kill_worker", retries=1)
+def kill_worker() -> None:
+    """A poison pill: takes its whole worker down (run it in the thread pool)."""
+    os.kill(os.getpid(), signal.SIGKILL)

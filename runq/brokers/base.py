@@ -52,8 +52,9 @@ class Broker(ABC):
         Within a queue: higher priority first, then the order tasks became ready.
         In the same atomic step the broker promotes due ``scheduled`` tasks and
         reclaims expired leases of these queues: an expired task goes back to
-        ``pending`` (error ``WorkerLost``), or to ``failed`` when it has used all its
-        attempts. Each claim increments ``attempts`` and gets a new fencing token.
+        ``pending`` with error ``WorkerLost``, its lost run still counted, so the
+        worker fails a task whose ``attempt`` exceeds its policy (a poison pill).
+        Each claim increments ``attempts`` and gets a new fencing token.
         """
 
     @abstractmethod

@@ -10,7 +10,6 @@ CREATE TABLE IF NOT EXISTS runq_tasks (
     priority       INTEGER NOT NULL,
     ready_at       REAL    NOT NULL,  -- when it became (or becomes) ready to run
     payload        TEXT    NOT NULL,  -- the JSON Message, kept verbatim
-    retries        INTEGER NOT NULL,
     attempts       INTEGER NOT NULL DEFAULT 0,
     key            TEXT,              -- idempotency key, unique per queue while held
     key_expires_at REAL,

@@ -138,8 +138,8 @@ class SQLiteBroker(Broker):
                 delayed = message.delay > 0
                 db.execute(
                     "INSERT INTO runq_tasks (id, queue, name, status, priority, ready_at, payload,"
-                    " retries, key, key_expires_at, result_ttl, enqueued_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " key, key_expires_at, result_ttl, enqueued_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         message.id,
                         message.queue,
@@ -148,7 +148,6 @@ class SQLiteBroker(Broker):
                         message.priority,
                         now + message.delay if delayed else now,
                         message.encode(),
-                        message.retries,
                         message.key,
                         now + key_ttl if message.key is not None else None,
                         message.result_ttl,
@@ -210,28 +209,14 @@ class SQLiteBroker(Broker):
         return claims
 
     def _reclaim_expired(self, db: sqlite3.Connection, marks: str, queues: Sequence[str], now: float) -> None:
-        """Leases that ran out: the task runs again (the lost run counted as an attempt) or fails."""
-        rows = db.execute(
-            f"SELECT seq, attempts, retries FROM runq_tasks WHERE status = 'running'"
-            f" AND queue IN ({marks}) AND lease_until < ?",
-            (*queues, now),
-        ).fetchall()
-        if not rows:
-            return
-        exhausted = [row["seq"] for row in rows if row["attempts"] > row["retries"]]
-        again = [row["seq"] for row in rows if row["attempts"] <= row["retries"]]
-        db.executemany(
-            "UPDATE runq_tasks SET status = 'failed', error = ?, token = NULL, lease_until = NULL,"
-            " finished_at = ?, expires_at = NULL WHERE seq = ?",
-            [(WORKER_LOST, now, seq) for seq in exhausted],
+        """Leases that ran out go back to pending; the lost run stays counted as an attempt,
+        so the worker can fail a task that keeps killing its workers (a poison pill)."""
+        cursor = db.execute(
+            f"UPDATE runq_tasks SET status = 'pending', error = ?, token = NULL, lease_until = NULL,"
+            f" ready_at = ? WHERE status = 'running' AND queue IN ({marks}) AND lease_until < ?",
+            (WORKER_LOST, now, *queues, now),
         )
-        db.executemany(
-            "UPDATE runq_tasks SET status = 'pending', error = ?, token = NULL, lease_until = NULL,"
-            " ready_at = ? WHERE seq = ?",
-            [(WORKER_LOST, now, seq) for seq in again],
-        )
-        self._count(db, "failed", len(exhausted))
-        self._count(db, "retried", len(again))
+        self._count(db, "retried", cursor.rowcount)
 
     @staticmethod
     def _delete_expired(db: sqlite3.Connection, now: float) -> None:
