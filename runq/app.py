@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import json
 import os
@@ -60,7 +61,13 @@ class App:
 
     @overload
     def task(
-        self, *, name: str | None = None, retry_for: Iterable[type[BaseException]] = (), **options: Any
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry_for: Iterable[type[BaseException]] = (),
+        **options: Any,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(
@@ -183,7 +190,7 @@ class App:
     def stats(self) -> Stats:
         return self.broker.stats()
 
-    def workers(self) -> list[WorkerInfo]:
+    def workers(self) -> builtins.list[WorkerInfo]:
         return self.broker.workers()
 
     def wait_idle(self, timeout: float = 60.0) -> bool:

@@ -47,9 +47,7 @@ FINAL_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
 
 def check_queue_name(queue: str) -> str:
     if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
-        raise ValueError(
-            f"invalid queue name {queue!r}: use 1-64 characters from A-Z a-z 0-9 _ . -"
-        )
+        raise ValueError(f"invalid queue name {queue!r}: use 1-64 characters from A-Z a-z 0-9 _ . -")
     return queue
 
 

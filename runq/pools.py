@@ -19,6 +19,7 @@ async      coroutine cancelled         coroutine cancelled
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import subprocess
@@ -170,10 +171,8 @@ class _Child:
         self.reader = child.FrameReader(self.from_child)
 
     def kill(self) -> None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             self.proc.kill()
-        except ProcessLookupError:
-            pass
         self.proc.wait()
         os.close(self.to_child)
         os.close(self.from_child)
@@ -251,20 +250,16 @@ class ProcessPool(Pool):
             entry = self._busy.get(task_id)
         if entry is not None:
             entry[1][0] = True
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 entry[0].proc.kill()
-            except ProcessLookupError:
-                pass
 
     def terminate(self) -> None:
         self._closed.set()
         with self._lock:
             children = list(self._children)
         for proc in children:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 proc.proc.kill()
-            except ProcessLookupError:
-                pass
         for _ in range(self.concurrency):
             self._jobs.put(None)
 
@@ -322,4 +317,3 @@ class AsyncPool(Pool):
             self._loop.stop()
 
         self._loop.call_soon_threadsafe(stop_all)
-

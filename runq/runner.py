@@ -67,6 +67,7 @@ def run_job(app: App, job: Job, context: TaskContext | None = None) -> RunResult
         return unknown_task(job.name)
     token = _current.set(context or job.context())
     try:
+        value: Any
         if task.is_async:
             value = asyncio.run(_call_async(task.fn, job))
         else:
@@ -88,6 +89,7 @@ async def arun_job(app: App, job: Job, context: TaskContext) -> RunResult:
         return unknown_task(job.name)
     token = _current.set(context)
     try:
+        value: Any
         if task.is_async:
             value = await _call_async(task.fn, job)
         else:
@@ -107,8 +109,8 @@ def _call_in_context(context: TaskContext, fn: Callable[..., Any], job: Job) -> 
         _current.reset(token)
 
 
-def _call_async(fn: Callable[..., Awaitable[Any]], job: Job) -> Awaitable[Any]:
-    return fn(*job.args, **job.kwargs)
+async def _call_async(fn: Callable[..., Awaitable[Any]], job: Job) -> Any:
+    return await fn(*job.args, **job.kwargs)
 
 
 def success(value: Any) -> RunResult:
@@ -140,9 +142,7 @@ def retryable_error(task: Task[Any, Any] | None, error_class: type[BaseException
 
 
 def unknown_task(name: str) -> RunResult:
-    return RunResult.failure(
-        "UnknownTask", f"no task named {name!r} is registered at this worker", retryable=False
-    )
+    return RunResult.failure("UnknownTask", f"no task named {name!r} is registered at this worker", retryable=False)
 
 
 def error_type(exc: BaseException) -> str:

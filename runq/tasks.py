@@ -157,7 +157,7 @@ class Policy:
 def backoff_delay(retry: int, backoff: float, backoff_max: float, jitter: bool) -> float:
     """Seconds before retry ``retry`` (1-based): ``min(backoff_max, backoff * 2**(retry-1))``,
     times a random factor in [1, 1.25) with jitter, so a burst of failures does not retry in lockstep."""
-    delay = min(backoff_max, backoff * 2 ** (retry - 1))
+    delay = min(float(backoff_max), backoff * 2.0 ** (retry - 1))
     return delay * random.uniform(1.0, 1.25) if jitter else delay
 
 
@@ -181,7 +181,9 @@ class Signature:
 
 
 def _set(options: Options) -> dict[str, Any]:
-    return {spec.name: getattr(options, spec.name) for spec in fields(options) if getattr(options, spec.name) is not None}
+    return {
+        spec.name: getattr(options, spec.name) for spec in fields(options) if getattr(options, spec.name) is not None
+    }
 
 
 class Task(Generic[P, R]):

@@ -28,6 +28,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
 from typing import Any, TypeVar
 
@@ -145,7 +146,7 @@ class Worker:
             self.pool.terminate()
             log.warning("returning %d running task(s) to the queue", len(leftover))
             releases = [Outcome(entry.claim.id, entry.claim.token, "release") for entry in leftover]
-            self._try(lambda: self.broker.settle(releases))
+            self._try(partial(self.broker.settle, releases))
         else:
             self.pool.terminate()
 
@@ -160,7 +161,7 @@ class Worker:
                 free = self.concurrency - len(self._inflight)
             if self._stopping.is_set():
                 return
-            claims = self._retrying(lambda: self.broker.claim(queues, self.id, free, self.settings.lease))
+            claims = self._retrying(partial(self.broker.claim, queues, self.id, free, self.settings.lease))
             if claims is None:
                 continue
             if not claims:
@@ -169,7 +170,7 @@ class Worker:
                 continue
             if self._stopping.is_set():  # claimed during shutdown: hand them straight back
                 releases = [Outcome(c.id, c.token, "release", uncount=True) for c in claims]
-                self._try(lambda: self.broker.settle(releases))
+                self._try(partial(self.broker.settle, releases))
                 return
             for claim in claims:
                 self._start(claim)
@@ -239,8 +240,9 @@ class Worker:
                     self._outcomes.put(None)
                     break
                 batch.append(more)
-            accepted = self._retrying(lambda: self.broker.settle([outcome for outcome, _ in batch]), forever=True)
-            for (outcome, entry), ok in zip(batch, accepted or [False] * len(batch)):
+            outcomes = [outcome for outcome, _ in batch]
+            accepted = self._retrying(partial(self.broker.settle, outcomes), forever=True)
+            for (outcome, entry), ok in zip(batch, accepted or [False] * len(batch), strict=True):
                 self._report(outcome, entry, ok)
             self._forget([entry for _, entry in batch])
 
@@ -283,13 +285,18 @@ class Worker:
             with self._cond:
                 held_claims = [entry.claim for entry in self._inflight.values()]
             if held_claims:
-                held = self._try(lambda: self.broker.renew(held_claims, self.settings.lease))
-                for claim, ok in zip(held_claims, held or []):
-                    if not ok:
-                        self.pool.cancel(claim.id)
+                self._renew(held_claims)
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
                 self._try(lambda: self.broker.heartbeat(self.info(), HEARTBEAT_TTL))
+
+    def _renew(self, claims: list[Claim]) -> None:
+        held = self._try(lambda: self.broker.renew(claims, self.settings.lease))
+        if held is None:
+            return  # broker unreachable: keep running; a lost lease shows up at settle
+        for claim, ok in zip(claims, held, strict=True):
+            if not ok:
+                self.pool.cancel(claim.id)
 
     def info(self) -> WorkerInfo:
         with self._cond:

@@ -15,6 +15,7 @@ Each method is named after its Redis Lua twin (``lua/<name>.lua``).
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -131,7 +132,7 @@ class Broker(ABC):
         """Remove a worker at a clean shutdown."""
 
     @abstractmethod
-    def workers(self) -> list[WorkerInfo]:
+    def workers(self) -> builtins.list[WorkerInfo]:
         """Workers whose heartbeat is still live."""
 
     # -- lifecycle --------------------------------------------------------------

@@ -10,6 +10,7 @@ within ~25 ms.
 
 from __future__ import annotations
 
+import builtins
 import json
 import sqlite3
 import threading
@@ -45,8 +46,7 @@ CLEANUP_BATCH = 1000
 WORKER_LOST = json.dumps({"type": "WorkerLost", "message": "lease expired: the worker died or stalled"})
 CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
 _TASK_COLUMNS = (
-    "id, queue, name, status, payload, attempts, result, error, worker,"
-    " enqueued_at, started_at, finished_at, ready_at"
+    "id, queue, name, status, payload, attempts, result, error, worker, enqueued_at, started_at, finished_at, ready_at"
 )
 
 
@@ -221,8 +221,7 @@ class SQLiteBroker(Broker):
     @staticmethod
     def _delete_expired(db: sqlite3.Connection, now: float) -> None:
         db.execute(
-            "DELETE FROM runq_tasks WHERE seq IN"
-            " (SELECT seq FROM runq_tasks WHERE expires_at < ? LIMIT ?)",
+            "DELETE FROM runq_tasks WHERE seq IN (SELECT seq FROM runq_tasks WHERE expires_at < ? LIMIT ?)",
             (now, CLEANUP_BATCH),
         )
 
@@ -304,10 +303,14 @@ class SQLiteBroker(Broker):
     # -- inspecting and steering --------------------------------------------------
 
     def get(self, task_id: str) -> TaskInfo | None:
-        row = self._read().execute(
-            f"SELECT {_TASK_COLUMNS} FROM runq_tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
-            (task_id, time.time()),
-        ).fetchone()
+        row = (
+            self._read()
+            .execute(
+                f"SELECT {_TASK_COLUMNS} FROM runq_tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
+                (task_id, time.time()),
+            )
+            .fetchone()
+        )
         return task_info(dict(row)) if row else None
 
     def wait(self, task_id: str, timeout: float) -> TaskInfo | None:
@@ -349,9 +352,11 @@ class SQLiteBroker(Broker):
 
     def list(self, status: Status | None, queue: str | None, limit: int) -> list[TaskInfo]:
         where, params = _filter(status, queue, time.time())
-        rows = self._read().execute(
-            f"SELECT {_TASK_COLUMNS} FROM runq_tasks {where} ORDER BY seq DESC LIMIT ?", (*params, limit)
-        ).fetchall()
+        rows = (
+            self._read()
+            .execute(f"SELECT {_TASK_COLUMNS} FROM runq_tasks {where} ORDER BY seq DESC LIMIT ?", (*params, limit))
+            .fetchall()
+        )
         return [task_info(dict(row)) for row in rows]
 
     def purge(self, status: Status | None, queue: str | None) -> int:
@@ -413,10 +418,12 @@ class SQLiteBroker(Broker):
         with self._write() as db:
             db.execute("DELETE FROM runq_workers WHERE id = ?", (worker_id,))
 
-    def workers(self) -> list[WorkerInfo]:
-        rows = self._read().execute(
-            "SELECT info FROM runq_workers WHERE expires_at >= ? ORDER BY id", (time.time(),)
-        ).fetchall()
+    def workers(self) -> builtins.list[WorkerInfo]:
+        rows = (
+            self._read()
+            .execute("SELECT info FROM runq_workers WHERE expires_at >= ? ORDER BY id", (time.time(),))
+            .fetchall()
+        )
         return [WorkerInfo.decode(row["info"]) for row in rows]
 
     def close(self) -> None:
