@@ -1,0 +1,31 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: demo test lint pytest redis-server clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: $(VENV)/.installed
+	cd examples && ../$(PY) quickstart.py
+
+test: lint pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check runq tests examples
+	$(VENV)/bin/ruff format --check runq tests examples
+	$(VENV)/bin/mypy
+
+pytest: $(VENV)/.installed redis-server
+	$(PY) -m pytest
+
+redis-server:
+	@bash scripts/install-redis-server.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/*.db*
