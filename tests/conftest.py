@@ -136,6 +136,17 @@ def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'runq.db'}"
 
 
+def corrupt_payload(url: str, task_id: str, raw: str) -> None:
+    """Overwrite a stored payload behind runq's back, as a buggy producer or disk fault might."""
+    if url.startswith("sqlite:///"):
+        import sqlite3
+
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            db.execute("UPDATE runq_tasks SET payload = ? WHERE id = ?", (raw, task_id))
+        return
+    raise NotImplementedError(f"corrupt_payload for {url}")
+
+
 # -- real worker processes ---------------------------------------------------------
 
 

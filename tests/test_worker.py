@@ -13,7 +13,7 @@ import pytest
 
 import runq
 from runq.models import Status
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import WorkerProcess, corrupt_payload, wait_until
 
 StartWorker = Callable[..., WorkerProcess]
 POOLS = ["process", "thread", "async"]
@@ -205,6 +205,20 @@ def test_poison_pill_that_kills_its_worker_ends_failed(
     assert failure.value.type == "WorkerLost"
     info = handle.info()
     assert info is not None and info.attempts == 3
+
+
+def test_malformed_message_is_dead_lettered_with_its_bytes(
+    app: runq.App, broker_url: str, start_worker: StartWorker
+) -> None:
+    bad = app.enqueue("add", args=[1, 2])
+    corrupt_payload(broker_url, bad.id, "{not json")  # before any worker runs
+    start_worker(broker_url, "--pool", "thread")
+    with pytest.raises(runq.TaskFailed) as failure:
+        bad.result(timeout=30)
+    assert failure.value.type == "MalformedMessage"
+    info = bad.info()
+    assert info is not None and info.error is not None and info.error["raw"] == "{not json"
+    assert app.enqueue("add", args=[1, 2]).result(timeout=30) == 3  # the worker goes on
 
 
 def test_worker_publishes_heartbeat(app: runq.App, broker_url: str, start_worker: StartWorker) -> None:
