@@ -80,6 +80,7 @@ class Worker:
         self._stopping = threading.Event()  # no more claims
         self._forced = threading.Event()  # second signal: stop waiting for running tasks
         self._halted = threading.Event()  # all threads end
+        self._crashed = False
 
     # -- running ------------------------------------------------------------------
 
@@ -90,9 +91,9 @@ class Worker:
             signal.signal(signal.SIGINT, self._on_signal)
         self.pool.start()
         threads = [
-            threading.Thread(target=self._claim_loop, name="runq-claimer", daemon=True),
-            threading.Thread(target=self._settle_loop, name="runq-settler", daemon=True),
-            threading.Thread(target=self._keep_loop, name="runq-keeper", daemon=True),
+            threading.Thread(target=self._guard(self._claim_loop), name="runq-claimer", daemon=True),
+            threading.Thread(target=self._guard(self._settle_loop), name="runq-settler", daemon=True),
+            threading.Thread(target=self._guard(self._keep_loop), name="runq-keeper", daemon=True),
         ]
         for thread in threads:
             thread.start()
@@ -115,7 +116,7 @@ class Worker:
         self._try(lambda: self.broker.unregister(self.id))
         self.broker.close()
         log.info("worker %s stopped", self.id)
-        return 0
+        return 1 if self._crashed else 0
 
     def stop(self, force: bool = False) -> None:
         if force:
@@ -123,6 +124,19 @@ class Worker:
         self._stopping.set()
         with self._cond:
             self._cond.notify_all()
+
+    def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
+        """A bug in one of the worker's threads stops the worker (exit 1) instead of hanging it."""
+
+        def guarded() -> None:
+            try:
+                loop()
+            except Exception:
+                log.critical("worker thread %s crashed; stopping", threading.current_thread().name, exc_info=True)
+                self._crashed = True
+                self.stop(force=True)
+
+        return guarded
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         first = not self._stopping.is_set()

@@ -53,6 +53,14 @@ def touch_then_sleep(path: str, seconds: float) -> str:
     return "finished"
 
 
+@app.task(name="pid_after", retries=0)
+def pid_after(path: str, seconds: float) -> int:
+    """Marks that it started, works for ``seconds``, then says which process ran it."""
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return os.getpid()
+
+
 @app.task(name="flaky", retries=3, backoff=0.01)
 def flaky(succeed_on: int) -> int:
     attempt = runq.current().attempt

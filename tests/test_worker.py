@@ -179,6 +179,28 @@ def test_kill_9_mid_run_loses_nothing(app: runq.App, broker_url: str, start_work
     assert (stats.succeeded, stats.pending, stats.running, stats.failed) == (500, 0, 0, 0)
 
 
+def test_paused_worker_cannot_overwrite_the_newer_attempt(
+    app: runq.App, broker_url: str, start_worker: StartWorker, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started"
+    handle = app.enqueue("pid_after", args=[str(marker), 2.0], retries=1)
+    paused = start_worker(broker_url, "--pool", "thread", "--lease", "1")
+    wait_until(marker.exists, timeout=30)
+    paused.signal(signal.SIGSTOP)  # a long GC pause or a network stall
+    try:
+        marker.unlink()
+        rescuer = start_worker(broker_url, "--pool", "thread", "--lease", "1")
+        assert handle.result(timeout=60) == rescuer.pid
+    finally:
+        paused.signal(signal.SIGCONT)
+    wait_until(lambda: "taken over" in paused.output(), timeout=30)
+    paused.signal(signal.SIGTERM)
+    assert paused.wait(timeout=30) == 0
+    assert handle.result(timeout=1) == rescuer.pid  # the late run changed nothing
+    info = handle.info()
+    assert info is not None and info.attempts == 2
+
+
 def test_crashed_child_is_replaced(app: runq.App, broker_url: str, start_worker: StartWorker) -> None:
     start_worker(broker_url, "--pool", "process", "--concurrency", "1")
     crashing = app.enqueue("crash")

@@ -102,19 +102,25 @@ class SQLiteBroker(Broker):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error."""
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on error.
+
+        Operational errors (locked past the busy timeout, disk full, I/O) become
+        ``BrokerUnavailable`` so the worker backs off and retries instead of dying.
+        """
         db = self._connection()
         try:
             db.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            raise BrokerUnavailable(f"SQLite database {self.path!r} is unavailable: {exc}") from exc
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        else:
+            try:
+                yield db
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
             db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise BrokerUnavailable(f"SQLite database {self.path!r} is unavailable: {exc}") from exc
 
     def _read(self) -> sqlite3.Connection:
         return self._connection()
