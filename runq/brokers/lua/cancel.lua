@@ -1,0 +1,22 @@
+-- cancel.lua: cancel one task that is not final yet.
+--
+-- KEYS[1..19]  the queue's keys (lib.lua)
+-- KEYS[20]     runq:{q}:done:<id> (its waiters' notification list)
+-- ARGV         id, error JSON to record
+-- Returns      1 when cancelled, 0 when the task is unknown, expired or already final
+-- Guarantees   a pending or scheduled task never runs; a running one loses its claim
+--              (token cleared: its renew and settle answer 0). The task is kept for
+--              its result_ttl, then deleted; waiters are woken.
+
+local id = ARGV[1]
+local now = clock()
+local rec = load(id)
+if not live(rec, now) or FINAL[rec.status] then
+  return 0
+end
+rec.error = ARGV[2]
+finish(id, rec, 'cancelled', now, now + rec.result_ttl)
+save(id, rec)
+notify(id, KEYS[EXTRA + 1])
+count('cancelled', 1)
+return 1

@@ -1,0 +1,53 @@
+-- claim.lua: take up to `limit` ready tasks of one queue for one worker.
+--
+-- KEYS[1..19]  the queue's keys (lib.lua)
+-- ARGV         worker id, limit, lease (s), token prefix (random, per call), batch
+-- Returns      {{id, payload, attempt, token}, ...} in claim order
+-- Guarantees   in this one atomic step, first up to `batch` finished tasks past their
+--              result_ttl are deleted, up to `batch` expired leases reclaimed (back to
+--              pending with error WorkerLost; the lost run stays counted in attempts, so
+--              the worker can fail a poison pill) and up to `batch` due scheduled tasks
+--              promoted; then the claimed tasks are running with attempts + 1, a fresh
+--              fencing token and lease_until = now + lease. Idle workers are woken when
+--              ready tasks are left over; the wake list is emptied when none are.
+
+local worker, limit, lease, prefix, batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local now = clock()
+trim(now, batch)
+
+local readied = 0
+local lost = redis.call('ZRANGEBYSCORE', Q.running, '-inf', '(' .. stamp(now), 'LIMIT', 0, batch)
+for _, id in ipairs(lost) do
+  local rec = load(id)
+  rec.error, rec.token, rec.lease_until, rec.ready_at = WORKER_LOST, nil, nil, stamp(now)
+  make_ready(id, rec)
+  save(id, rec)
+  readied = readied + 1
+end
+count('retried', #lost)
+
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', Q.scheduled, '-inf', stamp(now), 'LIMIT', 0, batch)) do
+  local rec = load(id)
+  make_ready(id, rec)
+  save(id, rec)
+  readied = readied + 1
+end
+
+local claims = {}
+local until_ = stamp(now + lease)
+for i, id in ipairs(redis.call('ZRANGE', Q.pending, 0, limit - 1)) do
+  local rec = load(id)
+  rec.attempts = rec.attempts + 1
+  rec.token, rec.worker, rec.started_at, rec.lease_until = prefix .. i, worker, stamp(now), until_
+  enter(id, rec, 'running', until_)
+  save(id, rec)
+  claims[i] = {id, redis.call('HGET', Q.payloads, id) or '', rec.attempts, rec.token}
+end
+
+local left = redis.call('ZCARD', Q.pending)
+if left == 0 then
+  redis.call('DEL', Q.wake)
+elseif readied > 0 then
+  wake(left)
+end
+return claims

@@ -1,0 +1,155 @@
+-- lib.lua: helpers prepended to every runq script; not a script of its own.
+--
+-- KEYS[1..19] of every script are one queue's keys, in this order (redis.py:
+-- QueueKeys), all with the queue's hash tag so a script touches one slot:
+--    1 tasks       hash  id -> task record, JSON (status, attempts, token, times, ...)
+--    2 payloads    hash  id -> the Message JSON, verbatim as enqueued
+--    3 pending     zset  id -> (100 - priority) * 2^44 + seq: the claim order
+--    4 scheduled   zset  id -> ready_at (eta or retry back-off)
+--    5 running     zset  id -> lease_until
+--    6 expiring    zset  id -> expires_at (succeeded and cancelled tasks)
+--    7 seq         INCR counter: enqueue order and ready order
+--    8 counters    hash  enqueued/succeeded/failed/retried/cancelled
+--    9 wake        list  wake-up tokens for idle workers, at most WAKE_CAP
+--   10 waiters     hash  id -> clients blocked in wait() on that task
+--   11 samples     list  "finished_at wait run" of recent successes, at most SAMPLE_CAP
+--   12 throughput  hash  second -> successes in that second (last ~2 minutes)
+--   13..19 by-status zsets id -> seq: pending scheduled waiting running succeeded failed cancelled
+-- KEYS[EXTRA + i] are the script's own per-task keys, passed by the caller.
+--
+-- Times are seconds on the Redis clock (TIME) so skewed workers agree. Record
+-- times are "%.6f" strings and the claim score a "%.0f" string: cjson would
+-- round numbers to 14 digits.
+
+local WAKE_CAP = 32
+local SAMPLE_CAP = 4096
+local TWO_44 = 17592186044416
+local WORKER_LOST = '{"type":"WorkerLost","message":"lease expired: the worker died or stalled"}'
+local EXTRA = 19
+
+local Q = {
+  tasks = KEYS[1], payloads = KEYS[2], pending = KEYS[3], scheduled = KEYS[4], running = KEYS[5],
+  expiring = KEYS[6], seq = KEYS[7], counters = KEYS[8], wake = KEYS[9], waiters = KEYS[10],
+  samples = KEYS[11], throughput = KEYS[12],
+}
+local INDEX = {
+  pending = KEYS[13], scheduled = KEYS[14], waiting = KEYS[15], running = KEYS[16],
+  succeeded = KEYS[17], failed = KEYS[18], cancelled = KEYS[19],
+}
+-- The zset that orders a task while it is in a state, for the states that have one.
+local PLACE = {
+  pending = Q.pending, scheduled = Q.scheduled, running = Q.running,
+  succeeded = Q.expiring, cancelled = Q.expiring,
+}
+local FINAL = {succeeded = true, failed = true, cancelled = true}
+
+local function clock()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+end
+
+local function stamp(t)
+  return string.format('%.6f', t)
+end
+
+local function load(id)
+  local raw = redis.call('HGET', Q.tasks, id)
+  if not raw then
+    return nil
+  end
+  return cjson.decode(raw)
+end
+
+local function save(id, rec)
+  redis.call('HSET', Q.tasks, id, cjson.encode(rec))
+end
+
+-- A task that exists and has not outlived its result_ttl.
+local function live(rec, now)
+  return rec ~= nil and (rec.expires_at == nil or tonumber(rec.expires_at) > now)
+end
+
+-- Move a task to `status`, placed at `score` in that state's ordering zset.
+local function enter(id, rec, status, score)
+  local old = rec.status
+  if old then
+    redis.call('ZREM', INDEX[old], id)
+    if PLACE[old] then
+      redis.call('ZREM', PLACE[old], id)
+    end
+  end
+  rec.status = status
+  redis.call('ZADD', INDEX[status], rec.seq, id)
+  if PLACE[status] then
+    redis.call('ZADD', PLACE[status], score, id)
+  end
+end
+
+-- Let up to n idle workers know there is work; the list never exceeds WAKE_CAP.
+local function wake(n)
+  if n <= 0 then
+    return
+  end
+  local tokens = {}
+  for i = 1, math.min(n, WAKE_CAP) do
+    tokens[i] = '1'
+  end
+  redis.call('LPUSH', Q.wake, unpack(tokens))
+  redis.call('LTRIM', Q.wake, 0, WAKE_CAP - 1)
+end
+
+-- Queue a task behind every task of its priority that was ready before it.
+local function make_ready(id, rec, seq)
+  seq = seq or redis.call('INCR', Q.seq)
+  rec.score = string.format('%.0f', (100 - rec.priority) * TWO_44 + seq)
+  enter(id, rec, 'pending', rec.score)
+end
+
+local function count(name, n)
+  if n > 0 then
+    redis.call('HINCRBY', Q.counters, name, n)
+  end
+end
+
+-- Wake the clients blocked in wait() on this task, if there are any: one token in
+-- its done list, which each waiter pushes back for the next; gone after 10 s.
+local function notify(id, done_key)
+  if redis.call('HEXISTS', Q.waiters, id) == 1 then
+    redis.call('LPUSH', done_key, '1')
+    redis.call('LTRIM', done_key, 0, 0)
+    redis.call('PEXPIRE', done_key, 10000)
+  end
+end
+
+-- End a task: final status, no claim, kept until `expires` (nil: until purged).
+local function finish(id, rec, status, now, expires)
+  rec.token = nil
+  rec.lease_until = nil
+  rec.finished_at = stamp(now)
+  rec.expires_at = expires and stamp(expires) or nil
+  enter(id, rec, status, rec.expires_at)
+end
+
+-- Remove every trace of a task (its idempotency key expires on its own).
+local function forget(id, rec)
+  if rec then
+    redis.call('ZREM', INDEX[rec.status], id)
+    if PLACE[rec.status] then
+      redis.call('ZREM', PLACE[rec.status], id)
+    end
+  end
+  redis.call('HDEL', Q.tasks, id)
+  redis.call('HDEL', Q.payloads, id)
+  redis.call('HDEL', Q.waiters, id)
+end
+
+-- Delete up to `limit` finished tasks whose result_ttl has passed.
+local function trim(now, limit)
+  local ids = redis.call('ZRANGEBYSCORE', Q.expiring, '-inf', stamp(now), 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    forget(id, load(id))
+    redis.call('ZREM', Q.expiring, id)
+  end
+  return #ids
+end
+

@@ -1,0 +1,21 @@
+-- purge.lua: delete up to `limit` tasks of one queue in the given states.
+--
+-- KEYS[1..19]  the queue's keys (lib.lua)
+-- ARGV         limit, then the statuses to purge (never "running": the caller refuses it)
+-- Returns      the number of tasks deleted; the caller repeats while it equals limit
+-- Guarantees   each deleted task is gone from every index; bounded work per call so a
+--              large dead-letter set never blocks Redis for long.
+
+local limit = tonumber(ARGV[1])
+local removed = 0
+for i = 2, #ARGV do
+  if removed >= limit then
+    break
+  end
+  for _, id in ipairs(redis.call('ZRANGE', INDEX[ARGV[i]], 0, limit - removed - 1)) do
+    forget(id, load(id))
+    redis.call('ZREM', INDEX[ARGV[i]], id)
+    removed = removed + 1
+  end
+end
+return removed

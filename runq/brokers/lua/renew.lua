@@ -1,0 +1,24 @@
+-- renew.lua: extend the leases of running claims of one queue.
+--
+-- KEYS[1..19]  the queue's keys (lib.lua)
+-- ARGV         lease (s), then pairs: id, token
+-- Returns      1 per pair when the claim is still held (lease now + lease), else 0
+-- Guarantees   only a running task whose fencing token matches is extended: a cancelled
+--              task or one reclaimed by another worker answers 0 and is left alone.
+
+local now = clock()
+local until_ = stamp(now + tonumber(ARGV[1]))
+local held = {}
+for i = 2, #ARGV, 2 do
+  local id = ARGV[i]
+  local rec = load(id)
+  if rec and rec.status == 'running' and rec.token == ARGV[i + 1] then
+    rec.lease_until = until_
+    redis.call('ZADD', Q.running, until_, id)
+    save(id, rec)
+    held[#held + 1] = 1
+  else
+    held[#held + 1] = 0
+  end
+end
+return held

@@ -1,0 +1,20 @@
+-- retry.lua: put one failed or cancelled task back to pending (App.retry).
+--
+-- KEYS[1..19]  the queue's keys (lib.lua)
+-- ARGV         id
+-- Returns      1 when requeued, 0 when the task is unknown, expired, or not failed/cancelled
+-- Guarantees   attempts restart at 0; result, error, times and expiry are cleared; the
+--              task queues behind the tasks ready before it and an idle worker is woken.
+
+local id = ARGV[1]
+local now = clock()
+local rec = load(id)
+if not live(rec, now) or (rec.status ~= 'failed' and rec.status ~= 'cancelled') then
+  return 0
+end
+rec.attempts, rec.token, rec.lease_until, rec.result, rec.error = 0, nil, nil, nil, nil
+rec.started_at, rec.finished_at, rec.expires_at, rec.ready_at = nil, nil, nil, stamp(now)
+make_ready(id, rec)
+save(id, rec)
+wake(1)
+return 1

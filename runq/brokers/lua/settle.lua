@@ -1,0 +1,82 @@
+-- settle.lua: apply the outcomes of claims of one queue.
+--
+-- KEYS[1..19]  the queue's keys (lib.lua)
+-- KEYS[19 + i] runq:{q}:done:<id> of the i-th outcome (its waiters' notification list)
+-- ARGV         8 per outcome: id, token, kind, result, error, delay (s), result_ttl (s), uncount
+--              kind: succeeded | retry | failed | release; "" for no result / no error
+-- Returns      1 per outcome when applied, 0 when the fencing token is stale
+-- Guarantees   an outcome applies only to a running task whose token matches, once: the
+--              token is cleared. succeeded keeps the result for result_ttl (then the task
+--              is deleted); retry is scheduled delay s from now (pending at once for 0);
+--              failed is kept until purged; release goes back to its place in pending,
+--              giving its attempt back when uncount is "1". Waiters on a task that became
+--              final are woken. Also deletes up to 100 tasks past their result_ttl.
+
+local now = clock()
+trim(now, 100)
+
+local function record_sample(rec)
+  local started = tonumber(rec.started_at)
+  local wait = math.max(0, started - tonumber(rec.ready_at))
+  redis.call('LPUSH', Q.samples, string.format('%.6f %.6f %.6f', now, wait, now - started))
+  redis.call('LTRIM', Q.samples, 0, SAMPLE_CAP - 1)
+  local second = math.floor(now)
+  redis.call('HINCRBY', Q.throughput, second, 1)
+  if redis.call('HLEN', Q.throughput) > 120 then
+    for _, field in ipairs(redis.call('HKEYS', Q.throughput)) do
+      if tonumber(field) < second - 60 then
+        redis.call('HDEL', Q.throughput, field)
+      end
+    end
+  end
+end
+
+local function apply(id, rec, i, n)
+  local kind, result, err = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  if kind == 'succeeded' then
+    record_sample(rec)
+    rec.result, rec.error = result ~= '' and result or nil, nil
+    finish(id, rec, 'succeeded', now, now + tonumber(ARGV[i + 6]))
+    notify(id, KEYS[EXTRA + n])
+    count('succeeded', 1)
+  elseif kind == 'retry' then
+    local delay = tonumber(ARGV[i + 5])
+    rec.token, rec.lease_until, rec.error = nil, nil, err ~= '' and err or nil
+    if delay > 0 then
+      rec.ready_at = stamp(now + delay)
+      enter(id, rec, 'scheduled', rec.ready_at)
+    else
+      rec.ready_at = stamp(now)
+      make_ready(id, rec)
+      wake(1)
+    end
+    count('retried', 1)
+  elseif kind == 'failed' then
+    rec.error = err ~= '' and err or nil
+    finish(id, rec, 'failed', now, nil)
+    notify(id, KEYS[EXTRA + n])
+    count('failed', 1)
+  else
+    rec.token, rec.lease_until, rec.started_at = nil, nil, nil
+    if ARGV[i + 7] == '1' then
+      rec.attempts = rec.attempts - 1
+    end
+    enter(id, rec, 'pending', rec.score)
+    wake(1)
+  end
+end
+
+local accepted = {}
+for i = 1, #ARGV, 8 do
+  local n = #accepted + 1
+  local id = ARGV[i]
+  local rec = load(id)
+  if rec and rec.status == 'running' and rec.token == ARGV[i + 1] then
+    apply(id, rec, i, n)
+    save(id, rec)
+    accepted[n] = 1
+  else
+    accepted[n] = 0
+  end
+end
+return accepted
