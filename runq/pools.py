@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import queue
 import subprocess
 import sys
 import threading
@@ -41,6 +40,13 @@ OnDone = Callable[[Job, RunResult | None], None]
 
 
 class Pool(ABC):
+    """Runs up to ``concurrency`` jobs at once; jobs submitted beyond that wait in order.
+
+    The worker claims a little ahead (prefetch) so a slot never idles while the next
+    claim is on its way; the jobs still waiting here are what a graceful shutdown
+    hands back at once (:meth:`take_unstarted`).
+    """
+
     kind: str
 
     def __init__(self, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
@@ -48,17 +54,51 @@ class Pool(ABC):
         self.app_path = app_path
         self.concurrency = concurrency
         self.on_done = on_done
+        self._lock = threading.Lock()
+        self._has_jobs = threading.Condition(self._lock)
+        self._queued: dict[str, Job] = {}  # submitted, not started; insertion-ordered
+        self._closed = threading.Event()
 
     @abstractmethod
     def start(self) -> None: ...
 
-    @abstractmethod
     def submit(self, job: Job) -> None:
-        """Run ``job``; the worker never submits more jobs than ``concurrency`` at once."""
+        with self._lock:
+            self._queued[job.id] = job
+            self._has_jobs.notify()
+
+    def cancel(self, task_id: str) -> None:
+        """Stop ``task_id`` (queued or running) and drop its result (``on_done(job, None)``)."""
+        with self._lock:
+            job = self._queued.pop(task_id, None)
+        if job is not None:
+            self.on_done(job, None)
+        else:
+            self._stop_running(task_id)
+
+    def take_unstarted(self) -> list[Job]:
+        """Remove and return the jobs that have not started; they get no ``on_done``."""
+        with self._lock:
+            jobs = list(self._queued.values())
+            self._queued.clear()
+        return jobs
+
+    def _next_job(self) -> Job | None:
+        """The oldest queued job, blocking; ``None`` once the pool is closed."""
+        with self._lock:
+            while not self._queued and not self._closed.is_set():
+                self._has_jobs.wait()
+            if self._closed.is_set():
+                return None
+            return self._queued.pop(next(iter(self._queued)))
+
+    def _close(self) -> None:
+        with self._lock:
+            self._closed.set()
+            self._has_jobs.notify_all()
 
     @abstractmethod
-    def cancel(self, task_id: str) -> None:
-        """Stop the run of ``task_id`` (if it is still running) and drop its result."""
+    def _stop_running(self, task_id: str) -> None: ...
 
     @abstractmethod
     def terminate(self) -> None:
@@ -92,10 +132,7 @@ class ThreadPool(Pool):
 
     def __init__(self, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
         super().__init__(app, app_path, concurrency, on_done)
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
-        self._lock = threading.Lock()
         self._running: dict[str, tuple[Job, TaskContext, _Slot, float]] = {}
-        self._closed = threading.Event()
 
     def start(self) -> None:
         for _ in range(self.concurrency):
@@ -106,7 +143,7 @@ class ThreadPool(Pool):
         threading.Thread(target=self._serve, args=(_Slot(),), name="runq-thread", daemon=True).start()
 
     def _serve(self, slot: _Slot) -> None:
-        while (job := self._jobs.get()) is not None:
+        while (job := self._next_job()) is not None:
             context = job.context()
             deadline = time.monotonic() + job.timeout if job.timeout else float("inf")
             with self._lock:
@@ -132,24 +169,19 @@ class ThreadPool(Pool):
                 self._spawn()
                 self.on_done(job, self.timeout_result(job))
 
-    def submit(self, job: Job) -> None:
-        self._jobs.put(job)
-
-    def cancel(self, task_id: str) -> None:
+    def _stop_running(self, task_id: str) -> None:
         with self._lock:
             entry = self._running.get(task_id)
         if entry is not None:
             entry[1]._cancel.set()
 
     def terminate(self) -> None:
-        self._closed.set()
+        self._close()
         with self._lock:
             for _, context, slot, _ in self._running.values():
                 slot.abandoned = True
                 context._cancel.set()
             self._running.clear()
-        for _ in range(self.concurrency * 2):
-            self._jobs.put(None)
 
 
 # -- child processes ----------------------------------------------------------------
@@ -183,11 +215,8 @@ class ProcessPool(Pool):
 
     def __init__(self, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
         super().__init__(app, app_path, concurrency, on_done)
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
-        self._lock = threading.Lock()
         self._children: list[_Child] = []
         self._busy: dict[str, tuple[_Child, list[bool]]] = {}  # task id -> (child, [cancelled])
-        self._closed = threading.Event()
 
     def start(self) -> None:
         for _ in range(self.concurrency):
@@ -207,7 +236,7 @@ class ProcessPool(Pool):
 
     def _serve(self) -> None:
         proc = self._new_child()
-        while (job := self._jobs.get()) is not None:
+        while (job := self._next_job()) is not None:
             cancelled = [False]
             with self._lock:
                 self._busy[job.id] = (proc, cancelled)
@@ -242,10 +271,7 @@ class ProcessPool(Pool):
             )
         return RunResult.from_dict(frame)
 
-    def submit(self, job: Job) -> None:
-        self._jobs.put(job)
-
-    def cancel(self, task_id: str) -> None:
+    def _stop_running(self, task_id: str) -> None:
         with self._lock:
             entry = self._busy.get(task_id)
         if entry is not None:
@@ -254,14 +280,12 @@ class ProcessPool(Pool):
                 entry[0].proc.kill()
 
     def terminate(self) -> None:
-        self._closed.set()
+        self._close()
         with self._lock:
             children = list(self._children)
         for proc in children:
             with contextlib.suppress(ProcessLookupError):
                 proc.proc.kill()
-        for _ in range(self.concurrency):
-            self._jobs.put(None)
 
 
 # -- coroutines ---------------------------------------------------------------------
@@ -273,33 +297,38 @@ class AsyncPool(Pool):
     def __init__(self, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
         super().__init__(app, app_path, concurrency, on_done)
         self._loop = asyncio.new_event_loop()
+        self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[str, tuple[asyncio.Task[Any], TaskContext]] = {}
-        self._closed = False
 
     def start(self) -> None:
         threading.Thread(target=self._loop.run_forever, name="runq-async", daemon=True).start()
 
     def submit(self, job: Job) -> None:
+        super().submit(job)
         asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
 
     async def _run(self, job: Job) -> None:
-        context = job.context()
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks[job.id] = (task, context)
-        result: RunResult | None
-        try:
-            result = await asyncio.wait_for(arun_job(self.app, job, context), job.timeout)
-        except asyncio.TimeoutError:
-            result = self.timeout_result(job)
-        except asyncio.CancelledError:
-            result = None
-        finally:
-            self._tasks.pop(job.id, None)
-        if not self._closed:
+        async with self._slots:
+            with self._lock:
+                if self._queued.pop(job.id, None) is None:
+                    return  # cancelled or handed back before it started
+            context = job.context()
+            task = asyncio.current_task()
+            assert task is not None
+            self._tasks[job.id] = (task, context)
+            result: RunResult | None
+            try:
+                result = await asyncio.wait_for(arun_job(self.app, job, context), job.timeout)
+            except asyncio.TimeoutError:
+                result = self.timeout_result(job)
+            except asyncio.CancelledError:
+                result = None
+            finally:
+                self._tasks.pop(job.id, None)
+        if not self._closed.is_set():
             self.on_done(job, None if context.cancelled else result)
 
-    def cancel(self, task_id: str) -> None:
+    def _stop_running(self, task_id: str) -> None:
         def stop() -> None:
             entry = self._tasks.get(task_id)
             if entry is not None:
@@ -309,7 +338,7 @@ class AsyncPool(Pool):
         self._loop.call_soon_threadsafe(stop)
 
     def terminate(self) -> None:
-        self._closed = True
+        self._close()
 
         def stop_all() -> None:
             for task, _ in self._tasks.values():

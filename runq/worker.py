@@ -50,6 +50,7 @@ HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TTL = 10.0
 IDLE_WAIT = 1.0
 SETTLE_BATCH = 256
+PREFETCH = 1  # claims held beyond the running ones, per slot
 MAX_BACKOFF = 5.0
 
 
@@ -69,6 +70,8 @@ class Worker:
         app.settings = self.settings  # tasks that enqueue from inside a task use the worker's broker
         self.app_path = app_path
         self.concurrency = self.settings.effective_concurrency
+        # Claim one round ahead so no slot idles while the next claim is on its way.
+        self.capacity = self.concurrency * (1 + PREFETCH)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.broker: Broker = connect(self.settings.url, self.settings.connect_timeout)
         self.pool: Pool = create_pool(self.settings.pool, app, app_path, self.concurrency, self._finished)
@@ -150,8 +153,16 @@ class Worker:
         self.stop(force=not first)
 
     def _drain(self) -> None:
-        """Wait for running tasks up to ``grace``; return the rest to their queue."""
+        """Hand back unstarted claims at once; wait for running tasks up to ``grace``;
+        return the ones still running to their queue."""
         deadline = time.monotonic() + self.settings.grace
+        unstarted = self.pool.take_unstarted()
+        if unstarted:
+            with self._cond:
+                entries = [self._inflight[job.id] for job in unstarted]
+            releases = [Outcome(e.claim.id, e.claim.token, "release", uncount=True) for e in entries]
+            self._try(partial(self.broker.settle, releases))
+            self._forget(entries)
         with self._cond:
             while self._inflight and not self._forced.is_set() and time.monotonic() < deadline:
                 self._cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
@@ -170,9 +181,9 @@ class Worker:
         queues = self.settings.queues
         while not self._stopping.is_set():
             with self._cond:
-                while len(self._inflight) >= self.concurrency and not self._stopping.is_set():
+                while len(self._inflight) >= self.capacity and not self._stopping.is_set():
                     self._cond.wait(1.0)
-                free = self.concurrency - len(self._inflight)
+                free = self.capacity - len(self._inflight)
             if self._stopping.is_set():
                 return
             claims = self._retrying(partial(self.broker.claim, queues, self.id, free, self.settings.lease))
@@ -207,7 +218,8 @@ class Worker:
             error = {"type": "WorkerLost", "message": f"gave up after {claim.attempt - 1} lost attempts"}
             self._settle_now(entry, Outcome(claim.id, claim.token, "failed", error=error))
             return
-        log.debug("started", extra={"task": self._fields(entry)})
+        if log.isEnabledFor(logging.INFO):
+            log.info("started", extra={"task": self._fields(entry)})
         self.pool.submit(
             Job(claim.id, message.name, claim.queue, claim.attempt, message.args, message.kwargs, policy.timeout)
         )
@@ -227,7 +239,9 @@ class Worker:
         if entry is None or entry.message is None:
             return
         if result is None:
-            log.info("stopped (cancelled or taken over)", extra={"task": self._fields(entry)})
+            if log.isEnabledFor(logging.INFO):
+                reason = "its claim is gone: cancelled, or taken over after a stall"
+                log.info("cancelled", extra={"task": {**self._fields(entry), "reason": reason}})
             self._forget([entry])
             return
         self._settle_now(entry, self.outcome(entry.claim, entry.message, entry.policy, result))
@@ -261,18 +275,22 @@ class Worker:
             self._forget([entry for _, entry in batch])
 
     def _report(self, outcome: Outcome, entry: InFlight, accepted: bool) -> None:
-        fields = self._fields(entry)
         if not accepted:
-            log.warning("late outcome rejected: the task was cancelled or taken over", extra={"task": fields})
             self.counts["rejected"] += 1
+            log.warning(
+                "late outcome rejected: the task was cancelled or taken over", extra={"task": self._fields(entry)}
+            )
             return
         event = {"succeeded": "succeeded", "retry": "retried", "failed": "failed"}.get(outcome.kind, outcome.kind)
         self.counts[event] += 1
+        level = logging.WARNING if outcome.kind == "failed" else logging.INFO
+        if not log.isEnabledFor(level):
+            return
+        fields = self._fields(entry)
         if outcome.error:
             fields["error"] = f"{outcome.error.get('type')}: {outcome.error.get('message')}"
         if outcome.kind == "retry":
             fields["retry_in"] = round(outcome.delay, 3)
-        level = logging.WARNING if outcome.kind == "failed" else logging.INFO
         log.log(level, event, extra={"task": fields})
 
     def _forget(self, entries: list[InFlight]) -> None:
