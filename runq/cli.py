@@ -281,3 +281,26 @@ def workers(url: str | None, as_json: bool) -> None:
         return
     for w in found:
         click.echo(f"{w.id}  {w.pool} x{w.concurrency}  queues={','.join(w.queues)}  running={len(w.current)}")
+
+
+@main.command()
+@click.argument("app_path", metavar="APP")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless --token).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@url_option
+@click.option("--token", envvar="RUNQ_DASHBOARD_TOKEN", default=None, help="Require this bearer token.")
+@click.option("--insecure", is_flag=True, help="Allow a non-loopback address without a token.")
+@user_errors
+def dashboard(app_path: str, host: str, port: int, url: str | None, token: str | None, insecure: bool) -> None:
+    """Serve the web dashboard, HTTP API and /metrics for APP (module:attribute)."""
+    try:
+        from runq.dashboard import check_bind, serve
+    except ImportError as exc:
+        raise click.ClickException(f"the dashboard needs its extra: pip install 'runq[dashboard]' ({exc})") from None
+    try:
+        check_bind(host, token, insecure)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    app = load_app(app_path)
+    app.settings = app.settings.with_(url=url)  # the broker connects lazily: not yet connected
+    serve(app, host, port, token)

@@ -1,0 +1,284 @@
+"""The JSON API under ``/api``: the same operations as the CLI, over HTTP.
+
+Every route is a plain ``def`` so FastAPI runs it in its thread pool: the brokers
+are synchronous, and a slow SQLite write must not stall the event loop that feeds
+the live page. Changes of state are POSTs only; GETs never change anything.
+
+Errors a client can fix get a 4xx with a readable ``detail``: pydantic rejects
+malformed bodies and parameters (422); runq's own ``ValueError``/``TypeError`` for
+options it refuses (an unknown queue name, a payload over ``max_payload``) become
+400; an unknown id is 404; a task in the wrong state for the action is 409.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from runq.app import App
+from runq.errors import BrokerUnavailable
+from runq.models import QUEUE_NAME, Status, TaskInfo, WorkerInfo, queue_of
+
+DEAD_LETTER_LIMIT = 50
+RECENT_LIMIT = 12
+
+
+class Error(BaseModel):
+    detail: str
+
+
+class TaskIn(BaseModel):
+    """A task to enqueue by name; the task's code need not be importable by the dashboard."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=200, examples=["send_email"])
+    args: list[Any] = Field(default_factory=list, examples=[["a@b.c"]])
+    kwargs: dict[str, Any] = Field(default_factory=dict, examples=[{"subject": "hi"}])
+    queue: str | None = Field(default=None, pattern=QUEUE_NAME.pattern, examples=["default"])
+    priority: int | None = Field(default=None, ge=-100, le=100)
+    delay: float | None = Field(default=None, ge=0, le=10 * 365 * 86400, description="Seconds before it may run.")
+    key: str | None = Field(default=None, min_length=1, max_length=200, description="Idempotency key.")
+
+
+class Enqueued(BaseModel):
+    id: str
+    status: Status | None
+
+
+class TaskOut(BaseModel):
+    id: str
+    name: str
+    queue: str
+    status: Status
+    priority: int
+    attempts: int
+    args: list[Any] | None
+    kwargs: dict[str, Any] | None
+    result: Any
+    error: dict[str, Any] | None
+    enqueued_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    worker: str | None
+    key: str | None = None
+    eta: datetime | None = None
+
+
+class QueueOut(BaseModel):
+    name: str
+    pending: int
+    scheduled: int
+    waiting: int
+    running: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+
+class WorkerOut(BaseModel):
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    pool: str
+    concurrency: int
+    current: list[str]
+    counts: dict[str, int]
+    started_at: float
+    last_seen: float
+    heartbeat_age: float = Field(description="Seconds since the last heartbeat, by the dashboard's clock.")
+
+
+class PercentilesOut(BaseModel):
+    p50: float | None
+    p95: float | None
+    p99: float | None
+
+
+class StatsOut(BaseModel):
+    queues: dict[str, dict[str, int]]
+    counters: dict[str, int]
+    wait: PercentilesOut
+    run: PercentilesOut
+    throughput: float = Field(description="Tasks finished per second over the last minute.")
+
+
+class PurgeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    status: Literal["failed", "succeeded", "cancelled"] = "failed"
+    queue: str | None = Field(default=None, pattern=QUEUE_NAME.pattern)
+
+
+class Purged(BaseModel):
+    purged: int
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+    broker: str
+
+
+class Snapshot(BaseModel):
+    """Everything the page shows, in one document: one SSE event, or one poll."""
+
+    time: float
+    stats: StatsOut
+    workers: list[WorkerOut]
+    dead: list[TaskOut]
+    recent: list[TaskOut]
+
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such task."}}
+CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Error, "description": "Not possible in its state."}}
+
+
+def task_out(info: TaskInfo) -> TaskOut:
+    return TaskOut.model_validate(info.to_dict())
+
+
+def worker_out(worker: WorkerInfo, now: float) -> WorkerOut:
+    return WorkerOut(**vars(worker), heartbeat_age=max(0.0, now - worker.last_seen))
+
+
+def public_url(url: str) -> str:
+    """The broker URL without its password, fit to show to anyone who can see the page."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user + ':***@' if user else '***@'}{host}"
+
+
+def create_router(app: App, interval: float = 1.0) -> APIRouter:
+    router = APIRouter(prefix="/api")
+
+    def find(task_id: str) -> TaskInfo:
+        try:
+            queue_of(task_id)
+        except ValueError:
+            raise HTTPException(404, f"not a runq task id: {task_id!r}") from None
+        info = app.info(task_id)
+        if info is None:
+            raise HTTPException(404, f"no task with id {task_id}")
+        return info
+
+    @router.post("/tasks", status_code=202, response_model=Enqueued, responses={400: {"model": Error}})
+    def submit(body: TaskIn) -> Enqueued:
+        """Enqueue a task by name, as ``App.enqueue`` does; returns its id at once."""
+        options = body.model_dump(include={"queue", "priority", "delay", "key"}, exclude_none=True)
+        try:
+            handle = app.enqueue(body.name, body.args, body.kwargs, **options)
+        except (TypeError, ValueError) as exc:
+            raise HTTPException(400, str(exc)) from None
+        info = app.info(handle.id)
+        return Enqueued(id=handle.id, status=info.status if info else None)
+
+    @router.get("/tasks", response_model=list[TaskOut])
+    def list_tasks(
+        status: Status | None = None,
+        queue: str | None = Query(default=None, pattern=QUEUE_NAME.pattern),
+        limit: int = Query(default=50, ge=1, le=1000),
+    ) -> list[TaskOut]:
+        """Tasks newest first, optionally only one state and one queue."""
+        return [task_out(t) for t in app.list(status, queue, limit)]
+
+    @router.get("/tasks/{task_id}", response_model=TaskOut, responses=NOT_FOUND)
+    def get_task(task_id: str) -> TaskOut:
+        return task_out(find(task_id))
+
+    @router.post("/tasks/{task_id}/cancel", response_model=TaskOut, responses={**NOT_FOUND, **CONFLICT})
+    def cancel_task(task_id: str) -> TaskOut:
+        """Cancel a task that has not finished; 409 when it already has."""
+        find(task_id)
+        if not app.cancel(task_id):
+            raise HTTPException(409, "the task has already finished")
+        return task_out(find(task_id))
+
+    @router.post("/tasks/{task_id}/retry", response_model=TaskOut, responses={**NOT_FOUND, **CONFLICT})
+    def retry_task(task_id: str) -> TaskOut:
+        """Put a failed or cancelled task back to pending with its attempts reset; 409 otherwise."""
+        find(task_id)
+        if not app.retry(task_id):
+            raise HTTPException(409, "only failed or cancelled tasks can be retried")
+        return task_out(find(task_id))
+
+    @router.post("/purge", response_model=Purged)
+    def purge(body: PurgeIn | None = None) -> Purged:
+        """Delete finished tasks in one state: the dead-letter set (``failed``) by default."""
+        body = body or PurgeIn()
+        return Purged(purged=app.purge(body.status, body.queue))
+
+    @router.get("/queues", response_model=list[QueueOut])
+    def queues() -> list[QueueOut]:
+        """Tasks per queue and state."""
+        return [QueueOut(name=name, **vars(q)) for name, q in sorted(app.stats().queues.items())]
+
+    @router.get("/workers", response_model=list[WorkerOut])
+    def workers() -> list[WorkerOut]:
+        """Workers with a live heartbeat and the tasks they are running."""
+        now = time.time()
+        return [worker_out(w, now) for w in app.workers()]
+
+    @router.get("/stats", response_model=StatsOut)
+    def stats() -> dict[str, Any]:
+        return app.stats().to_dict()
+
+    @router.get("/health", response_model=Health, responses={503: {"model": Error}})
+    def health() -> Any:
+        """200 when the broker answers a ping, 503 when it does not."""
+        try:
+            app.broker.ping()
+        except BrokerUnavailable as exc:
+            return JSONResponse({"detail": f"broker unavailable: {exc}"}, status_code=503)
+        return Health(status="ok", broker=public_url(app.settings.url))
+
+    def snapshot() -> Snapshot:
+        now = time.time()
+        return Snapshot(
+            time=now,
+            stats=StatsOut.model_validate(app.stats().to_dict()),
+            workers=[worker_out(w, now) for w in app.workers()],
+            dead=[task_out(t) for t in app.list(Status.FAILED, None, DEAD_LETTER_LIMIT)],
+            recent=[task_out(t) for t in app.list(None, None, RECENT_LIMIT)],
+        )
+
+    @router.get("/snapshot", response_model=Snapshot)
+    def get_snapshot() -> Snapshot:
+        """What one live-update event carries, for clients that poll instead of streaming."""
+        return snapshot()
+
+    @router.get("/events", response_class=StreamingResponse, responses={200: {"content": {"text/event-stream": {}}}})
+    async def events(request: Request) -> StreamingResponse:
+        """Server-sent events: one ``snapshot`` event about every second until the client leaves."""
+        return StreamingResponse(
+            _stream(request, snapshot, interval),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    return router
+
+
+async def _stream(request: Request, snapshot: Any, interval: float) -> AsyncIterator[str]:
+    """Emit snapshots; an outage becomes an ``error`` event and the stream goes on."""
+    yield f"retry: {int(interval * 2000)}\n\n"
+    while not await request.is_disconnected():
+        started = time.monotonic()
+        try:
+            data = (await run_in_threadpool(snapshot)).model_dump_json()
+            yield f"event: snapshot\ndata: {data}\n\n"
+        except BrokerUnavailable as exc:
+            yield f"event: error\ndata: {json.dumps({'detail': f'broker unavailable: {exc}'})}\n\n"
+        await asyncio.sleep(max(0.05, interval - (time.monotonic() - started)))

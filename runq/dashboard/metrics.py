@@ -1,0 +1,107 @@
+"""Prometheus exposition of ``App.stats()`` and ``App.workers()``.
+
+The broker already keeps every number the dashboard shows, so the collector reads
+them at scrape time instead of mirroring them in process-local counters: several
+dashboards (or none) can run against one broker and all report the same values.
+Each :func:`create_registry` builds its own ``CollectorRegistry``, never the global
+one, so two apps in one process (or one test after another) do not collide.
+
+Counters are per outcome only: the brokers do not keep counts per task name yet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from runq.app import App
+from runq.errors import RunqError
+from runq.models import COUNTERS, Percentiles, QueueStats, WorkerInfo
+
+STATES = tuple(QueueStats.__dataclass_fields__)
+COUNTER_HELP = {
+    "enqueued": "Tasks accepted by the broker.",
+    "succeeded": "Tasks that finished successfully.",
+    "failed": "Tasks moved to the dead-letter set (retries exhausted).",
+    "retried": "Attempts that ended in a retry.",
+    "cancelled": "Tasks cancelled before finishing.",
+}
+
+
+class RunqCollector(Collector):
+    """Reads the broker on every scrape; a broker outage shows as ``runq_broker_up 0``, not a 500."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        # Returning nothing keeps registration from calling collect() (and the broker).
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        up = GaugeMetricFamily("runq_broker_up", "1 when the broker answered this scrape, else 0.")
+        try:
+            stats = self.app.stats()
+            workers = self.app.workers()
+        except (RunqError, OSError):
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+
+        depth = GaugeMetricFamily("runq_queue_tasks", "Tasks per queue and state.", labels=["queue", "state"])
+        for queue, counts in sorted(stats.queues.items()):
+            for state in STATES:
+                depth.add_metric([queue, state], getattr(counts, state))
+        yield depth
+
+        for name in (*COUNTERS, *sorted(set(stats.counters) - set(COUNTERS))):
+            help_text = COUNTER_HELP.get(name, f"Tasks counted as {name}.")
+            counter = CounterMetricFamily(f"runq_tasks_{name}", help_text)
+            counter.add_metric([], stats.counters.get(name, 0))
+            yield counter
+
+        yield _quantiles("runq_task_wait_seconds", "Time from ready to started, last 5 minutes.", stats.wait)
+        yield _quantiles("runq_task_run_seconds", "Time from started to finished, last 5 minutes.", stats.run)
+
+        throughput = GaugeMetricFamily("runq_throughput_tasks_per_second", "Tasks finished per second, last minute.")
+        throughput.add_metric([], stats.throughput)
+        yield throughput
+
+        yield from _worker_metrics(workers)
+
+
+def _quantiles(name: str, help_text: str, values: Percentiles) -> GaugeMetricFamily:
+    """A Summary-style gauge: the broker computes the quantiles, so there is no _sum or _count."""
+    family = GaugeMetricFamily(name, help_text, labels=["quantile"])
+    for quantile, value in (("0.5", values.p50), ("0.95", values.p95), ("0.99", values.p99)):
+        if value is not None:
+            family.add_metric([quantile], value)
+    return family
+
+
+def _worker_metrics(live: list[WorkerInfo]) -> Iterator[GaugeMetricFamily]:
+    count = GaugeMetricFamily("runq_workers", "Workers with a live heartbeat.")
+    count.add_metric([], len(live))
+    yield count
+    running = GaugeMetricFamily("runq_worker_running_tasks", "Tasks running on live workers.")
+    running.add_metric([], sum(len(w.current) for w in live))
+    yield running
+    slots = GaugeMetricFamily("runq_worker_slots", "Concurrency summed over live workers.")
+    slots.add_metric([], sum(w.concurrency for w in live))
+    yield slots
+    if live:
+        oldest = GaugeMetricFamily("runq_worker_heartbeat_age_max_seconds", "Age of the stalest live heartbeat.")
+        oldest.add_metric([], max(0.0, time.time() - min(w.last_seen for w in live)))
+        yield oldest
+
+
+def create_registry(app: App) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RunqCollector(app))
+    return registry

@@ -1,0 +1,149 @@
+"""``create_app(app)``: the dashboard as a FastAPI application, and ``serve`` for the CLI.
+
+Everything the application needs hangs off the factory's closure (the runq App, the
+token, a per-app Prometheus registry), never module globals, so tests and embedders
+can build as many dashboards in one process as they like.
+
+Security model: a dashboard can cancel, retry and purge, so it is only ever open to
+loopback unless its operator chose otherwise. With a token, the page, ``/metrics``
+and every ``/api`` call need it, as ``Authorization: Bearer <token>`` or ``?token=``
+(browsers cannot put headers on a page load or an ``EventSource``); the page keeps it
+in ``sessionStorage`` and drops it from the address bar. Static assets and the
+OpenAPI description are public: they hold no data.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import os
+import socket
+from importlib import resources
+from typing import Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from runq.app import App
+from runq.dashboard.api import create_router
+from runq.dashboard.metrics import create_registry
+
+STATIC = resources.files("runq.dashboard") / "static"
+TOKEN_ENV = "RUNQ_DASHBOARD_TOKEN"
+
+
+class TokenAuth:
+    """A FastAPI dependency: passes everything without a token, else requires it."""
+
+    def __init__(self, token: str | None) -> None:
+        self.token = token
+        self.bearer = HTTPBearer(auto_error=False, description="The dashboard's --token.")
+
+    async def __call__(self, request: Request) -> None:
+        if self.token is None:
+            return
+        credentials: HTTPAuthorizationCredentials | None = await self.bearer(request)
+        given = credentials.credentials if credentials else request.query_params.get("token", "")
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            raise HTTPException(401, "missing or wrong token", headers={"WWW-Authenticate": "Bearer"})
+
+
+def create_app(app: App, token: str | None = None, *, interval: float = 1.0) -> FastAPI:
+    """A dashboard for ``app``; ``token`` (if given) guards the page, the API and the metrics.
+
+    ``interval`` is the seconds between live updates (tests make it shorter).
+    """
+    auth = TokenAuth(token or None)
+    guard = [Depends(auth)]
+    web = FastAPI(
+        title="runq dashboard",
+        version=_version(),
+        description="Inspect and steer a runq broker: tasks, queues, workers, the dead-letter set.",
+        docs_url=None,
+        redoc_url=None,
+    )
+    web.include_router(create_router(app, interval), dependencies=guard)
+    registry = create_registry(app)
+
+    @web.get("/metrics", dependencies=guard, response_class=Response, include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @web.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index(request: Request) -> HTMLResponse:
+        try:
+            await auth(request)
+        except HTTPException:
+            return HTMLResponse(_static_text("login.html"), status_code=401)
+        return HTMLResponse(_static_text("index.html"), headers={"Cache-Control": "no-store"})
+
+    @web.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        """Swagger UI served from the package (vendored from npm), so /docs works offline."""
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="runq dashboard API",
+            swagger_js_url="/static/vendor/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/vendor/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
+
+    web.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    web.state.runq_app = app
+    return web
+
+
+def _static_text(name: str) -> str:
+    return (STATIC / name).read_text(encoding="utf-8")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("runq")
+    except PackageNotFoundError:
+        return "0"
+
+
+def is_loopback(host: str) -> bool:
+    """True when every address ``host`` resolves to is a loopback address."""
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(infos) and all(ipaddress.ip_address(str(info[4][0])).is_loopback for info in infos)
+
+
+def check_bind(host: str, token: str | None, insecure: bool) -> None:
+    """Refuse to expose the dashboard beyond this machine without a token (``ValueError``)."""
+    if not token and not insecure and not is_loopback(host):
+        raise ValueError(
+            f"refusing to serve on {host!r} (not a loopback address) without a token: "
+            f"pass --token (or set {TOKEN_ENV}), or --insecure to serve it open"
+        )
+
+
+def serve(app: App, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, **uvicorn: Any) -> None:
+    """Run the dashboard with uvicorn until interrupted (the caller has run :func:`check_bind`)."""
+    import uvicorn as server
+
+    token = token or os.environ.get(TOKEN_ENV) or None
+    config = server.Config(
+        create_app(app, token),
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=2,  # live-update streams never end by themselves
+        **uvicorn,
+    )
+    server.Server(config).run()
