@@ -218,7 +218,7 @@ class RedisBroker(Broker):
     def _check_policy(self) -> None:
         """Warn once when Redis may evict keys: an evicted task is a lost task."""
         try:
-            policy = _text(self._r.config_get("maxmemory-policy").get(b"maxmemory-policy"))
+            policy = _text(next(iter(self._r.config_get("maxmemory-policy").values()), None))
         except (redis.ConnectionError, redis.TimeoutError):
             return  # try again on the next claim
         except redis.RedisError as exc:  # CONFIG forbidden (ACL, managed Redis): nothing to learn
