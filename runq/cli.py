@@ -287,10 +287,9 @@ def workers(url: str | None, as_json: bool) -> None:
 @click.argument("app_path", metavar="APP")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless --token).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@url_option
+@click.option("--url", envvar="RUNQ_URL", default=None, help="Broker URL (default: RUNQ_URL or sqlite).")
 @click.option("--token", envvar="RUNQ_DASHBOARD_TOKEN", default=None, help="Require this bearer token.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback address without a token.")
-@user_errors
 def dashboard(app_path: str, host: str, port: int, url: str | None, token: str | None, insecure: bool) -> None:
     """Serve the web dashboard, HTTP API and /metrics for APP (module:attribute)."""
     try:
@@ -301,6 +300,9 @@ def dashboard(app_path: str, host: str, port: int, url: str | None, token: str |
         check_bind(host, token, insecure)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-    app = load_app(app_path)
+    try:
+        app = load_app(app_path)
+    except (ImportError, ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="APP") from None
     app.settings = app.settings.with_(url=url)  # the broker connects lazily: not yet connected
     serve(app, host, port, token)

@@ -23,7 +23,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -31,25 +31,32 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from runq.app import App
 from runq.dashboard.api import create_router
 from runq.dashboard.metrics import create_registry
+from runq.errors import BrokerUnavailable
 
 STATIC = resources.files("runq.dashboard") / "static"
 TOKEN_ENV = "RUNQ_DASHBOARD_TOKEN"
 
 
-class TokenAuth:
-    """A FastAPI dependency: passes everything without a token, else requires it."""
+def authorised(token: str | None, request: Request) -> bool:
+    """No token configured, or the request carries it (header first, then ``?token=``)."""
+    if token is None:
+        return True
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    given = credentials.strip() if scheme.lower() == "bearer" else request.query_params.get("token", "")
+    return hmac.compare_digest(given.encode(), token.encode())
 
-    def __init__(self, token: str | None) -> None:
-        self.token = token
-        self.bearer = HTTPBearer(auto_error=False, description="The dashboard's --token.")
 
-    async def __call__(self, request: Request) -> None:
-        if self.token is None:
-            return
-        credentials: HTTPAuthorizationCredentials | None = await self.bearer(request)
-        given = credentials.credentials if credentials else request.query_params.get("token", "")
-        if not hmac.compare_digest(given.encode(), self.token.encode()):
+def token_guard(token: str | None) -> list[Any]:
+    """Route dependencies enforcing the token; they also put the bearer scheme into the OpenAPI."""
+    if token is None:
+        return []
+    bearer = HTTPBearer(auto_error=False, description="The dashboard's --token (or ?token=).")
+
+    async def guard(request: Request, _: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if not authorised(token, request):
             raise HTTPException(401, "missing or wrong token", headers={"WWW-Authenticate": "Bearer"})
+
+    return [Depends(guard)]
 
 
 def create_app(app: App, token: str | None = None, *, interval: float = 1.0) -> FastAPI:
@@ -57,8 +64,8 @@ def create_app(app: App, token: str | None = None, *, interval: float = 1.0) -> 
 
     ``interval`` is the seconds between live updates (tests make it shorter).
     """
-    auth = TokenAuth(token or None)
-    guard = [Depends(auth)]
+    token = token or None
+    guard = token_guard(token)
     web = FastAPI(
         title="runq dashboard",
         version=_version(),
@@ -67,6 +74,7 @@ def create_app(app: App, token: str | None = None, *, interval: float = 1.0) -> 
         redoc_url=None,
     )
     web.include_router(create_router(app, interval), dependencies=guard)
+    web.add_exception_handler(BrokerUnavailable, _broker_unavailable)
     registry = create_registry(app)
 
     @web.get("/metrics", dependencies=guard, response_class=Response, include_in_schema=False)
@@ -75,9 +83,7 @@ def create_app(app: App, token: str | None = None, *, interval: float = 1.0) -> 
 
     @web.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(request: Request) -> HTMLResponse:
-        try:
-            await auth(request)
-        except HTTPException:
+        if not authorised(token, request):
             return HTMLResponse(_static_text("login.html"), status_code=401)
         return HTMLResponse(_static_text("index.html"), headers={"Cache-Control": "no-store"})
 
@@ -95,6 +101,11 @@ def create_app(app: App, token: str | None = None, *, interval: float = 1.0) -> 
     web.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     web.state.runq_app = app
     return web
+
+
+async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """An outage is the broker's fault, not the dashboard's: 503, so clients retry later."""
+    return JSONResponse({"detail": f"broker unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"})
 
 
 def _static_text(name: str) -> str:
