@@ -1,286 +1,469 @@
 """The ``runq`` command line (SPEC §5).
 
-User errors are one line on stderr and an exit code, never a traceback:
-2 for bad usage (click's own convention), 1 for a failed operation.
+User errors are one line on stderr and an exit code, never a traceback: 2 for bad
+usage (click's own convention: bad flags, bad JSON, bad configuration), 1 for an
+operation that could not be done (unknown task id, broker unreachable, a failed
+task's result). Each command takes ``--url`` (else ``RUNQ_URL``) and ``--json``,
+whose output shapes the README's CLI reference pins; without ``--json`` a terminal
+gets rich tables and a pipe gets plain columns (see :mod:`runq.console`).
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Callable
-from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
-from runq import logs
+from runq import console as out
 from runq.app import App, load_app
-from runq.errors import BrokerUnavailable, RunqError, TaskCancelled, TaskFailed
-from runq.models import TaskInfo
-from runq.settings import POOLS, Settings
+from runq.errors import BrokerUnavailable, RunqError
+from runq.logs import LEVELS, mask_url, password_of
+from runq.models import FINAL_STATUSES, QueueStats, Stats, Status, TaskInfo, WorkerInfo
+from runq.settings import LOG_FORMATS, POOLS, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+STATUSES = [s.value for s in Status]
+FINAL = [s.value for s in Status if s in FINAL_STATUSES]
+STATE_COLUMNS = ("pending", "scheduled", "waiting", "running", "succeeded", "failed", "cancelled")
 
 
-def _fail(message: str, code: int = 1) -> None:
+def fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
 
 
-def user_errors(fn: F) -> F:
-    """Turn runq's and the broker's failures into one clear line and exit code 1."""
+def broker_error(url: str, exc: BaseException) -> str:
+    """Which broker failed and why, with its password masked (also inside the reason)."""
+    reason = str(exc) or type(exc).__name__
+    password = password_of(url)
+    if password:
+        reason = reason.replace(password, "***")
+    masked = mask_url(url)
+    return reason if masked in reason else f"cannot reach the broker at {masked}: {reason}"
 
-    @wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+
+class RunqGroup(click.Group):
+    """Turns runq's and the broker's failures into one clear line, for every command."""
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return fn(*args, **kwargs)
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
         except BrokerUnavailable as exc:
-            _fail(f"broker unavailable: {exc}")
-        except (RunqError, ValueError, TypeError, ImportError) as exc:
-            _fail(str(exc))
-        return None
+            fail(broker_error(_url_of(ctx), exc))
+        except (ConnectionError, TimeoutError) as exc:
+            fail(broker_error(_url_of(ctx), exc))
+        except (RunqError, ValueError) as exc:
+            fail(str(exc))
+        except Exception as exc:
+            if type(exc).__module__.startswith("redis"):  # a redis-py error the broker did not wrap
+                fail(broker_error(_url_of(ctx), exc))
+            raise
 
-    return wrapper  # type: ignore[return-value]
+
+def _url_of(ctx: click.Context) -> str:
+    # ``meta`` is shared by a context and all its children: the command stored it there.
+    return str(ctx.meta.get("runq.url") or "(no URL)")
+
+
+def _settings(url: str | None = None, **overrides: Any) -> Settings:
+    """Defaults ← RUNQ_* ← flags; a bad value is a usage error (exit 2) naming it."""
+    url = url or click.get_current_context().meta.get("runq.group_url")
+    try:
+        settings = Settings.from_env(url=url, **overrides)
+    except ValueError as exc:
+        raise click.UsageError(f"bad configuration: {exc}") from None
+    click.get_current_context().meta["runq.url"] = settings.url
+    return settings
 
 
 def _app(url: str | None) -> App:
-    return App(settings=Settings.from_env(url=url))
+    """An App on ``--url``, connected now so a bad URL fails before any work is done."""
+    app = App(settings=_settings(url))
+    click.get_current_context().call_on_close(app.close)
+    try:
+        app.broker  # noqa: B018 - connect (and for SQLite, create the file) now
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--url' / RUNQ_URL") from None
+    return app
 
 
-def _echo_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+def _known(app: App, task_id: str) -> TaskInfo:
+    """The task, or exit 1 naming the id (also for a string that is not a runq id at all)."""
+    try:
+        info = app.info(task_id)
+    except ValueError:
+        info = None
+    if info is None:
+        fail(f"no task with id {task_id!r} (never enqueued, expired after its result TTL, or purged)")
+    return info
 
 
-def _echo_info(info: TaskInfo, as_json: bool) -> None:
-    if as_json:
-        _echo_json(info.to_dict())
-        return
-    for name, value in info.to_dict().items():
-        if value is not None:
-            click.echo(f"{name:12} {value}")
+def common(fn: F) -> F:
+    """``--url`` and ``--json``, which every command takes."""
+    fn = click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON on stdout.")(fn)
+    return click.option(
+        "--url", default=None, metavar="URL", help="Broker URL (default: RUNQ_URL, else sqlite:///runq.db)."
+    )(fn)
 
 
-url_option = click.option("--url", envvar="RUNQ_URL", default=None, help="Broker URL (default: RUNQ_URL or sqlite).")
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=RunqGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="runq")
-def main() -> None:
-    """runq: a fast, reliable task queue."""
+@click.option("--url", default=None, metavar="URL", help="Broker URL for the command (it may also follow it).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output for the command (it may also follow it).")
+@click.pass_context
+def main(ctx: click.Context, url: str | None, as_json: bool) -> None:
+    """runq: a fast, reliable task queue (SQLite or Redis, JSON only)."""
+    ctx.meta["runq.group_url"] = url
+    if as_json:
+        ctx.default_map = {name: {"as_json": True} for name in main.commands}
+
+
+# -- worker ------------------------------------------------------------------------------
 
 
 @main.command()
 @click.argument("app_path", metavar="APP")
-@url_option
-@click.option("--queues", "-Q", default=None, help="Comma-separated queues, drained in order (default: default).")
-@click.option("--pool", type=click.Choice(POOLS), default=None, help="Where tasks run (default: process).")
+@click.option("--queues", "-Q", default=None, help="Comma-separated queues, drained in order [default].")
+@click.option("--pool", type=click.Choice(POOLS, case_sensitive=False), default=None, help="Where tasks run [process].")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None, help="Tasks run at once.")
-@click.option("--grace", type=click.FloatRange(min=0), default=None, help="Seconds to finish tasks at shutdown.")
-@click.option("--lease", type=click.FloatRange(min=0.1), default=None, help="Seconds a claim is held unrenewed.")
-@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
-@user_errors
+@click.option("--grace", type=click.FloatRange(min=0), default=None, help="Seconds to finish tasks at shutdown [30].")
+@click.option("--lease", type=click.FloatRange(min=0.1), default=None, help="Seconds a claim is held unrenewed [30].")
+@click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default=None, help="[INFO]")
+@click.option("--log-format", type=click.Choice(LOG_FORMATS, case_sensitive=False), default=None, help="[text]")
+@common
 def worker(
     app_path: str,
     url: str | None,
+    as_json: bool,
     queues: str | None,
-    pool: str | None,
-    concurrency: int | None,
-    grace: float | None,
-    lease: float | None,
-    log_level: str | None,
+    log_format: str | None,
+    **flags: Any,
 ) -> None:
-    """Run a worker for APP (module:attribute)."""
+    """Run a worker for APP (module:attribute). --json logs JSON lines."""
+    from runq import logs
     from runq.worker import Worker
 
-    app = load_app(app_path)
-    settings = app.settings.with_(
-        url=url,
+    settings = _settings(
+        url,
         queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else None,
-        pool=pool,
-        concurrency=concurrency,
-        grace=grace,
-        lease=lease,
-        log_level=log_level,
+        log_format="json" if as_json else log_format,
+        **flags,
     )
     logs.configure(settings.log_level, settings.log_format)
+    app = _load(app_path)
     sys.exit(Worker(app, app_path, settings).run())
+
+
+def _load(app_path: str) -> App:
+    """Import APP; a wrong name is a usage error, a bug inside the user's module keeps its traceback."""
+    module = app_path.partition(":")[0]
+    try:
+        return load_app(app_path)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            raise click.BadParameter(f"cannot import {module!r}: {exc}", param_hint="APP") from None
+        raise
+    except (ValueError, TypeError) as exc:
+        raise click.BadParameter(str(exc), param_hint="APP") from None
+
+
+# -- producing ---------------------------------------------------------------------------
+
+
+def parse_arguments(text: str | None) -> tuple[list[Any], dict[str, Any]]:
+    """A JSON array is args, an object is kwargs (SPEC §5); anything else is a usage error."""
+    if not text:
+        return [], {}
+    try:
+        parsed = json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not valid JSON ({exc})", param_hint="ARGUMENTS") from None
+    if isinstance(parsed, list):
+        return parsed, {}
+    if isinstance(parsed, dict):
+        return [], parsed
+    raise click.BadParameter("must be a JSON array (args) or object (kwargs)", param_hint="ARGUMENTS")
 
 
 @main.command()
 @click.argument("name")
 @click.argument("arguments", required=False, default=None)
-@click.option("--queue", default=None)
-@click.option("--priority", type=int, default=None)
-@click.option("--delay", type=float, default=None)
-@click.option("--key", default=None)
-@url_option
-@json_option
-@user_errors
-def enqueue(
-    name: str,
-    arguments: str | None,
-    queue: str | None,
-    priority: int | None,
-    delay: float | None,
-    key: str | None,
-    url: str | None,
-    as_json: bool,
-) -> None:
-    """Enqueue task NAME; ARGUMENTS is a JSON array (args) or object (kwargs)."""
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
-    if arguments:
-        try:
-            parsed = json.loads(arguments)
-        except ValueError as exc:
-            raise click.UsageError(f"ARGUMENTS is not valid JSON: {exc}") from None
-        if isinstance(parsed, list):
-            args = parsed
-        elif isinstance(parsed, dict):
-            kwargs = parsed
-        else:
-            raise click.UsageError("ARGUMENTS must be a JSON array (args) or object (kwargs)")
-    options = {"queue": queue, "priority": priority, "delay": delay, "key": key}
-    handle = _app(url).enqueue(name, args, kwargs, **{k: v for k, v in options.items() if v is not None})
-    _echo_json({"id": handle.id}) if as_json else click.echo(handle.id)
-
-
-@main.command()
-@click.argument("task_id")
-@url_option
-@json_option
-@user_errors
-def info(task_id: str, url: str | None, as_json: bool) -> None:
-    """Show one task."""
-    found = _app(url).info(task_id)
-    if found is None:
-        _fail(f"no task with id {task_id}")
-    else:
-        _echo_info(found, as_json)
-
-
-@main.command()
-@click.argument("task_id")
-@click.option("--wait", type=float, default=None, help="Seconds to wait for the task to finish.")
-@url_option
-@json_option
-@user_errors
-def result(task_id: str, wait: float | None, url: str | None, as_json: bool) -> None:
-    """Print a task's result (waiting up to --wait seconds)."""
+@click.option("--queue", "-q", default=None, help="Queue [the task's, else default].")
+@click.option("--priority", "-p", type=click.IntRange(-100, 100), default=None, help="-100..100, higher first [0].")
+@click.option("--delay", type=click.FloatRange(min=0), default=None, help="Seconds before it may start.")
+@click.option("--key", default=None, help="Idempotency key: a second enqueue returns the first task.")
+@common
+def enqueue(name: str, arguments: str | None, url: str | None, as_json: bool, **options: Any) -> None:
+    """Enqueue task NAME with ARGUMENTS: a JSON array (args) or object (kwargs)."""
+    args, kwargs = parse_arguments(arguments)
     app = _app(url)
-    if app.info(task_id) is None:
-        _fail(f"no task with id {task_id}")
+    chosen = {option: value for option, value in options.items() if value is not None}
     try:
-        value = app.handle(task_id).result(timeout=wait or 0.0)
-    except TimeoutError as exc:
-        _fail(str(exc))
-    except (TaskFailed, TaskCancelled) as exc:
-        _fail(str(exc))
-    _echo_json(value) if as_json else click.echo(json.dumps(value))
+        handle = app.enqueue(name, args, kwargs, **chosen)
+    except (ValueError, TypeError) as exc:
+        raise click.UsageError(str(exc)) from None
+    if as_json:
+        info = app.info(handle.id)
+        out.echo_json({"id": handle.id, "name": name, "status": info.status.value if info else None})
+    else:
+        click.echo(handle.id)
+
+
+# -- one task ----------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("task_id", metavar="ID")
+@common
+def info(task_id: str, url: str | None, as_json: bool) -> None:
+    """Everything about one task."""
+    found = _known(_app(url), task_id)
+    if as_json:
+        out.echo_json(found.to_dict())
+        return
+    error = found.error or {}
+    items = [(name, getattr(found, name)) for name in found.to_dict() if name != "error"]
+    items.append(("error", f"{error.get('type')}: {error.get('message')}" if error else None))
+    out.pairs(items)
+    if error.get("traceback"):
+        click.echo(str(error["traceback"]).rstrip())
+
+
+@main.command()
+@click.argument("task_id", metavar="ID")
+@click.option("--wait", type=click.FloatRange(min=0), default=0.0, help="Seconds to wait for it to finish [0].")
+@common
+def result(task_id: str, wait: float, url: str | None, as_json: bool) -> None:
+    """A task's result. Exit 0 if it succeeded; 1 if it failed, was cancelled or is not done."""
+    app = _app(url)
+    found = _known(app, task_id)
+    if wait and not found.status.final:
+        found = app.broker.wait(task_id, wait) or found
+    if as_json:
+        out.echo_json({"id": found.id, "status": found.status.value, "result": found.result, "error": found.error})
+    elif found.status is Status.SUCCEEDED:
+        click.echo(json.dumps(found.result, ensure_ascii=False))
+    if found.status is Status.SUCCEEDED:
+        return
+    error = found.error or {}
+    if found.status is Status.FAILED:
+        fail(f"task {task_id} failed: {error.get('type')}: {error.get('message')}")
+    if found.status is Status.CANCELLED:
+        fail(f"task {task_id} was cancelled" + (f": {error['message']}" if error.get("message") else ""))
+    hint = f"after waiting {wait:g}s" if wait else "(use --wait SECONDS to wait for it)"
+    fail(f"task {task_id} is still {found.status.value} {hint}")
+
+
+@main.command()
+@click.argument("task_id", metavar="ID")
+@common
+def cancel(task_id: str, url: str | None, as_json: bool) -> None:
+    """Cancel a task that has not finished (exit 1 if it already had)."""
+    app = _app(url)
+    found = _known(app, task_id)
+    done = app.cancel(task_id)
+    if as_json:
+        out.echo_json({"id": task_id, "cancelled": done, "status": "cancelled" if done else found.status.value})
+    elif done:
+        click.echo(f"cancelled {task_id}")
+    if not done:
+        fail(f"task {task_id} was not cancelled: it already {_ended(app, task_id, found)}")
+
+
+def _ended(app: App, task_id: str, before: TaskInfo) -> str:
+    now = app.info(task_id) or before
+    return f"finished as {now.status.value}"
+
+
+@main.command()
+@click.argument("task_id", metavar="ID", required=False)
+@click.option("--all", "retry_all", is_flag=True, help="Every task in the dead-letter set (status failed).")
+@click.option("--queue", "-q", default=None, help="With --all: only this queue.")
+@common
+def retry(task_id: str | None, retry_all: bool, queue: str | None, url: str | None, as_json: bool) -> None:
+    """Put a failed or cancelled task back to pending, attempts reset (ID or --all)."""
+    if bool(task_id) == retry_all:
+        raise click.UsageError("give a task ID or --all (not both)")
+    app = _app(url)
+    if task_id is not None:
+        found = _known(app, task_id)
+        if not app.retry(task_id):
+            fail(f"task {task_id} is {found.status.value}: only failed or cancelled tasks can be retried")
+        ids = [task_id]
+    else:
+        ids = _retry_all(app, queue)
+    if as_json:
+        out.echo_json({"retried": ids})
+    else:
+        click.echo(f"retried {len(ids)} task(s)")
+
+
+def _retry_all(app: App, queue: str | None) -> list[str]:
+    seen: set[str] = set()
+    retried: list[str] = []
+    while batch := [t.id for t in app.list(Status.FAILED, queue, 1000) if t.id not in seen]:
+        seen.update(batch)
+        retried += [task_id for task_id in batch if app.retry(task_id)]
+    return retried
+
+
+# -- many tasks --------------------------------------------------------------------------
 
 
 @main.command(name="list")
-@click.argument("status", required=False, default=None)
-@click.option("--queue", default=None)
-@click.option("--limit", type=click.IntRange(min=1), default=20)
-@url_option
-@json_option
-@user_errors
+@click.argument("status", required=False, type=click.Choice(STATUSES, case_sensitive=False))
+@click.option("--queue", "-q", default=None, help="Only this queue.")
+@click.option("--limit", "-n", type=click.IntRange(min=1), default=20, show_default=True)
+@common
 def list_(status: str | None, queue: str | None, limit: int, url: str | None, as_json: bool) -> None:
-    """List tasks, newest first, optionally only those in STATUS."""
+    """Tasks (in STATUS, if given), newest first."""
     tasks = _app(url).list(status, queue, limit)
     if as_json:
-        _echo_json([t.to_dict() for t in tasks])
+        out.echo_json([t.to_dict() for t in tasks])
         return
-    for t in tasks:
-        click.echo(f"{t.id}  {t.status.value:9}  {t.name}  attempts={t.attempts}")
+    rows = [
+        (t.id, t.status.value, t.name, t.priority, t.attempts, t.enqueued_at, t.finished_at or t.eta, _brief(t))
+        for t in tasks
+    ]
+    out.table(("id", "status", "name", "priority", "attempts", "enqueued", "finished / eta", "result / error"), rows)
 
 
-@main.command()
-@click.argument("task_id")
-@url_option
-@json_option
-@user_errors
-def cancel(task_id: str, url: str | None, as_json: bool) -> None:
-    """Cancel a task that has not finished."""
-    app = _app(url)
-    if app.info(task_id) is None:
-        _fail(f"no task with id {task_id}")
-    done = app.cancel(task_id)
-    _echo_json({"id": task_id, "cancelled": done}) if as_json else click.echo(
-        "cancelled" if done else "not cancelled: already finished"
-    )
-
-
-@main.command()
-@click.argument("task_id", required=False)
-@click.option("--all", "retry_all", is_flag=True, help="Retry every task in the dead-letter set.")
-@url_option
-@json_option
-@user_errors
-def retry(task_id: str | None, retry_all: bool, url: str | None, as_json: bool) -> None:
-    """Put a failed task (or with --all, every failed task) back to pending."""
-    if bool(task_id) == retry_all:
-        raise click.UsageError("give a task ID or --all")
-    app = _app(url)
-    if retry_all:
-        ids = []
-        while batch := [t.id for t in app.list("failed", None, 1000) if t.id not in ids]:
-            ids += [i for i in batch if app.retry(i)]
+def _brief(task: TaskInfo) -> str:
+    if task.error:
+        text = f"{task.error.get('type')}: {task.error.get('message')}"
+    elif task.status is Status.SUCCEEDED:
+        text = json.dumps(task.result, ensure_ascii=False, default=str)
     else:
-        assert task_id is not None
-        if app.info(task_id) is None:
-            _fail(f"no task with id {task_id}")
-        ids = [task_id] if app.retry(task_id) else []
-    _echo_json({"retried": ids}) if as_json else click.echo(f"retried {len(ids)} task(s)")
+        return ""
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 @main.command()
-@click.option("--status", default="failed", show_default=True)
-@click.option("--queue", default=None)
-@url_option
-@json_option
-@user_errors
+@click.option(
+    "--status",
+    type=click.Choice([*FINAL, "finished"], case_sensitive=False),
+    default="failed",
+    show_default=True,
+    help="Which final tasks; 'finished' is all three.",
+)
+@click.option("--queue", "-q", default=None, help="Only this queue.")
+@common
 def purge(status: str, queue: str | None, url: str | None, as_json: bool) -> None:
-    """Delete finished tasks in STATUS (the dead-letter set by default)."""
-    removed = _app(url).purge(status, queue)
-    _echo_json({"purged": removed}) if as_json else click.echo(f"purged {removed} task(s)")
+    """Delete finished tasks: by default the dead-letter set (failed)."""
+    removed = _app(url).purge(None if status == "finished" else status, queue)
+    if as_json:
+        out.echo_json({"purged": removed, "status": status, "queue": queue})
+    else:
+        click.echo(f"purged {removed} {status} task(s)" + (f" from {queue}" if queue else ""))
+
+
+# -- the whole queue ---------------------------------------------------------------------
+
+
+def _totals(stats: Stats) -> QueueStats:
+    return QueueStats(**{name: sum(getattr(q, name) for q in stats.queues.values()) for name in STATE_COLUMNS})
+
+
+def _queue_table(stats: Stats) -> None:
+    rows = [(name, *(getattr(q, s) for s in STATE_COLUMNS)) for name, q in sorted(stats.queues.items())]
+    total = _totals(stats)
+    out.table(("queue", *STATE_COLUMNS), rows, footer=("total", *(getattr(total, s) for s in STATE_COLUMNS)))
 
 
 @main.command()
-@url_option
-@json_option
-@user_errors
+@common
 def status(url: str | None, as_json: bool) -> None:
-    """Counts per queue and state, counters and latency."""
+    """Tasks per queue and state, and how many workers are live."""
+    app = _app(url)
+    stats, live = app.stats(), app.workers()
+    if as_json:
+        queues = {name: vars(q) for name, q in sorted(stats.queues.items())}
+        out.echo_json({"queues": queues, "totals": vars(_totals(stats)), "workers": len(live)})
+        return
+    _queue_table(stats)
+    busy = sum(len(w.current) for w in live)
+    out.line(f"{len(live)} worker(s) live, {busy} task(s) in hand; throughput {stats.throughput:.1f}/s", "bold")
+
+
+@main.command()
+@common
+def metrics(url: str | None, as_json: bool) -> None:
+    """Counts, counters, wait/run latency p50/p95/p99 (last 5 min) and throughput (last minute)."""
     stats = _app(url).stats()
     if as_json:
-        _echo_json(stats.to_dict())
+        out.echo_json(stats.to_dict())
         return
-    click.echo(f"{'queue':20} pending scheduled waiting running succeeded failed cancelled")
-    for name, q in stats.queues.items():
-        click.echo(
-            f"{name:20} {q.pending:7} {q.scheduled:9} {q.waiting:7} {q.running:7}"
-            f" {q.succeeded:9} {q.failed:6} {q.cancelled:9}"
-        )
-    click.echo(" ".join(f"{k}={v}" for k, v in stats.counters.items()))
-    click.echo(f"throughput {stats.throughput:.1f}/s")
+    _queue_table(stats)
+    counters = stats.counters
+    out.table(tuple(counters), [tuple(counters.values())], title="counters")
+    rows = [(kind, *(out.seconds(getattr(p, q)) for q in ("p50", "p95", "p99"))) for kind, p in _latency(stats)]
+    out.table(("latency, last 5 min", "p50", "p95", "p99"), rows)
+    out.line(f"throughput {stats.throughput:.1f} tasks/s (last minute)", "bold")
+
+
+def _latency(stats: Stats) -> list[tuple[str, Any]]:
+    return [("wait (ready → started)", stats.wait), ("run (started → finished)", stats.run)]
 
 
 @main.command()
-@url_option
-@json_option
-@user_errors
+@common
 def workers(url: str | None, as_json: bool) -> None:
-    """Live workers and what they are running."""
+    """Live workers (by heartbeat) and what they are running."""
     found = _app(url).workers()
     if as_json:
-        _echo_json([vars(w) for w in found])
+        out.echo_json([_worker_dict(w) for w in found])
         return
-    for w in found:
-        click.echo(f"{w.id}  {w.pool} x{w.concurrency}  queues={','.join(w.queues)}  running={len(w.current)}")
+    now = time.time()
+    rows = [
+        (
+            w.id,
+            w.pool,
+            w.concurrency,
+            ",".join(w.queues),
+            len(w.current),
+            w.counts.get("succeeded", 0),
+            w.counts.get("retried", 0),
+            w.counts.get("failed", 0),
+            f"{now - w.started_at:.0f}s",
+        )
+        for w in found
+    ]
+    columns = ("worker", "pool", "concurrency", "queues", "running", "succeeded", "retried", "failed", "up")
+    out.table(columns, rows)
+    if not found:
+        out.line("no live workers", "yellow")
+
+
+def _worker_dict(worker: WorkerInfo) -> dict[str, Any]:
+    data = dict(vars(worker))
+    data["queues"], data["current"] = list(worker.queues), list(worker.current)
+    return data
+
+
+# -- demo --------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the temporary SQLite file and worker logs, to inspect them.")
+@common
+def demo(keep: bool, url: str | None, as_json: bool) -> None:
+    """End to end in ~15 s on a fresh temporary SQLite file (or --url): workers, tasks, metrics."""
+    from runq.demo import run_demo
+
+    explicit = url or click.get_current_context().meta.get("runq.group_url")
+    if explicit:
+        _settings(explicit)  # validate it, and name it in a broker error
+    try:
+        code = run_demo(explicit, as_json=as_json, keep=keep)
+    except RuntimeError as exc:
+        fail(f"demo failed: {exc}")
+    sys.exit(code)
 
 
 @main.command()

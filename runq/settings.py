@@ -2,6 +2,9 @@
 
 Reading the environment in exactly one place keeps every other module free of
 ``os.environ`` and makes a worker's effective configuration easy to print.
+Each field ``name`` is read from ``RUNQ_<NAME>`` (``RUNQ_RESULT_TTL``…); the CLI's
+flags arrive as ``overrides`` and win. The README's configuration table lists them
+all with their defaults (a test keeps the two in step).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from runq.brokers import DEFAULT_URL
 
 POOLS = ("process", "thread", "async")
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -33,10 +37,16 @@ class Settings:
     log_format: str = "text"
 
     def __post_init__(self) -> None:
+        # Flags and variables are case-insensitive (--log-level debug, RUNQ_POOL=Thread).
+        object.__setattr__(self, "log_level", str(self.log_level).upper())
+        object.__setattr__(self, "pool", str(self.pool).lower())
+        object.__setattr__(self, "log_format", str(self.log_format).lower())
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log format must be text or json, got {self.log_format!r}")
+        if self.log_level not in LOG_LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
         if self.concurrency < 0:
             raise ValueError(f"concurrency must be >= 0, got {self.concurrency}")
         for name in ("lease", "result_ttl", "key_ttl", "connect_timeout"):
@@ -84,4 +94,4 @@ def _parse(name: str, raw: str) -> Any:
             return float(raw)
     except ValueError:
         raise ValueError(f"RUNQ_{name.upper()}={raw!r} is not a valid {kind}") from None
-    return raw.lower() if name in ("pool", "log_format") else raw
+    return raw

@@ -218,8 +218,8 @@ class Worker:
             error = {"type": "WorkerLost", "message": f"gave up after {claim.attempt - 1} lost attempts"}
             self._settle_now(entry, Outcome(claim.id, claim.token, "failed", error=error))
             return
-        if log.isEnabledFor(logging.INFO):
-            log.info("started", extra={"task": self._fields(entry)})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("started", extra={"task": self._fields(entry)})
         self.pool.submit(
             Job(claim.id, message.name, claim.queue, claim.attempt, message.args, message.kwargs, policy.timeout)
         )
