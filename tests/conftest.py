@@ -18,7 +18,7 @@ import runq
 from runq.brokers import Broker
 
 ROOT = Path(__file__).resolve().parent.parent
-BROKERS = ["sqlite"]  # "redis" joins with the Redis broker
+BROKERS = ["sqlite", "redis"]
 
 
 def free_port() -> int:
@@ -144,7 +144,13 @@ def corrupt_payload(url: str, task_id: str, raw: str) -> None:
         with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
             db.execute("UPDATE runq_tasks SET payload = ? WHERE id = ?", (raw, task_id))
         return
-    raise NotImplementedError(f"corrupt_payload for {url}")
+    import redis
+
+    from runq.brokers.redis import queue_keys
+    from runq.models import queue_of
+
+    with redis.Redis.from_url(url) as client:
+        client.hset(queue_keys(queue_of(task_id)).payloads, task_id, raw)
 
 
 # -- real worker processes ---------------------------------------------------------
