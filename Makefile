@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test lint pytest redis-server clean
+.PHONY: demo quickstart test lint pytest redis-server clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,9 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
+	$(VENV)/bin/runq demo
+
+quickstart: $(VENV)/.installed
 	cd examples && ../$(PY) quickstart.py
 
 test: lint pytest
