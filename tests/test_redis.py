@@ -278,6 +278,16 @@ def test_wait_for_work_wakes_on_enqueue(app: runq.App, broker: RedisBroker) -> N
         other.close()
 
 
+def test_wait_for_work_returns_at_the_due_time(app: runq.App, broker: RedisBroker) -> None:
+    enqueued = time.monotonic()
+    task_id = app.enqueue("add", args=[1, 2], delay=0.3).id
+    broker.wait_for_work(("default",), timeout=10)
+    woke = time.monotonic() - enqueued
+    [claim] = broker.claim(("default",), "w", 1, 30)
+    assert claim.id == task_id
+    assert 0.25 <= woke < 0.3 + 0.25  # SPEC: <= 50 ms late; slack for a loaded test machine
+
+
 # -- configuration -------------------------------------------------------------------------
 
 
@@ -317,6 +327,11 @@ def test_acl_user_without_config_works_and_no_warning(
         app.close()
     finally:
         client.acl_deluser("limited")
+
+
+def test_cluster_url_uses_the_cluster_client(redis_server: RedisServer) -> None:
+    with pytest.raises(runq.BrokerUnavailable, match="Cluster mode is not enabled"):
+        RedisBroker(f"redis+cluster://127.0.0.1:{redis_server.port}")  # a plain server is no cluster
 
 
 # -- a real worker across a Redis restart --------------------------------------------------

@@ -41,7 +41,6 @@ import json
 import logging
 import math
 import secrets
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from typing import Any, NamedTuple, ParamSpec, TypeVar
@@ -49,7 +48,7 @@ from typing import Any, NamedTuple, ParamSpec, TypeVar
 import redis
 from redis.backoff import NoBackoff
 from redis.commands.core import Script
-from redis.exceptions import ClusterError, NoScriptError
+from redis.exceptions import ClusterError, NoScriptError, RedisClusterException
 from redis.retry import Retry
 
 from runq.brokers.base import Broker
@@ -83,6 +82,7 @@ CLUSTER_SLICE = 0.05  # per-queue blocking slice when the queues live in differe
 CANCELLED = '{"type":"Cancelled","message":"cancelled"}'
 QUEUES_KEY = "runq:queues"
 WORKERS_KEY = "runq:workers"
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException)
 
 
 class QueueKeys(NamedTuple):
@@ -148,7 +148,7 @@ def _guarded(method: Callable[P, T]) -> Callable[P, T]:
     def call(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             return method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError, ClusterError) as exc:
+        except UNAVAILABLE as exc:
             broker: RedisBroker = args[0]  # type: ignore[assignment]
             raise BrokerUnavailable(f"Redis at {mask_url(broker.url)} is unavailable: {exc}") from exc
 
@@ -183,6 +183,16 @@ class _Batch:
 
 
 class RedisBroker(Broker):
+    """The Broker on Redis: thread-safe (redis-py pools connections per client).
+
+    Blocking calls (BLPOP in ``wait_for_work`` and ``wait``) use their own client, so
+    they never hold a connection another thread needs, and block at most
+    ``BLOCK_SLICE`` at a time. redis-py's automatic retry is off: a script that
+    timed out may have run, and running it again could enqueue twice; an outage
+    surfaces as ``BrokerUnavailable`` and the worker's own back-off retries. The
+    eviction-policy warning is given on the first ``claim``, which only workers make.
+    """
+
     def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
         self.url = url
         self.cluster = url.lower().startswith("redis+cluster://")
@@ -199,7 +209,6 @@ class RedisBroker(Broker):
             name: self._r.register_script(lib + lua.joinpath(f"{name}.lua").read_text()) for name in SCRIPTS
         }
         self._policy_checked = False
-        self._lock = threading.Lock()
 
     def _client(self, options: dict[str, Any]) -> Any:
         """A client for the URL; ``redis+cluster://`` gets a cluster client."""
@@ -209,7 +218,7 @@ class RedisBroker(Broker):
 
                 return RedisCluster.from_url("redis://" + self.url.partition("://")[2], **options)
             return redis.Redis.from_url(self.url, **options)
-        except (redis.ConnectionError, redis.TimeoutError, ClusterError) as exc:
+        except UNAVAILABLE as exc:
             raise BrokerUnavailable(f"Redis at {mask_url(self.url)} is unavailable: {exc}") from exc
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
