@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -162,11 +163,12 @@ def enqueue_day(app: App) -> Plan:
 
 
 def _enqueue_payments(app: App, plan: Plan, name: str) -> None:
+    run = uuid.uuid4().hex[:8]  # keys unique per run: a second demo on the same Redis is a new day
     for i in range(8):  # the gateway times out twice on two of them: they succeed on the third attempt
         args = [f"order-{1001 + i}", 1999 + 500 * i, "4242-4242-4242-4242", 2 if i in (3, 5) else 0]
-        plan.handles.append(app.enqueue(name, args, key=f"charge-order-{1001 + i}"))
+        plan.handles.append(app.enqueue(name, args, key=f"charge-{run}-order-{1001 + i}"))
     # The customer double-clicked "pay": the same idempotency key returns the first charge.
-    again = app.enqueue(name, ["order-1001", 1999, "4242-4242-4242-4242", 0], key="charge-order-1001")
+    again = app.enqueue(name, ["order-1001", 1999, "4242-4242-4242-4242", 0], key=f"charge-{run}-order-1001")
     plan.duplicate = (plan.handles[-8].id, again.id)
     # The gateway never answers for this one: 3 attempts, then the dead-letter set.
     doomed = app.enqueue(name, ["order-1099", 4999, "4000-0000-0000-0119", 99])
