@@ -388,7 +388,7 @@ def status(url: str | None, as_json: bool) -> None:
         return
     _queue_table(stats)
     busy = sum(len(w.current) for w in live)
-    out.line(f"{len(live)} worker(s) live, {busy} task(s) in hand; throughput {stats.throughput:.1f}/s", "bold")
+    out.line(f"{len(live)} worker(s) live, {busy} task(s) in hand; throughput {out.rate(stats.throughput)}", "bold")
 
 
 @main.command()
@@ -404,7 +404,7 @@ def metrics(url: str | None, as_json: bool) -> None:
     out.table(tuple(counters), [tuple(counters.values())], title="counters")
     rows = [(kind, *(out.seconds(getattr(p, q)) for q in ("p50", "p95", "p99"))) for kind, p in _latency(stats)]
     out.table(("latency, last 5 min", "p50", "p95", "p99"), rows)
-    out.line(f"throughput {stats.throughput:.1f} tasks/s (last minute)", "bold")
+    out.line(f"throughput {out.rate(stats.throughput)} (tasks finished, last minute)", "bold")
 
 
 def _latency(stats: Stats) -> list[tuple[str, Any]]:

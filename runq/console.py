@@ -68,6 +68,11 @@ def seconds(value: float | None) -> str:
     return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
 
 
+def rate(per_second: float) -> str:
+    """A throughput that stays readable when it is small (3 tasks in a minute is 0.05/s, not 0.0/s)."""
+    return f"{per_second:.1f}/s" if per_second >= 10 or per_second == 0 else f"{per_second:.2f}/s"
+
+
 def table(
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
