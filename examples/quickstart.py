@@ -10,8 +10,9 @@ import subprocess
 import sys
 import time
 
-import runq
 from tasks import add, app, resize, send_email
+
+import runq
 
 
 def main() -> int:
