@@ -161,16 +161,19 @@ def worker(
 
 
 def _load(app_path: str) -> App:
-    """Import APP; a wrong name is a usage error, a bug inside the user's module keeps its traceback."""
-    module = app_path.partition(":")[0]
+    """Import APP. A malformed APP is a usage error (2); a well-formed one naming nothing that
+    exists fails like an unknown task id (1); a bug inside the user's module keeps its traceback."""
+    module, colon, attribute = app_path.partition(":")
+    if not (module and colon and attribute):
+        raise click.BadParameter(f"must look like 'module:attribute', got {app_path!r}", param_hint="APP")
     try:
         return load_app(app_path)
     except ModuleNotFoundError as exc:
         if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
-            raise click.BadParameter(f"cannot import {module!r}: {exc}", param_hint="APP") from None
+            fail(f"cannot import {module!r} for APP {app_path!r}: {exc} (is it on PYTHONPATH?)")
         raise
     except (ValueError, TypeError) as exc:
-        raise click.BadParameter(str(exc), param_hint="APP") from None
+        fail(f"bad APP {app_path!r}: {exc}")
 
 
 # -- producing ---------------------------------------------------------------------------

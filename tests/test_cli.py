@@ -183,9 +183,11 @@ def test_bad_configuration_is_a_usage_error(broker_url: str) -> None:
     user_error(cli("status", "--url", broker_url, env={"RUNQ_POOL": "fibers"}), 2, "pool")
     user_error(cli("status", "--url", "mysql://h/db"), 2, "unsupported broker URL")
     user_error(cli("worker", "tests.tasks:app", "--url", broker_url, "--pool", "fibers"), 2, "fibers")
-    user_error(cli("worker", "no_such_module:app", "--url", broker_url), 2, "no_such_module")
-    user_error(cli("worker", "tests.tasks:nothing", "--url", broker_url), 2, "nothing")
     user_error(cli("worker", "tests.tasks", "--url", broker_url), 2, "module:attribute")
+    # Well-formed, but naming nothing that exists: like an unknown task id.
+    user_error(cli("worker", "no_such_module:app", "--url", broker_url), 1, "no_such_module")
+    user_error(cli("worker", "tests.tasks:nothing", "--url", broker_url), 1, "nothing")
+    user_error(cli("worker", "tests.tasks:add", "--url", broker_url), 1, "not a runq.App")
 
 
 def test_unreachable_sqlite_names_the_url(tmp_path: Path) -> None:
