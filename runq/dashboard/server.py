@@ -14,6 +14,7 @@ OpenAPI description are public: they hold no data.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import ipaddress
 import os
@@ -157,4 +158,5 @@ def serve(app: App, host: str = "127.0.0.1", port: int = 8000, token: str | None
         timeout_graceful_shutdown=2,  # live-update streams never end by themselves
         **uvicorn,
     )
-    server.Server(config).run()
+    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl+C it handled cleanly
+        server.Server(config).run()

@@ -5,7 +5,8 @@
 
 const STATES = ["pending", "scheduled", "waiting", "running", "succeeded", "failed", "cancelled"];
 const HISTORY_SECONDS = 600;
-const CHART_SECONDS = 300;
+const CHART_SECONDS = 300; // the widest window; it starts at one minute and grows with the history
+const RATE_WINDOW = 5; // seconds of counter deltas behind each point of the finished/s line
 const $ = (id) => document.getElementById(id);
 
 // -- the token: taken from ?token= once, then kept for this tab only ---------------
@@ -103,12 +104,14 @@ let lastSnapshot = null;
 
 function render(snap) {
   lastSnapshot = snap;
+  document.body.dataset.updated = snap.time; // lets scripts and tests wait for the next update
   const totals = Object.fromEntries(STATES.map((s) => [s, 0]));
   for (const queue of Object.values(snap.stats.queues)) for (const s of STATES) totals[s] += queue[s] || 0;
   for (const s of STATES) document.querySelector(`[data-testid="count-${s}"]`).textContent = totals[s].toLocaleString();
 
   const counters = snap.stats.counters;
-  $("counters").replaceChildren(...Object.entries(counters).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v.toLocaleString())]));
+  $("counters").replaceChildren(...Object.entries(counters).map(([k, v]) =>
+    el("div", {}, el("dt", {}, k), el("dd", {}, v.toLocaleString()))));
   for (const kind of ["wait", "run"]) for (const p of ["p50", "p95", "p99"]) $(`${kind}-${p}`).textContent = seconds(snap.stats[kind][p]);
   $("throughput").textContent = snap.stats.throughput.toFixed(1) + " /s";
 
@@ -172,15 +175,19 @@ function drawChart() {
   const [ink, grid, now, avg] = ["--muted", "--line", "--accent", "--ok"].map((v) => css.getPropertyValue(v).trim());
 
   const points = [];
-  for (let i = 1; i < history_.length; i++) {
-    const a = history_[i - 1], b = history_[i], dt = b.t - a.t;
+  for (let i = 1, j = 0; i < history_.length; i++) {
+    const b = history_[i];
+    while (j < i - 1 && history_[j + 1].t <= b.t - RATE_WINDOW) j++;
+    const a = history_[j], dt = b.t - a.t;
     if (dt > 0) points.push({ t: b.t, rate: Math.max(0, (b.finished - a.finished) / dt), avg: b.avg });
   }
   const end = history_.length ? history_[history_.length - 1].t : Date.now() / 1000;
-  const start = end - CHART_SECONDS;
+  const span = history_.length ? end - history_[0].t : 0;
+  const windowSeconds = Math.min(CHART_SECONDS, Math.max(60, Math.ceil(span / 30) * 30));
+  const start = end - windowSeconds;
   const top = niceMax(Math.max(1, ...points.map((p) => Math.max(p.rate, p.avg))));
   const left = 40, bottom = height - 20, right = width - 8, topPx = 8;
-  const x = (t) => left + ((t - start) / CHART_SECONDS) * (right - left);
+  const x = (t) => left + ((t - start) / windowSeconds) * (right - left);
   const y = (v) => bottom - (v / top) * (bottom - topPx);
 
   ctx.font = "11px system-ui, sans-serif";
@@ -193,7 +200,11 @@ function drawChart() {
     ctx.textAlign = "right"; ctx.fillText(formatRate(v), left - 6, py + 4);
   }
   ctx.textAlign = "center";
-  for (let m = 0; m <= CHART_SECONDS / 60; m++) ctx.fillText(m ? `-${m}m` : "now", x(end - m * 60), height - 4);
+  const tick = windowSeconds <= 60 ? 15 : windowSeconds <= 150 ? 30 : 60;
+  for (let s = 0; s <= windowSeconds; s += tick) {
+    ctx.textAlign = s === windowSeconds ? "left" : s === 0 ? "right" : "center";
+    ctx.fillText(s === 0 ? "now" : s % 60 ? `-${s}s` : `-${s / 60}m`, x(end - s), height - 4);
+  }
 
   const visible = points.filter((p) => p.t >= start);
   if (visible.length < 2) {
@@ -222,7 +233,7 @@ function niceMax(value) {
 }
 
 function formatRate(v) {
-  return v >= 1000 ? (v / 1000).toFixed(1) + "k" : v % 1 ? v.toFixed(1) : String(v);
+  return v >= 1000 ? (v / 1000).toFixed(1) + "k" : String(Number(v.toFixed(2)));
 }
 
 // -- actions --------------------------------------------------------------------------
