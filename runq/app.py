@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import builtins
 import importlib
-import json
 import os
 import sys
 import threading
@@ -18,7 +17,7 @@ from runq.brokers import Broker, connect
 from runq.handles import Handle
 from runq.models import Message, Stats, Status, TaskInfo, WorkerInfo, new_task_id, queue_of
 from runq.settings import Settings
-from runq.tasks import Options, Signature, Task
+from runq.tasks import NO_OPTIONS, Options, Signature, Task
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -110,7 +109,13 @@ class App:
         **options: Any,
     ) -> Handle[Any]:
         """Enqueue a task by name; the task need not be importable here."""
-        message = self.message(name, args, kwargs, Options.build(options))
+        return self.send(name, args, kwargs, Options.build(options) if options else NO_OPTIONS)
+
+    def send(
+        self, name: str, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None, opts: Options
+    ) -> Handle[Any]:
+        """Enqueue one call with already-validated options (``delay()`` and ``enqueue()`` end here)."""
+        message = self.message(name, args, kwargs, opts)
         [task_id] = self.broker.enqueue([message], self.settings.key_ttl)
         return Handle(self, task_id)
 
@@ -132,9 +137,9 @@ class App:
         if not isinstance(name, str) or not name:
             raise ValueError(f"task name must be a non-empty string, got {name!r}")
         task = self.tasks.get(name)
-        opts = (task.defaults if task else Options()).merge(call)
-        args_list = list(args or ())
-        kwargs_dict = dict(kwargs or {})
+        opts = (task.defaults if task else NO_OPTIONS).merge(call)
+        args_list = list(args) if args else []
+        kwargs_dict = dict(kwargs) if kwargs else {}
         for key in kwargs_dict:
             if not isinstance(key, str):
                 raise TypeError(f"keyword argument names must be strings, got {key!r}")
@@ -159,7 +164,10 @@ class App:
             result_ttl=opts.result_ttl or self.settings.result_ttl,
             after=opts.after or (),
         )
-        size = len(check_json(args_list, kwargs_dict).encode())
+        try:
+            size = len(message.payload.encode())
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"task arguments must be JSON-serialisable: {exc}") from None
         if size > self.settings.max_payload:
             raise ValueError(f"task payload is {size} bytes, over max_payload ({self.settings.max_payload} bytes)")
         return message
@@ -212,14 +220,6 @@ def _status(status: Status | str | None) -> Status | None:
     except ValueError:
         valid = ", ".join(s.value for s in Status)
         raise ValueError(f"unknown status {status!r}; valid: {valid}") from None
-
-
-def check_json(args: list[Any], kwargs: dict[str, Any]) -> str:
-    """The JSON text of a call's arguments; ``TypeError`` naming the first bad value's type."""
-    try:
-        return json.dumps([args, kwargs], separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"task arguments must be JSON-serialisable: {exc}") from None
 
 
 def default_task_name(fn: Callable[..., Any]) -> str:

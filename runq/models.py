@@ -10,17 +10,20 @@ matches, so a worker that stalled past its lease cannot overwrite a newer attemp
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Literal
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-_CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 class Status(str, enum.Enum):
@@ -52,23 +55,22 @@ def check_queue_name(queue: str) -> str:
 
 
 def new_task_id(queue: str) -> str:
-    """A URL-safe id that carries its queue: ``<queue>.<26-char ULID>``.
+    """A URL-safe id that carries its queue: ``<queue>.<26 characters>``.
 
     Carrying the queue lets a Redis Cluster broker find the task's hash slot from
-    the id alone (see docs/architecture.md). The ULID part sorts by creation time.
+    the id alone (see docs/architecture.md). The 32 hex digits are a 48-bit
+    millisecond time and 80 random bits, so ids sort by creation time.
     """
-    value = (int(time.time() * 1000) << 80) | int.from_bytes(os.urandom(10), "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return f"{queue}.{''.join(reversed(chars))}"
+    return f"{queue}.{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
 
 
 def queue_of(task_id: str) -> str:
-    """The queue a task id belongs to; ``ValueError`` for a string that is not a runq id."""
-    queue, sep, ulid = task_id.rpartition(".")
-    if not sep or len(ulid) != 26 or not QUEUE_NAME.match(queue):
+    """The queue a task id belongs to; ``ValueError`` for a string that is not a runq id.
+
+    Ids look like ``emails.0190a3f2c4d1e8f3a9b2c7d4e5f60718``.
+    """
+    queue, sep, unique = task_id.rpartition(".")
+    if not sep or len(unique) != 32 or not QUEUE_NAME.match(queue):
         raise ValueError(f"not a runq task id: {task_id!r}")
     return queue
 
@@ -97,23 +99,42 @@ class Message:
     timeout: float | None = None
     result_ttl: float = 86400.0
     after: tuple[str, ...] = ()
+    # Workflow steps: "first" prepends the result of after[0] to args (chain), "list"
+    # prepends the list of the results of every task in after (chord callback).
+    pass_results: Literal["first", "list"] | None = None
 
     def encode(self) -> str:
-        data = asdict(self)
-        data["after"] = list(self.after)
-        return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        return self.payload
+
+    @functools.cached_property
+    def payload(self) -> str:
+        """The JSON text, encoded once (the producer checks its size, the broker stores it).
+
+        Only the name and the fields that differ from their defaults are written; the id
+        and the queue are the broker's keys already. A no-op task is ``{"name":"noop"}``,
+        which keeps a million queued tasks small. Raises ``TypeError``/``ValueError`` for
+        arguments JSON cannot represent.
+        """
+        data: dict[str, Any] = {"name": self.name}
+        for name, default in _PAYLOAD_DEFAULTS:
+            value = getattr(self, name)
+            if value != default:
+                data[name] = list(value) if name == "after" else value
+        return _JSON.encode(data)
 
     @classmethod
-    def decode(cls, raw: str | bytes) -> Message:
-        """Parse a payload; raises ``ValueError`` for anything that is not a runq message."""
+    def decode(cls, raw: str | bytes, id: str, queue: str) -> Message:
+        """Parse the payload of task ``id`` in ``queue``; ``ValueError`` for anything else."""
         try:
             data = json.loads(raw)
         except (TypeError, ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"payload is not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError("payload is not a JSON object")
+        if "after" in data:
+            data["after"] = tuple(data["after"])
         try:
-            message = cls(**{**data, "after": tuple(data.get("after", ()))})
+            message = cls(id=id, queue=queue, **data)
         except TypeError as exc:
             raise ValueError(f"payload has wrong fields: {exc}") from None
         if not isinstance(message.name, str) or not isinstance(message.args, list):
@@ -121,6 +142,13 @@ class Message:
         if not isinstance(message.kwargs, dict):
             raise ValueError("payload kwargs is not an object")
         return message
+
+
+_PAYLOAD_DEFAULTS = tuple(
+    (spec.name, spec.default_factory() if callable(spec.default_factory) else spec.default)
+    for spec in fields(Message)
+    if spec.name not in ("id", "queue", "name")
+)
 
 
 @dataclass(frozen=True)
@@ -142,8 +170,9 @@ class Outcome:
     """What became of one claim, for :meth:`Broker.settle`.
 
     ``retry`` waits ``delay`` seconds on the broker's clock. ``release`` puts a task
-    back as pending at once; ``uncount`` also gives back its attempt (for a task that
-    was claimed but never started).
+    back as pending at once (or scheduled ``delay`` seconds from now: a task held back
+    by its rate limit or circuit breaker); ``uncount`` also gives back its attempt (for
+    a task that was claimed but never started).
     """
 
     id: str
@@ -198,7 +227,7 @@ def task_info(
     """
     payload = record["payload"]
     try:
-        message: Message | None = Message.decode(payload)
+        message: Message | None = Message.decode(payload, record["id"], record["queue"])
     except ValueError:
         message = None
     result_text = record.get("result")
@@ -267,6 +296,8 @@ class Stats:
     wait: Percentiles
     run: Percentiles
     throughput: float  # tasks finished per second over the last minute
+    # Circuit breakers by task name: {"state": closed|open|half_open, "failures": n, "open_until": t}
+    breakers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

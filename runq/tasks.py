@@ -102,6 +102,8 @@ class Options:
 
     def merge(self, override: Options) -> Options:
         """These options with every field that ``override`` sets replaced."""
+        if override is NO_OPTIONS:
+            return self
         changes = {spec.name: getattr(override, spec.name) for spec in fields(override)}
         changes = {name: value for name, value in changes.items() if value is not None}
         if override.eta is not None:
@@ -109,6 +111,9 @@ class Options:
         if override.delay is not None:
             changes["eta"] = None
         return replace(self, **changes)
+
+
+NO_OPTIONS = Options()
 
 
 def _check_number(name: str, value: Any) -> None:
@@ -177,13 +182,7 @@ class Signature:
     def delay(self) -> Handle[Any]:
         if self.app is None:
             raise RuntimeError(f"signature of {self.name!r} is not bound to an App")
-        return self.app.enqueue(self.name, args=list(self.args), kwargs=dict(self.kwargs), **_set(self.opts))
-
-
-def _set(options: Options) -> dict[str, Any]:
-    return {
-        spec.name: getattr(options, spec.name) for spec in fields(options) if getattr(options, spec.name) is not None
-    }
+        return self.app.send(self.name, self.args, self.kwargs, self.opts)
 
 
 class Task(Generic[P, R]):
@@ -213,10 +212,10 @@ class Task(Generic[P, R]):
         return f"<runq.Task {self.name}>"
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
-        return self.options().delay(*args, **kwargs)
+        return self.app.send(self.name, args, kwargs, NO_OPTIONS)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
-        return Signature(self.name, args, kwargs, Options(), self.app)
+        return Signature(self.name, args, kwargs, NO_OPTIONS, self.app)
 
     def options(self, **options: Any) -> BoundTask[P, R]:
         return BoundTask(self, Options.build(options))
@@ -233,7 +232,7 @@ class BoundTask(Generic[P, R]):
         return BoundTask(self.task, self.opts.merge(Options.build(options)))
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
-        return self.task.app.enqueue(self.task.name, args=list(args), kwargs=dict(kwargs), **_set(self.opts))
+        return self.task.app.send(self.task.name, args, kwargs, self.opts)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         return Signature(self.task.name, args, kwargs, self.opts, self.task.app)

@@ -202,7 +202,7 @@ class Worker:
 
     def _start(self, claim: Claim) -> None:
         try:
-            message: Message | None = Message.decode(claim.payload)
+            message: Message | None = Message.decode(claim.payload, claim.id, claim.queue)
         except ValueError as exc:
             message = None
             error: dict[str, Any] = {"type": "MalformedMessage", "message": str(exc), "raw": claim.payload}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -78,10 +79,11 @@ def test_policy_prefers_message_then_task_default_then_runq_default() -> None:
 
 def test_message_round_trip_and_malformed_payloads() -> None:
     message = Message(id=new_task_id("q"), name="n", queue="q", args=[1, "é"], kwargs={"a": None}, after=("x",))
-    assert Message.decode(message.encode()) == message
-    for raw in ("not json", "[1]", '{"id": "x"}', '{"id":"x","name":"n","queue":"q","args":{}}', b"\xff"):
+    assert Message.decode(message.encode(), message.id, "q") == message
+    assert json.loads(Message(id="q.x", name="noop", queue="q").payload) == {"name": "noop"}
+    for raw in ("not json", "[1]", '{"id": "x"}', '{"name":"n","args":{}}', '{"args":[]}', b"\xff"):
         with pytest.raises(ValueError):
-            Message.decode(raw)
+            Message.decode(raw, "q.x", "q")
 
 
 def test_ids_sort_by_creation_and_carry_the_queue() -> None:
@@ -111,7 +113,7 @@ def test_unreachable_sqlite_file_is_broker_unavailable(tmp_path: Path) -> None:
 
 def test_unknown_url_scheme() -> None:
     with pytest.raises(ValueError, match="unsupported broker URL"):
-        runq.App("amqp://localhost").broker
+        _ = runq.App("amqp://localhost").broker
 
 
 def test_current_outside_a_task() -> None:

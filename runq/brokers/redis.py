@@ -41,7 +41,8 @@ import json
 import logging
 import math
 import secrets
-from collections.abc import Callable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
 from typing import Any, NamedTuple, ParamSpec, TypeVar
 
@@ -81,6 +82,7 @@ BLOCK_SLICE = 5.0  # longest single blocking call, so a lost connection is notic
 CLUSTER_SLICE = 0.05  # per-queue blocking slice when the queues live in different slots
 CANCELLED = '{"type":"Cancelled","message":"cancelled"}'
 QUEUES_KEY = "runq:queues"
+REGISTER_EVERY = 10.0
 WORKERS_KEY = "runq:workers"
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException)
 
@@ -209,6 +211,7 @@ class RedisBroker(Broker):
             name: self._r.register_script(lib + lua.joinpath(f"{name}.lua").read_text()) for name in SCRIPTS
         }
         self._policy_checked = False
+        self._registered: dict[str, float] = {}  # queue -> when this process last added it to QUEUES_KEY
 
     def _client(self, options: dict[str, Any]) -> Any:
         """A client for the URL; ``redis+cluster://`` gets a cluster client."""
@@ -251,23 +254,43 @@ class RedisBroker(Broker):
             groups.setdefault(message.queue, []).append(i)
         if not groups:
             return []
-        batch = _Batch(self._r, transaction=len(groups) > 1 and not self.cluster)
-        for queue, indexes in groups.items():
-            keys: list[str] = list(queue_keys(queue))
-            args: list[Any] = [max(1, int(key_ttl * 1000))]
-            for i in indexes:
-                m = messages[i]
-                if m.key is not None:
-                    keys.append(idempotency_key(queue, m.key))
-                args += [m.id, m.encode(), m.priority, m.delay, m.result_ttl, int(m.key is not None)]
-            batch.script(self._scripts["enqueue"], keys, args)
-        batch.pipe.sadd(QUEUES_KEY, *groups)
-        results = batch.execute()
+        calls = [
+            self._enqueue_call(queue, [messages[i] for i in indexes], key_ttl) for queue, indexes in groups.items()
+        ]
+        unregistered = self._unregistered(groups)
+        if len(calls) == 1 and not unregistered:  # the common case: one script call, no pipeline
+            results = [self._run("enqueue", *calls[0])]
+        else:
+            batch = _Batch(self._r, transaction=len(groups) > 1 and not self.cluster)
+            for keys, args in calls:
+                batch.script(self._scripts["enqueue"], keys, args)
+            if unregistered:
+                batch.pipe.sadd(QUEUES_KEY, *unregistered)
+            results = batch.execute()
         ids: list[str] = [""] * len(messages)
         for indexes, returned in zip(groups.values(), results[: len(groups)], strict=True):
             for i, task_id in zip(indexes, returned, strict=True):
                 ids[i] = _str(task_id)
         return ids
+
+    @staticmethod
+    def _enqueue_call(queue: str, messages: Sequence[Message], key_ttl: float) -> tuple[list[str], list[Any]]:
+        keys: list[str] = list(queue_keys(queue))
+        args: list[Any] = [max(1, int(key_ttl * 1000))]
+        for m in messages:
+            if m.key is not None:
+                keys.append(idempotency_key(queue, m.key))
+            args += [m.id, m.payload, m.priority, m.delay, m.result_ttl, int(m.key is not None)]
+        return keys, args
+
+    def _unregistered(self, queues: Iterable[str]) -> list[str]:
+        """Queues to (re-)add to the set of known queues: once per process, then every
+        ``REGISTER_EVERY`` seconds in case the set was lost (a Redis restart without AOF)."""
+        now = time.monotonic()
+        stale = [q for q in queues if now - self._registered.get(q, -math.inf) > REGISTER_EVERY]
+        for queue in stale:
+            self._registered[queue] = now
+        return stale
 
     # -- consuming ----------------------------------------------------------------
 
