@@ -362,7 +362,7 @@ def test_metrics_report_depths_counters_latency_and_workers(
 
     start_worker(broker_url, "--pool", "thread", "--concurrency", "2")
     handles = [app.enqueue("add", [i, i]) for i in range(5)]
-    assert [h.result(timeout=30) for h in handles] == [0, 2, 4, 6, 8]
+    assert [h.result(timeout=60) for h in handles] == [0, 2, 4, 6, 8]
     wait_until(lambda: scrape(api)[("runq_workers", ())] == 1, timeout=30)
     metrics = scrape(api)
     assert metrics[("runq_tasks_succeeded_total", ())] == 5
@@ -433,6 +433,7 @@ def browser() -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip("/usr/bin/chromium is missing: apt-get install chromium chromium-driver (bash .ci/run does)")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    sync_api.expect.set_options(timeout=30_000)  # a loaded 2-core machine: wait long, never sleep
     with sync_api.sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
         yield launched
@@ -451,7 +452,7 @@ def test_page_shows_live_counts_and_retries_a_dead_letter(
 
     dashboard = serve(token="s3cret")
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.set_default_timeout(20_000)
+    page.set_default_timeout(30_000)
     page.goto(f"{dashboard.url}/?token=s3cret")
     expect(page.locator("#conn")).to_have_text("live")
     assert "token" not in page.url  # kept in sessionStorage, not in the address bar
