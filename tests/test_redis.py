@@ -90,6 +90,11 @@ def test_every_script_call_stays_in_one_hash_slot(
     assert broker.wait(delayed.id, 0.05) is not None  # pending: watch, block, unwatch
     assert len(app.list()) == 4 and app.stats().counters["succeeded"] == 3
     assert app.purge(None) == 3
+    parent = app.enqueue("add", args=[1, 2], queue="a")
+    app.enqueue("add", args=[3], queue="b", after=[parent.id])  # link.lua runs in a's slot
+    [claim] = broker.claim(("a",), "w", 1, 30)
+    assert broker.settle([Outcome(claim.id, claim.token, "succeeded", result="3")]) == [True]  # resolve.lua in b's
+    assert broker.acquire_rate("add", 5, 1) == 0 and broker.breaker("add", "allow", 3, 1) == 0
 
     assert {name for name, _ in calls} >= set(broker._scripts)
     for name, keys in calls:
@@ -102,7 +107,7 @@ def test_every_script_call_stays_in_one_hash_slot(
 def test_keys_of_a_queue_share_its_hash_tag() -> None:
     keys = queue_keys("emails")
     assert all(key.startswith("runq:{emails}:") for key in keys)
-    assert len(set(keys)) == len(keys) == 19
+    assert len(set(keys)) == len(keys) == 22  # 19, plus children, parents, outbox (workflows)
     assert keys.by_status(Status.FAILED) == "runq:{emails}:status:failed"
 
 

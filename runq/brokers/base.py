@@ -18,8 +18,11 @@ from __future__ import annotations
 import builtins
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import Literal
 
 from runq.models import Claim, Message, Outcome, Stats, Status, TaskInfo, WorkerInfo
+
+BreakerEvent = Literal["allow", "success", "failure"]
 
 
 class Broker(ABC):
@@ -80,7 +83,14 @@ class Broker(ABC):
 
         ``succeeded`` stores the result for ``result_ttl``; ``retry`` schedules the
         task ``delay`` seconds from now; ``failed`` moves it to the dead-letter set
-        (kept until purged); ``release`` returns it to ``pending``.
+        (kept until purged); ``release`` returns it to ``pending`` (``scheduled`` in
+        ``delay`` seconds when ``delay > 0``).
+
+        A task that ends ``succeeded`` releases the tasks waiting on it (``after``)
+        whose other parents have succeeded too; one that ends ``failed`` cancels its
+        waiting dependents, and theirs, with an error naming it. That happens in the
+        same atomic step for dependents in the same queue, and right after it, by a
+        repeatable call that survives a crash in between, for dependents elsewhere.
         """
 
     # -- inspecting and steering ------------------------------------------------
@@ -102,7 +112,8 @@ class Broker(ABC):
         """Cancel a task that is not final yet; ``False`` when it was already final or unknown.
 
         A running task becomes ``cancelled`` at once; its worker learns on its next
-        ``renew`` and stops it, and its late outcome is rejected.
+        ``renew`` and stops it, and its late outcome is rejected. Tasks waiting on it
+        (``after``) are cancelled too, as when a parent fails.
         """
 
     @abstractmethod
@@ -120,6 +131,31 @@ class Broker(ABC):
     @abstractmethod
     def stats(self) -> Stats:
         """Counts per queue and state, counters, and latency over the last five minutes."""
+
+    # -- flow control (issue 6) ----------------------------------------------------
+
+    @abstractmethod
+    def take_tick(self, name: str, tick: str, ttl: float) -> bool:
+        """Claim one tick of a periodic schedule: ``True`` for exactly one caller per
+        ``(name, tick)`` within ``ttl`` seconds, however many beat processes ask."""
+
+    @abstractmethod
+    def acquire_rate(self, name: str, rate: float, per: float) -> float:
+        """Take a token from the bucket of task ``name`` (``rate`` tokens per ``per`` seconds,
+        shared by every worker); ``0.0`` when taken, else the seconds to wait before asking
+        again. Waiting callers are given successive slots, so they come back one by one.
+        """
+
+    @abstractmethod
+    def breaker(self, name: str, event: BreakerEvent, failures: int, seconds: float) -> float:
+        """Drive the circuit breaker of task ``name``; returns seconds to hold a run (0: go).
+
+        ``allow`` asks before a run: closed answers 0; open answers the time left; an open
+        breaker whose time is up becomes ``half_open`` and lets exactly this caller run as
+        the probe (another probe is allowed when none reported within ``seconds``).
+        ``success`` closes it. ``failure`` counts a failed attempt: the ``failures``-th in a
+        row, or a failed probe, opens it for ``seconds``. Both answer 0.
+        """
 
     # -- workers ----------------------------------------------------------------
 

@@ -24,6 +24,9 @@ Key layout (``q`` is the queue name):
     runq:{q}:status:<status>  zset    id -> seq, one per status (list, counts)
     runq:{q}:done:<id>        list    wait() notification, expires after 10 s
     runq:{q}:key:<key>        string  idempotency key -> id, expires after key_ttl
+    runq:{q}:children         hash    parent id -> JSON list of its waiting dependents (any queue)
+    runq:{q}:parents          hash    waiting id -> JSON list of its parents not ended yet
+    runq:{q}:outbox           zset    JSON workflow step for another queue's slot -> posted at
     runq:queues               set     every queue ever used
     runq:workers              set     worker ids; runq:worker:<id> string, expires after ttl
 
@@ -53,6 +56,7 @@ from redis.exceptions import ClusterError, NoScriptError, RedisClusterException
 from redis.retry import Retry
 
 from runq.brokers.base import Broker
+from runq.brokers.redis_flow import RedisFlow
 from runq.errors import BrokerUnavailable
 from runq.logs import mask_url
 from runq.models import (
@@ -75,7 +79,10 @@ log = logging.getLogger("runq.broker")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCRIPTS = ("enqueue", "claim", "renew", "settle", "cancel", "retry", "purge", "trim", "watch", "unwatch")
+SCRIPTS = (
+    *("enqueue", "claim", "renew", "settle", "cancel", "retry", "purge", "trim", "watch", "unwatch"),
+    *("link", "resolve", "rate", "breaker"),  # flow control: redis_flow.py
+)
 STATUSES = tuple(Status)  # the order of the status:<status> keys in QueueKeys
 BATCH = 200  # tasks promoted, reclaimed or expired per claim, purged per purge call
 BLOCK_SLICE = 5.0  # longest single blocking call, so a lost connection is noticed
@@ -88,7 +95,7 @@ UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClu
 
 
 class QueueKeys(NamedTuple):
-    """A queue's keys, in the order every script receives them as KEYS[1..19]."""
+    """A queue's keys, in the order every script receives them as KEYS[1..22]."""
 
     tasks: str
     payloads: str
@@ -109,6 +116,9 @@ class QueueKeys(NamedTuple):
     by_succeeded: str
     by_failed: str
     by_cancelled: str
+    children: str
+    parents: str
+    outbox: str
 
     def by_status(self, status: Status) -> str:
         return self[12 + STATUSES.index(status)]
@@ -118,7 +128,10 @@ class QueueKeys(NamedTuple):
 def queue_keys(queue: str) -> QueueKeys:
     tag = f"runq:{{{queue}}}"
     parts = QueueKeys._fields[:12]
-    return QueueKeys(*(f"{tag}:{part}" for part in parts), *(f"{tag}:status:{s.value}" for s in STATUSES))
+    flow = (f"{tag}:children", f"{tag}:parents", f"{tag}:outbox")
+    return QueueKeys._make(
+        [*(f"{tag}:{part}" for part in parts), *(f"{tag}:status:{s.value}" for s in STATUSES), *flow]
+    )
 
 
 def done_key(task_id: str) -> str:
@@ -184,7 +197,7 @@ class _Batch:
         return results
 
 
-class RedisBroker(Broker):
+class RedisBroker(RedisFlow, Broker):
     """The Broker on Redis: thread-safe (redis-py pools connections per client).
 
     Blocking calls (BLPOP in ``wait_for_work`` and ``wait``) use their own client, so
@@ -268,9 +281,11 @@ class RedisBroker(Broker):
                 batch.pipe.sadd(QUEUES_KEY, *unregistered)
             results = batch.execute()
         ids: list[str] = [""] * len(messages)
-        for indexes, returned in zip(groups.values(), results[: len(groups)], strict=True):
-            for i, task_id in zip(indexes, returned, strict=True):
+        for (queue, indexes), returned in zip(groups.items(), results[: len(groups)], strict=True):
+            for i, task_id in zip(indexes, returned, strict=False):  # stops at the ids
                 ids[i] = _str(task_id)
+            if len(returned) > len(indexes):  # steps posted for parents in other queues
+                self.apply_steps(queue, returned[len(indexes) :])
         return ids
 
     @staticmethod
@@ -280,7 +295,8 @@ class RedisBroker(Broker):
         for m in messages:
             if m.key is not None:
                 keys.append(idempotency_key(queue, m.key))
-            args += [m.id, m.payload, m.priority, m.delay, m.result_ttl, int(m.key is not None)]
+            after = json.dumps(m.after) if m.after else ""
+            args += [m.id, m.payload, m.priority, m.delay, m.result_ttl, int(m.key is not None), after]
         return keys, args
 
     def _unregistered(self, queues: Iterable[str]) -> list[str]:
@@ -305,7 +321,11 @@ class RedisBroker(Broker):
                 break
             prefix = secrets.token_hex(8) + ":"
             args = [worker_id, limit - len(claims), lease, prefix, BATCH]
-            for task_id, payload, attempt, token in self._run("claim", queue_keys(queue), args):
+            for answer in self._run("claim", queue_keys(queue), args):
+                if not isinstance(answer, list):  # an outbox step a dead process left behind
+                    self.apply_steps(queue, [answer])
+                    continue
+                task_id, payload, attempt, token = answer
                 claims.append(Claim(_str(task_id), queue, _text(payload) or "", int(attempt), _text(token) or ""))
         return claims
 
@@ -368,9 +388,11 @@ class RedisBroker(Broker):
                     keys.append(done_key(items[i].id))
             batch.script(self._scripts[name], keys, args)
         answers = [False] * len(items)
-        for indexes, returned in zip(groups.values(), batch.execute() if groups else [], strict=True):
-            for i, ok in zip(indexes, returned, strict=True):
+        for (queue, indexes), returned in zip(groups.items(), batch.execute() if groups else [], strict=True):
+            for i, ok in zip(indexes, returned, strict=False):  # stops at the answers
                 answers[i] = bool(ok)
+            if len(returned) > len(indexes):  # settle: steps for dependents (redis_flow.py)
+                self.apply_steps(queue, returned[len(indexes) :])
         return answers
 
     # -- inspecting and steering --------------------------------------------------
@@ -408,7 +430,9 @@ class RedisBroker(Broker):
     @_guarded
     def cancel(self, task_id: str) -> bool:
         keys = [*queue_keys(queue_of(task_id)), done_key(task_id)]
-        return bool(self._run("cancel", keys, [task_id, CANCELLED]))
+        done, *steps = self._run("cancel", keys, [task_id, CANCELLED])
+        self.apply_steps(queue_of(task_id), steps)
+        return bool(done)
 
     @_guarded
     def retry(self, task_id: str) -> bool:
@@ -475,7 +499,13 @@ class RedisBroker(Broker):
             batch.pipe.hgetall(keys.throughput)
         results = batch.execute()[len(queues) :]
         seconds, micros = results[0]
-        return _stats(queues, results[1:], seconds + micros / 1e6)
+        stats = _stats(queues, results[1:], seconds + micros / 1e6)
+        stats.breakers.update(self.breaker_states())
+        return stats
+
+    take_tick = _guarded(RedisFlow.take_tick)
+    acquire_rate = _guarded(RedisFlow.acquire_rate)
+    breaker = _guarded(RedisFlow.breaker)
 
     # -- workers ------------------------------------------------------------------
 

@@ -49,3 +49,37 @@ CREATE TABLE IF NOT EXISTS runq_workers (
     info       TEXT NOT NULL,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+
+-- Workflows (issue 6): one row per unresolved parent of a waiting task. A parent that
+-- ends deletes its rows: the child is released when it has none left, or cancelled.
+CREATE TABLE IF NOT EXISTS runq_deps (
+    parent TEXT NOT NULL,
+    child  TEXT NOT NULL,
+    PRIMARY KEY (parent, child)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS runq_deps_child ON runq_deps (child);
+
+-- Periodic tasks: a tick taken by one beat process; expired rows are deleted.
+CREATE TABLE IF NOT EXISTS runq_ticks (
+    name       TEXT NOT NULL,
+    tick       TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (name, tick)
+) WITHOUT ROWID;
+
+-- Rate limits per task name: GCRA (tat: when the next run may start; tail: the slot
+-- handed to the last caller told to wait).
+CREATE TABLE IF NOT EXISTS runq_rates (
+    name TEXT PRIMARY KEY,
+    tat  REAL NOT NULL,
+    tail REAL NOT NULL
+) WITHOUT ROWID;
+
+-- Circuit breakers per task name.
+CREATE TABLE IF NOT EXISTS runq_breakers (
+    name        TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,      -- closed | open | half_open
+    failures    INTEGER NOT NULL,   -- failed attempts in a row
+    open_until  REAL NOT NULL,
+    probe_until REAL NOT NULL
+) WITHOUT ROWID;

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from runq.brokers.base import Broker
+from runq.brokers import sqlite_flow as flow
+from runq.brokers.base import BreakerEvent, Broker
 from runq.errors import BrokerUnavailable
 from runq.models import (
     COUNTERS,
@@ -142,6 +143,9 @@ class SQLiteBroker(Broker):
                         ids.append(existing)
                         continue
                 delayed = message.delay > 0
+                status = Status.SCHEDULED if delayed else Status.PENDING
+                if message.after:
+                    status = Status.WAITING
                 db.execute(
                     "INSERT INTO runq_tasks (id, queue, name, status, priority, ready_at, payload,"
                     " key, key_expires_at, result_ttl, enqueued_at)"
@@ -150,7 +154,7 @@ class SQLiteBroker(Broker):
                         message.id,
                         message.queue,
                         message.name,
-                        Status.SCHEDULED.value if delayed else Status.PENDING.value,
+                        status.value,
                         message.priority,
                         now + message.delay if delayed else now,
                         message.encode(),
@@ -162,8 +166,24 @@ class SQLiteBroker(Broker):
                 )
                 ids.append(message.id)
                 inserted += 1
+                if message.after:
+                    self._wait_for_parents(db, message, now)
             self._count(db, "enqueued", inserted)
         return ids
+
+    @staticmethod
+    def _wait_for_parents(db: sqlite3.Connection, message: Message, now: float) -> None:
+        """A task with ``after`` starts waiting; parents already final release or cancel it now."""
+        error = flow.link(db, message, now)
+        if error is not None:
+            db.execute("DELETE FROM runq_deps WHERE child = ?", (message.id,))
+            SQLiteBroker._count(db, "cancelled", flow.cancel_waiting(db, message.id, error, now))
+        elif db.execute("SELECT 1 FROM runq_deps WHERE child = ? LIMIT 1", (message.id,)).fetchone() is None:
+            db.execute(
+                "UPDATE runq_tasks SET status = CASE WHEN ready_at > ? THEN 'scheduled' ELSE 'pending' END"
+                " WHERE id = ?",
+                (now, message.id),
+            )
 
     @staticmethod
     def _held_key(db: sqlite3.Connection, queue: str, key: str, now: float) -> str | None:
@@ -276,6 +296,9 @@ class SQLiteBroker(Broker):
                 accepted.append(ok)
                 if ok and counter:
                     self._count(db, counter, 1)
+                if ok and outcome.kind in ("succeeded", "failed"):
+                    error = None if outcome.kind == "succeeded" else flow.dependency_error(outcome.id, "failed")
+                    self._count(db, "cancelled", flow.release_children(db, outcome.id, error, now))
         return accepted
 
     @staticmethod
@@ -299,6 +322,12 @@ class SQLiteBroker(Broker):
                 "status = 'failed', error = ?, finished_at = ?, expires_at = NULL",
                 (error, now),
                 "failed",
+            )
+        if outcome.delay > 0:  # held back by a rate limit or a circuit breaker
+            return (
+                "status = 'scheduled', ready_at = ?, started_at = NULL, attempts = attempts - ?",
+                (now + outcome.delay, 1 if outcome.uncount else 0),
+                None,
             )
         return (
             "status = 'pending', started_at = NULL, attempts = attempts - ?",
@@ -343,7 +372,9 @@ class SQLiteBroker(Broker):
             )
             done = cursor.rowcount == 1
             if done:
-                self._count(db, "cancelled", 1)
+                db.execute("DELETE FROM runq_deps WHERE child = ?", (task_id,))
+                error = flow.dependency_error(task_id, "was cancelled")
+                self._count(db, "cancelled", 1 + flow.release_children(db, task_id, error, now))
         return done
 
     def retry(self, task_id: str) -> bool:
@@ -397,6 +428,7 @@ class SQLiteBroker(Broker):
             wait=Percentiles.of([max(0.0, r["started_at"] - r["ready_at"]) for r in recent]),
             run=Percentiles.of([r["finished_at"] - r["started_at"] for r in recent]),
             throughput=last_minute / 60.0,
+            breakers=flow.breaker_states(db),
         )
 
     @staticmethod
@@ -407,6 +439,20 @@ class SQLiteBroker(Broker):
                 " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
                 (name, amount),
             )
+
+    # -- flow control -------------------------------------------------------------
+
+    def take_tick(self, name: str, tick: str, ttl: float) -> bool:
+        with self._write() as db:
+            return flow.take_tick(db, name, tick, ttl, time.time())
+
+    def acquire_rate(self, name: str, rate: float, per: float) -> float:
+        with self._write() as db:
+            return flow.acquire_rate(db, name, rate, per, time.time())
+
+    def breaker(self, name: str, event: BreakerEvent, failures: int, seconds: float) -> float:
+        with self._write() as db:
+            return flow.breaker(db, name, event, failures, seconds, time.time())
 
     # -- workers ------------------------------------------------------------------
 

@@ -1,22 +1,30 @@
 -- cancel.lua: cancel one task that is not final yet.
 --
--- KEYS[1..19]  the queue's keys (lib.lua)
--- KEYS[20]     runq:{q}:done:<id> (its waiters' notification list)
+-- KEYS[1..22]  the queue's keys (lib.lua)
+-- KEYS[23]     runq:{q}:done:<id> (its waiters' notification list)
 -- ARGV         id, error JSON to record
--- Returns      1 when cancelled, 0 when the task is unknown, expired or already final
+-- Returns      {1 when cancelled, 0 when the task is unknown, expired or already final,
+--              then the outbox steps posted and waiters to wake for its dependents}
 -- Guarantees   a pending or scheduled task never runs; a running one loses its claim
 --              (token cleared: its renew and settle answer 0). The task is kept for
---              its result_ttl, then deleted; waiters are woken.
+--              its result_ttl, then deleted; waiters are woken. Its waiting dependents are
+--              cancelled too (here, or through posted steps for other queues).
 
 local id = ARGV[1]
 local now = clock()
 local rec = load(id)
 if not live(rec, now) or FINAL[rec.status] then
-  return 0
+  return {0}
 end
+redis.call('HDEL', Q.parents, id)
 rec.error = ARGV[2]
 finish(id, rec, 'cancelled', now, now + rec.result_ttl)
 save(id, rec)
 notify(id, KEYS[EXTRA + 1])
 count('cancelled', 1)
-return 1
+release_children(id, dependency_error(id, 'was cancelled'), now)
+local answer = {1}
+for _, step in ipairs(EFFECTS) do
+  answer[#answer + 1] = step
+end
+return answer

@@ -1,8 +1,10 @@
 -- claim.lua: take up to `limit` ready tasks of one queue for one worker.
 --
--- KEYS[1..19]  the queue's keys (lib.lua)
+-- KEYS[1..22]  the queue's keys (lib.lua)
 -- ARGV         worker id, limit, lease (s), token prefix (random, per call), batch
--- Returns      {{id, payload, attempt, token}, ...} in claim order
+-- Returns      {{id, payload, attempt, token}, ...} in claim order, then (as plain strings)
+--              up to 20 outbox steps posted over OUTBOX_GRACE s ago and not yet applied (a
+--              process died between a script and its follow-up): the caller applies them
 -- Guarantees   in this one atomic step, first up to `batch` finished tasks past their
 --              result_ttl are deleted, up to `batch` expired leases reclaimed (back to
 --              pending with error WorkerLost; the lost run stays counted in attempts, so
@@ -49,5 +51,9 @@ if left == 0 then
   redis.call('DEL', Q.wake)
 elseif readied > 0 then
   wake(left)
+end
+for _, step in ipairs(redis.call('ZRANGEBYSCORE', Q.outbox, '-inf', stamp(now - OUTBOX_GRACE), 'LIMIT', 0, 20)) do
+  redis.call('ZADD', Q.outbox, now, step)  -- handed out: not again before the grace passes
+  claims[#claims + 1] = step
 end
 return claims

@@ -1,6 +1,6 @@
 -- lib.lua: helpers prepended to every runq script; not a script of its own.
 --
--- KEYS[1..19] of every script are one queue's keys, in this order (redis.py:
+-- KEYS[1..22] of every script are one queue's keys, in this order (redis.py:
 -- QueueKeys), all with the queue's hash tag so a script touches one slot:
 --    1 tasks       hash  id -> task record, JSON (status, attempts, token, times, ...)
 --    2 payloads    hash  id -> the Message JSON, verbatim as enqueued
@@ -15,6 +15,9 @@
 --   11 samples     list  "finished_at wait run" of recent successes, at most SAMPLE_CAP
 --   12 throughput  hash  second -> successes in that second (last ~2 minutes)
 --   13..19 by-status zsets id -> seq: pending scheduled waiting running succeeded failed cancelled
+--   20 children   hash  parent id -> JSON list of the ids waiting on it (any queue)
+--   21 parents    hash  waiting id -> JSON list of its parents that have not ended yet
+--   22 outbox     zset  JSON step for another queue's slot -> when posted (see post())
 -- KEYS[EXTRA + i] are the script's own per-task keys, passed by the caller.
 --
 -- Times are seconds on the Redis clock (TIME) so skewed workers agree. Record
@@ -25,13 +28,16 @@ local WAKE_CAP = 32
 local SAMPLE_CAP = 4096
 local TWO_44 = 17592186044416
 local WORKER_LOST = '{"type":"WorkerLost","message":"lease expired: the worker died or stalled"}'
-local EXTRA = 19
+local EXTRA = 22
+local OUTBOX_GRACE = 5  -- seconds before claim hands an unapplied outbox step to its worker
 
 local Q = {
   tasks = KEYS[1], payloads = KEYS[2], pending = KEYS[3], scheduled = KEYS[4], running = KEYS[5],
   expiring = KEYS[6], seq = KEYS[7], counters = KEYS[8], wake = KEYS[9], waiters = KEYS[10],
-  samples = KEYS[11], throughput = KEYS[12],
+  samples = KEYS[11], throughput = KEYS[12], children = KEYS[20], parents = KEYS[21], outbox = KEYS[22],
 }
+-- This script's queue (nil for the per-task-name scripts rate.lua and breaker.lua).
+local QUEUE = KEYS[1] and string.match(KEYS[1], '^runq:{(.*)}:tasks$')
 local INDEX = {
   pending = KEYS[13], scheduled = KEYS[14], waiting = KEYS[15], running = KEYS[16],
   succeeded = KEYS[17], failed = KEYS[18], cancelled = KEYS[19],
@@ -141,6 +147,8 @@ local function forget(id, rec)
   redis.call('HDEL', Q.tasks, id)
   redis.call('HDEL', Q.payloads, id)
   redis.call('HDEL', Q.waiters, id)
+  redis.call('HDEL', Q.children, id)
+  redis.call('HDEL', Q.parents, id)
 end
 
 -- Delete up to `limit` finished tasks whose result_ttl has passed.
@@ -153,3 +161,124 @@ local function trim(now, limit)
   return #ids
 end
 
+
+-- -- workflows (after=) ---------------------------------------------------------------
+-- A parent and its dependents may live in different slots. Whatever a script decides
+-- for another queue is *posted*: kept in this queue's outbox and returned in EFFECTS;
+-- the broker's Python applies it there (link.lua / resolve.lua, both repeatable) and
+-- then removes it. A step left behind by a crash is handed out again by claim.lua.
+
+local EFFECTS = {}
+
+local function queue_of(id)
+  return string.match(id, '^(.*)%.[^.]*$')
+end
+
+local function dependency_error(parent, verb, cause)
+  local message = 'parent task ' .. parent .. ' ' .. verb
+  if cause then
+    message = message .. ' (' .. cause .. ')'
+  end
+  return cjson.encode({type = 'DependencyFailed', message = message, parent = parent})
+end
+
+local function post(entry)
+  local text = cjson.encode(entry)
+  redis.call('ZADD', Q.outbox, clock(), text)
+  EFFECTS[#EFFECTS + 1] = text
+end
+
+-- What a parent's record means for its dependents: 'ok', 'wait', or the verb of its end.
+local function verdict(rec, now)
+  if not live(rec, now) then
+    return 'not found'
+  elseif rec.status == 'succeeded' then
+    return 'ok'
+  elseif rec.status == 'failed' then
+    return 'failed'
+  elseif rec.status == 'cancelled' then
+    return 'was cancelled'
+  end
+  return 'wait'
+end
+
+-- Add `child` to the dependents of `parent` (a task of this queue), once.
+local function add_child(parent, child)
+  local raw = redis.call('HGET', Q.children, parent)
+  local children = raw and cjson.decode(raw) or {}
+  for _, known in ipairs(children) do
+    if known == child then
+      return
+    end
+  end
+  children[#children + 1] = child
+  redis.call('HSET', Q.children, parent, cjson.encode(children))
+end
+
+-- A waiting task whose parents all succeeded: pending now, or scheduled for its delay.
+local function release(id, rec, now)
+  if tonumber(rec.ready_at) > now then
+    enter(id, rec, 'scheduled', rec.ready_at)
+  else
+    rec.ready_at = stamp(now)
+    make_ready(id, rec)
+    wake(1)
+  end
+end
+
+local resolve
+
+-- `parent` (a task of this queue) ended: its dependents here are resolved now, the
+-- others through the outbox. err is nil when it succeeded, else the error they get.
+local function release_children(parent, err, now)
+  local raw = redis.call('HGET', Q.children, parent)
+  if not raw then
+    return
+  end
+  redis.call('HDEL', Q.children, parent)
+  for _, child in ipairs(cjson.decode(raw)) do
+    if queue_of(child) == QUEUE then
+      resolve(child, parent, err, now)
+    else
+      post({op = 'resolve', child = child, parent = parent, error = err or ''})
+    end
+  end
+end
+
+-- One parent of `child` (a task of this queue) ended. Repeatable: a child that is no
+-- longer waiting, or no longer lists that parent, is left alone.
+resolve = function(child, parent, err, now)
+  local rec = load(child)
+  if not rec or rec.status ~= 'waiting' then
+    return
+  end
+  local raw = redis.call('HGET', Q.parents, child)
+  local left, found = {}, false
+  for _, p in ipairs(raw and cjson.decode(raw) or {}) do
+    if p == parent then
+      found = true
+    else
+      left[#left + 1] = p
+    end
+  end
+  if not found then
+    return
+  end
+  if err then
+    redis.call('HDEL', Q.parents, child)
+    rec.error = err
+    finish(child, rec, 'cancelled', now, now + rec.result_ttl)
+    save(child, rec)
+    count('cancelled', 1)
+    if redis.call('HEXISTS', Q.waiters, child) == 1 then
+      EFFECTS[#EFFECTS + 1] = cjson.encode({op = 'notify', child = child})
+    end
+    release_children(child, dependency_error(child, 'was cancelled', cjson.decode(err).message), now)
+  elseif #left > 0 then
+    redis.call('HSET', Q.parents, child, cjson.encode(left))
+  else
+    redis.call('HDEL', Q.parents, child)
+    release(child, rec, now)
+    save(child, rec)
+  end
+end

@@ -1,6 +1,6 @@
 -- renew.lua: extend the leases of running claims of one queue.
 --
--- KEYS[1..19]  the queue's keys (lib.lua)
+-- KEYS[1..22]  the queue's keys (lib.lua)
 -- ARGV         lease (s), then pairs: id, token
 -- Returns      1 per pair when the claim is still held (lease now + lease), else 0
 -- Guarantees   only a running task whose fencing token matches is extended: a cancelled

@@ -1,16 +1,20 @@
 -- settle.lua: apply the outcomes of claims of one queue.
 --
--- KEYS[1..19]  the queue's keys (lib.lua)
--- KEYS[19 + i] runq:{q}:done:<id> of the i-th outcome (its waiters' notification list)
+-- KEYS[1..22]  the queue's keys (lib.lua)
+-- KEYS[22 + i] runq:{q}:done:<id> of the i-th outcome (its waiters' notification list)
 -- ARGV         8 per outcome: id, token, kind, result, error, delay (s), result_ttl (s), uncount
 --              kind: succeeded | retry | failed | release; "" for no result / no error
--- Returns      1 per outcome when applied, 0 when the fencing token is stale
+-- Returns      1 per outcome when applied, 0 when the fencing token is stale; then the
+--              outbox steps posted and waiters to wake for dependents (lib.lua)
 -- Guarantees   an outcome applies only to a running task whose token matches, once: the
 --              token is cleared. succeeded keeps the result for result_ttl (then the task
 --              is deleted); retry is scheduled delay s from now (pending at once for 0);
 --              failed is kept until purged; release goes back to its place in pending,
---              giving its attempt back when uncount is "1". Waiters on a task that became
---              final are woken. Also deletes up to 100 tasks past their result_ttl.
+--              giving its attempt back when uncount is "1" (scheduled delay s from now when
+--              delay > 0: held by a rate limit or breaker). Waiters on a task that became
+--              final are woken. A succeeded task releases its dependents of this queue whose
+--              parents all succeeded; a failed one cancels them (cascading); dependents in
+--              other queues get a posted step. Also deletes up to 100 tasks past their result_ttl.
 
 local now = clock()
 trim(now, 100)
@@ -39,6 +43,7 @@ local function apply(id, rec, i, n)
     finish(id, rec, 'succeeded', now, now + tonumber(ARGV[i + 6]))
     notify(id, KEYS[EXTRA + n])
     count('succeeded', 1)
+    release_children(id, nil, now)
   elseif kind == 'retry' then
     local delay = tonumber(ARGV[i + 5])
     rec.token, rec.lease_until, rec.error = nil, nil, err ~= '' and err or nil
@@ -56,13 +61,20 @@ local function apply(id, rec, i, n)
     finish(id, rec, 'failed', now, nil)
     notify(id, KEYS[EXTRA + n])
     count('failed', 1)
+    release_children(id, dependency_error(id, 'failed'), now)
   else
     rec.token, rec.lease_until, rec.started_at = nil, nil, nil
     if ARGV[i + 7] == '1' then
       rec.attempts = rec.attempts - 1
     end
-    enter(id, rec, 'pending', rec.score)
-    wake(1)
+    local delay = tonumber(ARGV[i + 5])
+    if delay > 0 then
+      rec.ready_at = stamp(now + delay)
+      enter(id, rec, 'scheduled', rec.ready_at)
+    else
+      enter(id, rec, 'pending', rec.score)
+      wake(1)
+    end
   end
 end
 
@@ -78,5 +90,8 @@ for i = 1, #ARGV, 8 do
   else
     accepted[n] = 0
   end
+end
+for _, step in ipairs(EFFECTS) do
+  accepted[#accepted + 1] = step
 end
 return accepted

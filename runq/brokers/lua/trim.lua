@@ -1,6 +1,6 @@
 -- trim.lua: delete finished tasks of one queue whose result_ttl has passed.
 --
--- KEYS[1..19]  the queue's keys (lib.lua)
+-- KEYS[1..22]  the queue's keys (lib.lua)
 -- ARGV         limit
 -- Returns      the number of tasks deleted (at most limit)
 -- Guarantees   the same clean-up claim and settle do, for readers (stats) so counts

@@ -1,7 +1,7 @@
 -- unwatch.lua: a waiter stops waiting on a task.
 --
--- KEYS[1..19]  the queue's keys (lib.lua)
--- KEYS[20]     runq:{q}:done:<id>
+-- KEYS[1..22]  the queue's keys (lib.lua)
+-- KEYS[23]     runq:{q}:done:<id>
 -- ARGV         id, woke ("1" when this waiter consumed the wake-up token)
 -- Returns      the number of waiters left
 -- Guarantees   a consumed token is pushed back (it expires after 10 s) so every other

@@ -1,6 +1,6 @@
 -- watch.lua: read a task and, unless it is final, register a waiter on it.
 --
--- KEYS[1..19]  the queue's keys (lib.lua)
+-- KEYS[1..22]  the queue's keys (lib.lua)
 -- ARGV         id, register ("1": count this client in waiters when not final)
 -- Returns      {record JSON, payload}, or nil when the task is unknown or expired
 -- Guarantees   atomic with every state change: a task that becomes final after this

@@ -1,0 +1,18 @@
+-- link.lua: register a waiting task (of another queue) as a dependent of a task of this one.
+--
+-- KEYS[1..22]  the parent's queue's keys (lib.lua)
+-- ARGV         child id, parent id
+-- Returns      the outbox steps posted: a resolve step for the child when the parent has
+--              already ended (succeeded: release; otherwise the error that cancels it)
+-- Guarantees   repeatable (a child is listed once); atomic with the parent's own end, so
+--              the child is either listed before the parent ends or told it has ended.
+
+local child, parent = ARGV[1], ARGV[2]
+local now = clock()
+local v = verdict(load(parent), now)
+if v == 'wait' then
+  add_child(parent, child)
+else
+  post({op = 'resolve', child = child, parent = parent, error = v == 'ok' and '' or dependency_error(parent, v)})
+end
+return EFFECTS

@@ -1,0 +1,12 @@
+-- resolve.lua: one parent (of another queue) of a waiting task of this queue has ended.
+--
+-- KEYS[1..22]  the child's queue's keys (lib.lua)
+-- ARGV         child id, parent id, error JSON ("" when the parent succeeded)
+-- Returns      the outbox steps posted and the waiters to wake (lib.lua: the child's own
+--              dependents elsewhere, when it was cancelled)
+-- Guarantees   repeatable: only a waiting child that still lists that parent changes. With
+--              no parent left it becomes pending (scheduled while its delay runs); with an
+--              error it is cancelled, and its dependents with it.
+
+resolve(ARGV[1], ARGV[2], ARGV[3] ~= '' and ARGV[3] or nil, clock())
+return EFFECTS

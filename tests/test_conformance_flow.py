@@ -1,0 +1,185 @@
+"""Conformance for flow control (issue 6) on every broker: ``after``, ticks, rate limits, breakers.
+
+Driven through the Broker interface as a worker would, so the rules are checked without
+worker timing. Real workers run the same features in test_workflows.py and test_schedule.py.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+import runq
+from runq.brokers import Broker
+from runq.models import Claim, Outcome, Status
+from tests.conftest import wait_until
+
+WORKER = "test-worker"
+
+
+def take(broker: Broker, *queues: str) -> Claim:
+    claims = broker.claim(queues or ("default",), WORKER, 1, 30.0)
+    assert len(claims) == 1, claims
+    return claims[0]
+
+
+def settle(broker: Broker, claim: Claim, kind: str, value: Any = None) -> None:
+    result = json.dumps(value) if kind == "succeeded" else None
+    error = {"type": "RuntimeError", "message": "boom"} if kind == "failed" else None
+    assert broker.settle([Outcome(claim.id, claim.token, kind, result=result, error=error)]) == [True]  # type: ignore[arg-type]
+
+
+def info(app: runq.App, task_id: str) -> runq.TaskInfo:
+    found = app.info(task_id)
+    assert found is not None, task_id
+    return found
+
+
+# -- after= ------------------------------------------------------------------------------------
+
+
+def test_child_waits_for_every_parent_then_becomes_pending(app: runq.App, broker: Broker) -> None:
+    first, second = app.enqueue("add", args=[1, 1]), app.enqueue("add", args=[2, 2])
+    child = app.enqueue("noop", after=[first, second.id])
+    assert info(app, child.id).status is Status.WAITING
+    assert app.stats().queues["default"].waiting == 1
+    settle(broker, take(broker), "succeeded", 2)
+    assert info(app, child.id).status is Status.WAITING
+    settle(broker, take(broker), "succeeded", 4)
+    assert info(app, child.id).status is Status.PENDING
+    assert take(broker).id == child.id
+
+
+def test_failed_parent_cancels_dependents_and_theirs(app: runq.App, broker: Broker) -> None:
+    parent = app.enqueue("add", args=[1, 1])
+    child = app.enqueue("noop", after=[parent])
+    grandchild = app.enqueue("noop", after=[child])
+    settle(broker, take(broker), "failed")
+    child_info, grandchild_info = info(app, child.id), info(app, grandchild.id)
+    assert child_info.status is Status.CANCELLED and grandchild_info.status is Status.CANCELLED
+    assert child_info.error is not None and parent.id in child_info.error["message"]
+    assert child_info.error["type"] == "DependencyFailed" and "failed" in child_info.error["message"]
+    assert grandchild_info.error is not None and child.id in grandchild_info.error["message"]
+    with pytest.raises(runq.TaskCancelled, match=parent.id):
+        grandchild.result(timeout=10)
+    assert app.stats().counters["cancelled"] == 2
+
+
+def test_dependents_in_other_queues(app: runq.App, broker: Broker) -> None:
+    parent = app.enqueue("add", args=[1, 1], queue="a")
+    child = app.enqueue("noop", queue="b", after=[parent])
+    doomed = app.enqueue("noop", queue="c", after=[child])
+    assert info(app, child.id).status is Status.WAITING
+    settle(broker, take(broker, "a"), "succeeded", 2)
+    assert info(app, child.id).status is Status.PENDING
+    settle(broker, take(broker, "b"), "failed")
+    assert info(app, doomed.id).status is Status.CANCELLED
+
+
+def test_parent_already_final_at_enqueue(app: runq.App, broker: Broker) -> None:
+    done = app.enqueue("add", args=[1, 1], queue="a")
+    settle(broker, take(broker, "a"), "succeeded", 2)
+    bad = app.enqueue("add", args=[1, 1], queue="a")
+    settle(broker, take(broker, "a"), "failed")
+    for queue in ("a", "b"):  # same queue (one script) and another queue (a second call)
+        assert info(app, app.enqueue("noop", queue=queue, after=[done]).id).status is Status.PENDING
+        cancelled = info(app, app.enqueue("noop", queue=queue, after=[done, bad]).id)
+        assert cancelled.status is Status.CANCELLED and bad.id in cancelled.error["message"]  # type: ignore[index]
+        ghost = app.handle(f"{queue}.{'0' * 32}")
+        assert info(app, app.enqueue("noop", queue=queue, after=[ghost]).id).status is Status.CANCELLED
+
+
+def test_cancel_cascades_across_queues(app: runq.App, broker: Broker) -> None:
+    parent = app.enqueue("add", args=[1, 1], queue="a")
+    here, there = app.enqueue("noop", queue="a", after=[parent]), app.enqueue("noop", queue="b", after=[parent])
+    assert parent.cancel()
+    for child in (here, there):
+        found = info(app, child.id)
+        assert found.status is Status.CANCELLED and "cancelled" in found.error["message"]  # type: ignore[index]
+
+
+def test_delay_counts_from_enqueue_and_a_cancelled_child_is_left_alone(app: runq.App, broker: Broker) -> None:
+    parent = app.enqueue("add", args=[1, 1])
+    delayed = app.enqueue("noop", after=[parent], delay=60)
+    dropped = app.enqueue("noop", after=[parent])
+    assert dropped.cancel()
+    settle(broker, take(broker), "succeeded", 2)
+    assert info(app, delayed.id).status is Status.SCHEDULED
+    assert info(app, dropped.id).status is Status.CANCELLED
+    assert broker.claim(("default",), WORKER, 10, 30.0) == []
+
+
+def test_enqueue_many_with_parents_earlier_in_the_batch(app: runq.App, broker: Broker) -> None:
+    first = app.message("add", [1, 2], {}, runq.tasks.NO_OPTIONS)
+    second = app.message("add", [3], {}, runq.tasks.Options(queue="b", after=(first.id,)))
+    assert broker.enqueue([first, second], 60) == [first.id, second.id]
+    assert info(app, second.id).status is Status.WAITING
+    settle(broker, take(broker), "succeeded", 3)
+    assert info(app, second.id).status is Status.PENDING
+
+
+def test_a_step_left_in_the_outbox_is_applied_by_a_later_claim(
+    app: runq.App, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not broker.url.startswith("redis"):
+        pytest.skip("SQLite resolves dependents in the parent's own transaction: no second call")
+    parent = app.enqueue("add", args=[1, 1], queue="a")
+    child = app.enqueue("noop", queue="b", after=[parent])
+    claim = take(broker, "a")
+    with monkeypatch.context() as patch:  # the worker dies between the settle script and its follow-up
+        patch.setattr(type(broker), "apply_steps", lambda self, queue, steps: None)
+        settle(broker, claim, "succeeded", 2)
+    assert info(app, child.id).status is Status.WAITING
+    # The step is handed out once it is OUTBOX_GRACE (5 s) old: any claim in queue a applies it.
+    wait_until(lambda: broker.claim(("a",), WORKER, 1, 30.0) == [] and info(app, child.id).status is Status.PENDING, 20)
+
+
+# -- release with a delay ------------------------------------------------------------------------
+
+
+def test_release_with_delay_schedules_without_counting(app: runq.App, broker: Broker) -> None:
+    handle = app.enqueue("noop")
+    claim = take(broker)
+    assert broker.settle([Outcome(claim.id, claim.token, "release", delay=30, uncount=True)]) == [True]
+    found = info(app, handle.id)
+    assert found.status is Status.SCHEDULED and found.attempts == 0 and found.eta is not None
+
+
+# -- ticks, rate limits, breakers ---------------------------------------------------------------
+
+
+def test_take_tick_once(broker: Broker) -> None:
+    assert broker.take_tick("cleanup", "1700000000", 60)
+    assert not broker.take_tick("cleanup", "1700000000", 60)
+    assert broker.take_tick("cleanup", "1700000005", 60) and broker.take_tick("other", "1700000000", 60)
+
+
+def test_rate_limit_hands_out_successive_slots(broker: Broker) -> None:
+    assert broker.acquire_rate("mail", 10, 1) == 0
+    waits = [broker.acquire_rate("mail", 10, 1) for _ in range(3)]
+    assert 0 < waits[0] <= 0.1 and waits[0] < waits[1] < waits[2] <= 0.3  # 0.1 s apart, one by one
+    assert broker.acquire_rate("other", 10, 1) == 0  # per task name
+    wait_until(lambda: broker.acquire_rate("mail", 1000, 1) == 0, 5)  # the first slot comes free
+
+
+def test_breaker_opens_holds_probes_and_closes(app: runq.App, broker: Broker) -> None:
+    assert broker.breaker("api", "allow", 2, 1.0) == 0
+    assert broker.breaker("api", "failure", 2, 1.0) == 0
+    assert broker.breaker("api", "allow", 2, 1.0) == 0  # one failure: still closed
+    broker.breaker("api", "failure", 2, 1.0)
+    hold = broker.breaker("api", "allow", 2, 1.0)
+    assert 0 < hold <= 1.0
+    state = app.stats().breakers["api"]
+    assert state["state"] == "open" and state["failures"] == 2 and state["open_until"] > time.time()
+    wait_until(lambda: broker.breaker("api", "allow", 2, 1.0) == 0, 5)  # the probe
+    assert app.stats().breakers["api"]["state"] == "half_open"
+    assert broker.breaker("api", "allow", 2, 1.0) > 0  # one probe at a time
+    broker.breaker("api", "failure", 2, 1.0)  # a failed probe opens it again
+    assert app.stats().breakers["api"]["state"] == "open"
+    wait_until(lambda: broker.breaker("api", "allow", 2, 1.0) == 0, 5)
+    broker.breaker("api", "success", 2, 1.0)
+    assert app.stats().breakers["api"] == {**app.stats().breakers["api"], "state": "closed", "failures": 0}
+    assert broker.breaker("api", "allow", 2, 1.0) == 0
