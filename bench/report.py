@@ -112,9 +112,13 @@ def render(rows: list[Row], failed: dict[str, str], info: dict[str, Any], args: 
             continue
         cells = [f"**{row.label}**" if row.library == "runq" else row.label, row.version]
         cells += [cell(row.samples.get(name, []), unit) for name, unit, _ in COLUMNS]
+        if row.variant.cap:  # W2 and W4 ran with fewer tasks: see the settings
+            cells = [f"{c} *" if i in (4, 5, 9, 10) and c != "—" else c for i, c in enumerate(cells)]
         trips = row.samples.get("W3 trips")
         cells.append(f"{trips[0]:.0f}" if trips else "—")
         out.append("| " + " | ".join(cells) + " |")
+    if any(row.variant.cap for row in rows):
+        out += ["", "\\* fewer tasks than the others (see Settings)."]
     out += ["", *ratio_table(rows), *depth_table(rows, s), *settings(rows), *problems(rows, failed)]
     out += machine_lines(info)
     return "\n".join(out) + "\n"

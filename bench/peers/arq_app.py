@@ -42,6 +42,7 @@ class WorkerSettings:
     functions = [noop, sleep, echo]  # noqa: RUF012 - arq's documented shape
     redis_settings = RedisSettings.from_dsn(URL)
     max_jobs = int(os.environ.get("BENCH_CONCURRENCY") or 10)
+    poll_delay = float(os.environ.get("BENCH_ARQ_POLL") or 0.5)
     on_startup = quiet
 
 
@@ -49,8 +50,15 @@ class ArqPeer(AsyncPeer):
     name = "arq"
     dist = "arq"
     variants = (
-        Variant("", "`arq WorkerSettings` x2 (max_jobs 10; W4 50); `Job.result()` polls every 0.5 s", trips=50),
-        Variant("poll 10 ms", "`Job.result(poll_delay=0.01)`", frozenset({"W3"})),
+        Variant(
+            "", "`arq WorkerSettings` x2 (max_jobs 10; W4 50; polls the queue and `Job.result()` every 0.5 s)", trips=20
+        ),
+        Variant(
+            "poll 10 ms",
+            "`WorkerSettings.poll_delay = 0.01`, `Job.result(poll_delay=0.01)`",
+            frozenset({"W2", "W3", "W4"}),
+            env={"BENCH_ARQ_POLL": "0.01"},
+        ),
     )
 
     def __init__(self) -> None:

@@ -41,6 +41,7 @@ class Variant:
     settings: str  # what it changes, for RESULTS.md
     workloads: frozenset[str] = frozenset({"W1", "W1b", "W2", "W3", "W4", "W5"})
     trips: int | None = None  # W3 cap for result APIs that poll at a fixed interval
+    cap: int | None = None  # W2/W4 task cap for a worker too slow to drain the full size in minutes
     env: dict[str, str] = field(default_factory=dict)  # for its worker processes
 
 

@@ -32,7 +32,12 @@ class RQPeer(Peer):
     dist = "rq"
     has_bulk = True
     variants = (
-        Variant("", "`rq worker` x2 (fork per job); bulk: `enqueue_many`; W4 is 2 x 1 (no in-process concurrency)"),
+        Variant(
+            "",
+            "`rq worker` x2 (fork per job: W2 and W4 with 1,000 tasks, 20,000 would take ~15 min a run); "
+            "bulk: `enqueue_many`; W4 is 2 x 1 (RQ has no in-process concurrency)",
+            cap=1_000,
+        ),
         Variant(
             "SimpleWorker", "`rq worker --worker-class rq.SimpleWorker` x2 (no fork)", frozenset({"W2", "W3", "W4"})
         ),

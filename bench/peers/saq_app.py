@@ -43,7 +43,7 @@ class SaqPeer(AsyncPeer):
     name = "saq"
     dist = "saq"
     variants = (
-        Variant("", "`saq settings --workers 2` (concurrency 10; W4 50); `Queue.apply()` polls every 0.5 s", trips=50),
+        Variant("", "`saq settings --workers 2` (concurrency 10; W4 50); `Queue.apply()` polls every 0.5 s", trips=20),
         Variant("pub/sub wait", "`Job.refresh(until_complete=...)`", frozenset({"W3"})),
     )
 
