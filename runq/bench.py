@@ -140,6 +140,27 @@ class Report:
     io_bound: Drain | None = None
     depth: list[Depth] = field(default_factory=list)
 
+    def rows(self) -> list[tuple[str, str, str]]:
+        """(workload, result, what it measured) for a table."""
+        out = [
+            ("W1 enqueue", f"{self.enqueue:,.0f}/s", f"{self.tasks:,} delay() calls"),
+            ("W1 bulk", f"{self.enqueue_bulk:,.0f}/s", f"enqueue_many, {BATCH:,} per call"),
+        ]
+        if self.drain is not None:
+            out.append(self._drained("W2 drain", self.drain))
+        if self.round_trip is not None:
+            p = self.round_trip
+            out.append(
+                ("W3 round trip", f"p50 {p.p50 * 1000:.2f} ms", f"p95 {p.p95 * 1000:.2f} ms, p99 {p.p99 * 1000:.2f} ms")
+            )
+        if self.io_bound is not None:
+            out.append(self._drained("W4 io-bound", self.io_bound))
+        return out
+
+    def _drained(self, label: str, drained: Drain) -> tuple[str, str, str]:
+        detail = f"{drained.tasks:,} tasks, {self.workers} workers, {drained.seconds:.2f}s with start-up"
+        return label, f"{drained.rate:,.0f}/s (steady {drained.steady:,.0f}/s)", detail
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         for name in ("drain", "io_bound"):
@@ -165,7 +186,7 @@ def percentile(ordered: list[float], q: float) -> float:
 
 
 def reset(url: str) -> None:
-    """Empty the broker: delete the SQLite file, or FLUSHALL the (private!) Redis."""
+    """Empty the broker: delete the SQLite file, or FLUSHDB the Redis database (never use a shared one)."""
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///").split("?", 1)[0]
         for suffix in ("", "-wal", "-shm"):
@@ -174,7 +195,7 @@ def reset(url: str) -> None:
         import redis
 
         with redis.Redis.from_url(url) as client:
-            client.flushall()
+            client.flushdb()
 
 
 def worker_command(url: str, concurrency: int | None = None) -> list[str]:

@@ -492,3 +492,43 @@ def dashboard(app_path: str, host: str, port: int, url: str | None, token: str |
         raise click.BadParameter(str(exc), param_hint="APP") from None
     app.settings = app.settings.with_(url=url)  # the broker connects lazily: not yet connected
     serve(app, host, port, token)
+
+
+@main.command()
+@click.option("--tasks", type=click.IntRange(min=10), default=2000, show_default=True, help="Tasks for W1, W2, W4.")
+@click.option("--workers", "processes", type=click.IntRange(min=1), default=2, show_default=True, help="Processes.")
+@click.option("--round-trips", type=click.IntRange(min=1), default=100, show_default=True, help="W3 round trips.")
+@common
+def bench(tasks: int, processes: int, round_trips: int, url: str | None, as_json: bool) -> None:
+    """runq's own workloads, small: a fresh temporary SQLite file, or --url (a Redis db it EMPTIES).
+
+    The side-by-side comparison with other task queues is `python -m bench` in runq's repository.
+    """
+    from runq.bench import smoke
+
+    explicit = url or click.get_current_context().meta.get("runq.group_url")
+    if explicit:
+        _settings(explicit)  # validate it, and name it in a broker error
+    report = smoke(explicit, tasks, processes, round_trips, lambda step: click.echo(f"{step} ...", err=True))
+    if as_json:
+        out.echo_json(report.to_dict())
+        return
+    out.table(["workload", "result", "detail"], report.rows(), title=f"runq bench on {mask_url(report.url)}")
+
+
+@main.command()
+@click.argument("app_path", metavar="APP")
+@click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default=None, help="[INFO]")
+@common
+def beat(app_path: str, log_level: str | None, url: str | None, as_json: bool) -> None:
+    """Enqueue APP's periodic tasks at their ticks; run as many as you like (once per tick)."""
+    from runq import logs
+    from runq.schedule import run_beat
+
+    settings = _settings(url, log_level=log_level, log_format="json" if as_json else None)
+    logs.configure(settings.log_level, settings.log_format)
+    app = _load(app_path)
+    app.settings = settings
+    if not app.schedules:
+        fail(f"{app_path} has no periodic tasks (@app.periodic)")
+    sys.exit(run_beat(app))
