@@ -32,3 +32,13 @@ redis-server:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache examples/*.db*
+
+# Benchmarks (bench/README.md). `make bench`: runq's own workloads, quick, printed (nothing written).
+# `make bench-compare`: runq side by side with its peers (the bench extra), 3 runs, writes bench/RESULTS.md.
+.PHONY: bench bench-compare
+bench: $(VENV)/.installed redis-server
+	$(PY) -m bench --libs runq --runs 1 --tasks 5000 --trips 100 --io-tasks 1000 --depths 1000,20000 --no-write
+
+bench-compare: $(VENV)/.installed redis-server
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) -m bench --runs 3
