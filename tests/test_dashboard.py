@@ -509,7 +509,10 @@ def test_page_shows_live_counts_and_retries_a_dead_letter(
 def test_screenshot_with_work_in_every_state(
     app: runq.App, broker_url: str, serve: Callable[..., Dashboard], browser: Any, start_worker: Callable[..., Any]
 ) -> None:
-    """Regenerates docs/dashboard.png: a minute of traffic, then tasks in every state."""
+    """Regenerates docs/dashboard.png: a minute of traffic, then tasks in every state.
+
+    ``RUNQ_DASHBOARD_SCREENSHOT=$PWD/docs/dashboard.png .venv/bin/pytest tests/test_dashboard.py -k screenshot``
+    """
     from playwright.sync_api import expect
 
     from runq.tasks import Signature
@@ -539,13 +542,15 @@ def test_screenshot_with_work_in_every_state(
     emails = [app.enqueue("send_email", [f"user{i}@example.com"], queue="emails") for i in range(9)]
     for handle in emails[-2:]:
         handle.cancel()
+    for handle in emails[:2]:
+        app.enqueue("send_receipt", [handle.id], queue="emails", after=[handle])
     for seconds in (300, 300, 300):
         app.enqueue("sleep", [seconds], queue="reports")
     for kind in ("value", "value", "other"):
         app.enqueue("picky", [kind])
     last = [app.enqueue("add", [i, i]) for i in range(3)]
     assert [h.result(timeout=30) for h in last] == [0, 2, 4]
-    for state, count in {"failed": 3, "running": 3, "pending": 7, "scheduled": 5, "cancelled": 2}.items():
+    for state, count in {"failed": 3, "running": 3, "pending": 7, "scheduled": 5, "waiting": 2, "cancelled": 2}.items():
         expect(page.get_by_test_id(f"count-{state}")).to_have_text(str(count))
     expect(page.locator("#workers .chips .id")).to_have_count(3)  # the next heartbeat shows them
     page.screenshot(path=os.environ["RUNQ_DASHBOARD_SCREENSHOT"], full_page=True)
