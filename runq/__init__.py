@@ -3,14 +3,16 @@
 from runq.app import App
 from runq.context import TaskContext, current
 from runq.errors import BrokerUnavailable, Retry, RunqError, TaskCancelled, TaskFailed, TaskNotFound
-from runq.handles import Handle
+from runq.handles import GroupHandle, Handle
 from runq.models import Stats, Status, TaskInfo, WorkerInfo
 from runq.settings import Settings
 from runq.tasks import Signature, Task
+from runq.workflow import chain, chord, group
 
 __all__ = [
     "App",
     "BrokerUnavailable",
+    "GroupHandle",
     "Handle",
     "Retry",
     "RunqError",
@@ -25,5 +27,8 @@ __all__ = [
     "TaskInfo",
     "TaskNotFound",
     "WorkerInfo",
+    "chain",
+    "chord",
     "current",
+    "group",
 ]

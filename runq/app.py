@@ -11,13 +11,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from runq.brokers import Broker, connect
 from runq.handles import Handle
 from runq.models import Message, Stats, Status, TaskInfo, WorkerInfo, new_task_id, queue_of
 from runq.settings import Settings
-from runq.tasks import NO_OPTIONS, Options, Signature, Task
+from runq.tasks import NO_OPTIONS, Options, Signature, Task, check_breaker
+
+if TYPE_CHECKING:
+    from runq.schedule import Periodic
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -33,6 +36,7 @@ class App:
     def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env(url=url)
         self.tasks: dict[str, Task[Any, Any]] = {}
+        self.schedules: list[Periodic] = []  # @app.periodic, run by `runq beat` / `worker --beat`
         self._broker: Broker | None = None
         self._lock = threading.Lock()
 
@@ -66,6 +70,7 @@ class App:
         *,
         name: str | None = None,
         retry_for: Iterable[type[BaseException]] = (),
+        breaker: tuple[int, float] | None = None,
         **options: Any,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -76,14 +81,18 @@ class App:
         *,
         name: str | None = None,
         retry_for: Iterable[type[BaseException]] = (),
+        breaker: tuple[int, float] | None = None,
         **options: Any,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function (sync or ``async def``) as a task: ``@app.task`` or ``@app.task(...)``.
 
         ``retry_for`` limits retries to those exception types; anything else fails at
         once. Without it every exception is retried (``retries`` times).
+        ``breaker=(failures, seconds)``: after that many failed attempts in a row (retried
+        or final), new runs of the task are held for that long, then one probe runs.
         """
         defaults = Options.build(options)
+        check_breaker(breaker)
         retry_types = tuple(retry_for)
         for kind in retry_types:
             if not (isinstance(kind, type) and issubclass(kind, BaseException)):
@@ -93,11 +102,30 @@ class App:
             task_name = name or default_task_name(func)
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ValueError(f"a different task is already registered as {task_name!r}")
-            task = Task(self, func, task_name, defaults, retry_types)
+            task = Task(self, func, task_name, defaults, retry_types, breaker)
             self.tasks[task_name] = task
             return task
 
         return register(fn) if fn is not None else register
+
+    def periodic(
+        self, *, cron: str | None = None, every: float | None = None, name: str | None = None, **options: Any
+    ) -> Callable[[Callable[[], R]], Task[[], R]]:
+        """Register a task enqueued (without arguments) at every tick of a schedule.
+
+        ``cron="*/5 * * * *"`` (UTC) or ``every=seconds``; the other keywords are task
+        options. Ticks are fired by ``runq beat APP`` or ``runq worker APP --beat``, once
+        per tick however many of them run (see runq/schedule.py).
+        """
+        from runq.schedule import Periodic
+
+        def register(func: Callable[[], R]) -> Task[[], R]:
+            task = self.task(name=name, **options)(func)
+            self.schedules.append(Periodic(task.name, cron=cron, every=every))
+            return task
+
+        Periodic("check", cron=cron, every=every)  # a bad schedule fails at decoration
+        return register
 
     # -- producing --------------------------------------------------------------
 
@@ -136,6 +164,8 @@ class App:
         """Validate one call against the task's defaults and the settings; build its Message."""
         if not isinstance(name, str) or not name:
             raise ValueError(f"task name must be a non-empty string, got {name!r}")
+        if call.rate_limit is not None:
+            raise TypeError("rate_limit is per task name, shared by every call: set it with @app.task(rate_limit=...)")
         task = self.tasks.get(name)
         opts = (task.defaults if task else NO_OPTIONS).merge(call)
         args_list = list(args) if args else []

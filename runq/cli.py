@@ -136,6 +136,7 @@ def main(ctx: click.Context, url: str | None, as_json: bool) -> None:
 @click.option("--lease", type=click.FloatRange(min=0.1), default=None, help="Seconds a claim is held unrenewed [30].")
 @click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default=None, help="[INFO]")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS, case_sensitive=False), default=None, help="[text]")
+@click.option("--beat", is_flag=True, help="Also enqueue APP's periodic tasks (as `runq beat`).")
 @common
 def worker(
     app_path: str,
@@ -143,6 +144,7 @@ def worker(
     as_json: bool,
     queues: str | None,
     log_format: str | None,
+    beat: bool,
     **flags: Any,
 ) -> None:
     """Run a worker for APP (module:attribute). --json logs JSON lines."""
@@ -157,7 +159,12 @@ def worker(
     )
     logs.configure(settings.log_level, settings.log_format)
     app = _load(app_path)
-    sys.exit(Worker(app, app_path, settings).run())
+    runner = Worker(app, app_path, settings)
+    if beat:
+        from runq.schedule import start_beat
+
+        start_beat(app)
+    sys.exit(runner.run())
 
 
 def _load(app_path: str) -> App:
@@ -387,11 +394,18 @@ def status(url: str | None, as_json: bool) -> None:
     stats, live = app.stats(), app.workers()
     if as_json:
         queues = {name: vars(q) for name, q in sorted(stats.queues.items())}
-        out.echo_json({"queues": queues, "totals": vars(_totals(stats)), "workers": len(live)})
+        out.echo_json(
+            {"queues": queues, "totals": vars(_totals(stats)), "workers": len(live), "breakers": stats.breakers}
+        )
         return
     _queue_table(stats)
     busy = sum(len(w.current) for w in live)
     out.line(f"{len(live)} worker(s) live, {busy} task(s) in hand; throughput {out.rate(stats.throughput)}", "bold")
+    if stats.breakers:
+        out.line(
+            "breakers: "
+            + ", ".join(f"{name} {b['state']} ({b['failures']} failed)" for name, b in stats.breakers.items())
+        )
 
 
 @main.command()

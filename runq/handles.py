@@ -75,3 +75,36 @@ def result_of(info: TaskInfo) -> Any:
     if info.status is Status.CANCELLED:
         raise TaskCancelled(info.id, (info.error or {}).get("message"))
     return info.result
+
+
+class GroupHandle:
+    """The handles of a group's members, in member order (``runq.group(...).delay()``)."""
+
+    def __init__(self, app: App, handles: list[Handle[Any]]) -> None:
+        self.app = app
+        self.handles = handles
+
+    def __repr__(self) -> str:
+        return f"<runq.GroupHandle of {len(self.handles)}>"
+
+    def __len__(self) -> int:
+        return len(self.handles)
+
+    @property
+    def ids(self) -> list[str]:
+        return [handle.id for handle in self.handles]
+
+    def results(self, timeout: float | None = None) -> list[Any]:
+        """Every member's result, in member order; ``timeout`` bounds the whole wait.
+
+        Raises as ``Handle.result`` does for the first member that failed or was cancelled.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return [
+            handle.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            for handle in self.handles
+        ]
+
+    def cancel(self) -> int:
+        """Cancel the members not final yet; how many were cancelled."""
+        return sum(handle.cancel() for handle in self.handles)

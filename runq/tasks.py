@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from runq.models import Message, check_queue_name
+from runq.models import Message, check_queue_name, queue_of
 
 if TYPE_CHECKING:
     from runq.app import App
@@ -99,6 +99,10 @@ class Options:
                     raise ValueError(f"{name} must be > 0 seconds, got {value}")
         if self.rate_limit is not None:
             parse_rate_limit(self.rate_limit)
+        for parent in self.after or ():
+            if not isinstance(parent, str):
+                raise TypeError(f"after takes handles or task ids, got {type(parent).__name__}")
+            queue_of(parent)
 
     def merge(self, override: Options) -> Options:
         """These options with every field that ``override`` sets replaced."""
@@ -127,6 +131,22 @@ def parse_rate_limit(text: str) -> tuple[float, float]:
     if not match or float(match.group(1)) <= 0:
         raise ValueError(f"rate_limit must look like '10/s', '100/m' or '1000/h', got {text!r}")
     return float(match.group(1)), {"s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
+
+
+def check_breaker(breaker: tuple[int, float] | None) -> tuple[int, float] | None:
+    """``breaker=(failures, seconds)``: open after that many failed attempts in a row, for that long."""
+    if breaker is None:
+        return None
+    try:
+        failures, seconds = breaker
+    except (TypeError, ValueError):
+        raise TypeError(f"breaker must be (failures, seconds), got {breaker!r}") from None
+    if not isinstance(failures, int) or isinstance(failures, bool) or failures < 1:
+        raise ValueError(f"breaker failures must be an int >= 1, got {failures!r}")
+    _check_number("breaker seconds", seconds)
+    if seconds <= 0:
+        raise ValueError(f"breaker seconds must be > 0, got {seconds}")
+    return failures, float(seconds)
 
 
 @dataclass(frozen=True)
@@ -195,12 +215,18 @@ class Task(Generic[P, R]):
         name: str,
         defaults: Options,
         retry_for: tuple[type[BaseException], ...],
+        breaker: tuple[int, float] | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
         self.name = name
         self.defaults = defaults
         self.retry_for = retry_for
+        # Flow control, per task name and shared through the broker; parsed once here so a
+        # worker's start of a task without either costs one attribute check.
+        self.rate = parse_rate_limit(defaults.rate_limit) if defaults.rate_limit else None
+        self.breaker = check_breaker(breaker)
+        self.gated = self.rate is not None or self.breaker is not None
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn

@@ -34,13 +34,15 @@ from typing import Any, TypeVar
 
 from runq.app import App
 from runq.brokers import Broker, connect
+from runq.brokers.base import BreakerEvent
 from runq.errors import BrokerUnavailable
 from runq.logs import mask_url
 from runq.models import Claim, Message, Outcome, WorkerInfo
 from runq.pools import Pool, create_pool
 from runq.runner import Job, RunResult
 from runq.settings import Settings
-from runq.tasks import Policy
+from runq.tasks import Policy, Task
+from runq.workflow import DependencyError, parent_results
 
 log = logging.getLogger("runq.worker")
 T = TypeVar("T")
@@ -61,6 +63,7 @@ class InFlight:
     policy: Policy
     started: float
     done: bool = False  # its outcome is waiting to be settled
+    breaker: tuple[int, float] | None = None  # the task's circuit breaker, told how the run ended
 
 
 class Worker:
@@ -206,7 +209,8 @@ class Worker:
         except ValueError as exc:
             message = None
             error: dict[str, Any] = {"type": "MalformedMessage", "message": str(exc), "raw": claim.payload}
-        policy = Policy.resolve(message, self.app.tasks.get(message.name)) if message else Policy()
+        task = self.app.tasks.get(message.name) if message else None
+        policy = Policy.resolve(message, task) if message else Policy()
         entry = InFlight(claim, message, policy, time.monotonic())
         with self._cond:
             self._inflight[claim.id] = entry
@@ -218,11 +222,49 @@ class Worker:
             error = {"type": "WorkerLost", "message": f"gave up after {claim.attempt - 1} lost attempts"}
             self._settle_now(entry, Outcome(claim.id, claim.token, "failed", error=error))
             return
+        args = message.args
+        if (task is not None and task.gated) or message.pass_results is not None:
+            prepared = self._prepare(entry, message, task)
+            if prepared is None:
+                return
+            args = prepared
         if log.isEnabledFor(logging.DEBUG):
             log.debug("started", extra={"task": self._fields(entry)})
-        self.pool.submit(
-            Job(claim.id, message.name, claim.queue, claim.attempt, message.args, message.kwargs, policy.timeout)
-        )
+        self.pool.submit(Job(claim.id, message.name, claim.queue, claim.attempt, args, message.kwargs, policy.timeout))
+
+    def _prepare(self, entry: InFlight, message: Message, task: Task[Any, Any] | None) -> list[Any] | None:
+        """Flow control before a run (never on the plain path): the task's circuit breaker and
+        rate limit may hold it back, and a workflow step gets its parents' results in front of
+        its arguments. ``None`` when the claim was settled instead.
+
+        A held task goes back to the broker as ``scheduled`` for the time it must wait, its
+        attempt given back, so it never fails for it and the rest of its queue keeps flowing.
+        """
+        claim = entry.claim
+        try:
+            hold = self._hold(task) if task is not None and task.gated else 0.0
+            if hold > 0:
+                self._settle_now(entry, Outcome(claim.id, claim.token, "release", delay=hold, uncount=True))
+                return None
+            args = parent_results(self.broker, message) if message.pass_results is not None else message.args
+        except DependencyError as exc:
+            error = {"type": "DependencyFailed", "message": str(exc)}
+            self._settle_now(entry, Outcome(claim.id, claim.token, "failed", error=error))
+            return None
+        except BrokerUnavailable as exc:
+            log.warning("broker unavailable before starting %s: %s", claim.id, exc)
+            self._settle_now(entry, Outcome(claim.id, claim.token, "release", delay=IDLE_WAIT, uncount=True))
+            return None
+        entry.breaker = task.breaker if task is not None else None
+        return args
+
+    def _hold(self, task: Task[Any, Any]) -> float:
+        """Seconds the task must wait for its breaker (open) or its rate limit; 0 to run now."""
+        if task.breaker is not None:
+            hold = self.broker.breaker(task.name, "allow", *task.breaker)
+            if hold > 0:
+                return hold
+        return self.broker.acquire_rate(task.name, *task.rate) if task.rate is not None else 0.0
 
     def _settle_now(self, entry: InFlight, outcome: Outcome) -> None:
         """Queue an outcome decided without running the task."""
@@ -272,6 +314,9 @@ class Worker:
             accepted = self._retrying(partial(self.broker.settle, outcomes), forever=True)
             for (outcome, entry), ok in zip(batch, accepted or [False] * len(batch), strict=True):
                 self._report(outcome, entry, ok)
+                if ok and entry.breaker is not None and entry.message is not None:
+                    event: BreakerEvent = "success" if outcome.kind == "succeeded" else "failure"
+                    self._try(partial(self.broker.breaker, entry.message.name, event, *entry.breaker))
             self._forget([entry for _, entry in batch])
 
     def _report(self, outcome: Outcome, entry: InFlight, accepted: bool) -> None:
@@ -281,15 +326,15 @@ class Worker:
                 "late outcome rejected: the task was cancelled or taken over", extra={"task": self._fields(entry)}
             )
             return
-        event = {"succeeded": "succeeded", "retry": "retried", "failed": "failed"}.get(outcome.kind, outcome.kind)
+        event = {"succeeded": "succeeded", "retry": "retried", "failed": "failed", "release": "deferred"}[outcome.kind]
         self.counts[event] += 1
-        level = logging.WARNING if outcome.kind == "failed" else logging.INFO
+        level = {"failed": logging.WARNING, "release": logging.DEBUG}.get(outcome.kind, logging.INFO)
         if not log.isEnabledFor(level):
             return
         fields = self._fields(entry)
         if outcome.error:
             fields["error"] = f"{outcome.error.get('type')}: {outcome.error.get('message')}"
-        if outcome.kind == "retry":
+        if outcome.kind in ("retry", "release"):
             fields["retry_in"] = round(outcome.delay, 3)
         log.log(level, event, extra={"task": fields})
 

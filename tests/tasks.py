@@ -102,3 +102,41 @@ def crash() -> None:
 def kill_worker() -> None:
     """A poison pill: takes its whole worker down (run it in the thread pool)."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+# -- workflows, periodic tasks, rate limits, breakers (issue 6) --------------------------------
+
+
+@app.task(name="fail_always", retries=0)
+def fail_always(*args: Any) -> None:
+    raise RuntimeError("this step always fails")
+
+
+@app.task(name="total")
+def total(values: list[int], *extra: int) -> int:
+    return sum(values) + sum(extra)
+
+
+@app.task(name="limited", rate_limit="5/s")
+def limited() -> float:
+    """Rate limited across every worker: 5 starts a second."""
+    return time.time()
+
+
+@app.task(name="stamp")
+def stamp() -> float:
+    return time.time()
+
+
+@app.task(name="guarded", retries=0, breaker=(2, 2.0))
+def guarded(path: str) -> str:
+    """Calls a 'downstream' that is down while the file at ``path`` says so."""
+    state = Path(path).read_text()
+    if state == "down":
+        raise ConnectionError("downstream is down")
+    return state
+
+
+@app.periodic(every=1, name="tick", queue="beat")
+def tick() -> float:
+    return time.time()

@@ -19,6 +19,7 @@ def test_public_names_are_pinned() -> None:
     assert runq.__all__ == [
         "App",
         "BrokerUnavailable",
+        "GroupHandle",
         "Handle",
         "Retry",
         "RunqError",
@@ -33,7 +34,10 @@ def test_public_names_are_pinned() -> None:
         "TaskInfo",
         "TaskNotFound",
         "WorkerInfo",
+        "chain",
+        "chord",
         "current",
+        "group",
     ]
     assert sorted(runq.__all__) == runq.__all__
 
