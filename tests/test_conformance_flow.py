@@ -183,3 +183,19 @@ def test_breaker_opens_holds_probes_and_closes(app: runq.App, broker: Broker) ->
     broker.breaker("api", "success", 2, 1.0)
     assert app.stats().breakers["api"] == {**app.stats().breakers["api"], "state": "closed", "failures": 0}
     assert broker.breaker("api", "allow", 2, 1.0) == 0
+
+
+def test_a_link_left_in_the_outbox_is_applied_by_a_later_claim(
+    app: runq.App, broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not broker.url.startswith("redis"):
+        pytest.skip("SQLite links a dependent in the enqueue transaction: no second call")
+    parent = app.enqueue("add", args=[1, 1], queue="a")
+    with monkeypatch.context() as patch:  # the producer dies between enqueue and linking the parent
+        patch.setattr(type(broker), "apply_steps", lambda self, queue, steps: None)
+        child = app.enqueue("noop", queue="b", after=[parent])
+    settle(broker, take(broker, "a"), "succeeded", 2)  # the parent does not know its child yet
+    assert info(app, child.id).status is Status.WAITING
+    # A claim in the child's queue hands out the 5 s old link; it finds the parent done.
+    wait_until(lambda: info(app, child.id).status is Status.PENDING or broker.claim(("b",), WORKER, 1, 30.0), 20)
+    assert take(broker, "b").id == child.id
