@@ -58,10 +58,11 @@ def new_task_id(queue: str) -> str:
     """A URL-safe id that carries its queue: ``<queue>.<26 characters>``.
 
     Carrying the queue lets a Redis Cluster broker find the task's hash slot from
-    the id alone (see docs/architecture.md). The 32 hex digits are a 48-bit
-    millisecond time and 80 random bits, so ids sort by creation time.
+    the id alone (see docs/architecture.md). The 32 hex digits are the creation time
+    in microseconds (13 digits) and 76 random bits, so ids sort by creation time and
+    a broker can read the enqueue time back from an id.
     """
-    return f"{queue}.{int(time.time() * 1000):012x}{os.urandom(10).hex()}"
+    return f"{queue}.{int(time.time() * 1e6):013x}{os.urandom(10).hex()[:19]}"
 
 
 def queue_of(task_id: str) -> str:

@@ -9,7 +9,8 @@ call that has only an id still finds the slot. All times come from Redis
 
 Key layout (``q`` is the queue name):
 
-    runq:{q}:tasks            hash    id -> task record (JSON: status, attempts, token, times...)
+    runq:{q}:tasks            hash    id -> task record (JSON: status, attempts, token, times...);
+                                      none for a pending task never claimed (see lib.lua)
     runq:{q}:payloads         hash    id -> Message JSON, as enqueued
     runq:{q}:pending          zset    id -> (100 - priority) * 2^44 + seq   (claim order)
     runq:{q}:scheduled        zset    id -> ready_at
@@ -21,7 +22,7 @@ Key layout (``q`` is the queue name):
     runq:{q}:waiters          hash    id -> clients blocked in wait()
     runq:{q}:samples          list    recent successes "finished wait run" (<= 4096)
     runq:{q}:throughput       hash    second -> successes (last ~2 minutes)
-    runq:{q}:status:<status>  zset    id -> seq, one per status (list, counts)
+    runq:{q}:status:<status>  zset    id -> seq, for waiting and the final states (list, counts)
     runq:{q}:done:<id>        list    wait() notification, expires after 10 s
     runq:{q}:key:<key>        string  idempotency key -> id, expires after key_ttl
     runq:{q}:children         hash    parent id -> JSON list of its waiting dependents (any queue)
@@ -121,7 +122,14 @@ class QueueKeys(NamedTuple):
     outbox: str
 
     def by_status(self, status: Status) -> str:
+        """The zset that holds the tasks in ``status`` (pending, scheduled and running
+        tasks are kept only in the zsets that order them)."""
+        if status in _PLACED:
+            return str(getattr(self, status.value))
         return self[12 + STATUSES.index(status)]
+
+
+_PLACED = (Status.PENDING, Status.SCHEDULED, Status.RUNNING)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -18,7 +18,11 @@ if not live(rec, now) or FINAL[rec.status] then
 end
 redis.call('HDEL', Q.parents, id)
 rec.error = ARGV[2]
-finish(id, rec, 'cancelled', now, now + rec.result_ttl)
+local ttl = rec.result_ttl  -- a never-claimed task has no record: its payload knows
+if not ttl then
+  ttl = cjson.decode(redis.call('HGET', Q.payloads, id) or '{}').result_ttl or DEFAULT_RESULT_TTL
+end
+finish(id, rec, 'cancelled', now, now + ttl)
 save(id, rec)
 notify(id, KEYS[EXTRA + 1])
 count('cancelled', 1)

@@ -37,13 +37,29 @@ end
 
 local claims = {}
 local until_ = stamp(now + lease)
-for i, id in ipairs(redis.call('ZRANGE', Q.pending, 0, limit - 1)) do
-  local rec = load(id)
-  rec.attempts = rec.attempts + 1
-  rec.token, rec.worker, rec.started_at, rec.lease_until = prefix .. i, worker, stamp(now), until_
-  enter(id, rec, 'running', until_)
-  save(id, rec)
-  claims[i] = {id, redis.call('HGET', Q.payloads, id) or '', rec.attempts, rec.token}
+local found = redis.call('ZRANGE', Q.pending, 0, limit - 1, 'WITHSCORES')
+if #found > 0 then
+  local ids = {}
+  for i = 1, #found, 2 do
+    ids[#ids + 1] = found[i]
+  end
+  local records = redis.call('HMGET', Q.tasks, unpack(ids))
+  local payloads = redis.call('HMGET', Q.payloads, unpack(ids))
+  local running, saved = {}, {}
+  for i, id in ipairs(ids) do
+    local rec = records[i] and cjson.decode(records[i]) or fresh(id, tonumber(found[2 * i]))
+    rec.attempts = rec.attempts + 1
+    rec.token, rec.worker, rec.started_at, rec.lease_until = prefix .. i, worker, stamp(now), until_
+    rec.status = 'running'
+    running[#running + 1] = until_
+    running[#running + 1] = id
+    saved[#saved + 1] = id
+    saved[#saved + 1] = cjson.encode(rec)
+    claims[i] = {id, payloads[i] or '', rec.attempts, rec.token}
+  end
+  redis.call('ZREM', Q.pending, unpack(ids))
+  redis.call('ZADD', Q.running, unpack(running))
+  redis.call('HSET', Q.tasks, unpack(saved))
 end
 
 local left = redis.call('ZCARD', Q.pending)

@@ -8,7 +8,8 @@
 -- Returns      one id per message: its own, or that of the live task already holding its key;
 --              then the outbox steps posted (lib.lua: link steps for parents in other queues)
 -- Guarantees   the whole batch or nothing (one script); delay > 0 makes it scheduled at
---              now + delay on the Redis clock, else pending behind the tasks ready before it;
+--              now + delay on the Redis clock, else pending behind the tasks ready before it
+--              (a pending task is only its payload and its place in `pending`);
 --              a key is held for key_ttl and only while its task exists and has not expired.
 --              A task with parents is waiting: parents of this queue are checked here (one
 --              that already failed cancels it at once, succeeded ones are not waited on);
@@ -16,7 +17,10 @@
 
 local key_ttl_ms = ARGV[1]
 local now = clock()
-local ids, keyed, added, ready = {}, 0, 0, 0
+local n = (#ARGV - 1) / 7
+local seq = redis.call('INCRBY', Q.seq, n) - n
+local ids, batch, ready_args, payload_args = {}, {}, {}, {}
+local keyed, added = 0, 0
 -- A new task waits for its parents; returns false when one of them already ended badly.
 local function wait_for(id, rec, after)
   local waiting, elsewhere, seen = {}, {}, {}
@@ -27,7 +31,7 @@ local function wait_for(id, rec, after)
         waiting[#waiting + 1] = parent
         elsewhere[#elsewhere + 1] = parent
       else
-        local v = verdict(load(parent), now)
+        local v = batch[parent] and 'wait' or verdict(load(parent), now)
         if v == 'wait' then
           waiting[#waiting + 1] = parent
         elseif v ~= 'ok' then
@@ -63,38 +67,41 @@ for i = 2, #ARGV, 7 do
     key_name = KEYS[EXTRA + keyed]
   end
   local holder = key_name and redis.call('GET', key_name)
-  if holder and live(load(holder), now) then
+  if holder and (batch[holder] or live(load(holder), now)) then
     ids[#ids + 1] = holder
   else
-    local seq = redis.call('INCR', Q.seq)
-    local delay = tonumber(ARGV[i + 3])
-    local rec = {
-      priority = tonumber(ARGV[i + 2]), result_ttl = tonumber(ARGV[i + 4]), attempts = 0, seq = seq,
-      enqueued_at = stamp(now),
-    }
-    if ARGV[i + 6] ~= '' then
-      rec.ready_at = stamp(now + delay)
-      enter(id, rec, 'waiting', nil)
-      wait_for(id, rec, ARGV[i + 6])
-    elseif delay > 0 then
-      rec.ready_at = stamp(now + delay)
-      enter(id, rec, 'scheduled', rec.ready_at)
-    else
-      rec.ready_at = rec.enqueued_at
-      make_ready(id, rec, seq)
-      ready = ready + 1
+    seq = seq + 1
+    local priority, delay, after = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 6]
+    if after ~= '' or delay > 0 then
+      local rec = {
+        priority = priority, result_ttl = tonumber(ARGV[i + 4]), attempts = 0, seq = seq,
+        enqueued_at = stamp(now), ready_at = stamp(now + delay),
+      }
+      if after ~= '' then
+        enter(id, rec, 'waiting', nil)
+        wait_for(id, rec, after)
+      else
+        enter(id, rec, 'scheduled', rec.ready_at)
+      end
+      save(id, rec)
+    else  -- no record until it is claimed: see lib.lua
+      ready_args[#ready_args + 1] = string.format('%.0f', (100 - priority) * TWO_44 + seq)
+      ready_args[#ready_args + 1] = id
     end
-    save(id, rec)
-    redis.call('HSET', Q.payloads, id, ARGV[i + 1])
+    payload_args[#payload_args + 1] = id
+    payload_args[#payload_args + 1] = ARGV[i + 1]
     if key_name then
       redis.call('SET', key_name, id, 'PX', key_ttl_ms)
     end
+    batch[id] = true
     ids[#ids + 1] = id
     added = added + 1
   end
 end
+variadic('ZADD', Q.pending, ready_args, 2000)
+variadic('HSET', Q.payloads, payload_args, 2000)
 count('enqueued', added)
-wake(ready)
+wake(#ready_args / 2)
 for _, step in ipairs(EFFECTS) do
   ids[#ids + 1] = step
 end

@@ -14,10 +14,15 @@
 --   10 waiters     hash  id -> clients blocked in wait() on that task
 --   11 samples     list  "finished_at wait run" of recent successes, at most SAMPLE_CAP
 --   12 throughput  hash  second -> successes in that second (last ~2 minutes)
---   13..19 by-status zsets id -> seq: pending scheduled waiting running succeeded failed cancelled
+--   13..19 by-status zsets id -> seq: waiting succeeded failed cancelled (KEYS 15, 17-19; the
+--          pending, scheduled and running tasks are counted and listed by their own zsets)
 --   20 children   hash  parent id -> JSON list of the ids waiting on it (any queue)
 --   21 parents    hash  waiting id -> JSON list of its parents that have not ended yet
 --   22 outbox     zset  JSON step for another queue's slot -> when posted (see post())
+--
+-- A task enqueued ready to run has no record: its payload and its place in `pending`
+-- are all it needs until it is claimed (load() makes its record up), so a deep queue
+-- costs two small entries per task and enqueue does no JSON work.
 -- KEYS[EXTRA + i] are the script's own per-task keys, passed by the caller.
 --
 -- Times are seconds on the Redis clock (TIME) so skewed workers agree. Record
@@ -30,6 +35,7 @@ local TWO_44 = 17592186044416
 local WORKER_LOST = '{"type":"WorkerLost","message":"lease expired: the worker died or stalled"}'
 local EXTRA = 22
 local OUTBOX_GRACE = 5  -- seconds before claim hands an unapplied outbox step to its worker
+local DEFAULT_RESULT_TTL = 86400  -- runq.models.Message.result_ttl
 
 local Q = {
   tasks = KEYS[1], payloads = KEYS[2], pending = KEYS[3], scheduled = KEYS[4], running = KEYS[5],
@@ -38,10 +44,7 @@ local Q = {
 }
 -- This script's queue (nil for the per-task-name scripts rate.lua and breaker.lua).
 local QUEUE = KEYS[1] and string.match(KEYS[1], '^runq:{(.*)}:tasks$')
-local INDEX = {
-  pending = KEYS[13], scheduled = KEYS[14], waiting = KEYS[15], running = KEYS[16],
-  succeeded = KEYS[17], failed = KEYS[18], cancelled = KEYS[19],
-}
+local INDEX = {waiting = KEYS[15], succeeded = KEYS[17], failed = KEYS[18], cancelled = KEYS[19]}
 -- The zset that orders a task while it is in a state, for the states that have one.
 local PLACE = {
   pending = Q.pending, scheduled = Q.scheduled, running = Q.running,
@@ -58,12 +61,23 @@ local function stamp(t)
   return string.format('%.6f', t)
 end
 
+-- The record of a pending task that was never claimed, made up from its claim score
+-- and the microsecond time in the first 13 of its id's 32 hex digits (runq.models).
+local function fresh(id, score)
+  local enqueued = stamp(tonumber(string.sub(id, -32, -20), 16) / 1000000)
+  return {
+    status = 'pending', attempts = 0, priority = 100 - math.floor(score / TWO_44), seq = score % TWO_44,
+    score = string.format('%.0f', score), enqueued_at = enqueued, ready_at = enqueued,
+  }
+end
+
 local function load(id)
   local raw = redis.call('HGET', Q.tasks, id)
-  if not raw then
-    return nil
+  if raw then
+    return cjson.decode(raw)
   end
-  return cjson.decode(raw)
+  local score = redis.call('ZSCORE', Q.pending, id)
+  return score and fresh(id, tonumber(score)) or nil
 end
 
 local function save(id, rec)
@@ -79,13 +93,17 @@ end
 local function enter(id, rec, status, score)
   local old = rec.status
   if old then
-    redis.call('ZREM', INDEX[old], id)
+    if INDEX[old] then
+      redis.call('ZREM', INDEX[old], id)
+    end
     if PLACE[old] then
       redis.call('ZREM', PLACE[old], id)
     end
   end
   rec.status = status
-  redis.call('ZADD', INDEX[status], rec.seq, id)
+  if INDEX[status] then
+    redis.call('ZADD', INDEX[status], rec.seq, id)
+  end
   if PLACE[status] then
     redis.call('ZADD', PLACE[status], score, id)
   end
@@ -109,6 +127,13 @@ local function make_ready(id, rec, seq)
   seq = seq or redis.call('INCR', Q.seq)
   rec.score = string.format('%.0f', (100 - rec.priority) * TWO_44 + seq)
   enter(id, rec, 'pending', rec.score)
+end
+
+-- Call a variadic command with `args` in chunks (Lua's unpack has a stack limit).
+local function variadic(command, key, args, step)
+  for i = 1, #args, step do
+    redis.call(command, key, unpack(args, i, math.min(#args, i + step - 1)))
+  end
 end
 
 local function count(name, n)
@@ -139,7 +164,9 @@ end
 -- Remove every trace of a task (its idempotency key expires on its own).
 local function forget(id, rec)
   if rec then
-    redis.call('ZREM', INDEX[rec.status], id)
+    if INDEX[rec.status] then
+      redis.call('ZREM', INDEX[rec.status], id)
+    end
     if PLACE[rec.status] then
       redis.call('ZREM', PLACE[rec.status], id)
     end

@@ -12,9 +12,10 @@ for i = 2, #ARGV do
   if removed >= limit then
     break
   end
-  for _, id in ipairs(redis.call('ZRANGE', INDEX[ARGV[i]], 0, limit - removed - 1)) do
+  local zset = INDEX[ARGV[i]] or PLACE[ARGV[i]]
+  for _, id in ipairs(redis.call('ZRANGE', zset, 0, limit - removed - 1)) do
     forget(id, load(id))
-    redis.call('ZREM', INDEX[ARGV[i]], id)
+    redis.call('ZREM', zset, id)
     removed = removed + 1
   end
 end

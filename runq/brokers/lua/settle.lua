@@ -19,30 +19,17 @@
 local now = clock()
 trim(now, 100)
 
-local function record_sample(rec)
-  local started = tonumber(rec.started_at)
-  local wait = math.max(0, started - tonumber(rec.ready_at))
-  redis.call('LPUSH', Q.samples, string.format('%.6f %.6f %.6f', now, wait, now - started))
-  redis.call('LTRIM', Q.samples, 0, SAMPLE_CAP - 1)
-  local second = math.floor(now)
-  redis.call('HINCRBY', Q.throughput, second, 1)
-  if redis.call('HLEN', Q.throughput) > 120 then
-    for _, field in ipairs(redis.call('HKEYS', Q.throughput)) do
-      if tonumber(field) < second - 60 then
-        redis.call('HDEL', Q.throughput, field)
-      end
-    end
-  end
-end
+local samples, counts, woken = {}, {succeeded = 0, retried = 0, failed = 0}, 0
 
 local function apply(id, rec, i, n)
   local kind, result, err = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   if kind == 'succeeded' then
-    record_sample(rec)
+    local started = tonumber(rec.started_at)
+    samples[#samples + 1] = string.format('%.6f %.6f %.6f', now, math.max(0, started - tonumber(rec.ready_at)), now - started)
     rec.result, rec.error = result ~= '' and result or nil, nil
     finish(id, rec, 'succeeded', now, now + tonumber(ARGV[i + 6]))
     notify(id, KEYS[EXTRA + n])
-    count('succeeded', 1)
+    counts.succeeded = counts.succeeded + 1
     release_children(id, nil, now)
   elseif kind == 'retry' then
     local delay = tonumber(ARGV[i + 5])
@@ -53,14 +40,14 @@ local function apply(id, rec, i, n)
     else
       rec.ready_at = stamp(now)
       make_ready(id, rec)
-      wake(1)
+      woken = woken + 1
     end
-    count('retried', 1)
+    counts.retried = counts.retried + 1
   elseif kind == 'failed' then
     rec.error = err ~= '' and err or nil
     finish(id, rec, 'failed', now, nil)
     notify(id, KEYS[EXTRA + n])
-    count('failed', 1)
+    counts.failed = counts.failed + 1
     release_children(id, dependency_error(id, 'failed'), now)
   else
     rec.token, rec.lease_until, rec.started_at = nil, nil, nil
@@ -73,22 +60,45 @@ local function apply(id, rec, i, n)
       enter(id, rec, 'scheduled', rec.ready_at)
     else
       enter(id, rec, 'pending', rec.score)
-      wake(1)
+      woken = woken + 1
     end
   end
 end
 
-local accepted = {}
+local ids = {}
 for i = 1, #ARGV, 8 do
-  local n = #accepted + 1
-  local id = ARGV[i]
-  local rec = load(id)
+  ids[#ids + 1] = ARGV[i]
+end
+local records = redis.call('HMGET', Q.tasks, unpack(ids))
+local accepted, saved = {}, {}
+for n, id in ipairs(ids) do
+  local i = 8 * (n - 1) + 1
+  local rec = records[n] and cjson.decode(records[n])
   if rec and rec.status == 'running' and rec.token == ARGV[i + 1] then
     apply(id, rec, i, n)
-    save(id, rec)
+    saved[#saved + 1] = id
+    saved[#saved + 1] = cjson.encode(rec)
     accepted[n] = 1
   else
     accepted[n] = 0
+  end
+end
+variadic('HSET', Q.tasks, saved, 2000)
+for name, k in pairs(counts) do
+  count(name, k)
+end
+wake(woken)
+if #samples > 0 then  -- latency samples and per-second throughput for stats()
+  variadic('LPUSH', Q.samples, samples, 2000)
+  redis.call('LTRIM', Q.samples, 0, SAMPLE_CAP - 1)
+  local second = math.floor(now)
+  redis.call('HINCRBY', Q.throughput, second, #samples)
+  if redis.call('HLEN', Q.throughput) > 120 then
+    for _, field in ipairs(redis.call('HKEYS', Q.throughput)) do
+      if tonumber(field) < second - 60 then
+        redis.call('HDEL', Q.throughput, field)
+      end
+    end
   end
 end
 for _, step in ipairs(EFFECTS) do

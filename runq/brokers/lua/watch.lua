@@ -8,15 +8,11 @@
 --              next never misses its wake-up.
 
 local id = ARGV[1]
-local raw = redis.call('HGET', Q.tasks, id)
-if not raw then
-  return nil
-end
-local rec = cjson.decode(raw)
+local rec = load(id)
 if not live(rec, clock()) then
   return nil
 end
 if ARGV[2] == '1' and not FINAL[rec.status] then
   redis.call('HINCRBY', Q.waiters, id, 1)
 end
-return {raw, redis.call('HGET', Q.payloads, id) or ''}
+return {cjson.encode(rec), redis.call('HGET', Q.payloads, id) or ''}
