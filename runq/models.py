@@ -173,7 +173,9 @@ class Outcome:
     ``retry`` waits ``delay`` seconds on the broker's clock. ``release`` puts a task
     back as pending at once (or scheduled ``delay`` seconds from now: a task held back
     by its rate limit or circuit breaker); ``uncount`` also gives back its attempt (for
-    a task that was claimed but never started).
+    a task that was claimed but never started). ``runtime``, when known, is how long the
+    run took: the broker dates its start ``runtime`` seconds before it settles, since a
+    prefetched task may wait in the worker between its claim and its start.
     """
 
     id: str
@@ -184,6 +186,7 @@ class Outcome:
     delay: float = 0.0
     result_ttl: float = 86400.0
     uncount: bool = False
+    runtime: float | None = None
 
 
 @dataclass(frozen=True)

@@ -105,11 +105,13 @@ class Pool(ABC):
         """Stop everything now; runs still going are dropped without ``on_done``."""
 
     def timeout_result(self, job: Job) -> RunResult:
-        return RunResult.failure(
+        result = RunResult.failure(
             "TimeoutError",
             f"task exceeded its timeout of {job.timeout}s",
             retryable=retryable_error(self.app.tasks.get(job.name), TimeoutError),
         )
+        result.duration = job.timeout or 0.0
+        return result
 
 
 def create_pool(kind: str, app: App, app_path: str, concurrency: int, on_done: OnDone) -> Pool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
@@ -38,15 +39,20 @@ class Job:
         return TaskContext(self.id, self.name, self.queue, self.attempt)
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunResult:
-    """How one attempt ended: ``result`` (JSON text) when ``ok``, else ``error``."""
+    """How one attempt ended: ``result`` (JSON text) when ``ok``, else ``error``.
+
+    ``duration`` is how long the task itself ran, measured where it ran: a claimed task
+    may wait in the worker before it starts, so the broker's clock cannot tell.
+    """
 
     ok: bool
     result: str | None = None
     error: dict[str, Any] = field(default_factory=dict)
     retryable: bool = False
     retry_delay: float | None = None
+    duration: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -62,6 +68,13 @@ class RunResult:
 
 def run_job(app: App, job: Job, context: TaskContext | None = None) -> RunResult:
     """Run a job in this thread (``async def`` tasks get their own event loop)."""
+    started = time.perf_counter()
+    result = _run_job(app, job, context)
+    result.duration = time.perf_counter() - started
+    return result
+
+
+def _run_job(app: App, job: Job, context: TaskContext | None) -> RunResult:
     task = app.tasks.get(job.name)
     if task is None:
         return unknown_task(job.name)
@@ -84,6 +97,13 @@ async def arun_job(app: App, job: Job, context: TaskContext) -> RunResult:
 
     ``asyncio.CancelledError`` and a timeout propagate to the pool, which owns them.
     """
+    started = time.perf_counter()
+    result = await _arun_job(app, job, context)
+    result.duration = time.perf_counter() - started
+    return result
+
+
+async def _arun_job(app: App, job: Job, context: TaskContext) -> RunResult:
     task = app.tasks.get(job.name)
     if task is None:
         return unknown_task(job.name)

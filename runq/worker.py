@@ -53,6 +53,8 @@ HEARTBEAT_TTL = 10.0
 IDLE_WAIT = 1.0
 SETTLE_BATCH = 256
 PREFETCH = 1  # claims held beyond the running ones, per slot
+SHORT_TASK = 0.005  # seconds: tasks this short on average are claimed further ahead...
+SHORT_PREFETCH = 3  # ...this many per slot, so a round trip moves more of them
 MAX_BACKOFF = 5.0
 
 
@@ -73,8 +75,7 @@ class Worker:
         app.settings = self.settings  # tasks that enqueue from inside a task use the worker's broker
         self.app_path = app_path
         self.concurrency = self.settings.effective_concurrency
-        # Claim one round ahead so no slot idles while the next claim is on its way.
-        self.capacity = self.concurrency * (1 + PREFETCH)
+        self._runtime = 2 * SHORT_TASK  # running average of how long a task runs; starts "long"
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.broker: Broker = connect(self.settings.url, self.settings.connect_timeout)
         self.pool: Pool = create_pool(self.settings.pool, app, app_path, self.concurrency, self._finished)
@@ -286,17 +287,28 @@ class Worker:
                 log.info("cancelled", extra={"task": {**self._fields(entry), "reason": reason}})
             self._forget([entry])
             return
+        self._runtime += 0.2 * (result.duration - self._runtime)
         self._settle_now(entry, self.outcome(entry.claim, entry.message, entry.policy, result))
+
+    @property
+    def capacity(self) -> int:
+        """Claims held at most: the running ones plus a prefetch that grows for short tasks
+        (fewer round trips per task) and stays small for long ones (no hoarding)."""
+        ahead = SHORT_PREFETCH if self._runtime < SHORT_TASK else PREFETCH
+        return self.concurrency * (1 + ahead)
 
     @staticmethod
     def outcome(claim: Claim, message: Message, policy: Policy, result: RunResult) -> Outcome:
         """What one attempt's result means for the task."""
+        runtime = result.duration
         if result.ok:
-            return Outcome(claim.id, claim.token, "succeeded", result=result.result, result_ttl=message.result_ttl)
+            return Outcome(
+                claim.id, claim.token, "succeeded", result=result.result, result_ttl=message.result_ttl, runtime=runtime
+            )
         if result.retryable and claim.attempt <= policy.retries:
             delay = policy.delay(claim.attempt) if result.retry_delay is None else result.retry_delay
-            return Outcome(claim.id, claim.token, "retry", error=result.error, delay=delay)
-        return Outcome(claim.id, claim.token, "failed", error=result.error)
+            return Outcome(claim.id, claim.token, "retry", error=result.error, delay=delay, runtime=runtime)
+        return Outcome(claim.id, claim.token, "failed", error=result.error, runtime=runtime)
 
     def _settle_loop(self) -> None:
         while (item := self._outcomes.get()) is not None:

@@ -501,3 +501,16 @@ def test_task_defaults_and_call_options(app: runq.App, broker: Broker) -> None:
     sig = defaults.s(2).options(queue="q2")
     [h] = app.enqueue_many([sig])
     assert queue_of(h.id) == "q2"
+
+
+def test_runtime_dates_the_start_of_a_prefetched_run(app: runq.App, broker: Broker) -> None:
+    """A worker claims ahead; the task starts later than its claim. The broker dates the
+    start from the run time the worker measured, so run-time percentiles stay true."""
+    task_id = put(app)
+    claim = take_one(broker)
+    outcome = Outcome(claim.id, claim.token, "succeeded", result="1", result_ttl=60, runtime=0.25)
+    assert broker.settle([outcome]) == [True]
+    info = app.info(task_id)
+    assert info is not None and info.started_at is not None and info.finished_at is not None
+    assert abs((info.finished_at - info.started_at).total_seconds() - 0.25) < 0.01
+    assert abs(app.stats().run.p50 - 0.25) < 0.01  # type: ignore[operator]

@@ -570,6 +570,7 @@ def _outcome_args(outcome: Outcome) -> list[Any]:
         outcome.delay,
         outcome.result_ttl,
         int(outcome.uncount),
+        -1 if outcome.runtime is None else outcome.runtime,
     ]
 
 

@@ -304,10 +304,12 @@ class SQLiteBroker(Broker):
     @staticmethod
     def _settle_statement(outcome: Outcome, now: float) -> tuple[str, tuple[Any, ...], str | None]:
         error = json.dumps(outcome.error) if outcome.error is not None else None
+        started = None if outcome.runtime is None else now - outcome.runtime
         if outcome.kind == "succeeded":
             return (
-                "status = 'succeeded', result = ?, error = NULL, finished_at = ?, expires_at = ?",
-                (outcome.result, now, now + outcome.result_ttl),
+                "status = 'succeeded', result = ?, error = NULL, finished_at = ?, expires_at = ?,"
+                " started_at = COALESCE(?, started_at)",
+                (outcome.result, now, now + outcome.result_ttl, started),
                 "succeeded",
             )
         if outcome.kind == "retry":
@@ -319,8 +321,9 @@ class SQLiteBroker(Broker):
             )
         if outcome.kind == "failed":
             return (
-                "status = 'failed', error = ?, finished_at = ?, expires_at = NULL",
-                (error, now),
+                "status = 'failed', error = ?, finished_at = ?, expires_at = NULL,"
+                " started_at = COALESCE(?, started_at)",
+                (error, now, started),
                 "failed",
             )
         if outcome.delay > 0:  # held back by a rate limit or a circuit breaker

@@ -2,7 +2,8 @@
 --
 -- KEYS[1..22]  the queue's keys (lib.lua)
 -- KEYS[22 + i] runq:{q}:done:<id> of the i-th outcome (its waiters' notification list)
--- ARGV         8 per outcome: id, token, kind, result, error, delay (s), result_ttl (s), uncount
+-- ARGV         9 per outcome: id, token, kind, result, error, delay (s), result_ttl (s), uncount,
+--              runtime (s the run took, measured by the worker; -1 when unknown)
 --              kind: succeeded | retry | failed | release; "" for no result / no error
 -- Returns      1 per outcome when applied, 0 when the fencing token is stale; then the
 --              outbox steps posted and waiters to wake for dependents (lib.lua)
@@ -23,6 +24,10 @@ local samples, counts, woken = {}, {succeeded = 0, retried = 0, failed = 0}, 0
 
 local function apply(id, rec, i, n)
   local kind, result, err = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local runtime = tonumber(ARGV[i + 8])
+  if runtime >= 0 and kind ~= 'release' then  -- a prefetched task started after its claim
+    rec.started_at = stamp(now - runtime)
+  end
   if kind == 'succeeded' then
     local started = tonumber(rec.started_at)
     samples[#samples + 1] = string.format('%.6f %.6f %.6f', now, math.max(0, started - tonumber(rec.ready_at)), now - started)
@@ -66,13 +71,13 @@ local function apply(id, rec, i, n)
 end
 
 local ids = {}
-for i = 1, #ARGV, 8 do
+for i = 1, #ARGV, 9 do
   ids[#ids + 1] = ARGV[i]
 end
 local records = redis.call('HMGET', Q.tasks, unpack(ids))
 local accepted, saved = {}, {}
 for n, id in ipairs(ids) do
-  local i = 8 * (n - 1) + 1
+  local i = 9 * (n - 1) + 1
   local rec = records[n] and cjson.decode(records[n])
   if rec and rec.status == 'running' and rec.token == ARGV[i + 1] then
     apply(id, rec, i, n)
