@@ -235,7 +235,7 @@ def test_result_blocks_on_redis_without_polling(app: runq.App, broker: RedisBrok
         handle.result(timeout=1.0)
     after = command_calls(client)
     assert after["blpop"] - before["blpop"] == 1
-    assert after["evalsha"] - before["evalsha"] == 3  # watch, then unwatch + read: no polling loop
+    assert after["evalsha"] - before["evalsha"] == 2  # watch (pipelined with the BLPOP), unwatch
 
 
 def test_result_wakes_as_soon_as_the_task_is_settled(app: runq.App, broker: RedisBroker) -> None:

@@ -232,6 +232,7 @@ class RedisBroker(RedisFlow, Broker):
             name: self._r.register_script(lib + lua.joinpath(f"{name}.lua").read_text()) for name in SCRIPTS
         }
         self._policy_checked = False
+        self._watch_loaded = False
         self._registered: dict[str, float] = {}  # queue -> when this process last added it to QUEUES_KEY
 
     def _client(self, options: dict[str, Any]) -> Any:
@@ -420,20 +421,38 @@ class RedisBroker(RedisFlow, Broker):
 
     @_guarded
     def wait(self, task_id: str, timeout: float) -> TaskInfo | None:
-        """Register as a waiter, block on the task's done list, then read it (one round trip)."""
+        """Register and block in one round trip; the wake-up carries the final state.
+
+        watch.lua and BLPOP go in one pipeline: the script counts this client as a
+        waiter (or, for a task already final, pushes its state at once), and the state
+        change that finishes the task pushes that state to the done list, so the BLPOP
+        reply is the answer.
+        """
         keys = queue_keys(queue_of(task_id))
-        info = self._info(task_id, self._run("watch", keys, [task_id, int(timeout > 0)]))
-        if info is None or info.status.final or timeout <= 0:
-            return info
-        woke = False
-        try:
-            woke = self._blocking.blpop([done_key(task_id)], _ceil_ms(min(timeout, BLOCK_SLICE))) is not None
-        finally:
-            batch = _Batch(self._r)
-            batch.script(self._scripts["unwatch"], [*keys, done_key(task_id)], [task_id, int(woke)])
-            batch.script(self._scripts["watch"], keys, [task_id, 0])
-            found = batch.execute()[1]
-        return self._info(task_id, found)
+        if timeout <= 0:
+            return self._info(task_id, self._run("watch", keys, [task_id, 0]))
+        watch = self._scripts["watch"]
+        if not self._watch_loaded:  # a NOSCRIPT inside the pipeline would cost a whole slice
+            self._r.script_load(watch.script)
+            self._watch_loaded = True
+        done = done_key(task_id)
+        pipe = self._blocking.pipeline(transaction=False)
+        pipe.evalsha(watch.sha, len(keys) + 1, *keys, done, task_id, 1)
+        pipe.blpop([done], _ceil_ms(min(timeout, BLOCK_SLICE)))
+        found, popped = pipe.execute(raise_on_error=False)
+        if isinstance(found, NoScriptError):  # Redis restarted since: load it, read plainly
+            self._watch_loaded = False
+            return self._info(task_id, self._run("watch", keys, [task_id, 0]))
+        for reply in (found, popped):
+            if isinstance(reply, Exception):
+                raise reply
+        if popped is None:  # the slice ran out: stop counting as a waiter
+            self._run("unwatch", keys, [task_id])
+            return self._info(task_id, found)
+        token = popped[1]
+        if token in (b"1", b"gone", "1", "gone"):  # a plain wake-up (see redis_flow) or gone
+            return self._info(task_id, self._run("watch", keys, [task_id, 0]))
+        return self._info(task_id, json.loads(token))
 
     @_guarded
     def cancel(self, task_id: str) -> bool:

@@ -62,11 +62,14 @@ class RedisFlow:
         while todo:
             source, text = todo.pop(0)
             step = json.loads(text)
-            if step["op"] == "notify":  # a cancelled dependent has waiters: wake them
-                pipe = self._r.pipeline(transaction=False)
-                key = done_key(step["child"])
-                pipe.lpush(key, "1").ltrim(key, 0, 0).pexpire(key, 10000)
-                pipe.execute()
+            if step["op"] == "notify":  # a cancelled dependent has waiters: wake each
+                child_keys = queue_keys(queue_of(step["child"]))
+                waiters = int(self._r.hget(child_keys.waiters, step["child"]) or 0)
+                if waiters:
+                    key = done_key(step["child"])
+                    pipe = self._r.pipeline(transaction=False)
+                    pipe.rpush(key, *["1"] * waiters).pexpire(key, 10000).hdel(child_keys.waiters, step["child"])
+                    pipe.execute()
                 continue
             if step["op"] == "link":
                 target = queue_of(step["parent"])

@@ -24,7 +24,7 @@ if not ttl then
 end
 finish(id, rec, 'cancelled', now, now + ttl)
 save(id, rec)
-notify(id, KEYS[EXTRA + 1])
+notify(id, KEYS[EXTRA + 1], rec)
 count('cancelled', 1)
 release_children(id, dependency_error(id, 'was cancelled'), now)
 local answer = {1}

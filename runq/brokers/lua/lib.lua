@@ -142,13 +142,23 @@ local function count(name, n)
   end
 end
 
--- Wake the clients blocked in wait() on this task, if there are any: one token in
--- its done list, which each waiter pushes back for the next; gone after 10 s.
-local function notify(id, done_key)
-  if redis.call('HEXISTS', Q.waiters, id) == 1 then
-    redis.call('LPUSH', done_key, '1')
-    redis.call('LTRIM', done_key, 0, 0)
+-- The answer a waiter gets in its done list: the task's final state, so it needs no
+-- second read after it wakes.
+local function done_token(id, rec)
+  return cjson.encode({cjson.encode(rec), redis.call('HGET', Q.payloads, id) or ''})
+end
+
+-- Wake the clients blocked in wait() on this (now final) task: one token per waiter
+-- in its done list, gone after 10 s.
+local function notify(id, done_key, rec)
+  local waiters = tonumber(redis.call('HGET', Q.waiters, id) or '0')
+  if waiters > 0 then
+    local token = done_token(id, rec)
+    for _ = 1, waiters do
+      redis.call('RPUSH', done_key, token)
+    end
     redis.call('PEXPIRE', done_key, 10000)
+    redis.call('HDEL', Q.waiters, id)
   end
 end
 

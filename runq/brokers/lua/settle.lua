@@ -33,7 +33,7 @@ local function apply(id, rec, i, n)
     samples[#samples + 1] = string.format('%.6f %.6f %.6f', now, math.max(0, started - tonumber(rec.ready_at)), now - started)
     rec.result, rec.error = result ~= '' and result or nil, nil
     finish(id, rec, 'succeeded', now, now + tonumber(ARGV[i + 6]))
-    notify(id, KEYS[EXTRA + n])
+    notify(id, KEYS[EXTRA + n], rec)
     counts.succeeded = counts.succeeded + 1
     release_children(id, nil, now)
   elseif kind == 'retry' then
@@ -51,7 +51,7 @@ local function apply(id, rec, i, n)
   elseif kind == 'failed' then
     rec.error = err ~= '' and err or nil
     finish(id, rec, 'failed', now, nil)
-    notify(id, KEYS[EXTRA + n])
+    notify(id, KEYS[EXTRA + n], rec)
     counts.failed = counts.failed + 1
     release_children(id, dependency_error(id, 'failed'), now)
   else

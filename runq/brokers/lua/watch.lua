@@ -1,18 +1,30 @@
--- watch.lua: read a task and, unless it is final, register a waiter on it.
+-- watch.lua: read a task and, when asked, wait on it.
 --
 -- KEYS[1..22]  the queue's keys (lib.lua)
--- ARGV         id, register ("1": count this client in waiters when not final)
+-- KEYS[23]     runq:{q}:done:<id> (only used with register "1")
+-- ARGV         id, register ("1": the caller blocks on the done list next)
 -- Returns      {record JSON, payload}, or nil when the task is unknown or expired
--- Guarantees   atomic with every state change: a task that becomes final after this
---              call pushes to runq:{q}:done:<id>, so a waiter that blocks on that list
---              next never misses its wake-up.
+-- Guarantees   atomic with every state change. With register "1": a task that is not
+--              final counts this client in waiters, and the state change that makes it
+--              final pushes a token with that state to the done list; a task that is
+--              final (or unknown) gets its token pushed here and now. Either way the
+--              caller's BLPOP, sent in the same pipeline, returns without a second read.
 
-local id = ARGV[1]
+local id, register = ARGV[1], ARGV[2] == '1'
 local rec = load(id)
 if not live(rec, clock()) then
+  if register then
+    redis.call('RPUSH', KEYS[EXTRA + 1], 'gone')
+    redis.call('PEXPIRE', KEYS[EXTRA + 1], 10000)
+  end
   return nil
 end
-if ARGV[2] == '1' and not FINAL[rec.status] then
-  redis.call('HINCRBY', Q.waiters, id, 1)
+if register then
+  if FINAL[rec.status] then
+    redis.call('RPUSH', KEYS[EXTRA + 1], done_token(id, rec))
+    redis.call('PEXPIRE', KEYS[EXTRA + 1], 10000)
+  else
+    redis.call('HINCRBY', Q.waiters, id, 1)
+  end
 end
 return {cjson.encode(rec), redis.call('HGET', Q.payloads, id) or ''}
