@@ -268,10 +268,16 @@ class Worker:
         return self.broker.acquire_rate(task.name, *task.rate) if task.rate is not None else 0.0
 
     def _settle_now(self, entry: InFlight, outcome: Outcome) -> None:
-        """Queue an outcome decided without running the task."""
+        """Settle an outcome: batched by the settler thread, or right here when this is the
+        worker's only task (nothing to batch with, and no thread hand-off on the way back
+        to a producer waiting for the result)."""
         with self._cond:
             entry.done = True
-        self._outcomes.put((outcome, entry))
+            alone = len(self._inflight) == 1 and self._outcomes.empty() and not self._stopping.is_set()
+        if alone:
+            self._settle_batch([(outcome, entry)])
+        else:
+            self._outcomes.put((outcome, entry))
 
     # -- settling -----------------------------------------------------------------
 
@@ -322,14 +328,17 @@ class Worker:
                     self._outcomes.put(None)
                     break
                 batch.append(more)
-            outcomes = [outcome for outcome, _ in batch]
-            accepted = self._retrying(partial(self.broker.settle, outcomes), forever=True)
-            for (outcome, entry), ok in zip(batch, accepted or [False] * len(batch), strict=True):
-                self._report(outcome, entry, ok)
-                if ok and entry.breaker is not None and entry.message is not None:
-                    event: BreakerEvent = "success" if outcome.kind == "succeeded" else "failure"
-                    self._try(partial(self.broker.breaker, entry.message.name, event, *entry.breaker))
-            self._forget([entry for _, entry in batch])
+            self._settle_batch(batch)
+
+    def _settle_batch(self, batch: list[tuple[Outcome, InFlight]]) -> None:
+        outcomes = [outcome for outcome, _ in batch]
+        accepted = self._retrying(partial(self.broker.settle, outcomes), forever=True)
+        for (outcome, entry), ok in zip(batch, accepted or [False] * len(batch), strict=True):
+            self._report(outcome, entry, ok)
+            if ok and entry.breaker is not None and entry.message is not None:
+                event: BreakerEvent = "success" if outcome.kind == "succeeded" else "failure"
+                self._try(partial(self.broker.breaker, entry.message.name, event, *entry.breaker))
+        self._forget([entry for _, entry in batch])
 
     def _report(self, outcome: Outcome, entry: InFlight, accepted: bool) -> None:
         if not accepted:
