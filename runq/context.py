@@ -6,7 +6,6 @@ processes and in concurrently running coroutines of the async pool alike.
 
 from __future__ import annotations
 
-import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
@@ -17,12 +16,16 @@ class TaskContext:
     name: str
     queue: str
     attempt: int
-    _cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+    _cancelled: bool = field(default=False, repr=False)
 
     @property
     def cancelled(self) -> bool:
         """True once the task was cancelled: a thread-pool task should return soon."""
-        return self._cancel.is_set()
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Set by the pool from another thread; a plain attribute is enough to be seen."""
+        self._cancelled = True
 
 
 _current: ContextVar[TaskContext | None] = ContextVar("runq_current", default=None)

@@ -165,7 +165,7 @@ class ThreadPool(Pool):
                 late = [entry for entry in self._running.values() if entry[3] <= now]
                 for job, context, slot, _ in late:
                     slot.abandoned = True
-                    context._cancel.set()
+                    context.cancel()
                     del self._running[job.id]
             for job, *_ in late:
                 self._spawn()
@@ -175,14 +175,14 @@ class ThreadPool(Pool):
         with self._lock:
             entry = self._running.get(task_id)
         if entry is not None:
-            entry[1]._cancel.set()
+            entry[1].cancel()
 
     def terminate(self) -> None:
         self._close()
         with self._lock:
             for _, context, slot, _ in self._running.values():
                 slot.abandoned = True
-                context._cancel.set()
+                context.cancel()
             self._running.clear()
 
 
@@ -334,7 +334,7 @@ class AsyncPool(Pool):
         def stop() -> None:
             entry = self._tasks.get(task_id)
             if entry is not None:
-                entry[1]._cancel.set()
+                entry[1].cancel()
                 entry[0].cancel()
 
         self._loop.call_soon_threadsafe(stop)

@@ -133,9 +133,14 @@ async def _call_async(fn: Callable[..., Awaitable[Any]], job: Job) -> Any:
     return await fn(*job.args, **job.kwargs)
 
 
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def success(value: Any) -> RunResult:
+    if value is None:
+        return RunResult(True, result="null")
     try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _JSON.encode(value)
     except (TypeError, ValueError) as exc:
         return RunResult.failure("TypeError", f"task result is not JSON-serialisable: {exc}", retryable=False)
     return RunResult(True, result=text)
