@@ -19,6 +19,12 @@ class RunqPeer(Peer):
     has_bulk = True
     variants = (
         Variant("", "`runq worker runq.bench:app --pool thread` x2 (concurrency 8 each; W4 50); `enqueue_many`"),
+        Variant(
+            "threads 64",
+            "`--pool thread --concurrency 64` x2: more threads for tasks that wait on I/O (each"
+            " benchmark task waits on one Redis INCR)",
+            workloads=frozenset({"W2"}),
+        ),
     )
 
     def __init__(self) -> None:
@@ -29,7 +35,7 @@ class RunqPeer(Peer):
 
     def worker_commands(self, variant: Variant, kind: str) -> list[list[str]]:
         if kind == DRAIN:
-            return [rb.worker_command(self.url) for _ in range(2)]
+            return [rb.worker_command(self.url, 64 if variant.name else None) for _ in range(2)]
         if kind == IO:
             return [rb.worker_command(self.url, 50) for _ in range(2)]
         return [rb.worker_command(self.url)]
