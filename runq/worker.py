@@ -97,6 +97,7 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         self.pool.start()
+        self._try(lambda: self.broker.heartbeat(self.info(), HEARTBEAT_TTL))  # visible from the start
         threads = [
             threading.Thread(target=self._guard(self._claim_loop), name="runq-claimer", daemon=True),
             threading.Thread(target=self._guard(self._settle_loop), name="runq-settler", daemon=True),
