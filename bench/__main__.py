@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 progress.advance(bar)
             info = machine(server.version(), started)
         finally:
-            server.stop()
+            server.kill()
         for row in rows:
             for error in row.errors:
                 console.print(f"[yellow]{row.label}: {error}")

@@ -23,7 +23,8 @@ import runq
 from runq.cli import main
 from runq.logs import JSONFormatter, TextFormatter
 from runq.settings import Settings
-from tests.conftest import ROOT, WorkerProcess, free_port, wait_until
+from runq.testing import free_port
+from tests.conftest import ROOT, WorkerProcess, wait_until
 
 StartWorker = Callable[..., WorkerProcess]
 STATES = ["pending", "scheduled", "waiting", "running", "succeeded", "failed", "cancelled"]

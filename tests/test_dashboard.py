@@ -28,7 +28,8 @@ import runq
 from runq.dashboard import check_bind, create_app
 from runq.models import Outcome
 from runq.settings import Settings
-from tests.conftest import ROOT, free_port, wait_until
+from runq.testing import free_port
+from tests.conftest import ROOT, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [

@@ -1,0 +1,103 @@
+"""A private ``redis-server`` on a free port, for tests and benchmarks.
+
+Tests must never use a Redis someone else runs (let alone flush it): this starts one
+of your own, with no persistence unless you ask for it, and stops it afterwards.
+
+    server = RedisServer(tmp_path)                  # or RedisServer(tmp_path, "--appendonly", "yes")
+    app = runq.App(server.url)
+    ...
+    server.kill()
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (on 127.0.0.1)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisNotInstalled(RuntimeError):
+    """There is no ``redis-server`` on PATH."""
+
+
+class RedisServer:
+    """A redis-server process of its own; ``restart()`` keeps its port and data directory."""
+
+    def __init__(self, directory: Path, *extra: str) -> None:
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise RedisNotInstalled("redis-server is not installed (bash scripts/install-redis-server.sh)")
+        self.port = free_port()
+        self.directory = directory
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 10.0) -> None:
+        assert self.binary is not None
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while not self._answers():
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"the private redis-server did not answer within {timeout}s")
+            time.sleep(0.01)
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def flush(self) -> None:
+        import redis
+
+        with redis.Redis(port=self.port) as client:
+            client.flushall()
+
+    def version(self) -> str:
+        assert self.binary is not None
+        out = subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout
+        return next((part.removeprefix("v=") for part in out.split() if part.startswith("v=")), out.strip())
