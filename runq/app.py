@@ -7,7 +7,6 @@ import importlib
 import os
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -230,16 +229,6 @@ class App:
 
     def workers(self) -> builtins.list[WorkerInfo]:
         return self.broker.workers()
-
-    def wait_idle(self, timeout: float = 60.0) -> bool:
-        """Block until no task is pending, scheduled or running (for scripts and demos)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            queues = self.stats().queues.values()
-            if not any(q.pending or q.scheduled or q.running or q.waiting for q in queues):
-                return True
-            time.sleep(0.05)
-        return False
 
 
 def _status(status: Status | str | None) -> Status | None:

@@ -104,9 +104,6 @@ class Message:
     # prepends the list of the results of every task in after (chord callback).
     pass_results: Literal["first", "list"] | None = None
 
-    def encode(self) -> str:
-        return self.payload
-
     @functools.cached_property
     def payload(self) -> str:
         """The JSON text, encoded once (the producer checks its size, the broker stores it).

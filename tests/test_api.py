@@ -83,7 +83,7 @@ def test_policy_prefers_message_then_task_default_then_runq_default() -> None:
 
 def test_message_round_trip_and_malformed_payloads() -> None:
     message = Message(id=new_task_id("q"), name="n", queue="q", args=[1, "é"], kwargs={"a": None}, after=("x",))
-    assert Message.decode(message.encode(), message.id, "q") == message
+    assert Message.decode(message.payload, message.id, "q") == message
     assert json.loads(Message(id="q.x", name="noop", queue="q").payload) == {"name": "noop"}
     for raw in ("not json", "[1]", '{"id": "x"}', '{"name":"n","args":{}}', '{"args":[]}', b"\xff"):
         with pytest.raises(ValueError):

@@ -157,7 +157,7 @@ class SQLiteBroker(Broker):
                         status.value,
                         message.priority,
                         now + message.delay if delayed else now,
-                        message.encode(),
+                        message.payload,
                         message.key,
                         now + key_ttl if message.key is not None else None,
                         message.result_ttl,
