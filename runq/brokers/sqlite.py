@@ -202,9 +202,11 @@ class SQLiteBroker(Broker):
 
     def claim(self, queues: Sequence[str], worker_id: str, limit: int, lease: float) -> list[Claim]:
         claims: list[Claim] = []
+        marks = ",".join("?" * len(queues))
+        if not self._claimable(marks, queues, time.time()):
+            return claims
         with self._write() as db:
             now = time.time()
-            marks = ",".join("?" * len(queues))
             self._reclaim_expired(db, marks, queues, now)
             db.execute(
                 f"UPDATE runq_tasks SET status = 'pending' WHERE status = 'scheduled'"
@@ -233,6 +235,27 @@ class SQLiteBroker(Broker):
                 self._last_cleanup = now
                 self._delete_expired(db, now)
         return claims
+
+    def _claimable(self, marks: str, queues: Sequence[str], now: float) -> bool:
+        """Whether a claim would change anything: a plain read (WAL readers never block),
+        so an idle worker takes no write lock. Every write transaction is one a paused
+        worker (SIGSTOP, a debugger) could freeze while holding the database's only
+        write lock, stalling every other process until it resumes."""
+        cleanup = now - self._last_cleanup > CLEANUP_INTERVAL
+        row = (
+            self._read()
+            .execute(
+                f"SELECT EXISTS (SELECT 1 FROM runq_tasks WHERE status = 'pending' AND queue IN ({marks}))"
+                f" OR EXISTS (SELECT 1 FROM runq_tasks WHERE status = 'scheduled' AND queue IN ({marks})"
+                f" AND ready_at <= ?)"
+                f" OR EXISTS (SELECT 1 FROM runq_tasks WHERE status = 'running' AND queue IN ({marks})"
+                f" AND lease_until < ?)"
+                f" OR (? AND EXISTS (SELECT 1 FROM runq_tasks WHERE expires_at < ?))",
+                (*queues, *queues, now, *queues, now, int(cleanup), now),
+            )
+            .fetchone()
+        )
+        return bool(row[0])
 
     def _reclaim_expired(self, db: sqlite3.Connection, marks: str, queues: Sequence[str], now: float) -> None:
         """Leases that ran out go back to pending; the lost run stays counted as an attempt,
@@ -270,15 +293,31 @@ class SQLiteBroker(Broker):
                 return
 
     def renew(self, claims: Sequence[Claim], lease: float) -> list[bool]:
-        held: list[bool] = []
-        with self._write() as db:
-            now = time.time()
-            for claim in claims:
-                cursor = db.execute(
-                    "UPDATE runq_tasks SET lease_until = ? WHERE id = ? AND token = ? AND status = 'running'",
-                    (now + lease, claim.id, claim.token),
-                )
-                held.append(cursor.rowcount == 1)
+        """Read which claims are still held (that is how a worker learns of a cancel), and
+        write only the leases past half their time, so a busy worker's keeper rarely takes
+        the write lock (see :meth:`_claimable`)."""
+        now = time.time()
+        current: dict[str, tuple[str, float]] = {}
+        ids = [claim.id for claim in claims]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            rows = self._read().execute(
+                f"SELECT id, token, lease_until FROM runq_tasks WHERE status = 'running'"
+                f" AND id IN ({','.join('?' * len(chunk))})",
+                chunk,
+            )
+            current.update((row["id"], (row["token"], row["lease_until"])) for row in rows)
+        held = [current.get(claim.id, ("", 0.0))[0] == claim.token for claim in claims]
+        due = [i for i, claim in enumerate(claims) if held[i] and current[claim.id][1] - now < lease / 2]
+        if due:
+            with self._write() as db:
+                now = time.time()
+                for i in due:
+                    cursor = db.execute(
+                        "UPDATE runq_tasks SET lease_until = ? WHERE id = ? AND token = ? AND status = 'running'",
+                        (now + lease, claims[i].id, claims[i].token),
+                    )
+                    held[i] = cursor.rowcount == 1
         return held
 
     def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
