@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from runq.brokers import Broker, connect
 from runq.handles import Handle
+from runq.logs import mask_url
 from runq.models import Message, Stats, Status, TaskInfo, WorkerInfo, new_task_id, queue_of
 from runq.settings import Settings
 from runq.tasks import NO_OPTIONS, Options, Signature, Task, check_breaker
@@ -33,7 +34,9 @@ class App:
     """
 
     def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings.from_env(url=url)
+        if url is not None and settings is not None and settings.url != url:
+            raise ValueError(f"App got url={url!r} and settings with url={settings.url!r}: give one")
+        self._settings = settings or Settings.from_env(url=url)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: list[Periodic] = []  # @app.periodic, run by `runq beat` / `worker --beat`
         self._broker: Broker | None = None
@@ -41,6 +44,26 @@ class App:
 
     def __repr__(self) -> str:
         return f"<runq.App {self.settings.url}>"
+
+    @property
+    def settings(self) -> Settings:
+        """The one configuration of this App (``App(url)`` ← ``RUNQ_*`` ← defaults); read-only."""
+        return self._settings
+
+    def configure(self, settings: Settings) -> None:
+        """Adopt the settings a worker, ``runq beat`` or the dashboard resolved for this App.
+
+        They decide the broker tasks enqueue into from inside a task, so they must be set
+        before the App connects: an App already connected to another URL refuses them
+        rather than silently keeping its old broker.
+        """
+        with self._lock:
+            if self._broker is not None and settings.url != self._settings.url:
+                raise RuntimeError(
+                    f"this App is already connected to {mask_url(self._settings.url)}; "
+                    f"it cannot switch to {mask_url(settings.url)} (configure it before its first use)"
+                )
+            self._settings = settings
 
     @property
     def broker(self) -> Broker:

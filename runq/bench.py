@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from runq.app import App
+from runq.logs import mask_url
 from runq.tasks import Signature, Task
 
 COUNTER_KEY = "bench:done"
@@ -345,8 +346,33 @@ def depth(url: str, n: int, processes: int = 2, timeout: float = 3600.0) -> Dept
     return Depth(n, drain(url, n, processes, timeout=timeout), per_task)
 
 
-def smoke(url: str | None, tasks: int, workers_: int, trips: int, progress: Callable[[str], None]) -> Report:
-    """``runq bench``: every runq workload once at small sizes (a temporary SQLite file by default)."""
+def check_empty(url: str) -> None:
+    """Refuse a broker that holds anything: the benchmark empties what it runs on."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///").split("?", 1)[0])
+        if path.exists() and path.stat().st_size > 0:
+            raise ValueError(f"{path} exists and runq bench would delete it: give a new file, or --force")
+        return
+    import redis
+
+    with redis.Redis.from_url(url) as client:
+        keys = int(client.dbsize())
+    if keys:
+        raise ValueError(
+            f"{mask_url(url)} holds {keys} keys and runq bench empties the database it runs on: "
+            "give an empty database (e.g. another db number), or --force"
+        )
+
+
+def smoke(
+    url: str | None, tasks: int, workers_: int, trips: int, progress: Callable[[str], None], force: bool = False
+) -> Report:
+    """``runq bench``: every runq workload once at small sizes (a temporary SQLite file by default).
+
+    A ``url`` given is emptied before and after, so it must be empty to begin with unless ``force``.
+    """
+    if url and not force:
+        check_empty(url)  # the CLI checks first, for a usage error; this guards other callers
     with tempfile.TemporaryDirectory(prefix="runq-bench-") as tmp:
         target = url or f"sqlite:///{Path(tmp) / 'bench.db'}"
         report = Report(url=target, tasks=tasks, workers=workers_)

@@ -1,6 +1,8 @@
 """A process-pool child: ``python -m runq.child APP READ_FD WRITE_FD PARENT_PID``.
 
-It imports the user's app, then runs one job at a time, talking to its worker
+Its first frame is the worker's settings, which the app adopts (so a task that
+enqueues a task uses the worker's broker, whatever the environment says); then
+it runs one job at a time, talking to its worker
 over a private pipe pair in length-prefixed JSON frames (never pickle), so a
 task's own prints on stdout cannot corrupt the protocol. It dies with its
 parent: on Linux the kernel sends it SIGKILL when the worker exits
@@ -82,9 +84,14 @@ def main(argv: list[str]) -> int:
 
     from runq.app import load_app
     from runq.runner import Job, run_job
+    from runq.settings import Settings
 
-    app = load_app(app_path)
     reader = FrameReader(read_fd)
+    settings = reader.read()
+    if not settings:
+        return 0  # the worker went away before it said anything
+    app = load_app(app_path)
+    app.configure(Settings.from_dict(settings))  # never the environment's: the worker's URL, always
     while frame := reader.read():
         result = run_job(app, Job(**frame))
         write_frame(write_fd, result.to_dict())

@@ -82,6 +82,18 @@ def _settings(url: str | None = None, **overrides: Any) -> Settings:
     return settings
 
 
+def _app_settings(app: App, url: str | None = None, **overrides: Any) -> Settings:
+    """What a command that loads APP runs with: flags, else APP's own settings (``App(url)``,
+    else ``RUNQ_*``), else the defaults (SPEC §1). The result flows down explicitly."""
+    url = url or click.get_current_context().meta.get("runq.group_url")
+    try:
+        settings = app.settings.with_(url=url, **overrides)
+    except ValueError as exc:
+        raise click.UsageError(f"bad configuration: {exc}") from None
+    click.get_current_context().meta["runq.url"] = settings.url
+    return settings
+
+
 def _app(url: str | None) -> App:
     """An App on ``--url``, connected now so a bad URL fails before any work is done."""
     app = App(settings=_settings(url))
@@ -151,14 +163,15 @@ def worker(
     from runq import logs
     from runq.worker import Worker
 
-    settings = _settings(
-        url,
+    overrides = dict(
         queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else None,
         log_format="json" if as_json else log_format,
         **flags,
     )
-    logs.configure(settings.log_level, settings.log_format)
+    _settings(url, **overrides)  # a bad RUNQ_* value or flag is a usage error before APP is imported
     app = _load(app_path)
+    settings = _app_settings(app, url, **overrides)
+    logs.configure(settings.log_level, settings.log_format)
     runner = Worker(app, app_path, settings)
     if beat:
         from runq.schedule import start_beat
@@ -487,7 +500,7 @@ def demo(keep: bool, url: str | None, as_json: bool) -> None:
 @click.argument("app_path", metavar="APP")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless --token).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--url", envvar="RUNQ_URL", default=None, help="Broker URL (default: RUNQ_URL or sqlite).")
+@click.option("--url", default=None, metavar="URL", help="Broker URL (default: APP's, else RUNQ_URL, else sqlite).")
 @click.option("--token", envvar="RUNQ_DASHBOARD_TOKEN", default=None, help="Require this bearer token.")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback address without a token.")
 def dashboard(app_path: str, host: str, port: int, url: str | None, token: str | None, insecure: bool) -> None:
@@ -504,7 +517,7 @@ def dashboard(app_path: str, host: str, port: int, url: str | None, token: str |
         app = load_app(app_path)
     except (ImportError, ValueError, TypeError) as exc:
         raise click.BadParameter(str(exc), param_hint="APP") from None
-    app.settings = app.settings.with_(url=url)  # the broker connects lazily: not yet connected
+    app.configure(_app_settings(app, url))
     serve(app, host, port, token)
 
 
@@ -512,18 +525,26 @@ def dashboard(app_path: str, host: str, port: int, url: str | None, token: str |
 @click.option("--tasks", type=click.IntRange(min=10), default=2000, show_default=True, help="Tasks for W1, W2, W4.")
 @click.option("--workers", "processes", type=click.IntRange(min=1), default=2, show_default=True, help="Processes.")
 @click.option("--round-trips", type=click.IntRange(min=1), default=100, show_default=True, help="W3 round trips.")
+@click.option("--force", is_flag=True, help="Run on --url even if it holds data (the benchmark EMPTIES it).")
 @common
-def bench(tasks: int, processes: int, round_trips: int, url: str | None, as_json: bool) -> None:
-    """runq's own workloads, small: a fresh temporary SQLite file, or --url (a Redis db it EMPTIES).
+def bench(tasks: int, processes: int, round_trips: int, force: bool, url: str | None, as_json: bool) -> None:
+    """runq's own workloads, small: a fresh temporary SQLite file, or --url (an empty broker; it EMPTIES it).
 
     The side-by-side comparison with other task queues is `python -m bench` in runq's repository.
     """
-    from runq.bench import smoke
+    from runq.bench import check_empty, smoke
 
     explicit = url or click.get_current_context().meta.get("runq.group_url")
     if explicit:
         _settings(explicit)  # validate it, and name it in a broker error
-    report = smoke(explicit, tasks, processes, round_trips, lambda step: click.echo(f"{step} ...", err=True))
+    if explicit and not force:
+        try:
+            check_empty(explicit)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    report = smoke(
+        explicit, tasks, processes, round_trips, lambda step: click.echo(f"{step} ...", err=True), force=True
+    )
     if as_json:
         out.echo_json(report.to_dict())
         return
@@ -539,10 +560,12 @@ def beat(app_path: str, log_level: str | None, url: str | None, as_json: bool) -
     from runq import logs
     from runq.schedule import run_beat
 
-    settings = _settings(url, log_level=log_level, log_format="json" if as_json else None)
-    logs.configure(settings.log_level, settings.log_format)
+    overrides = dict(log_level=log_level, log_format="json" if as_json else None)
+    _settings(url, **overrides)  # a bad RUNQ_* value or flag is a usage error before APP is imported
     app = _load(app_path)
-    app.settings = settings
+    settings = _app_settings(app, url, **overrides)
+    logs.configure(settings.log_level, settings.log_format)
+    app.configure(settings)
     if not app.schedules:
         fail(f"{app_path} has no periodic tasks (@app.periodic)")
     sys.exit(run_beat(app))

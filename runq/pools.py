@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from runq import child
 from runq.context import TaskContext
 from runq.runner import Job, RunResult, arun_job, retryable_error, run_job
+from runq.settings import Settings
 
 if TYPE_CHECKING:
     from runq.app import App
@@ -49,7 +50,8 @@ class Pool(ABC):
 
     kind: str
 
-    def __init__(self, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
+    def __init__(self, settings: Settings, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
+        self.settings = settings
         self.app = app
         self.app_path = app_path
         self.concurrency = concurrency
@@ -114,9 +116,10 @@ class Pool(ABC):
         return result
 
 
-def create_pool(kind: str, app: App, app_path: str, concurrency: int, on_done: OnDone) -> Pool:
+def create_pool(settings: Settings, app: App, app_path: str, concurrency: int, on_done: OnDone) -> Pool:
+    """The pool ``settings.pool`` names; the process pool hands ``settings`` on to each child."""
     pools: dict[str, type[Pool]] = {"process": ProcessPool, "thread": ThreadPool, "async": AsyncPool}
-    return pools[kind](app, app_path, concurrency, on_done)
+    return pools[settings.pool](settings, app, app_path, concurrency, on_done)
 
 
 # -- threads ------------------------------------------------------------------------
@@ -132,8 +135,8 @@ class _Slot:
 class ThreadPool(Pool):
     kind = "thread"
 
-    def __init__(self, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
-        super().__init__(app, app_path, concurrency, on_done)
+    def __init__(self, settings: Settings, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
+        super().__init__(settings, app, app_path, concurrency, on_done)
         self._running: dict[str, tuple[Job, TaskContext, _Slot, float]] = {}
 
     def start(self) -> None:
@@ -192,7 +195,7 @@ class ThreadPool(Pool):
 class _Child:
     """One child process running jobs sent over its own pipe pair (stdout stays the user's)."""
 
-    def __init__(self, app_path: str) -> None:
+    def __init__(self, app_path: str, settings: Settings) -> None:
         to_child_r, self.to_child = os.pipe()
         self.from_child, from_child_w = os.pipe()
         self.proc = subprocess.Popen(
@@ -203,6 +206,8 @@ class _Child:
         os.close(to_child_r)
         os.close(from_child_w)
         self.reader = child.FrameReader(self.from_child)
+        # The first frame is the worker's settings (never argv: `ps` would show the URL's password).
+        child.write_frame(self.to_child, settings.to_dict())
 
     def kill(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -215,8 +220,8 @@ class _Child:
 class ProcessPool(Pool):
     kind = "process"
 
-    def __init__(self, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
-        super().__init__(app, app_path, concurrency, on_done)
+    def __init__(self, settings: Settings, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
+        super().__init__(settings, app, app_path, concurrency, on_done)
         self._children: list[_Child] = []
         self._busy: dict[str, tuple[_Child, list[bool]]] = {}  # task id -> (child, [cancelled])
 
@@ -225,7 +230,7 @@ class ProcessPool(Pool):
             threading.Thread(target=self._serve, name="runq-child", daemon=True).start()
 
     def _new_child(self) -> _Child:
-        proc = _Child(self.app_path)
+        proc = _Child(self.app_path, self.settings)
         with self._lock:
             self._children.append(proc)
         return proc
@@ -296,8 +301,8 @@ class ProcessPool(Pool):
 class AsyncPool(Pool):
     kind = "async"
 
-    def __init__(self, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
-        super().__init__(app, app_path, concurrency, on_done)
+    def __init__(self, settings: Settings, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
+        super().__init__(settings, app, app_path, concurrency, on_done)
         self._loop = asyncio.new_event_loop()
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[str, tuple[asyncio.Task[Any], TaskContext]] = {}

@@ -74,7 +74,21 @@ class Settings:
         return cls(**values)
 
     def with_(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (``None`` values are ignored, as for flags not given)."""
         return replace(self, **{name: value for name, value in changes.items() if value is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields: how a worker hands its settings to its process-pool children."""
+        return {
+            spec.name: list(value) if isinstance(value := getattr(self, spec.name), tuple) else value
+            for spec in fields(self)
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Settings:
+        values = dict(data)
+        values["queues"] = tuple(values.get("queues", ("default",)))
+        return cls(**values)
 
     @property
     def effective_concurrency(self) -> int:

@@ -33,7 +33,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from runq.app import App
-from runq.brokers import Broker, connect
+from runq.brokers import DEFAULT_URL, Broker, connect
 from runq.brokers.base import BreakerEvent
 from runq.errors import BrokerUnavailable
 from runq.logs import mask_url
@@ -72,13 +72,20 @@ class Worker:
     def __init__(self, app: App, app_path: str, settings: Settings | None = None) -> None:
         self.app = app
         self.settings = settings or app.settings
-        app.settings = self.settings  # tasks that enqueue from inside a task use the worker's broker
+        if self.settings.url != app.settings.url and app.settings.url != DEFAULT_URL:
+            log.warning(
+                "the worker's broker %s differs from %s that its App names: the worker and its tasks use %s",
+                mask_url(self.settings.url),
+                mask_url(app.settings.url),
+                mask_url(self.settings.url),
+            )
+        app.configure(self.settings)  # a task that enqueues from inside a task uses the worker's broker
         self.app_path = app_path
         self.concurrency = self.settings.effective_concurrency
         self._runtime = 2 * SHORT_TASK  # running average of how long a task runs; starts "long"
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.broker: Broker = connect(self.settings.url, self.settings.connect_timeout)
-        self.pool: Pool = create_pool(self.settings.pool, app, app_path, self.concurrency, self._finished)
+        self.pool: Pool = create_pool(self.settings, app, app_path, self.concurrency, self._finished)
         self.counts: Counter[str] = Counter()
         self.started_at = time.time()
         self._inflight: dict[str, InFlight] = {}
