@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import runq
+from runq.testing import TLS, RedisNotInstalled, RedisServer
 from tests.conftest import WorkerProcess
 
 
@@ -43,3 +46,83 @@ def test_only_registered_task_names_ever_run(
         assert not marker.exists()  # nothing was imported by name
     finally:
         app.close()
+
+
+# -- TLS to Redis ------------------------------------------------------------------------------
+
+
+def make_ca(directory: Path, name: str) -> tuple[Path, Path]:
+    """A self-signed CA (certificate, key) made with the openssl CLI."""
+    cert, key = directory / f"{name}.pem", directory / f"{name}.key"
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        key,
+        "-out",
+        cert,
+        "-days",
+        "1",
+        "-subj",
+        f"/CN={name}",
+    )
+    return cert, key
+
+
+def openssl(*args: str | Path) -> None:
+    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A TLS-only redis-server whose certificate (for DNS:localhost only) a private CA signed."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is missing")
+    directory = tmp_path_factory.mktemp("tls")
+    ca, ca_key = make_ca(directory, "runq-test-ca")
+    key, csr, cert, ext = (directory / n for n in ("server.key", "server.csr", "server.pem", "ext.cnf"))
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
+    ext.write_text("subjectAltName=DNS:localhost\n")
+    openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-out", cert, "-days", "1", "-extfile", ext)
+    try:
+        server = RedisServer(directory, tls=TLS(cert, key, ca))
+    except RedisNotInstalled as exc:
+        pytest.skip(str(exc))
+    yield server
+    server.kill()
+
+
+def test_rediss_with_a_private_ca_runs_tasks_end_to_end(
+    tls_server: RedisServer, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    tls_server.flush()
+    url = tls_server.url
+    assert url.startswith("rediss://localhost:") and "ssl_ca_certs=" in url
+    app = runq.App(url)
+    try:
+        start_worker(url, "--pool", "process", "--concurrency", "2")  # the worker and its children
+        assert [h.result(timeout=60) for h in [app.enqueue("add", [i, i]) for i in range(5)]] == [0, 2, 4, 6, 8]
+    finally:
+        app.close()
+
+
+def test_rediss_refuses_a_wrong_ca_or_a_name_the_certificate_lacks(tls_server: RedisServer, tmp_path: Path) -> None:
+    other_ca, _ = make_ca(tmp_path, "someone-else")
+    port, ca = tls_server.port, tls_server.tls.ca if tls_server.tls else ""
+    refused = {
+        f"rediss://localhost:{port}/0?ssl_ca_certs={other_ca}": "certificate verify failed",
+        f"rediss://localhost:{port}/0": "certificate verify failed",  # the system CAs do not know it
+        f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={ca}": "not valid for '127.0.0.1'",
+    }
+    for url, says in refused.items():
+        app = runq.App(settings=runq.Settings.from_env(url=url).with_(connect_timeout=5))
+        try:
+            with pytest.raises(runq.BrokerUnavailable) as exc:
+                app.enqueue("add", [1, 2])
+        finally:
+            app.close()
+        assert says in str(exc.value), url
+        assert "ssl_ca_certs=/path/ca.pem" in str(exc.value)  # says what to fix
