@@ -129,3 +129,23 @@ class RedisServer:
         assert self.binary is not None
         out = subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout
         return next((part.removeprefix("v=") for part in out.split() if part.startswith("v=")), out.strip())
+
+
+# The least a runq user needs on Redis (README, "Running Redis in production"); the conformance
+# suite runs as a user made with exactly these rules, and a test checks the README shows them.
+REDIS_ACL = (
+    "resetkeys ~runq:* resetchannels -@all +ping +time +select +multi +exec +evalsha +eval +script|load"
+    " +blpop +get +set +del +hget +hgetall +hmget +hset +hdel +hexists +hincrby +hkeys +hlen +lpush +rpush"
+    " +lrange +ltrim +pexpire +incr +incrby +sadd +smembers +srem +zadd +zcard +zrange +zrangebyscore"
+    " +zrevrange +zrem +zscore"
+)
+
+
+def add_acl_user(server: RedisServer, user: str, password: str, rules: str = REDIS_ACL) -> str:
+    """Create (or reset) ``user`` with ``rules`` on ``server``; returns the URL that logs in as it."""
+    import redis
+
+    with redis.Redis.from_url(server.url) as client:
+        client.execute_command("ACL", "SETUSER", user, "reset", "on", f">{password}", *rules.split())
+    scheme, _, rest = server.url.partition("://")
+    return f"{scheme}://{user}:{password}@{rest}"

@@ -8,9 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 import runq
-from runq.testing import TLS, RedisNotInstalled, RedisServer
+from runq.testing import REDIS_ACL, TLS, RedisNotInstalled, RedisServer, add_acl_user
 from tests.conftest import WorkerProcess
 
 
@@ -126,3 +127,20 @@ def test_rediss_refuses_a_wrong_ca_or_a_name_the_certificate_lacks(tls_server: R
             app.close()
         assert says in str(exc.value), url
         assert "ssl_ca_certs=/path/ca.pem" in str(exc.value)  # says what to fix
+
+
+def test_the_readme_shows_the_acl_the_conformance_suite_runs_as() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert f"ACL SETUSER runq on >secret {REDIS_ACL}" in readme
+
+
+def test_a_user_lacking_a_command_gets_an_error_naming_it(redis_server: RedisServer) -> None:
+    redis_server.flush()
+    url = add_acl_user(redis_server, "runq-nohgetall", "pw", REDIS_ACL.replace(" +hgetall", ""))
+    app = runq.App(url)
+    try:
+        app.enqueue("add", [1, 2])  # what it has is enough to enqueue
+        with pytest.raises(redis.exceptions.NoPermissionError, match="'hgetall' command"):
+            app.stats()
+    finally:
+        app.close()
