@@ -498,19 +498,40 @@ def demo(keep: bool, url: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("app_path", metavar="APP")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless --token).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--url", default=None, metavar="URL", help="Broker URL (default: APP's, else RUNQ_URL, else sqlite).")
-@click.option("--token", envvar="RUNQ_DASHBOARD_TOKEN", default=None, help="Require this bearer token.")
+@click.option("--token", envvar="RUNQ_DASHBOARD_TOKEN", default=None, help="Require this token [default: random].")
+@click.option("--no-token", is_flag=True, help="Serve without a token (loopback only, unless --insecure).")
 @click.option("--insecure", is_flag=True, help="Allow a non-loopback address without a token.")
-def dashboard(app_path: str, host: str, port: int, url: str | None, token: str | None, insecure: bool) -> None:
-    """Serve the web dashboard, HTTP API and /metrics for APP (module:attribute)."""
+@click.option("--allowed-host", "allowed_hosts", multiple=True, help="Another Host name to answer to (repeatable).")
+def dashboard(
+    app_path: str,
+    host: str,
+    port: int,
+    url: str | None,
+    token: str | None,
+    no_token: bool,
+    insecure: bool,
+    allowed_hosts: tuple[str, ...],
+) -> None:
+    """Serve the web dashboard, HTTP API and /metrics for APP (module:attribute).
+
+    Without --token (or RUNQ_DASHBOARD_TOKEN) a random token is made and the login URL printed.
+    """
     try:
+        from click.core import ParameterSource
+
         from runq.dashboard import check_bind, serve
+        from runq.dashboard.server import login_url, new_token
     except ImportError as exc:
         raise click.ClickException(f"the dashboard needs its extra: pip install 'runq[dashboard]' ({exc})") from None
+    if no_token and token and click.get_current_context().get_parameter_source("token") is ParameterSource.COMMANDLINE:
+        raise click.UsageError("--token and --no-token exclude each other")
+    token = None if no_token else token
+    generated = not no_token and not token
     try:
-        check_bind(host, token, insecure)
+        check_bind(host, token or ("generated" if generated else None), insecure)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     try:
@@ -518,7 +539,12 @@ def dashboard(app_path: str, host: str, port: int, url: str | None, token: str |
     except (ImportError, ValueError, TypeError) as exc:
         raise click.BadParameter(str(exc), param_hint="APP") from None
     app.configure(_app_settings(app, url))
-    serve(app, host, port, token)
+    if generated:
+        token = new_token()
+        click.echo(f"runq dashboard: open {login_url(host, port, token)}", err=True)
+    elif token is None:
+        click.echo(f"runq dashboard: {login_url(host, port, None)} (no token: anyone on this machine)", err=True)
+    serve(app, host, port, token, allowed_hosts)
 
 
 @main.command()

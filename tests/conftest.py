@@ -14,7 +14,7 @@ import pytest
 
 import runq
 from runq.brokers import Broker
-from runq.testing import RedisNotInstalled, RedisServer
+from runq.testing import RedisNotInstalled, RedisServer, add_acl_user
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKERS = ["sqlite", "redis"]
@@ -42,6 +42,14 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server.kill()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module's ``BROKER_KINDS`` (e.g. the conformance suites' extra "redis-acl") replaces BROKERS."""
+    kinds = getattr(metafunc.module, "BROKER_KINDS", None)
+    if kinds and "broker_url" in metafunc.fixturenames:
+        metafunc.definition.add_marker(pytest.mark.parametrize("broker_url", kinds, indirect=True))
+
+
 @pytest.fixture(params=BROKERS)
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of an empty broker: a fresh SQLite file, or the private Redis flushed."""
@@ -50,7 +58,8 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         server.flush()
-        yield server.url
+        # "redis-acl": as a user with only the README's minimal ACL (the conformance suites ask for it)
+        yield add_acl_user(server, "runq-least", "pw") if request.param == "redis-acl" else server.url
 
 
 @pytest.fixture

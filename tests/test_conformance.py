@@ -16,7 +16,10 @@ import pytest
 import runq
 from runq.brokers import Broker
 from runq.models import Claim, Message, Outcome, Status, WorkerInfo, new_task_id, queue_of
-from tests.conftest import wait_until
+from tests.conftest import BROKERS, wait_until
+
+# Every broker, and Redis once more as a user with only the minimal ACL (README).
+BROKER_KINDS = [*BROKERS, "redis-acl"]
 
 WORKER = "test-worker"
 

@@ -45,12 +45,14 @@ CHROMIUM_FLAGS = [
 class Dashboard:
     """``create_app(app)`` served by uvicorn on a loopback port in a daemon thread."""
 
-    def __init__(self, app: runq.App, token: str | None = None, interval: float = 0.2) -> None:
+    def __init__(
+        self, app: runq.App, token: str | None = None, interval: float = 0.2, hosts: tuple[str, ...] = ()
+    ) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         config = uvicorn.Config(
-            create_app(app, token, interval=interval),
+            create_app(app, token, interval=interval, hosts=hosts),
             log_level="warning",
             lifespan="off",
             ws="none",
@@ -76,8 +78,10 @@ class Dashboard:
 def serve(app: runq.App) -> Iterator[Callable[..., Dashboard]]:
     started: list[Dashboard] = []
 
-    def start(token: str | None = None, of: runq.App | None = None, interval: float = 0.2) -> Dashboard:
-        dashboard = Dashboard(of or app, token, interval)
+    def start(
+        token: str | None = None, of: runq.App | None = None, interval: float = 0.2, hosts: tuple[str, ...] = ()
+    ) -> Dashboard:
+        dashboard = Dashboard(of or app, token, interval, hosts)
         started.append(dashboard)
         return dashboard
 
@@ -164,8 +168,8 @@ def test_runq_refusals_are_400_with_runq_s_message(api: httpx.Client) -> None:
 def test_unknown_ids_filters_and_limits_are_4xx(api: httpx.Client) -> None:
     assert api.get("/api/tasks/not-an-id").status_code == 404
     assert api.get("/api/tasks/default.00000000000000000000000000").status_code == 404
-    assert api.post("/api/tasks/default.00000000000000000000000000/cancel").status_code == 404
-    assert api.post("/api/tasks/nope/retry").status_code == 404
+    assert api.post("/api/tasks/default.00000000000000000000000000/cancel", json={}).status_code == 404
+    assert api.post("/api/tasks/nope/retry", json={}).status_code == 404
     assert api.get("/api/tasks", params={"status": "lost"}).status_code == 422
     assert api.get("/api/tasks", params={"limit": 0}).status_code == 422
     assert api.get("/api/tasks", params={"queue": "bad queue"}).status_code == 422
@@ -174,13 +178,13 @@ def test_unknown_ids_filters_and_limits_are_4xx(api: httpx.Client) -> None:
 
 def test_cancel_and_retry_follow_the_lifecycle(api: httpx.Client) -> None:
     task_id = api.post("/api/tasks", json={"name": "t"}).json()["id"]
-    assert api.post(f"/api/tasks/{task_id}/retry").status_code == 409  # pending: nothing to retry
-    cancelled = api.post(f"/api/tasks/{task_id}/cancel")
+    assert api.post(f"/api/tasks/{task_id}/retry", json={}).status_code == 409  # pending: nothing to retry
+    cancelled = api.post(f"/api/tasks/{task_id}/cancel", json={})
     assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelled")
-    again = api.post(f"/api/tasks/{task_id}/cancel")
+    again = api.post(f"/api/tasks/{task_id}/cancel", json={})
     assert again.status_code == 409
     assert "finished" in again.json()["detail"]
-    retried = api.post(f"/api/tasks/{task_id}/retry").json()
+    retried = api.post(f"/api/tasks/{task_id}/retry", json={}).json()
     assert (retried["status"], retried["attempts"]) == ("pending", 0)
 
 
@@ -190,11 +194,11 @@ def test_dead_letter_retry_and_purge_only_by_post(app: runq.App, api: httpx.Clie
     assert sorted(t["id"] for t in dead) == sorted(failed)
     assert dead[0]["error"]["message"] == "it broke"
 
-    retried = api.post(f"/api/tasks/{failed[0]}/retry").json()
+    retried = api.post(f"/api/tasks/{failed[0]}/retry", json={}).json()
     assert (retried["status"], retried["attempts"], retried["error"]) == ("pending", 0, None)
     assert api.get("/api/purge").status_code == 405  # no state change through GET
-    assert api.delete("/api/tasks/" + failed[1]).status_code == 405
-    assert api.post("/api/purge").json() == {"purged": 2}
+    assert api.request("DELETE", "/api/tasks/" + failed[1], json={}).status_code == 405
+    assert api.post("/api/purge", json={}).json() == {"purged": 2}
     assert api.get("/api/tasks", params={"status": "failed"}).json() == []
     assert api.get(f"/api/tasks/{failed[0]}").json()["status"] == "pending"
 
@@ -253,7 +257,7 @@ def test_a_token_guards_the_page_the_api_and_the_metrics(serve: Callable[..., Da
             for client in (anonymous, wrong):
                 response = client.request(method, path, json={"name": "t"})
                 assert response.status_code == 401, (method, path)
-            assert anonymous.request(method, path, params={"token": "wrong"}).status_code == 401
+            assert anonymous.request(method, path, params={"token": "wrong"}, json={}).status_code == 401
         assert "token" in anonymous.get("/").text  # the page asks for it
         assert anonymous.get("/api/stats").headers["www-authenticate"] == "Bearer"
         assert good.post("/api/tasks", json={"name": "t"}).status_code == 202
@@ -283,7 +287,18 @@ def test_cli_exits_2_for_a_public_address_without_token() -> None:
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "RUNQ_DASHBOARD_TOKEN"} | {"PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "runq", "dashboard", "tests.tasks:app", "--host", "0.0.0.0", "--port", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "runq",
+        "dashboard",
+        "tests.tasks:app",
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "1",
+        "--no-token",
+    ]
     done = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "without a token" in done.stderr
@@ -314,6 +329,107 @@ def test_cli_serves_the_dashboard(tmp_path: Path) -> None:
         assert wait_until(health, timeout=30) == 200
         assert httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 401
         assert (tmp_path / "cli.db").exists()  # --url was used
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+
+
+# -- cross-site requests, DNS rebinding, security headers (issue 11.3) ---------------------------
+
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+def test_another_site_cannot_change_state_with_or_without_token(
+    app: runq.App, serve: Callable[..., Dashboard], token: str | None
+) -> None:
+    dashboard = serve(token=token)
+    make_failed(app)
+    evil = {"Origin": "http://evil.example"}
+    with dashboard.client(token) as client:
+        refused = [
+            (client.post("/api/purge", content=b"status=failed", headers=evil | FORM), 403),  # an HTML form
+            (client.post("/api/purge", json={}, headers=evil), 403),
+            (client.post("/api/purge", json={}, headers={"Origin": "null"}), 403),
+            (
+                client.post("/api/purge", json={}, headers={"Origin": dashboard.url.replace("127.0.0.1", "localhost")}),
+                403,
+            ),
+            (client.post("/api/purge", json={}, headers={"Sec-Fetch-Site": "cross-site"}), 403),
+            (client.post("/api/purge", json={}, headers={"Sec-Fetch-Site": "same-site"}), 403),
+            (client.post("/api/purge", content=b"status=failed", headers=FORM), 415),
+            (client.post("/api/purge", content=b"{}", headers={"Content-Type": "text/plain"}), 415),
+            (client.post("/api/purge"), 415),  # what fetch(url, {method: "POST", mode: "no-cors"}) sends
+            (client.post("/api/tasks", content=b'{"name": "t"}', headers=evil | FORM), 403),
+        ]
+        for response, status in refused:
+            assert response.status_code == status, (response.request.headers, response.text)
+        assert "detail" in refused[0][0].json()
+        assert app.stats().counters["enqueued"] == 1  # nothing was enqueued
+        assert len(app.list("failed")) == 1  # nothing was purged
+        own = {"Origin": dashboard.url, "Sec-Fetch-Site": "same-origin"}
+        assert client.post("/api/purge", json={}, headers=own).json() == {"purged": 1}
+        assert client.get("/api/stats", headers=evil | {"Sec-Fetch-Site": "cross-site"}).status_code == 200
+
+
+@pytest.mark.parametrize("token", [None, "s3cret"])
+def test_a_foreign_host_header_is_refused(serve: Callable[..., Dashboard], token: str | None) -> None:
+    dashboard = serve(token=token, hosts=("0.0.0.0", "dash.example"))
+    port = dashboard.url.rpartition(":")[2]
+    with dashboard.client(token) as client:
+        for host in ("attacker.example", f"attacker.example:{port}", "0.0.0.0", "127.0.0.1.evil.example", ""):
+            for path in ("/", "/api/stats", "/metrics", "/static/app.js", "/openapi.json"):
+                response = client.get(path, headers={"Host": host})
+                assert response.status_code == 400, (host, path)
+            assert "allowed-host" in response.json()["detail"]
+        for host in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", "127.0.0.2", "DASH.example"):
+            assert client.get("/api/stats", headers={"Host": host}).status_code == 200, host
+        behind_proxy = {"Host": "dash.example", "Origin": "https://dash.example"}
+        assert client.post("/api/purge", json={}, headers=behind_proxy).status_code == 200
+
+
+def test_security_headers_forbid_inline_script_and_framing(serve: Callable[..., Dashboard]) -> None:
+    dashboard = serve()
+    with dashboard.client() as client:
+        for response in (client.get("/"), client.get("/api/stats"), client.get("/", headers={"Host": "evil.example"})):
+            csp = response.headers["content-security-policy"]
+            assert "script-src 'self';" in csp
+            assert "unsafe-inline" not in csp
+            assert "frame-ancestors 'none'" in csp
+            assert response.headers["x-frame-options"] == "DENY"
+            assert response.headers["x-content-type-options"] == "nosniff"
+        assert "<script>" not in client.get("/").text  # the page has no inline script to allow
+
+
+def test_cli_makes_a_token_and_prints_the_login_url(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RUNQ_DASHBOARD_TOKEN"} | {"PYTHONPATH": str(ROOT)}
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    cmd = [sys.executable, "-m", "runq", "dashboard", "tests.tasks:app", "--port", str(port), "--url", url]
+    log = tmp_path / "dashboard.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+
+        def login() -> str:
+            assert proc.poll() is None, log.read_text()
+            found = [w for w in log.read_text().split() if w.startswith(f"http://127.0.0.1:{port}/?token=")]
+            return found[0] if found else ""
+
+        token = wait_until(login, timeout=30).partition("?token=")[2]
+        assert len(token) >= 32
+
+        def health(headers: dict[str, str]) -> int:
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/api/health", headers=headers).status_code
+            except httpx.TransportError:
+                return 0
+
+        assert wait_until(lambda: health({"Authorization": f"Bearer {token}"}), timeout=30) == 200
+        assert health({}) == 401
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0, log.read_text()
@@ -417,8 +533,8 @@ def test_schemathesis_finds_no_server_error(app: runq.App, serve: Callable[..., 
         )
         @given(case=operation.as_strategy())
         def check(case: Any) -> None:
-            if time.monotonic() < deadline:
-                case.call_and_validate(base_url=dashboard.url)
+            if time.monotonic() < deadline:  # a state change carries the JSON type the guard asks for
+                case.call_and_validate(base_url=dashboard.url, headers={"Content-Type": "application/json"})
 
         check()
         checked.append(operation.label)

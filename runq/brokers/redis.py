@@ -164,6 +164,17 @@ def _str(value: bytes | str | None) -> str:
     return _text(value) or ""
 
 
+def _unavailable(url: str, exc: Exception) -> BrokerUnavailable:
+    """``BrokerUnavailable`` naming the (masked) URL; a TLS verification failure says what to fix."""
+    message = f"Redis at {mask_url(url)} is unavailable: {exc}"
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        message += (
+            " (TLS: the server's certificate was not accepted: for a private CA add"
+            " ?ssl_ca_certs=/path/ca.pem to the URL, and connect by a name the certificate holds)"
+        )
+    return BrokerUnavailable(message)
+
+
 def _guarded(method: Callable[P, T]) -> Callable[P, T]:
     """Turn redis-py's connection failures into ``BrokerUnavailable`` naming the (masked) URL."""
 
@@ -173,7 +184,7 @@ def _guarded(method: Callable[P, T]) -> Callable[P, T]:
             return method(*args, **kwargs)
         except UNAVAILABLE as exc:
             broker: RedisBroker = args[0]  # type: ignore[assignment]
-            raise BrokerUnavailable(f"Redis at {mask_url(broker.url)} is unavailable: {exc}") from exc
+            raise _unavailable(broker.url, exc) from exc
 
     return call
 
@@ -244,7 +255,7 @@ class RedisBroker(RedisFlow, Broker):
                 return RedisCluster.from_url("redis://" + self.url.partition("://")[2], **options)
             return redis.Redis.from_url(self.url, **options)
         except UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"Redis at {mask_url(self.url)} is unavailable: {exc}") from exc
+            raise _unavailable(self.url, exc) from exc
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self._scripts[name](keys, args, client=self._r)

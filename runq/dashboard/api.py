@@ -161,8 +161,16 @@ def public_url(url: str) -> str:
     return f"{scheme}://{user + ':***@' if user else '***@'}{host}"
 
 
+# Answered by runq.dashboard.guard before any route: documented so clients expect them.
+GUARDED: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error, "description": "The Host header is not one of the dashboard's names."},
+    403: {"model": Error, "description": "A state change from another site (Origin, Sec-Fetch-Site)."},
+    415: {"model": Error, "description": "A state change without Content-Type: application/json."},
+}
+
+
 def create_router(app: App, interval: float = 1.0) -> APIRouter:
-    router = APIRouter(prefix="/api")
+    router = APIRouter(prefix="/api", responses=GUARDED)
 
     def find(task_id: str) -> TaskInfo:
         try:

@@ -9,7 +9,9 @@ loopback unless its operator chose otherwise. With a token, the page, ``/metrics
 and every ``/api`` call need it, as ``Authorization: Bearer <token>`` or ``?token=``
 (browsers cannot put headers on a page load or an ``EventSource``); the page keeps it
 in ``sessionStorage`` and drops it from the address bar. Static assets and the
-OpenAPI description are public: they hold no data.
+OpenAPI description are public: they hold no data. With or without a token,
+:class:`runq.dashboard.guard.Guard` refuses a foreign ``Host`` (DNS rebinding) and
+cross-site or non-JSON state changes (CSRF), and adds security headers.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import contextlib
 import hmac
 import ipaddress
 import os
+import secrets
 import socket
 from importlib import resources
 from typing import Any
@@ -31,6 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runq.app import App
 from runq.dashboard.api import create_router
+from runq.dashboard.guard import Guard
 from runq.dashboard.metrics import create_registry
 from runq.errors import BrokerUnavailable
 
@@ -60,10 +64,11 @@ def token_guard(token: str | None) -> list[Any]:
     return [Depends(guard)]
 
 
-def create_app(app: App, token: str | None = None, *, interval: float = 1.0) -> FastAPI:
+def create_app(app: App, token: str | None = None, *, interval: float = 1.0, hosts: tuple[str, ...] = ()) -> FastAPI:
     """A dashboard for ``app``; ``token`` (if given) guards the page, the API and the metrics.
 
-    ``interval`` is the seconds between live updates (tests make it shorter).
+    ``interval`` is the seconds between live updates (tests make it shorter). ``hosts``
+    are the names it answers to besides loopback ones (its ``--host``, ``--allowed-host``).
     """
     token = token or None
     guard = token_guard(token)
@@ -100,6 +105,7 @@ def create_app(app: App, token: str | None = None, *, interval: float = 1.0) -> 
         )
 
     web.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    web.add_middleware(Guard, hosts=hosts)
     web.state.runq_app = app
     return web
 
@@ -137,6 +143,18 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(str(info[4][0])).is_loopback for info in infos)
 
 
+def new_token() -> str:
+    """A random token for a dashboard started without one (as Jupyter does)."""
+    return secrets.token_urlsafe(24)
+
+
+def login_url(host: str, port: int, token: str | None) -> str:
+    """The address to open: loopback for a wildcard bind, with ``?token=`` when there is one."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else "[::1]" if host == "::" else host
+    shown = f"[{shown}]" if ":" in shown and not shown.startswith("[") else shown
+    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+
+
 def check_bind(host: str, token: str | None, insecure: bool) -> None:
     """Refuse to expose the dashboard beyond this machine without a token (``ValueError``)."""
     if not token and not insecure and not is_loopback(host):
@@ -146,13 +164,20 @@ def check_bind(host: str, token: str | None, insecure: bool) -> None:
         )
 
 
-def serve(app: App, host: str = "127.0.0.1", port: int = 8000, token: str | None = None, **uvicorn: Any) -> None:
+def serve(
+    app: App,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    token: str | None = None,
+    allowed_hosts: tuple[str, ...] = (),
+    **uvicorn: Any,
+) -> None:
     """Run the dashboard with uvicorn until interrupted (the caller has run :func:`check_bind`)."""
     import uvicorn as server
 
     token = token or os.environ.get(TOKEN_ENV) or None
     config = server.Config(
-        create_app(app, token),
+        create_app(app, token, hosts=(host, *allowed_hosts)),
         host=host,
         port=port,
         timeout_graceful_shutdown=2,  # live-update streams never end by themselves

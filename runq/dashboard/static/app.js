@@ -28,7 +28,8 @@ function withToken(path) {
 async function api(path, options = {}) {
   const headers = { Accept: "application/json", ...(options.headers || {}) };
   if (token) headers.Authorization = "Bearer " + token;
-  if (options.body !== undefined) headers["Content-Type"] = "application/json";
+  // The dashboard refuses a state change without a JSON content type (an HTML form cannot send one).
+  if (options.body !== undefined || (options.method || "GET") !== "GET") headers["Content-Type"] = "application/json";
   const response = await fetch(path, { ...options, headers, body: options.body && JSON.stringify(options.body) });
   if (response.status === 401) location.replace("/");
   const data = await response.json().catch(() => null);
