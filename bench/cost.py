@@ -73,11 +73,11 @@ def summary(path: Path, top: int = 14) -> str:
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
     total = 0
-    idle = ("wait (threading", "_wait_for_tstate_lock", "select (selectors", "get (queue", "acquire")
+    idle = {"wait", "Condition.wait", "Event.wait", "_wait_for_tstate_lock", "select", "Queue.get", "get", "sleep"}
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         frames = [f for f in stack.split(";") if not f.startswith("thread (")]
-        if not frames or any(f.startswith(idle) for f in frames[-1:]):
+        if not frames or frames[-1].partition(" (")[0] in idle:  # blocked, not working
             continue
         n = int(count)
         total += n
