@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 import redis
 from redis.cluster import key_slot
-from redis.commands.core import ScriptCommands
 
 import runq
 from runq.brokers.redis import BATCH, RedisBroker, queue_keys
+from runq.brokers.redis.keys import FUNCTIONS
+from runq.brokers.redis.scripts import Call, Functions
 from runq.models import Outcome, Status, new_task_id
 from tests.conftest import RedisServer, WorkerProcess, wait_until
 
@@ -70,14 +71,13 @@ def test_every_script_call_stays_in_one_hash_slot(
     app: runq.App, broker: RedisBroker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[tuple[str, list[str]]] = []
-    names = {script.sha: name for name, script in broker._scripts.items()}
-    original = ScriptCommands.evalsha
+    original = Functions._command
 
-    def recording(self: Any, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        calls.append((names.get(sha, sha), [str(key) for key in keys_and_args[:numkeys]]))
-        return original(self, sha, numkeys, *keys_and_args)
+    def recording(self: Functions, call: Call) -> Any:
+        calls.append((call.name, [str(key) for key in call.keys]))
+        return original(self, call)
 
-    monkeypatch.setattr(ScriptCommands, "evalsha", recording)
+    monkeypatch.setattr(Functions, "_command", recording)
     app.enqueue_many([runq.Signature("add", (1, 2)).options(queue=q, key="k") for q in ("a", "b", "c")])
     delayed = app.enqueue("add", args=[1, 2], queue="b", delay=0.01)
     claims = broker.claim(("a", "b", "c"), "w", 10, 30)
@@ -96,7 +96,8 @@ def test_every_script_call_stays_in_one_hash_slot(
     assert broker.settle([Outcome(claim.id, claim.token, "succeeded", result="3")]) == [True]  # resolve.lua in b's
     assert broker.acquire_rate("add", 5, 1) == 0 and broker.breaker("add", "allow", 3, 1) == 0
 
-    assert {name for name, _ in calls} >= set(broker._scripts)
+    broker.wait_for_work(("b",), 0.01)  # due.lua
+    assert {name for name, _ in calls} == set(FUNCTIONS)
     for name, keys in calls:
         assert keys, name
         assert len({key_slot(key.encode()) for key in keys}) == 1, (name, keys)
@@ -107,7 +108,7 @@ def test_every_script_call_stays_in_one_hash_slot(
 def test_keys_of_a_queue_share_its_hash_tag() -> None:
     keys = queue_keys("emails")
     assert all(key.startswith("runq:{emails}:") for key in keys)
-    assert len(set(keys)) == len(keys) == 22  # 19, plus children, parents, outbox (workflows)
+    assert len(set(keys)) == len(keys) == 19
     assert keys.by_status(Status.FAILED) == "runq:{emails}:status:failed"
 
 
@@ -175,7 +176,7 @@ def test_finished_task_is_deleted_after_result_ttl_and_its_keys_expire(
     assert broker.claim(("default",), "w", 1, 30) == []  # ...and deleted by the next script
     keys = queue_keys("default")
     assert not client.hexists(keys.tasks, handle.id) and not client.hexists(keys.payloads, handle.id)
-    assert client.zcard(keys.by_succeeded) == client.zcard(keys.expiring) == 0
+    assert client.zcard(keys.succeeded) == client.zcard(keys.expiring) == 0
 
 
 def test_memory_returns_to_baseline_after_tasks_expire(app: runq.App, broker: RedisBroker, client: redis.Redis) -> None:
@@ -235,7 +236,7 @@ def test_result_blocks_on_redis_without_polling(app: runq.App, broker: RedisBrok
         handle.result(timeout=1.0)
     after = command_calls(client)
     assert after["blpop"] - before["blpop"] == 1
-    assert after["evalsha"] - before["evalsha"] == 2  # watch (pipelined with the BLPOP), unwatch
+    assert after["fcall"] - before["fcall"] == 2  # watch (pipelined with the BLPOP), unwatch
 
 
 def test_result_wakes_as_soon_as_the_task_is_settled(app: runq.App, broker: RedisBroker) -> None:

@@ -1,6 +1,6 @@
 -- link.lua: register a waiting task (of another queue) as a dependent of a task of this one.
 --
--- KEYS[1..22]  the parent's queue's keys (lib.lua)
+-- KEYS         the parent's queue's keys (keys.py: FUNCTIONS)
 -- ARGV         child id, parent id
 -- Returns      the outbox steps posted: a resolve step for the child when the parent has
 --              already ended (succeeded: release; otherwise the error that cancels it)

@@ -1,6 +1,6 @@
 -- claim.lua: take up to `limit` ready tasks of one queue for one worker.
 --
--- KEYS[1..22]  the queue's keys (lib.lua)
+-- KEYS         the queue's keys named for it in keys.py (FUNCTIONS), then:
 -- ARGV         worker id, limit, lease (s), token prefix (random, per call), batch
 -- Returns      {{id, payload, attempt, token}, ...} in claim order, then (as plain strings)
 --              up to 20 outbox steps posted over OUTBOX_GRACE s ago and not yet applied (a

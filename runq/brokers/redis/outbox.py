@@ -1,18 +1,10 @@
 """Flow control for the Redis broker: cross-queue workflow steps, ticks, rate limits, breakers.
 
-Kept beside ``redis.py`` (as a mixin of :class:`~runq.brokers.redis.RedisBroker`) so the
-hot path stays in one small module. Keys (no queue: these belong to a task name):
-
-    runq:rate:{<name>}         hash    tat, tail: the rate limit's GCRA state (rate.lua)
-    runq:breaker:{<name>}      hash    state, failures, open_until, probe_until (breaker.lua)
-    runq:breakers              set     task names that have a breaker key (for stats)
-    runq:tick:{<name>}:<tick>  string  a periodic tick taken by one beat process (SET NX PX)
-
 A workflow step for another queue's slot (``link`` a dependent to its parent, ``resolve``
 a dependent when its parent ended) is posted to the deciding queue's outbox by the
-script that decided it, and returned; :meth:`RedisFlow.apply_steps` runs it in the other
-slot (a repeatable script) and only then removes it from the outbox. Steps left by a
-process that died in between are handed out again by ``claim.lua``.
+function that decided it, and returned; :meth:`Flow.apply_steps` runs it in the other
+slot (a repeatable function) and only then removes it from the outbox. Steps left by a
+process that died in between are handed out again by ``claim.lua``. The keys are in keys.py.
 """
 
 from __future__ import annotations
@@ -21,43 +13,28 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from redis.commands.core import Script
-
 from runq.brokers.base import BreakerEvent
+from runq.brokers.redis.keys import BREAKERS_KEY, breaker_key, done_key, function_keys, queue_keys, rate_key, tick_key
+from runq.brokers.redis.scripts import Functions
 from runq.models import queue_of
-
-BREAKERS_KEY = "runq:breakers"
-
-
-def rate_key(name: str) -> str:
-    return f"runq:rate:{{{name}}}"
-
-
-def breaker_key(name: str) -> str:
-    return f"runq:breaker:{{{name}}}"
-
-
-def tick_key(name: str, tick: str) -> str:
-    return f"runq:tick:{{{name}}}:{tick}"
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class RedisFlow:
-    """The flow-control half of the Redis broker (needs ``_r``, ``_scripts``, ``_run``)."""
+class Flow:
+    """The flow-control half of the Redis broker, on its client and its functions."""
 
-    _r: Any
-    _scripts: dict[str, Script]
+    def __init__(self, client: Any, functions: Functions) -> None:
+        self._r = client
+        self._functions = functions
 
-    def _run(self, name: str, keys: list[str] | tuple[str, ...], args: list[Any]) -> Any:
-        raise NotImplementedError
+    def _run(self, name: str, keys: Iterable[str], args: list[Any]) -> Any:
+        return self._functions.run(name, tuple(keys), args)
 
     def apply_steps(self, queue: str, steps: Iterable[bytes | str]) -> None:
         """Apply outbox steps posted in ``queue``'s slot, and the steps those post, in turn."""
-        from runq.brokers.redis import done_key, queue_keys
-
         todo = [(queue, _text(step)) for step in steps]
         while todo:
             source, text = todo.pop(0)
@@ -73,10 +50,12 @@ class RedisFlow:
                 continue
             if step["op"] == "link":
                 target = queue_of(step["parent"])
-                posted = self._run("link", queue_keys(target), [step["child"], step["parent"]])
+                posted = self._run("link", function_keys("link", target), [step["child"], step["parent"]])
             else:
                 target = queue_of(step["child"])
-                posted = self._run("resolve", queue_keys(target), [step["child"], step["parent"], step["error"]])
+                posted = self._run(
+                    "resolve", function_keys("resolve", target), [step["child"], step["parent"], step["error"]]
+                )
             todo.extend((target, _text(more)) for more in posted)
             self._r.zrem(queue_keys(source).outbox, text)
 

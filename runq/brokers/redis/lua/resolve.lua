@@ -1,6 +1,6 @@
 -- resolve.lua: one parent (of another queue) of a waiting task of this queue has ended.
 --
--- KEYS[1..22]  the child's queue's keys (lib.lua)
+-- KEYS         the child's queue's keys (keys.py: FUNCTIONS)
 -- ARGV         child id, parent id, error JSON ("" when the parent succeeded)
 -- Returns      the outbox steps posted and the waiters to wake (lib.lua: the child's own
 --              dependents elsewhere, when it was cancelled)

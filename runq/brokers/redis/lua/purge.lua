@@ -1,6 +1,6 @@
 -- purge.lua: delete up to `limit` tasks of one queue in the given states.
 --
--- KEYS[1..22]  the queue's keys (lib.lua)
+-- KEYS         the queue's keys named for it in keys.py (FUNCTIONS), then:
 -- ARGV         limit, then the statuses to purge (never "running": the caller refuses it)
 -- Returns      the number of tasks deleted; the caller repeats while it equals limit
 -- Guarantees   each deleted task is gone from every index; bounded work per call so a

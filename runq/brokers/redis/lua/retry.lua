@@ -1,6 +1,6 @@
 -- retry.lua: put one failed or cancelled task back to pending (App.retry).
 --
--- KEYS[1..22]  the queue's keys (lib.lua)
+-- KEYS         the queue's keys named for it in keys.py (FUNCTIONS), then:
 -- ARGV         id
 -- Returns      1 when requeued, 0 when the task is unknown, expired, or not failed/cancelled
 -- Guarantees   attempts restart at 0; result, error, times and expiry are cleared; the

@@ -1,7 +1,7 @@
 -- cancel.lua: cancel one task that is not final yet.
 --
--- KEYS[1..22]  the queue's keys (lib.lua)
--- KEYS[23]     runq:{q}:done:<id> (its waiters' notification list)
+-- KEYS         the queue's keys named for it in keys.py (FUNCTIONS), then:
+-- KEYS[EXTRA+1] runq:{q}:done:<id> (its waiters' notification list)
 -- ARGV         id, error JSON to record
 -- Returns      {1 when cancelled, 0 when the task is unknown, expired or already final,
 --              then the outbox steps posted and waiters to wake for its dependents}

@@ -1,7 +1,7 @@
 -- renew.lua: extend the leases of running claims of one queue.
 --
--- KEYS[1..22]  the queue's keys (lib.lua)
--- ARGV         lease (s), then pairs: id, token
+-- KEYS         the queue's keys named for it in keys.py (FUNCTIONS), then:
+-- ARGV         lease (s), then per claim (keys.py RENEW_ITEM): id, token
 -- Returns      1 per pair when the claim is still held (lease now + lease), else 0
 -- Guarantees   only a running task whose fencing token matches is extended: a cancelled
 --              task or one reclaimed by another worker answers 0 and is left alone.
@@ -9,10 +9,10 @@
 local now = clock()
 local until_ = stamp(now + tonumber(ARGV[1]))
 local held = {}
-for i = 2, #ARGV, 2 do
-  local id = ARGV[i]
+for i = 2, #ARGV, REN_N do
+  local id = ARGV[i + REN.id]
   local rec = load(id)
-  if rec and rec.status == 'running' and rec.token == ARGV[i + 1] then
+  if rec and rec.status == 'running' and rec.token == ARGV[i + REN.token] then
     rec.lease_until = until_
     redis.call('ZADD', Q.running, until_, id)
     save(id, rec)

@@ -1,7 +1,7 @@
 -- watch.lua: read a task and, when asked, wait on it.
 --
--- KEYS[1..22]  the queue's keys (lib.lua)
--- KEYS[23]     runq:{q}:done:<id> (only used with register "1")
+-- KEYS         the queue's keys named for it in keys.py (FUNCTIONS), then:
+-- KEYS[EXTRA+1] runq:{q}:done:<id> (only used with register "1")
 -- ARGV         id, register ("1": the caller blocks on the done list next)
 -- Returns      {record JSON, payload}, or nil when the task is unknown or expired
 -- Guarantees   atomic with every state change. With register "1": a task that is not

@@ -1,24 +1,9 @@
--- lib.lua: helpers prepended to every runq script; not a script of its own.
+-- lib.lua: helpers prepended to every runq function; not a function of its own.
 --
--- KEYS[1..22] of every script are one queue's keys, in this order (redis.py:
--- QueueKeys), all with the queue's hash tag so a script touches one slot:
---    1 tasks       hash  id -> task record, JSON (status, attempts, token, times, ...)
---    2 payloads    hash  id -> the Message JSON, verbatim as enqueued
---    3 pending     zset  id -> (100 - priority) * 2^44 + seq: the claim order
---    4 scheduled   zset  id -> ready_at (eta or retry back-off)
---    5 running     zset  id -> lease_until
---    6 expiring    zset  id -> expires_at (succeeded and cancelled tasks)
---    7 seq         INCR counter: enqueue order and ready order
---    8 counters    hash  enqueued/succeeded/failed/retried/cancelled
---    9 wake        list  wake-up tokens for idle workers, at most WAKE_CAP
---   10 waiters     hash  id -> clients blocked in wait() on that task
---   11 samples     list  "finished_at wait run" of recent successes, at most SAMPLE_CAP
---   12 throughput  hash  second -> successes in that second (last ~2 minutes)
---   13..19 by-status zsets id -> seq: waiting succeeded failed cancelled (KEYS 15, 17-19; the
---          pending, scheduled and running tasks are counted and listed by their own zsets)
---   20 children   hash  parent id -> JSON list of the ids waiting on it (any queue)
---   21 parents    hash  waiting id -> JSON list of its parents that have not ended yet
---   22 outbox     zset  JSON step for another queue's slot -> when posted (see post())
+-- The caller prepends the generated prologue (keys.py: lua_prologue): Q maps each key
+-- name to its KEYS[i] (only the keys this function is sent; keys.py lists them all),
+-- EXTRA is how many those are, QUEUE the queue's name (nil for rate and breaker), and ENQ/SET/REN give the offsets of each per-item
+-- argument. No Lua file numbers a key or an argument itself.
 --
 -- A task enqueued ready to run has no record: its payload and its place in `pending`
 -- are all it needs until it is claimed (load() makes its record up), so a deep queue
@@ -33,18 +18,10 @@ local WAKE_CAP = 32
 local SAMPLE_CAP = 4096
 local TWO_44 = 17592186044416
 local WORKER_LOST = '{"type":"WorkerLost","message":"lease expired: the worker died or stalled"}'
-local EXTRA = 22
 local OUTBOX_GRACE = 5  -- seconds before claim hands an unapplied outbox step to its worker
 local DEFAULT_RESULT_TTL = 86400  -- runq.models.Message.result_ttl
 
-local Q = {
-  tasks = KEYS[1], payloads = KEYS[2], pending = KEYS[3], scheduled = KEYS[4], running = KEYS[5],
-  expiring = KEYS[6], seq = KEYS[7], counters = KEYS[8], wake = KEYS[9], waiters = KEYS[10],
-  samples = KEYS[11], throughput = KEYS[12], children = KEYS[20], parents = KEYS[21], outbox = KEYS[22],
-}
--- This script's queue (nil for the per-task-name scripts rate.lua and breaker.lua).
-local QUEUE = KEYS[1] and string.match(KEYS[1], '^runq:{(.*)}:tasks$')
-local INDEX = {waiting = KEYS[15], succeeded = KEYS[17], failed = KEYS[18], cancelled = KEYS[19]}
+local INDEX = {waiting = Q.waiting, succeeded = Q.succeeded, failed = Q.failed, cancelled = Q.cancelled}
 -- The zset that orders a task while it is in a state, for the states that have one.
 local PLACE = {
   pending = Q.pending, scheduled = Q.scheduled, running = Q.running,

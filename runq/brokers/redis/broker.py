@@ -1,40 +1,17 @@
 """The production broker: Redis or Valkey >= 6.2 (and Redis Cluster), via redis-py.
 
-Every state change is one Lua script in ``lua/<method>.lua``, run atomically on
-the server with the helpers of ``lua/lib.lua`` prepended. Each script gets all
-its keys through KEYS, and every key of a queue carries the hash tag ``{queue}``,
-so a script touches exactly one cluster slot. Task ids carry their queue, so a
-call that has only an id still finds the slot. All times come from Redis
-``TIME`` inside the scripts: callers pass durations.
-
-Key layout (``q`` is the queue name):
-
-    runq:{q}:tasks            hash    id -> task record (JSON: status, attempts, token, times...);
-                                      none for a pending task never claimed (see lib.lua)
-    runq:{q}:payloads         hash    id -> Message JSON, as enqueued
-    runq:{q}:pending          zset    id -> (100 - priority) * 2^44 + seq   (claim order)
-    runq:{q}:scheduled        zset    id -> ready_at
-    runq:{q}:running          zset    id -> lease_until
-    runq:{q}:expiring         zset    id -> expires_at (succeeded, cancelled)
-    runq:{q}:seq              string  INCR: enqueue and ready order
-    runq:{q}:counters         hash    enqueued/succeeded/failed/retried/cancelled
-    runq:{q}:wake             list    wake-up tokens for idle workers (<= 32)
-    runq:{q}:waiters          hash    id -> clients blocked in wait()
-    runq:{q}:samples          list    recent successes "finished wait run" (<= 4096)
-    runq:{q}:throughput       hash    second -> successes (last ~2 minutes)
-    runq:{q}:status:<status>  zset    id -> seq, for waiting and the final states (list, counts)
-    runq:{q}:done:<id>        list    wait() notification, expires after 10 s
-    runq:{q}:key:<key>        string  idempotency key -> id, expires after key_ttl
-    runq:{q}:children         hash    parent id -> JSON list of its waiting dependents (any queue)
-    runq:{q}:parents          hash    waiting id -> JSON list of its parents not ended yet
-    runq:{q}:outbox           zset    JSON workflow step for another queue's slot -> posted at
-    runq:queues               set     every queue ever used
-    runq:workers              set     worker ids; runq:worker:<id> string, expires after ttl
+Every state change is one function of the runq Functions library (scripts.py: loaded
+once with ``FUNCTION LOAD``, called with ``FCALL``; ``EVALSHA`` scripts on Redis < 7), run
+atomically on the server. Each gets its keys through KEYS, only the ones it needs
+(keys.py, the one definition of the layout), all with the hash tag ``{queue}``, so a call
+touches exactly one cluster slot. Task ids carry their queue, so a call that has only
+an id still finds the slot. All times come from Redis ``TIME`` inside the functions:
+callers pass durations, and nothing reads ``TIME`` on its own (on a cluster it has no node).
 
 Per-task data lives in per-queue hashes rather than one hash per task because
-``claim`` picks its tasks inside the script: a per-task key would have to be
+``claim`` picks its tasks inside the function: a per-task key would have to be
 built in Lua, which Redis Cluster forbids. Finished tasks are deleted by the
-scripts once their ``result_ttl`` passes (``expiring``), a few hundred per call.
+functions once their ``result_ttl`` passes (``expiring``), a few hundred per call.
 """
 
 from __future__ import annotations
@@ -47,17 +24,25 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from importlib import resources
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
-from redis.commands.core import Script
-from redis.exceptions import ClusterError, NoScriptError, RedisClusterException
+from redis.exceptions import ClusterError, RedisClusterException
 from redis.retry import Retry
 
-from runq.brokers.base import Broker
-from runq.brokers.redis_flow import RedisFlow
+from runq.brokers.base import BreakerEvent, Broker
+from runq.brokers.redis.keys import (
+    QUEUES_KEY,
+    WORKERS_KEY,
+    done_key,
+    function_keys,
+    idempotency_key,
+    queue_keys,
+    worker_key,
+)
+from runq.brokers.redis.outbox import Flow
+from runq.brokers.redis.scripts import Call, Functions
 from runq.errors import BrokerUnavailable
 from runq.logs import mask_url
 from runq.models import (
@@ -80,78 +65,13 @@ log = logging.getLogger("runq.broker")
 P = ParamSpec("P")
 T = TypeVar("T")
 
-SCRIPTS = (
-    *("enqueue", "claim", "renew", "settle", "cancel", "retry", "purge", "trim", "watch", "unwatch"),
-    *("link", "resolve", "rate", "breaker"),  # flow control: redis_flow.py
-)
-STATUSES = tuple(Status)  # the order of the status:<status> keys in QueueKeys
+STATUSES = tuple(Status)
 BATCH = 200  # tasks promoted, reclaimed or expired per claim, purged per purge call
 BLOCK_SLICE = 5.0  # longest single blocking call, so a lost connection is noticed
 CLUSTER_SLICE = 0.05  # per-queue blocking slice when the queues live in different slots
 CANCELLED = '{"type":"Cancelled","message":"cancelled"}'
-QUEUES_KEY = "runq:queues"
 REGISTER_EVERY = 10.0
-WORKERS_KEY = "runq:workers"
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException)
-
-
-class QueueKeys(NamedTuple):
-    """A queue's keys, in the order every script receives them as KEYS[1..22]."""
-
-    tasks: str
-    payloads: str
-    pending: str
-    scheduled: str
-    running: str
-    expiring: str
-    seq: str
-    counters: str
-    wake: str
-    waiters: str
-    samples: str
-    throughput: str
-    by_pending: str
-    by_scheduled: str
-    by_waiting: str
-    by_running: str
-    by_succeeded: str
-    by_failed: str
-    by_cancelled: str
-    children: str
-    parents: str
-    outbox: str
-
-    def by_status(self, status: Status) -> str:
-        """The zset that holds the tasks in ``status`` (pending, scheduled and running
-        tasks are kept only in the zsets that order them)."""
-        if status in _PLACED:
-            return str(getattr(self, status.value))
-        return self[12 + STATUSES.index(status)]
-
-
-_PLACED = (Status.PENDING, Status.SCHEDULED, Status.RUNNING)
-
-
-@functools.lru_cache(maxsize=1024)
-def queue_keys(queue: str) -> QueueKeys:
-    tag = f"runq:{{{queue}}}"
-    parts = QueueKeys._fields[:12]
-    flow = (f"{tag}:children", f"{tag}:parents", f"{tag}:outbox")
-    return QueueKeys._make(
-        [*(f"{tag}:{part}" for part in parts), *(f"{tag}:status:{s.value}" for s in STATUSES), *flow]
-    )
-
-
-def done_key(task_id: str) -> str:
-    return f"runq:{{{queue_of(task_id)}}}:done:{task_id}"
-
-
-def idempotency_key(queue: str, key: str) -> str:
-    return f"runq:{{{queue}}}:key:{key}"
-
-
-def worker_key(worker_id: str) -> str:
-    return f"runq:worker:{worker_id}"
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -189,34 +109,7 @@ def _guarded(method: Callable[P, T]) -> Callable[P, T]:
     return call
 
 
-class _Batch:
-    """Commands and script calls sent in one round trip.
-
-    Scripts go as plain EVALSHA (redis-py's pipelined scripts cost an extra SCRIPT
-    EXISTS round trip each time); a script the server lost (restart) is re-run on its
-    own through :class:`Script`, which loads it.
-    """
-
-    def __init__(self, client: Any, transaction: bool = False) -> None:
-        self.pipe = client.pipeline(transaction=transaction)
-        self.scripts: dict[int, tuple[Script, Sequence[str], Sequence[Any]]] = {}
-
-    def script(self, script: Script, keys: Sequence[str], args: Sequence[Any]) -> None:
-        self.scripts[len(self.pipe)] = (script, keys, args)
-        self.pipe.evalsha(script.sha, len(keys), *keys, *args)
-
-    def execute(self) -> list[Any]:
-        results: list[Any] = self.pipe.execute(raise_on_error=False)
-        for i, result in enumerate(results):
-            if isinstance(result, NoScriptError):
-                script, keys, args = self.scripts[i]
-                results[i] = script(keys, args)
-            elif isinstance(result, Exception):
-                raise result
-        return results
-
-
-class RedisBroker(RedisFlow, Broker):
+class RedisBroker(Broker):
     """The Broker on Redis: thread-safe (redis-py pools connections per client).
 
     Blocking calls (BLPOP in ``wait_for_work`` and ``wait``) use their own client, so
@@ -237,13 +130,10 @@ class RedisBroker(RedisFlow, Broker):
         timeout = max(connect_timeout, 5.0)
         self._r = self._client(options | {"socket_timeout": timeout})
         self._blocking = self._client(options | {"socket_timeout": timeout + BLOCK_SLICE})
-        lua = resources.files("runq.brokers").joinpath("lua")
-        lib = lua.joinpath("lib.lua").read_text()
-        self._scripts = {
-            name: self._r.register_script(lib + lua.joinpath(f"{name}.lua").read_text()) for name in SCRIPTS
-        }
+        self.functions = Functions(self._r, self.cluster)
+        self._blocking_functions = Functions(self._blocking, self.cluster)
+        self.flow = Flow(self._r, self.functions)
         self._policy_checked = False
-        self._watch_loaded = False
         self._registered: dict[str, float] = {}  # queue -> when this process last added it to QUEUES_KEY
 
     def _client(self, options: dict[str, Any]) -> Any:
@@ -258,7 +148,7 @@ class RedisBroker(RedisFlow, Broker):
             raise _unavailable(self.url, exc) from exc
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        return self._scripts[name](keys, args, client=self._r)
+        return self.functions.run(name, keys, args)
 
     def _check_policy(self) -> None:
         """Warn once when Redis may evict keys: an evicted task is a lost task."""
@@ -291,15 +181,8 @@ class RedisBroker(RedisFlow, Broker):
             self._enqueue_call(queue, [messages[i] for i in indexes], key_ttl) for queue, indexes in groups.items()
         ]
         unregistered = self._unregistered(groups)
-        if len(calls) == 1 and not unregistered:  # the common case: one script call, no pipeline
-            results = [self._run("enqueue", *calls[0])]
-        else:
-            batch = _Batch(self._r, transaction=len(groups) > 1 and not self.cluster)
-            for keys, args in calls:
-                batch.script(self._scripts["enqueue"], keys, args)
-            if unregistered:
-                batch.pipe.sadd(QUEUES_KEY, *unregistered)
-            results = batch.execute()
+        commands = [("SADD", QUEUES_KEY, *unregistered)] if unregistered else []
+        results = self.functions.batch(calls, commands, atomic=len(groups) > 1)
         ids: list[str] = [""] * len(messages)
         for (queue, indexes), returned in zip(groups.items(), results[: len(groups)], strict=True):
             for i, task_id in zip(indexes, returned, strict=False):  # stops at the ids
@@ -309,15 +192,18 @@ class RedisBroker(RedisFlow, Broker):
         return ids
 
     @staticmethod
-    def _enqueue_call(queue: str, messages: Sequence[Message], key_ttl: float) -> tuple[list[str], list[Any]]:
-        keys: list[str] = list(queue_keys(queue))
+    def _enqueue_call(queue: str, messages: Sequence[Message], key_ttl: float) -> Call:
+        """Ready tasks only (no delay, no ``after``): the 6 keys that needs, else all."""
+        ready = all(m.delay <= 0 and not m.after for m in messages)
+        name = "enqueue_ready" if ready else "enqueue"
+        keys: list[str] = list(function_keys(name, queue))
         args: list[Any] = [max(1, int(key_ttl * 1000))]
         for m in messages:
             if m.key is not None:
                 keys.append(idempotency_key(queue, m.key))
             after = json.dumps(m.after) if m.after else ""
             args += [m.id, m.payload, m.priority, m.delay, m.result_ttl, int(m.key is not None), after]
-        return keys, args
+        return Call(name, keys, args)
 
     def _unregistered(self, queues: Iterable[str]) -> list[str]:
         """Queues to (re-)add to the set of known queues: once per process, then every
@@ -341,7 +227,7 @@ class RedisBroker(RedisFlow, Broker):
                 break
             prefix = secrets.token_hex(8) + ":"
             args = [worker_id, limit - len(claims), lease, prefix, BATCH]
-            for answer in self._run("claim", queue_keys(queue), args):
+            for answer in self._run("claim", function_keys("claim", queue), args):
                 if not isinstance(answer, list):  # an outbox step a dead process left behind
                     self.apply_steps(queue, [answer])
                     continue
@@ -352,31 +238,20 @@ class RedisBroker(RedisFlow, Broker):
     @_guarded
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Block on the queues' wake lists until work arrives, the next due time, or ``timeout``."""
-        pipe = self._r.pipeline(transaction=False)
-        pipe.time()
-        for queue in queues:
-            keys = queue_keys(queue)
-            pipe.zrange(keys.scheduled, 0, 0, withscores=True)
-            pipe.zrange(keys.running, 0, 0, withscores=True)
-        (seconds, micros), *earliest = pipe.execute()
-        now = seconds + micros / 1e6
-        due = min((score for found in earliest for _, score in found), default=math.inf)
-        wait = min(timeout, due - now, BLOCK_SLICE)
+        calls = [Call("due", function_keys("due", queue), ()) for queue in queues]
+        due = min((float(d) for d in self.functions.batch(calls) if float(d) >= 0), default=math.inf)
+        wait = min(timeout, due, BLOCK_SLICE)
         if wait <= 0.001:
             return
         wake_keys = [queue_keys(queue).wake for queue in queues]
-        if not self.cluster or len(wake_keys) == 1:
+        if not self.cluster or len(wake_keys) == 1:  # on a cluster, routed to the key's node
             self._blocking.blpop(wake_keys, _ceil_ms(wait))
             return
         # Cluster: the wake lists live in different slots, and one BLPOP reaches one slot.
-        deadline = now + wait
+        deadline = time.monotonic() + wait
         for key in _cycle(wake_keys):
-            if self._blocking.blpop([key], CLUSTER_SLICE) is not None or self._server_time() >= deadline:
+            if self._blocking.blpop([key], CLUSTER_SLICE) is not None or time.monotonic() >= deadline:
                 return
-
-    def _server_time(self) -> float:
-        seconds, micros = self._r.time()
-        return float(seconds + micros / 1e6)
 
     @_guarded
     def renew(self, claims: Sequence[Claim], lease: float) -> list[bool]:
@@ -394,24 +269,26 @@ class RedisBroker(RedisFlow, Broker):
         head: list[Any],
         with_done: bool,
     ) -> list[bool]:
-        """One script call per queue, pipelined in one round trip; answers in input order."""
+        """One function call per queue, in one round trip (per node on a cluster); answers in input order."""
         groups: dict[str, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(queue_of(item.id), []).append(i)
-        batch = _Batch(self._r)
+        calls = []
         for queue, indexes in groups.items():
-            keys = list(queue_keys(queue))
+            keys = list(function_keys(name, queue))
             args = list(head)
             for i in indexes:
                 args += item_args(items[i])
                 if with_done:
                     keys.append(done_key(items[i].id))
-            batch.script(self._scripts[name], keys, args)
+            calls.append(Call(name, keys, args))
         answers = [False] * len(items)
-        for (queue, indexes), returned in zip(groups.items(), batch.execute() if groups else [], strict=True):
+        for (queue, indexes), returned in zip(
+            groups.items(), self.functions.batch(calls) if calls else [], strict=True
+        ):
             for i, ok in zip(indexes, returned, strict=False):  # stops at the answers
                 answers[i] = bool(ok)
-            if len(returned) > len(indexes):  # settle: steps for dependents (redis_flow.py)
+            if len(returned) > len(indexes):  # settle: steps for dependents (outbox.py)
                 self.apply_steps(queue, returned[len(indexes) :])
         return answers
 
@@ -419,7 +296,7 @@ class RedisBroker(RedisFlow, Broker):
 
     @_guarded
     def get(self, task_id: str) -> TaskInfo | None:
-        return self._info(task_id, self._run("watch", queue_keys(queue_of(task_id)), [task_id, 0]))
+        return self._info(task_id, self._run("watch", function_keys("watch", queue_of(task_id)), [task_id, 0]))
 
     @staticmethod
     def _info(task_id: str, found: Any) -> TaskInfo | None:
@@ -439,42 +316,44 @@ class RedisBroker(RedisFlow, Broker):
         change that finishes the task pushes that state to the done list, so the BLPOP
         reply is the answer.
         """
-        keys = queue_keys(queue_of(task_id))
+        keys = function_keys("watch", queue_of(task_id))
         if timeout <= 0:
             return self._info(task_id, self._run("watch", keys, [task_id, 0]))
-        watch = self._scripts["watch"]
-        if not self._watch_loaded:  # a NOSCRIPT inside the pipeline would cost a whole slice
-            self._r.script_load(watch.script)
-            self._watch_loaded = True
         done = done_key(task_id)
-        pipe = self._blocking.pipeline(transaction=False)
-        pipe.evalsha(watch.sha, len(keys) + 1, *keys, done, task_id, 1)
-        pipe.blpop([done], _ceil_ms(min(timeout, BLOCK_SLICE)))
-        found, popped = pipe.execute(raise_on_error=False)
-        if isinstance(found, NoScriptError):  # Redis restarted since: load it, read plainly
-            self._watch_loaded = False
-            return self._info(task_id, self._run("watch", keys, [task_id, 0]))
-        for reply in (found, popped):
-            if isinstance(reply, Exception):
-                raise reply
+        watch = Call("watch", [*keys, done], [task_id, 1])
+        block = _ceil_ms(min(timeout, BLOCK_SLICE))
+        if self.cluster:  # no pipelined functions: register, then block on the key's node
+            found = self._blocking_functions.run(*watch)
+            popped = self._blocking.blpop([done], block)
+        else:
+            pipe = self._blocking.pipeline(transaction=False)
+            pipe.execute_command(*self._blocking_functions.command(watch))
+            pipe.blpop([done], block)
+            found, popped = pipe.execute(raise_on_error=False)
+            if isinstance(found, redis.ResponseError):  # its code went missing (a restart): load, read plainly
+                self._blocking_functions.load()
+                return self._info(task_id, self._run("watch", keys, [task_id, 0]))
+            for reply in (found, popped):
+                if isinstance(reply, Exception):
+                    raise reply
         if popped is None:  # the slice ran out: stop counting as a waiter
-            self._run("unwatch", keys, [task_id])
+            self._run("unwatch", function_keys("unwatch", queue_of(task_id)), [task_id])
             return self._info(task_id, found)
         token = popped[1]
-        if token in (b"1", b"gone", "1", "gone"):  # a plain wake-up (see redis_flow) or gone
+        if token in (b"1", b"gone", "1", "gone"):  # a plain wake-up (see outbox.py) or gone
             return self._info(task_id, self._run("watch", keys, [task_id, 0]))
         return self._info(task_id, json.loads(token))
 
     @_guarded
     def cancel(self, task_id: str) -> bool:
-        keys = [*queue_keys(queue_of(task_id)), done_key(task_id)]
+        keys = [*function_keys("cancel", queue_of(task_id)), done_key(task_id)]
         done, *steps = self._run("cancel", keys, [task_id, CANCELLED])
         self.apply_steps(queue_of(task_id), steps)
         return bool(done)
 
     @_guarded
     def retry(self, task_id: str) -> bool:
-        return bool(self._run("retry", queue_keys(queue_of(task_id)), [task_id]))
+        return bool(self._run("retry", function_keys("retry", queue_of(task_id)), [task_id]))
 
     def _queues(self, queue: str | None) -> list[str]:
         if queue is not None:
@@ -491,16 +370,16 @@ class RedisBroker(RedisFlow, Broker):
             for s in statuses:
                 pipe.zrevrange(queue_keys(name).by_status(s), 0, limit - 1, withscores=True)
         found = iter(pipe.execute())
-        batch = _Batch(self._r)
+        calls: list[Call] = []
         hits: list[tuple[str, float]] = []
         for name in queues:
             newest = sorted((hit for _ in statuses for hit in next(found)), key=lambda hit: -hit[1])[:limit]
             for member, seq in newest:
                 task_id = _str(member)
                 hits.append((task_id, seq))
-                batch.script(self._scripts["watch"], queue_keys(name), [task_id, 0])
+                calls.append(Call("watch", function_keys("watch", name), [task_id, 0]))
         listed: list[tuple[float, float, TaskInfo]] = []
-        for (task_id, seq), answer in zip(hits, batch.execute() if hits else [], strict=True):
+        for (task_id, seq), answer in zip(hits, self.functions.batch(calls) if calls else [], strict=True):
             info = self._info(task_id, answer)
             if info is not None and info.enqueued_at is not None and status in (None, info.status):
                 listed.append((info.enqueued_at.timestamp(), seq, info))
@@ -515,7 +394,7 @@ class RedisBroker(RedisFlow, Broker):
         removed = 0
         for name in self._queues(queue):
             while True:
-                count = int(self._run("purge", queue_keys(name), [BATCH, *statuses]))
+                count = int(self._run("purge", function_keys("purge", name), [BATCH, *statuses]))
                 removed += count
                 if count < BATCH:
                     break
@@ -524,26 +403,33 @@ class RedisBroker(RedisFlow, Broker):
     @_guarded
     def stats(self) -> Stats:
         queues = self._queues(None)
-        batch = _Batch(self._r)
-        for name in queues:
-            batch.script(self._scripts["trim"], queue_keys(name), [BATCH * 5])
-        batch.pipe.time()
+        calls = [Call("trim", function_keys("trim", name), [BATCH * 5]) for name in queues]
+        commands: list[tuple[Any, ...]] = []
         for name in queues:
             keys = queue_keys(name)
-            for s in STATUSES:
-                batch.pipe.zcard(keys.by_status(s))
-            batch.pipe.hgetall(keys.counters)
-            batch.pipe.lrange(keys.samples, 0, -1)
-            batch.pipe.hgetall(keys.throughput)
-        results = batch.execute()[len(queues) :]
-        seconds, micros = results[0]
-        stats = _stats(queues, results[1:], seconds + micros / 1e6)
-        stats.breakers.update(self.breaker_states())
+            commands += [("ZCARD", keys.by_status(s)) for s in STATUSES]
+            commands += [("HGETALL", keys.counters), ("LRANGE", keys.samples, 0, -1), ("HGETALL", keys.throughput)]
+        results = self.functions.batch(calls, commands) if queues else []
+        now = max((float(trimmed[1]) for trimmed in results[: len(queues)]), default=0.0)  # the Redis clock
+        stats = _stats(queues, results[len(queues) :], now)
+        stats.breakers.update(self.flow.breaker_states())
         return stats
 
-    take_tick = _guarded(RedisFlow.take_tick)
-    acquire_rate = _guarded(RedisFlow.acquire_rate)
-    breaker = _guarded(RedisFlow.breaker)
+    @_guarded
+    def take_tick(self, name: str, tick: str, ttl: float) -> bool:
+        return self.flow.take_tick(name, tick, ttl)
+
+    @_guarded
+    def acquire_rate(self, name: str, rate: float, per: float) -> float:
+        return self.flow.acquire_rate(name, rate, per)
+
+    @_guarded
+    def breaker(self, name: str, event: BreakerEvent, failures: int, seconds: float) -> float:
+        return self.flow.breaker(name, event, failures, seconds)
+
+    def apply_steps(self, queue: str, steps: Iterable[bytes | str]) -> None:
+        """Apply outbox steps posted in ``queue``'s slot (see outbox.py)."""
+        self.flow.apply_steps(queue, steps)
 
     # -- workers ------------------------------------------------------------------
 

@@ -1,6 +1,6 @@
 -- unwatch.lua: a waiter that timed out stops waiting on a task.
 --
--- KEYS[1..22]  the queue's keys (lib.lua)
+-- KEYS         the queue's keys named for it in keys.py (FUNCTIONS), then:
 -- ARGV         id
 -- Returns      the number of waiters left
 -- Guarantees   waiters never counts below zero (a notification may have reset it).

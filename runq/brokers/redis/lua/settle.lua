@@ -1,8 +1,8 @@
 -- settle.lua: apply the outcomes of claims of one queue.
 --
--- KEYS[1..22]  the queue's keys (lib.lua)
--- KEYS[22 + i] runq:{q}:done:<id> of the i-th outcome (its waiters' notification list)
--- ARGV         9 per outcome: id, token, kind, result, error, delay (s), result_ttl (s), uncount,
+-- KEYS         the queue's keys named for it in keys.py (FUNCTIONS), then:
+-- KEYS[EXTRA+i] runq:{q}:done:<id> of the i-th outcome (its waiters' notification list)
+-- ARGV         per outcome (keys.py SETTLE_ITEM): id, token, kind, result, error, delay (s), result_ttl (s), uncount,
 --              runtime (s the run took, measured by the worker; -1 when unknown)
 --              kind: succeeded | retry | failed | release; "" for no result / no error
 -- Returns      1 per outcome when applied, 0 when the fencing token is stale; then the
@@ -23,8 +23,8 @@ trim(now, 100)
 local samples, counts, woken = {}, {succeeded = 0, retried = 0, failed = 0}, 0
 
 local function apply(id, rec, i, n)
-  local kind, result, err = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
-  local runtime = tonumber(ARGV[i + 8])
+  local kind, result, err = ARGV[i + SET.kind], ARGV[i + SET.result], ARGV[i + SET.error]
+  local runtime = tonumber(ARGV[i + SET.runtime])
   if runtime >= 0 and kind ~= 'release' then  -- a prefetched task started after its claim
     rec.started_at = stamp(now - runtime)
   end
@@ -32,12 +32,12 @@ local function apply(id, rec, i, n)
     local started = tonumber(rec.started_at)
     samples[#samples + 1] = string.format('%.6f %.6f %.6f', now, math.max(0, started - tonumber(rec.ready_at)), now - started)
     rec.result, rec.error = result ~= '' and result or nil, nil
-    finish(id, rec, 'succeeded', now, now + tonumber(ARGV[i + 6]))
+    finish(id, rec, 'succeeded', now, now + tonumber(ARGV[i + SET.result_ttl]))
     notify(id, KEYS[EXTRA + n], rec)
     counts.succeeded = counts.succeeded + 1
     release_children(id, nil, now)
   elseif kind == 'retry' then
-    local delay = tonumber(ARGV[i + 5])
+    local delay = tonumber(ARGV[i + SET.delay])
     rec.token, rec.lease_until, rec.error = nil, nil, err ~= '' and err or nil
     if delay > 0 then
       rec.ready_at = stamp(now + delay)
@@ -56,10 +56,10 @@ local function apply(id, rec, i, n)
     release_children(id, dependency_error(id, 'failed'), now)
   else
     rec.token, rec.lease_until, rec.started_at = nil, nil, nil
-    if ARGV[i + 7] == '1' then
+    if ARGV[i + SET.uncount] == '1' then
       rec.attempts = rec.attempts - 1
     end
-    local delay = tonumber(ARGV[i + 5])
+    local delay = tonumber(ARGV[i + SET.delay])
     if delay > 0 then
       rec.ready_at = stamp(now + delay)
       enter(id, rec, 'scheduled', rec.ready_at)
@@ -71,15 +71,15 @@ local function apply(id, rec, i, n)
 end
 
 local ids = {}
-for i = 1, #ARGV, 9 do
-  ids[#ids + 1] = ARGV[i]
+for i = 1, #ARGV, SET_N do
+  ids[#ids + 1] = ARGV[i + SET.id]
 end
 local records = redis.call('HMGET', Q.tasks, unpack(ids))
 local accepted, saved = {}, {}
 for n, id in ipairs(ids) do
-  local i = 9 * (n - 1) + 1
+  local i = SET_N * (n - 1) + 1
   local rec = records[n] and cjson.decode(records[n])
-  if rec and rec.status == 'running' and rec.token == ARGV[i + 1] then
+  if rec and rec.status == 'running' and rec.token == ARGV[i + SET.token] then
     apply(id, rec, i, n)
     saved[#saved + 1] = id
     saved[#saved + 1] = cjson.encode(rec)

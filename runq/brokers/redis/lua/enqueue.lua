@@ -1,9 +1,9 @@
 -- enqueue.lua: store a batch of new tasks of one queue.
 --
--- KEYS[1..22]  the queue's keys (lib.lua)
--- KEYS[23..]   runq:{q}:key:<key>, one per message that has an idempotency key, in order
+-- KEYS         the queue's keys named for it in keys.py (FUNCTIONS), then:
+-- KEYS[EXTRA+] runq:{q}:key:<key>, one per message that has an idempotency key, in order
 -- ARGV[1]      key_ttl in milliseconds
--- ARGV[2..]    7 per message: id, payload, priority, delay (s), result_ttl (s), has_key ("1"/"0"),
+-- ARGV[2..]    per message (keys.py ENQUEUE_ITEM): id, payload, priority, delay (s), result_ttl (s), has_key ("1"/"0"),
 --              after (JSON list of parent ids, "" for none)
 -- Returns      one id per message: its own, or that of the live task already holding its key;
 --              then the outbox steps posted (lib.lua: link steps for parents in other queues)
@@ -17,7 +17,7 @@
 
 local key_ttl_ms = ARGV[1]
 local now = clock()
-local n = (#ARGV - 1) / 7
+local n = (#ARGV - 1) / ENQ_N
 local seq = redis.call('INCRBY', Q.seq, n) - n
 local ids, batch, ready_args, payload_args = {}, {}, {}, {}
 local keyed, added = 0, 0
@@ -59,10 +59,10 @@ local function wait_for(id, rec, after)
   return true
 end
 
-for i = 2, #ARGV, 7 do
-  local id = ARGV[i]
+for i = 2, #ARGV, ENQ_N do
+  local id = ARGV[i + ENQ.id]
   local key_name = nil
-  if ARGV[i + 5] == '1' then
+  if ARGV[i + ENQ.has_key] == '1' then
     keyed = keyed + 1
     key_name = KEYS[EXTRA + keyed]
   end
@@ -71,10 +71,10 @@ for i = 2, #ARGV, 7 do
     ids[#ids + 1] = holder
   else
     seq = seq + 1
-    local priority, delay, after = tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]), ARGV[i + 6]
+    local priority, delay, after = tonumber(ARGV[i + ENQ.priority]), tonumber(ARGV[i + ENQ.delay]), ARGV[i + ENQ.after]
     if after ~= '' or delay > 0 then
       local rec = {
-        priority = priority, result_ttl = tonumber(ARGV[i + 4]), attempts = 0, seq = seq,
+        priority = priority, result_ttl = tonumber(ARGV[i + ENQ.result_ttl]), attempts = 0, seq = seq,
         enqueued_at = stamp(now), ready_at = stamp(now + delay),
       }
       if after ~= '' then
@@ -89,7 +89,7 @@ for i = 2, #ARGV, 7 do
       ready_args[#ready_args + 1] = id
     end
     payload_args[#payload_args + 1] = id
-    payload_args[#payload_args + 1] = ARGV[i + 1]
+    payload_args[#payload_args + 1] = ARGV[i + ENQ.payload]
     if key_name then
       redis.call('SET', key_name, id, 'PX', key_ttl_ms)
     end

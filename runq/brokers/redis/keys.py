@@ -1,0 +1,175 @@
+"""Every Redis key runq uses, and the KEYS/ARGV layout of every function: the one definition.
+
+The Lua side never numbers a key or an argument itself: :func:`lua_prologue` writes, for
+each function, the table ``Q`` (key name -> ``KEYS[i]``, only the keys that function is
+sent) and one table per per-item argument layout (field -> offset), from the tuples below.
+Adding a key or a field is one edit here; tests/test_redis_layout.py fails when a Lua file
+names a key or a field these tuples do not define.
+
+Key layout (``q`` is the queue name; every key of a queue carries the hash tag ``{q}``, so
+a function touches exactly one cluster slot):
+
+    runq:{q}:tasks            hash    id -> task record (JSON: status, attempts, token, times...);
+                                      none for a pending task never claimed (see lib.lua)
+    runq:{q}:payloads         hash    id -> Message JSON, as enqueued
+    runq:{q}:pending          zset    id -> (100 - priority) * 2^44 + seq   (claim order)
+    runq:{q}:scheduled        zset    id -> ready_at
+    runq:{q}:running          zset    id -> lease_until
+    runq:{q}:expiring         zset    id -> expires_at (succeeded, cancelled)
+    runq:{q}:seq              string  INCR: enqueue and ready order
+    runq:{q}:counters         hash    enqueued/succeeded/failed/retried/cancelled
+    runq:{q}:wake             list    wake-up tokens for idle workers (<= 32)
+    runq:{q}:waiters          hash    id -> clients blocked in wait()
+    runq:{q}:samples          list    recent successes "finished wait run" (<= 4096)
+    runq:{q}:throughput       hash    second -> successes (last ~2 minutes)
+    runq:{q}:status:<status>  zset    id -> seq, for waiting and the final states (list, counts);
+                                      pending, scheduled and running are their own zsets above
+    runq:{q}:children         hash    parent id -> JSON list of its waiting dependents (any queue)
+    runq:{q}:parents          hash    waiting id -> JSON list of its parents not ended yet
+    runq:{q}:outbox           zset    JSON workflow step for another queue's slot -> posted at
+    runq:{q}:done:<id>        list    wait() notification, expires after 10 s
+    runq:{q}:key:<key>        string  idempotency key -> id, expires after key_ttl
+    runq:queues               set     every queue ever used
+    runq:workers              set     worker ids; runq:worker:<id> string, expires after ttl
+    runq:rate:{<name>}        hash    tat, tail: a task name's rate limit (GCRA, rate.lua)
+    runq:breaker:{<name>}     hash    state, failures, open_until, probe_until (breaker.lua)
+    runq:breakers             set     task names that have a breaker key (for stats)
+    runq:tick:{<name>}:<tick> string  a periodic tick taken by one beat process (SET NX PX)
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+from runq.models import Status, queue_of
+
+QUEUES_KEY = "runq:queues"
+WORKERS_KEY = "runq:workers"
+BREAKERS_KEY = "runq:breakers"
+INDEXED = (Status.WAITING, Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)  # status:<s> zsets
+PLACED = {Status.PENDING: "pending", Status.SCHEDULED: "scheduled", Status.RUNNING: "running"}
+
+
+class QueueKeys(NamedTuple):
+    """A queue's keys. A function is sent the subset it names in :data:`FUNCTIONS`."""
+
+    tasks: str
+    payloads: str
+    pending: str
+    scheduled: str
+    running: str
+    expiring: str
+    seq: str
+    counters: str
+    wake: str
+    waiters: str
+    samples: str
+    throughput: str
+    waiting: str
+    succeeded: str
+    failed: str
+    cancelled: str
+    children: str
+    parents: str
+    outbox: str
+
+    def by_status(self, status: Status) -> str:
+        """The zset that holds the tasks in ``status``."""
+        return str(getattr(self, PLACED.get(status, status.value)))
+
+
+ALL = QueueKeys._fields
+READY = ("tasks", "payloads", "pending", "seq", "counters", "wake")  # enqueue of ready tasks only
+
+# Per-item argument layouts: ARGV holds a head, then these fields once per item.
+ENQUEUE_ITEM = ("id", "payload", "priority", "delay", "result_ttl", "has_key", "after")
+SETTLE_ITEM = ("id", "token", "kind", "result", "error", "delay", "result_ttl", "uncount", "runtime")
+RENEW_ITEM = ("id", "token")
+LAYOUTS = {"ENQ": ENQUEUE_ITEM, "SET": SETTLE_ITEM, "REN": RENEW_ITEM}
+
+
+class Function(NamedTuple):
+    """One Redis Function (or fallback script): its Lua body and the queue keys it is sent.
+
+    ``keys`` is ``None`` for a function of a task name (its one key is not a queue's).
+    Keys beyond the queue's (``KEYS[EXTRA + i]``) are per-item keys the caller appends.
+    """
+
+    source: str
+    keys: tuple[str, ...] | None = ALL
+
+
+FUNCTIONS = {
+    "enqueue": Function("enqueue"),
+    "enqueue_ready": Function("enqueue", READY),
+    "claim": Function("claim"),
+    "renew": Function("renew", ("tasks", "pending", "running")),
+    "settle": Function("settle"),
+    "cancel": Function("cancel"),
+    "retry": Function("retry"),
+    "purge": Function("purge"),
+    "trim": Function("trim"),
+    "due": Function("due", ("scheduled", "running")),
+    "watch": Function("watch", ("tasks", "pending", "payloads", "waiters")),
+    "unwatch": Function("unwatch", ("waiters",)),
+    "link": Function("link"),
+    "resolve": Function("resolve"),
+    "rate": Function("rate", None),
+    "breaker": Function("breaker", None),
+}
+
+
+@functools.lru_cache(maxsize=1024)
+def queue_keys(queue: str) -> QueueKeys:
+    tag = f"runq:{{{queue}}}"
+    status_keys = {s.value for s in INDEXED}
+    return QueueKeys._make(f"{tag}:status:{f}" if f in status_keys else f"{tag}:{f}" for f in ALL)
+
+
+@functools.lru_cache(maxsize=4096)
+def function_keys(name: str, queue: str) -> tuple[str, ...]:
+    """The queue keys function ``name`` is sent, in its KEYS order."""
+    keys = queue_keys(queue)
+    fields = FUNCTIONS[name].keys or ()
+    return tuple(getattr(keys, field) for field in fields)
+
+
+def done_key(task_id: str) -> str:
+    return f"runq:{{{queue_of(task_id)}}}:done:{task_id}"
+
+
+def idempotency_key(queue: str, key: str) -> str:
+    return f"runq:{{{queue}}}:key:{key}"
+
+
+def worker_key(worker_id: str) -> str:
+    return f"runq:worker:{worker_id}"
+
+
+def rate_key(name: str) -> str:
+    return f"runq:rate:{{{name}}}"
+
+
+def breaker_key(name: str) -> str:
+    return f"runq:breaker:{{{name}}}"
+
+
+def tick_key(name: str, tick: str) -> str:
+    return f"runq:tick:{{{name}}}:{tick}"
+
+
+def lua_prologue(name: str) -> str:
+    """The generated head of function ``name``: where its keys and arguments are."""
+    fields = FUNCTIONS[name].keys
+    lines = [f"-- generated from runq/brokers/redis/keys.py for {name}"]
+    if fields is None:
+        lines.append("local Q, EXTRA, QUEUE = {}, 0, nil")
+    else:
+        entries = ", ".join(f"{field} = KEYS[{i}]" for i, field in enumerate(fields, 1))
+        lines.append(f"local Q, EXTRA = {{{entries}}}, {len(fields)}")
+        lines.append("local QUEUE = string.match(KEYS[1], '^runq:{(.*)}:%a+$')")
+    for table, layout in LAYOUTS.items():
+        entries = ", ".join(f"{field} = {i}" for i, field in enumerate(layout))
+        lines.append(f"local {table}, {table}_N = {{{entries}}}, {len(layout)}")
+    return "\n".join(lines) + "\n"
