@@ -140,6 +140,8 @@ class PostgresBroker(Broker):
                         if attempt < 2 and (conn.broken or isinstance(exc, psycopg.errors.TransactionRollback)):
                             continue
                         raise
+            except psycopg.DataError as exc:  # e.g. a NUL character, which Postgres text cannot hold
+                raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 raise BrokerUnavailable(f"PostgreSQL at {_masked(self.url)} is unavailable: {exc}") from exc
         raise AssertionError("unreachable")
