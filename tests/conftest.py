@@ -1,8 +1,10 @@
-"""Fixtures: a real SQLite file and a private redis-server on a free port (never the shared 6379)."""
+"""Fixtures: a real SQLite file, a private redis-server on a free port (never the shared 6379)
+and a private PostgreSQL database (created on the machine's server, dropped at the end)."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -18,6 +20,10 @@ from runq.testing import RedisNotInstalled, RedisServer, add_acl_user
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKERS = ["sqlite", "redis"]
+# The suites that prove the broker semantics run on PostgreSQL too (their BROKER_KINDS add it).
+WITH_POSTGRES = [*BROKERS, "postgres"]
+# The server the private test database is created on (trust auth); .ci/run starts it.
+POSTGRES_ADMIN_URL = os.environ.get("RUNQ_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.01) -> Any:
@@ -50,11 +56,43 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.definition.add_marker(pytest.mark.parametrize("broker_url", kinds, indirect=True))
 
 
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A private database with a unique name on the machine's PostgreSQL, dropped at the end.
+
+    Skipped when psycopg or the server is missing, except in CI (``CI`` set), where it must run.
+    """
+    try:
+        import psycopg
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("psycopg is not installed (pip install -e '.[dev]')")
+    name = f"runq_test_{os.getpid()}_{secrets.token_hex(4)}"
+    try:
+        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} ({exc}); bash .ci/run starts it")
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=30) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(params=BROKERS)
 def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A URL of an empty broker: a fresh SQLite file, or the private Redis flushed."""
+    """A URL of an empty broker: a fresh SQLite file, the private Redis flushed, or a fresh
+    schema in the private PostgreSQL database (created on first use by the broker)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'runq.db'}"
+    elif request.param == "postgres":
+        database: str = request.getfixturevalue("postgres_database")
+        yield f"{database}?schema=t_{secrets.token_hex(6)}"
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         server.flush()
@@ -86,6 +124,15 @@ def corrupt_payload(url: str, task_id: str, raw: str) -> None:
 
         with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
             db.execute("UPDATE runq_tasks SET payload = ? WHERE id = ?", (raw, task_id))
+        return
+    if url.startswith("postgres"):
+        import psycopg
+
+        from runq.brokers.postgres import postgres_conninfo
+
+        conninfo, schema = postgres_conninfo(url)
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(f'UPDATE "{schema}".tasks SET payload = %s WHERE id = %s', (raw, task_id))
         return
     import redis
 

@@ -11,7 +11,9 @@ import pytest
 
 import runq
 from runq.models import Status
-from tests.conftest import WorkerProcess, wait_until
+from tests.conftest import WITH_POSTGRES, WorkerProcess, wait_until
+
+BROKER_KINDS = WITH_POSTGRES  # the worker's semantics, proven on every broker
 
 StartWorker = Callable[..., WorkerProcess]
 THREADS = ("--pool", "thread", "--concurrency", "4")

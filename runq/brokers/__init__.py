@@ -8,7 +8,7 @@ DEFAULT_URL = "sqlite:///runq.db"
 
 
 def connect(url: str, connect_timeout: float = 5.0) -> Broker:
-    """The broker for ``url``: ``sqlite://``, ``redis://``, ``rediss://`` or ``redis+cluster://``."""
+    """The broker for ``url``: ``sqlite://``, ``redis://``, ``rediss://``, ``redis+cluster://`` or ``postgresql://``."""
     scheme = url.partition("://")[0].lower()
     if scheme == "sqlite":
         from runq.brokers.sqlite import SQLiteBroker
@@ -18,9 +18,18 @@ def connect(url: str, connect_timeout: float = 5.0) -> Broker:
         from runq.brokers.redis import RedisBroker
 
         return RedisBroker(url, connect_timeout=connect_timeout)
+    if scheme in {"postgresql", "postgres"}:
+        try:
+            from runq.brokers.postgres import PostgresBroker
+        except ImportError as exc:
+            raise ImportError(
+                f"{url.partition(':')[0]}:// needs the postgres extra: pip install 'runq[postgres]'"
+            ) from exc
+
+        return PostgresBroker(url, connect_timeout=connect_timeout)
     raise ValueError(
         f"unsupported broker URL {url!r}: use sqlite:///file.db, redis://host:port/db,"
-        " rediss://… or redis+cluster://host:port"
+        " rediss://…, redis+cluster://host:port or postgresql://user@host/db"
     )
 
 

@@ -1,0 +1,640 @@
+"""The PostgreSQL broker: for apps whose data already lives in Postgres.
+
+``postgresql://user[:pass]@host[:port]/db[?schema=runq]`` (also ``postgres://``), via
+psycopg 3 and a ``psycopg_pool`` connection pool. Every table lives in one schema
+(default ``runq``), created and migrated on first use (``postgres_schema.sql``, with a
+version table). The methods mirror ``sqlite.py`` one for one; what Postgres adds:
+
+- claims take rows with ``FOR UPDATE SKIP LOCKED``, in batches, from one partial index
+  (priority, then ready time, then insertion order), so claimers never wait on each other;
+- idle workers and ``result()`` wake on ``LISTEN/NOTIFY`` (``postgres_listen.py``), delayed
+  tasks and expiring leases by their due time: nothing polls;
+- :meth:`PostgresBroker.using` enqueues on the caller's own connection, inside its
+  transaction: the task exists if and only if that transaction commits.
+
+Times are the server's clock (``statement_timestamp()``), so workers with skewed clocks agree.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import re
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from importlib import resources
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import Cursor
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from runq.brokers import postgres_flow as flow
+from runq.brokers.base import BreakerEvent, Broker
+from runq.brokers.postgres_flow import NOW, Notes
+from runq.brokers.postgres_listen import Listener
+from runq.brokers.sqlite_flow import dependency_error
+from runq.errors import BrokerUnavailable
+from runq.models import (
+    COUNTERS,
+    FINAL_STATUSES,
+    Claim,
+    Message,
+    Outcome,
+    Percentiles,
+    QueueStats,
+    Stats,
+    Status,
+    TaskInfo,
+    WorkerInfo,
+    task_info,
+)
+
+T = TypeVar("T")
+CLEANUP_INTERVAL = 1.0
+CLEANUP_BATCH = 1000
+NOTIFY_CHUNK = 7000  # bytes of task ids per NOTIFY payload (the limit is 8000)
+POOL_SIZE = 10
+WORKER_LOST = json.dumps({"type": "WorkerLost", "message": "lease expired: the worker died or stalled"})
+CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
+_TASK_COLUMNS = (
+    "id, queue, name, status, payload, attempts, result, error, worker, enqueued_at, started_at, finished_at, ready_at"
+)
+_FIELDS = tuple(column.strip() for column in _TASK_COLUMNS.split(","))
+_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
+# The connection a producer lent with PostgresBroker.using(conn), and which broker it is for.
+_LENT: ContextVar[tuple[PostgresBroker, psycopg.Connection[Any]] | None] = ContextVar("runq_pg_lent", default=None)
+
+
+def postgres_conninfo(url: str) -> tuple[str, str]:
+    """``(conninfo for libpq, schema)``: the ``schema`` query parameter is runq's, the rest libpq's."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise ValueError(f"not a PostgreSQL URL (expected postgresql://user@host/db): {url!r}")
+    query = parse_qsl(parts.query)
+    schema = next((value for name, value in query if name == "schema"), "runq")
+    if not _SCHEMA_NAME.fullmatch(schema):
+        raise ValueError(f"schema must be 1-48 of a-z 0-9 _ (not starting with a digit), got {schema!r}")
+    rest = urlencode([(name, value) for name, value in query if name != "schema"])
+    return urlunsplit(("postgresql", parts.netloc, parts.path, rest, "")), schema
+
+
+def migrations() -> list[tuple[int, str]]:
+    """The numbered migrations of ``postgres_schema.sql``, in order."""
+    text = resources.files("runq.brokers").joinpath("postgres_schema.sql").read_text()
+    chunks = re.split(r"^-- migration: (\d+)\s*$", text, flags=re.MULTILINE)
+    return [(int(chunks[i]), chunks[i + 1]) for i in range(1, len(chunks), 2)]
+
+
+class PostgresBroker(Broker):
+    def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self.conninfo, self.schema = postgres_conninfo(url)
+        self.s = f'"{self.schema}"'
+        self._connect_timeout = connect_timeout
+        self._listener: Listener | None = None
+        self._lock = threading.Lock()
+        self._last_cleanup = 0.0
+        self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=POOL_SIZE,
+            kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout))},
+            timeout=connect_timeout,
+            open=False,
+            name=f"runq-{self.schema}",
+        )
+        try:
+            self._pool.open(wait=True, timeout=connect_timeout)
+        except (psycopg.Error, PoolTimeout) as exc:
+            self._pool.close()
+            raise BrokerUnavailable(f"cannot connect to PostgreSQL at {_masked(url)}: {exc}") from exc
+        self._run(self._migrate, transaction=False)
+
+    # -- connections --------------------------------------------------------------
+
+    def _run(self, work: Callable[[Cursor[Any]], T], transaction: bool = True) -> T:
+        """Run ``work`` on a pooled connection, in one transaction unless told otherwise.
+
+        A connection found broken (a server restart, ``pg_terminate_backend``) is dropped
+        and the work runs again on another: every method is safe to repeat (ids are
+        unique, claims are fenced). Other operational errors become ``BrokerUnavailable``,
+        so the worker backs off and retries instead of dying.
+        """
+        for attempt in range(3):
+            try:
+                with self._pool.connection() as conn:
+                    try:
+                        with conn.cursor() as cur:
+                            if not transaction:
+                                return work(cur)
+                            with conn.transaction():
+                                return work(cur)
+                    except psycopg.OperationalError as exc:
+                        if attempt < 2 and (conn.broken or isinstance(exc, psycopg.errors.TransactionRollback)):
+                            continue
+                        raise
+            except psycopg.DataError as exc:  # e.g. a NUL character, which Postgres text cannot hold
+                raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                raise BrokerUnavailable(f"PostgreSQL at {_masked(self.url)} is unavailable: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _migrate(self, cur: Cursor[Any]) -> None:
+        steps = migrations()
+        latest = steps[-1][0]
+        exists = cur.execute("SELECT to_regclass(%s)", (f"{self.s}.version",)).fetchone() != (None,)
+        if exists and cur.execute(f"SELECT max(version) FROM {self.s}.version").fetchone() == (latest,):
+            return
+        with cur.connection.transaction():
+            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"runq-migrate:{self.schema}",))
+            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {self.s}")
+            cur.execute(f"CREATE TABLE IF NOT EXISTS {self.s}.version (version integer NOT NULL)")
+            row = cur.execute(f"SELECT coalesce(max(version), 0) FROM {self.s}.version").fetchone()
+            current = row[0] if row else 0
+            for number, script in steps:
+                if number > current:
+                    cur.execute(script.replace("{schema}", self.s).encode())
+                    cur.execute(f"DELETE FROM {self.s}.version")
+                    cur.execute(f"INSERT INTO {self.s}.version (version) VALUES (%s)", (number,))
+
+    def _listen(self) -> Listener:
+        with self._lock:
+            if self._listener is None or self._listener.closed:
+                self._listener = Listener(
+                    self.conninfo, f"{self.schema}_work", f"{self.schema}_done", self._connect_timeout
+                )
+            listener = self._listener
+        listener.ready(self._connect_timeout)
+        return listener
+
+    def _notify(self, cur: Cursor[Any], notes: Notes) -> None:
+        """Queue the wake-ups of a transaction: Postgres delivers them at its commit, never on rollback."""
+        channels: list[str] = []
+        payloads: list[str] = []
+        for queue in sorted(notes.work):
+            channels.append(f"{self.schema}_work")
+            payloads.append(queue)
+        chunk: list[str] = []
+        for task_id in notes.done:
+            chunk.append(task_id)
+            if sum(len(i) + 1 for i in chunk) > NOTIFY_CHUNK:
+                channels.append(f"{self.schema}_done")
+                payloads.append(",".join(chunk))
+                chunk = []
+        if chunk:
+            channels.append(f"{self.schema}_done")
+            payloads.append(",".join(chunk))
+        if channels:
+            cur.execute("SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)", (channels, payloads))
+
+    def _count(self, cur: Cursor[Any], counts: dict[str, int]) -> None:
+        names = [name for name, value in counts.items() if value]
+        if names:
+            cur.execute(
+                f"INSERT INTO {self.s}.counter_deltas (name, value) SELECT * FROM unnest(%s::text[], %s::bigint[])",
+                (names, [counts[name] for name in names]),
+            )
+
+    # -- producing ----------------------------------------------------------------
+
+    @contextmanager
+    def using(self, connection: psycopg.Connection[Any]) -> Iterator[None]:
+        """Enqueue on ``connection``, inside its current transaction, within this block.
+
+        Every ``enqueue`` of this broker in the block (``delay``, ``enqueue_many``, chains,
+        groups, chords) runs on the caller's connection in a savepoint: the tasks (and the
+        wake-ups of idle workers) exist if and only if the caller's transaction commits.
+        The connection must reach the same database; runq never commits or closes it.
+        """
+        token = _LENT.set((self, connection))
+        try:
+            yield
+        finally:
+            _LENT.reset(token)
+
+    def enqueue(self, messages: Sequence[Message], key_ttl: float) -> list[str]:
+        lent = _LENT.get()
+        if lent is None or lent[0] is not self:
+            return self._run(lambda cur: self._enqueue(cur, messages, key_ttl))
+        connection = lent[1]
+        try:
+            with connection.transaction(), connection.cursor() as cur:
+                return self._enqueue(cur, messages, key_ttl)
+        except psycopg.OperationalError as exc:
+            raise BrokerUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+
+    def _enqueue(self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float) -> list[str]:
+        notes = Notes()
+        if all(m.key is None and not m.after for m in messages):
+            inserted = {row[0] for row in self._insert(cur, messages, key_ttl)}
+            notes.work.update(m.queue for m in messages if m.id in inserted)
+            ids = [m.id for m in messages]
+        else:
+            ids, inserted = [], set()
+            for message in messages:
+                task_id, new = self._enqueue_one(cur, message, key_ttl, notes)
+                ids.append(task_id)
+                if new:
+                    inserted.add(task_id)
+        self._count(cur, {"enqueued": len(inserted), "cancelled": notes.cancelled})
+        self._notify(cur, notes)
+        return ids
+
+    def _insert(self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float) -> builtins.list[Any]:
+        """Insert in one statement, in order (``seq`` is the FIFO tie-break); the ids inserted."""
+        columns = [
+            [m.id for m in messages],
+            [m.queue for m in messages],
+            [m.name for m in messages],
+            [m.priority for m in messages],
+            [float(m.delay) for m in messages],
+            [m.payload for m in messages],
+            [m.key for m in messages],
+            [float(m.result_ttl) for m in messages],
+            [bool(m.after) for m in messages],
+        ]
+        return cur.execute(
+            f"INSERT INTO {self.s}.tasks (id, queue, name, status, priority, ready_at, payload, key,"
+            " key_expires_at, result_ttl, enqueued_at)"
+            " SELECT m.id, m.queue, m.name, CASE WHEN m.waiting THEN 'waiting' WHEN m.delay > 0 THEN 'scheduled'"
+            f" ELSE 'pending' END, m.priority, {NOW} + m.delay, m.payload, m.key,"
+            f" CASE WHEN m.key IS NULL THEN NULL ELSE {NOW} + %s END, m.result_ttl, {NOW}"
+            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::text[], %s::text[],"
+            " %s::float8[], %s::bool[]) WITH ORDINALITY"
+            " AS m(id, queue, name, priority, delay, payload, key, result_ttl, waiting, ord)"
+            " ORDER BY m.ord ON CONFLICT DO NOTHING RETURNING id",
+            (key_ttl, *columns),
+        ).fetchall()
+
+    def _enqueue_one(self, cur: Cursor[Any], message: Message, key_ttl: float, notes: Notes) -> tuple[str, bool]:
+        """One message with an idempotency key or parents: the id that holds its slot, and
+        whether this call stored it (not when an earlier try of the same enqueue did)."""
+        s = self.s
+        if message.key is not None:
+            row = cur.execute(
+                f"SELECT id, key_expires_at > {NOW} AND (expires_at IS NULL OR expires_at > {NOW})"
+                f" FROM {s}.tasks WHERE queue = %s AND key = %s FOR UPDATE",
+                (message.queue, message.key),
+            ).fetchone()
+            if row is not None and row[1]:
+                return str(row[0]), False
+            if row is not None:  # an expired hold is released for the new task
+                cur.execute(f"UPDATE {s}.tasks SET key = NULL WHERE id = %s", (row[0],))
+        if not self._insert(cur, [message], key_ttl):
+            if cur.execute(f"SELECT 1 FROM {s}.tasks WHERE id = %s", (message.id,)).fetchone() is None:
+                holder = cur.execute(
+                    f"SELECT id FROM {s}.tasks WHERE queue = %s AND key = %s", (message.queue, message.key)
+                ).fetchone()
+                assert holder is not None
+                return str(holder[0]), False
+            return message.id, False
+        if message.after:
+            flow.wait_for_parents(cur, s, message, notes)
+        else:
+            notes.work.add(message.queue)
+        return message.id, True
+
+    # -- consuming ----------------------------------------------------------------
+
+    def claim(self, queues: Sequence[str], worker_id: str, limit: int, lease: float) -> list[Claim]:
+        claims = self._run(lambda cur: self._claim(cur, list(queues), worker_id, limit, lease))
+        now = _monotonic()
+        if now - self._last_cleanup > CLEANUP_INTERVAL:
+            self._last_cleanup = now
+            self._run(self._housekeep)
+        return claims
+
+    def _claim(self, cur: Cursor[Any], queues: list[str], worker_id: str, limit: int, lease: float) -> list[Claim]:
+        s = self.s
+        row = cur.execute(
+            f"WITH lost AS (UPDATE {s}.tasks SET status = 'pending', error = %s, token = NULL, lease_until = NULL,"
+            f" ready_at = {NOW} WHERE seq IN (SELECT seq FROM {s}.tasks WHERE status = 'running'"
+            f" AND queue = ANY(%s) AND lease_until < {NOW} FOR UPDATE SKIP LOCKED) RETURNING 1),"
+            f" due AS (UPDATE {s}.tasks SET status = 'pending' WHERE seq IN (SELECT seq FROM {s}.tasks"
+            f" WHERE status = 'scheduled' AND queue = ANY(%s) AND ready_at <= {NOW} FOR UPDATE SKIP LOCKED)"
+            " RETURNING 1) SELECT (SELECT count(*) FROM lost), (SELECT count(*) FROM due)",
+            (WORKER_LOST, queues, queues),
+        ).fetchone()
+        if row and row[0]:
+            self._count(cur, {"retried": row[0]})
+        claims: list[Claim] = []
+        for queue in queues:
+            if len(claims) >= limit:
+                break
+            rows = cur.execute(
+                f"WITH picked AS (SELECT seq FROM {s}.tasks WHERE status = 'pending' AND queue = %s"
+                " ORDER BY priority DESC, ready_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
+                f" UPDATE {s}.tasks t SET status = 'running', attempts = t.attempts + 1,"
+                f" token = replace(gen_random_uuid()::text, '-', ''), lease_until = {NOW} + %s, worker = %s,"
+                f" started_at = {NOW} FROM picked WHERE t.seq = picked.seq"
+                " RETURNING t.id, t.payload, t.attempts, t.token, t.priority, t.ready_at, t.seq",
+                (queue, limit - len(claims), lease, worker_id),
+            ).fetchall()
+            rows.sort(key=lambda r: (-r[4], r[5], r[6]))
+            claims.extend(Claim(r[0], queue, r[1], r[2], r[3]) for r in rows)
+        return claims
+
+    def _housekeep(self, cur: Cursor[Any]) -> None:
+        """Once a second per process, by one process at a time: prune expired results in
+        small batches (short locks, skipping rows in use) and fold the counter deltas."""
+        s = self.s
+        got = cur.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (f"runq-hk:{self.schema}",))
+        if got.fetchone() != (True,):
+            return
+        cur.execute(
+            f"DELETE FROM {s}.tasks WHERE seq IN (SELECT seq FROM {s}.tasks WHERE expires_at < {NOW}"
+            " LIMIT %s FOR UPDATE SKIP LOCKED)",
+            (CLEANUP_BATCH,),
+        )
+        cur.execute(
+            f"WITH d AS (DELETE FROM {s}.counter_deltas RETURNING name, value)"
+            f" INSERT INTO {s}.counters (name, value) SELECT name, sum(value) FROM d GROUP BY name"
+            f" ON CONFLICT (name) DO UPDATE SET value = {s}.counters.value + excluded.value"
+        )
+
+    def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        listener = self._listen()
+        names = list(queues)
+        mark = listener.work_mark(names)
+        s = self.s
+        row = self._run(
+            lambda cur: cur.execute(
+                f"SELECT EXISTS (SELECT 1 FROM {s}.tasks WHERE status = 'pending' AND queue = ANY(%s)),"
+                f" least((SELECT min(ready_at) FROM {s}.tasks WHERE status = 'scheduled' AND queue = ANY(%s)),"
+                f" (SELECT min(lease_until) FROM {s}.tasks WHERE status = 'running' AND queue = ANY(%s))) - {NOW}",
+                (names, names, names),
+            ).fetchone(),
+            transaction=False,
+        )
+        assert row is not None
+        if row[0]:
+            return
+        if row[1] is not None:
+            timeout = min(timeout, max(0.0, row[1]))
+        listener.wait_work(names, mark, timeout)
+
+    def renew(self, claims: Sequence[Claim], lease: float) -> list[bool]:
+        """Report which claims are still held; write only the leases past half their time."""
+        if not claims:
+            return []
+        s = self.s
+        ids, tokens = [c.id for c in claims], [c.token for c in claims]
+        rows = self._run(
+            lambda cur: cur.execute(
+                "WITH c AS (SELECT * FROM unnest(%s::text[], %s::text[]) AS c(id, token)),"
+                f" held AS (SELECT t.id FROM {s}.tasks t JOIN c ON t.id = c.id AND t.token = c.token"
+                " WHERE t.status = 'running'),"
+                f" renewed AS (UPDATE {s}.tasks t SET lease_until = {NOW} + %s FROM c WHERE t.id = c.id"
+                f" AND t.token = c.token AND t.status = 'running' AND t.lease_until - {NOW} < %s / 2 RETURNING t.id)"
+                " SELECT id FROM held UNION SELECT id FROM renewed",
+                (ids, tokens, lease, lease),
+            ).fetchall(),
+            transaction=False,
+        )
+        held = {row[0] for row in rows}
+        return [claim.id in held for claim in claims]
+
+    def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
+        if not outcomes:
+            return []
+        return self._run(lambda cur: self._settle(cur, outcomes))
+
+    def _settle(self, cur: Cursor[Any], outcomes: Sequence[Outcome]) -> list[bool]:
+        s = self.s
+        o = outcomes
+        rows = cur.execute(
+            f"UPDATE {s}.tasks t SET"
+            " status = CASE WHEN o.kind IN ('succeeded', 'failed') THEN o.kind"
+            " WHEN o.delay > 0 THEN 'scheduled' ELSE 'pending' END,"
+            " result = CASE WHEN o.kind = 'succeeded' THEN o.result ELSE t.result END,"
+            " error = CASE o.kind WHEN 'succeeded' THEN NULL WHEN 'release' THEN t.error ELSE o.error END,"
+            f" finished_at = CASE WHEN o.kind IN ('succeeded', 'failed') THEN {NOW} ELSE t.finished_at END,"
+            f" expires_at = CASE o.kind WHEN 'succeeded' THEN {NOW} + o.ttl WHEN 'failed' THEN NULL"
+            " ELSE t.expires_at END,"
+            f" started_at = CASE WHEN o.kind IN ('succeeded', 'failed') THEN coalesce({NOW} - o.runtime, t.started_at)"
+            " WHEN o.kind = 'release' THEN NULL ELSE t.started_at END,"
+            f" ready_at = CASE WHEN o.kind = 'retry' THEN {NOW} + greatest(0, o.delay)"
+            f" WHEN o.kind = 'release' AND o.delay > 0 THEN {NOW} + o.delay ELSE t.ready_at END,"
+            " attempts = t.attempts - CASE WHEN o.kind = 'release' AND o.uncount THEN 1 ELSE 0 END,"
+            " token = NULL, lease_until = NULL"
+            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],"
+            " %s::float8[], %s::bool[]) AS o(id, token, kind, result, error, delay, ttl, runtime, uncount)"
+            " WHERE t.id = o.id AND t.token = o.token AND t.status = 'running'"
+            " RETURNING t.id, t.queue, o.kind, t.status",
+            (
+                [x.id for x in o],
+                [x.token for x in o],
+                [x.kind for x in o],
+                [x.result for x in o],
+                [json.dumps(x.error) if x.error is not None else None for x in o],
+                [float(x.delay) for x in o],
+                [float(x.result_ttl) for x in o],
+                [None if x.runtime is None else float(x.runtime) for x in o],
+                [x.uncount for x in o],
+            ),
+        ).fetchall()
+        notes = Notes()
+        counts: Counter[str] = Counter()
+        ended: list[tuple[str, str]] = []
+        for task_id, queue, kind, _status in rows:
+            counts[{"retry": "retried"}.get(kind, kind)] += kind != "release"
+            if kind in ("succeeded", "failed"):
+                ended.append((task_id, kind))
+            else:
+                notes.work.add(queue)
+        if ended:
+            flow.lock_parents(cur, [task_id for task_id, _ in ended])
+            for task_id, kind in ended:
+                notes.done.append(task_id)
+                error = None if kind == "succeeded" else dependency_error(task_id, "failed")
+                flow.release_children(cur, s, task_id, error, notes)
+        counts["cancelled"] += notes.cancelled
+        self._count(cur, dict(counts))
+        self._notify(cur, notes)
+        accepted = {row[0] for row in rows}
+        return [x.id in accepted for x in o]
+
+    # -- inspecting and steering --------------------------------------------------
+
+    def get(self, task_id: str) -> TaskInfo | None:
+        row = self._run(
+            lambda cur: cur.execute(
+                f"SELECT {_TASK_COLUMNS} FROM {self.s}.tasks WHERE id = %s"
+                f" AND (expires_at IS NULL OR expires_at > {NOW})",
+                (task_id,),
+            ).fetchone(),
+            transaction=False,
+        )
+        return task_info(dict(zip(_FIELDS, row, strict=False))) if row else None
+
+    def wait(self, task_id: str, timeout: float) -> TaskInfo | None:
+        deadline = _monotonic() + timeout
+        listener = self._listen()
+        with listener.watch(task_id) as watch:
+            while True:
+                info = self.get(task_id)
+                remaining = deadline - _monotonic()
+                if info is None or info.status in FINAL_STATUSES or remaining <= 0:
+                    return info
+                watch.wait(remaining)
+
+    def cancel(self, task_id: str) -> bool:
+        return self._run(lambda cur: self._cancel(cur, task_id))
+
+    def _cancel(self, cur: Cursor[Any], task_id: str) -> bool:
+        s = self.s
+        row = cur.execute(
+            f"UPDATE {s}.tasks SET status = 'cancelled', error = %s, token = NULL, lease_until = NULL,"
+            f" finished_at = {NOW}, expires_at = {NOW} + result_ttl"
+            " WHERE id = %s AND status IN ('pending', 'scheduled', 'waiting', 'running') RETURNING id",
+            (CANCELLED, task_id),
+        ).fetchone()
+        if row is None:
+            return False
+        notes = Notes(done=[task_id])
+        cur.execute(f"DELETE FROM {s}.deps WHERE child = %s", (task_id,))
+        flow.lock_parents(cur, [task_id])
+        flow.release_children(cur, s, task_id, dependency_error(task_id, "was cancelled"), notes)
+        self._count(cur, {"cancelled": 1 + notes.cancelled})
+        self._notify(cur, notes)
+        return True
+
+    def retry(self, task_id: str) -> bool:
+        def work(cur: Cursor[Any]) -> bool:
+            row = cur.execute(
+                f"UPDATE {self.s}.tasks SET status = 'pending', attempts = 0, ready_at = {NOW}, token = NULL,"
+                " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL"
+                " WHERE id = %s AND status IN ('failed', 'cancelled') RETURNING queue",
+                (task_id,),
+            ).fetchone()
+            if row is not None:
+                self._notify(cur, Notes(work={row[0]}))
+            return row is not None
+
+        return self._run(work)
+
+    def list(self, status: Status | None, queue: str | None, limit: int) -> list[TaskInfo]:
+        where, params = _filter(status, queue, expired=False)
+        rows = self._run(
+            lambda cur: cur.execute(
+                f"SELECT {_TASK_COLUMNS} FROM {self.s}.tasks {where} ORDER BY seq DESC LIMIT %s", (*params, limit)
+            ).fetchall(),
+            transaction=False,
+        )
+        return [task_info(dict(zip(_FIELDS, row, strict=False))) for row in rows]
+
+    def purge(self, status: Status | None, queue: str | None) -> int:
+        if status is Status.RUNNING:
+            raise ValueError("running tasks cannot be purged: cancel them first")
+        if status is None:
+            where = "WHERE status = ANY(%s)" + (" AND queue = %s" if queue else "")
+            params: tuple[Any, ...] = ([s.value for s in FINAL_STATUSES], *((queue,) if queue else ()))
+        else:
+            where, params = _filter(status, queue, expired=True)
+        return self._run(lambda cur: cur.execute(f"DELETE FROM {self.s}.tasks {where}", params).rowcount)
+
+    def stats(self) -> Stats:
+        return self._run(self._stats, transaction=False)
+
+    def _stats(self, cur: Cursor[Any]) -> Stats:
+        s = self.s
+        queues: dict[str, dict[str, int]] = {}
+        for queue, status, n in cur.execute(f"SELECT queue, status, count(*) FROM {s}.tasks GROUP BY queue, status"):
+            queues.setdefault(queue, {})[status] = n
+        counters = dict.fromkeys(COUNTERS, 0)
+        rows = cur.execute(
+            f"SELECT name, sum(value)::bigint FROM (SELECT name, value FROM {s}.counters"
+            f" UNION ALL SELECT name, value FROM {s}.counter_deltas) AS c GROUP BY name"
+        )
+        counters.update({name: int(value) for name, value in rows})
+        recent = cur.execute(
+            f"SELECT ready_at, started_at, finished_at, finished_at >= {NOW} - 60 FROM {s}.tasks"
+            f" WHERE status = 'succeeded' AND finished_at >= {NOW} - 300 AND started_at IS NOT NULL"
+        ).fetchall()
+        return Stats(
+            queues={name: QueueStats(**counts) for name, counts in sorted(queues.items())},
+            counters=counters,
+            wait=Percentiles.of([max(0.0, r[1] - r[0]) for r in recent]),
+            run=Percentiles.of([r[2] - r[1] for r in recent]),
+            throughput=sum(1 for r in recent if r[3]) / 60.0,
+            breakers=flow.breaker_states(cur, s),
+        )
+
+    def ping(self) -> None:
+        self._run(lambda cur: cur.execute("SELECT 1"), transaction=False)
+
+    # -- flow control -------------------------------------------------------------
+
+    def take_tick(self, name: str, tick: str, ttl: float) -> bool:
+        return self._run(lambda cur: flow.take_tick(cur, self.s, name, tick, ttl))
+
+    def acquire_rate(self, name: str, rate: float, per: float) -> float:
+        return self._run(lambda cur: flow.acquire_rate(cur, self.s, name, rate, per))
+
+    def breaker(self, name: str, event: BreakerEvent, failures: int, seconds: float) -> float:
+        return self._run(lambda cur: flow.breaker(cur, self.s, name, event, failures, seconds))
+
+    # -- workers ------------------------------------------------------------------
+
+    def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
+        def work(cur: Cursor[Any]) -> None:
+            cur.execute(
+                f"INSERT INTO {self.s}.workers (id, info, expires_at) VALUES (%s, %s, {NOW} + %s)"
+                " ON CONFLICT (id) DO UPDATE SET info = excluded.info, expires_at = excluded.expires_at",
+                (worker.id, worker.encode(), ttl),
+            )
+            cur.execute(f"DELETE FROM {self.s}.workers WHERE expires_at < {NOW}")
+
+        self._run(work)
+
+    def unregister(self, worker_id: str) -> None:
+        self._run(lambda cur: cur.execute(f"DELETE FROM {self.s}.workers WHERE id = %s", (worker_id,)))
+
+    def workers(self) -> builtins.list[WorkerInfo]:
+        rows = self._run(
+            lambda cur: cur.execute(
+                f"SELECT info FROM {self.s}.workers WHERE expires_at >= {NOW} ORDER BY id"
+            ).fetchall(),
+            transaction=False,
+        )
+        return [WorkerInfo.decode(row[0]) for row in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+            with contextlib.suppress(BrokerUnavailable):  # wake its thread now, not at its next timeout
+                self._run(lambda cur: cur.execute("SELECT pg_notify(%s, '')", (listener.work_channel,)), False)
+        self._pool.close()
+
+
+def _filter(status: Status | None, queue: str | None, expired: bool) -> tuple[str, tuple[Any, ...]]:
+    """A WHERE clause; unless ``expired``, tasks past their expiry are left out."""
+    clauses: list[str] = [] if expired else [f"(expires_at IS NULL OR expires_at > {NOW})"]
+    params: list[Any] = []
+    if status is not None:
+        clauses.append("status = %s")
+        params.append(status.value)
+    if queue is not None:
+        clauses.append("queue = %s")
+        params.append(queue)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
+
+
+def _masked(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+
+
+def _monotonic() -> float:
+    return time.monotonic()

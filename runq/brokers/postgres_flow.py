@@ -1,0 +1,176 @@
+"""Flow control for the PostgreSQL broker: dependencies (``after``), ticks, rate limits, breakers.
+
+Each function runs inside the caller's transaction, so a parent's outcome and the release
+(or cancellation) of everything that waited on it commit together, whatever queue the
+dependents are in. The rules are those of ``sqlite_flow.py`` (and the Redis scripts); the
+breaker's state machine is shared with it. What Postgres adds is row locks, because
+transactions run side by side:
+
+- a child is locked (``FOR UPDATE``) before its remaining parents are counted, so two
+  parents settling at once cannot both see the other still pending and leave it waiting;
+- a child linking to its parents holds a shared advisory lock on each, and a task that
+  ends takes its own exclusively before it releases its children (``lock_parents``), so
+  a parent ending at that moment either is seen final or sees the new link. (A row lock
+  would do the same but keep a pending parent from being claimed meanwhile.)
+
+``s`` is the schema, already quoted. ``Notes`` collects what to ``NOTIFY`` at commit.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from psycopg import Cursor
+
+from runq.brokers.base import BreakerEvent
+from runq.brokers.sqlite_flow import breaker_step, dependency_error
+from runq.models import Message
+
+NOW = "extract(epoch FROM statement_timestamp())::float8"
+
+
+@dataclass
+class Notes:
+    """Queues that may have new work, and tasks that became final, in this transaction."""
+
+    work: set[str] = field(default_factory=set)
+    done: list[str] = field(default_factory=list)
+    cancelled: int = 0
+
+
+def lock_parents(cur: Cursor[Any], ids: list[str], shared: bool = False) -> None:
+    """Advisory locks on task ids, in one order. A task that ends takes its own exclusively
+    before releasing its children; ``link`` takes its parents' shared, so a child linking
+    to a task that ends right now is either seen by that release or sees the task final."""
+    cur.execute(
+        f"SELECT pg_advisory_xact_lock{'_shared' if shared else ''}(k) FROM (SELECT DISTINCT"
+        " hashtextextended(i, 0) AS k FROM unnest(%s::text[]) AS i ORDER BY 1) AS l",
+        (ids,),
+    )
+
+
+def link(cur: Cursor[Any], s: str, message: Message) -> str | None:
+    """Record the parents of a just-inserted waiting task; the error that cancels it, if any."""
+    parents = list(dict.fromkeys(message.after))
+    lock_parents(cur, parents, shared=True)
+    for parent in parents:
+        row = cur.execute(
+            f"SELECT status FROM {s}.tasks WHERE id = %s AND (expires_at IS NULL OR expires_at > {NOW})",
+            (parent,),
+        ).fetchone()
+        status = row[0] if row else None
+        if status == "succeeded":
+            continue
+        if status in (None, "failed", "cancelled"):
+            return dependency_error(parent, {None: "not found", "failed": "failed"}.get(status, "was cancelled"))
+        cur.execute(
+            f"INSERT INTO {s}.deps (parent, child) VALUES (%s, %s) ON CONFLICT DO NOTHING", (parent, message.id)
+        )
+    return None
+
+
+def wait_for_parents(cur: Cursor[Any], s: str, message: Message, notes: Notes) -> None:
+    """A task with ``after`` starts waiting; parents already final release or cancel it now."""
+    error = link(cur, s, message)
+    if error is not None:
+        cur.execute(f"DELETE FROM {s}.deps WHERE child = %s", (message.id,))
+        cancel_waiting(cur, s, message.id, error, notes)
+    elif cur.execute(f"SELECT 1 FROM {s}.deps WHERE child = %s LIMIT 1", (message.id,)).fetchone() is None:
+        _release(cur, s, message.id, notes)
+
+
+def _release(cur: Cursor[Any], s: str, child: str, notes: Notes) -> None:
+    row = cur.execute(
+        f"UPDATE {s}.tasks SET status = CASE WHEN ready_at > {NOW} THEN 'scheduled' ELSE 'pending' END,"
+        f" ready_at = greatest(ready_at, {NOW}) WHERE id = %s AND status = 'waiting' RETURNING queue",
+        (child,),
+    ).fetchone()
+    if row is not None:
+        notes.work.add(row[0])
+
+
+def release_children(cur: Cursor[Any], s: str, parent: str, error: str | None, notes: Notes) -> None:
+    """``parent`` just ended: release (``error`` None) or cancel its waiting children.
+
+    Cancellation cascades to the children's own dependents; ``notes.cancelled`` counts them.
+    """
+    children = sorted(
+        row[0] for row in cur.execute(f"DELETE FROM {s}.deps WHERE parent = %s RETURNING child", (parent,))
+    )
+    for child in children:
+        if error is not None:
+            cancel_waiting(cur, s, child, error, notes)
+            continue
+        cur.execute(f"SELECT 1 FROM {s}.tasks WHERE id = %s FOR UPDATE", (child,))
+        if cur.execute(f"SELECT 1 FROM {s}.deps WHERE child = %s LIMIT 1", (child,)).fetchone() is None:
+            _release(cur, s, child, notes)
+
+
+def cancel_waiting(cur: Cursor[Any], s: str, child: str, error: str, notes: Notes) -> None:
+    """Cancel a waiting task because a parent did not succeed, and its dependents after it."""
+    row = cur.execute(
+        f"UPDATE {s}.tasks SET status = 'cancelled', error = %s, finished_at = {NOW},"
+        f" expires_at = {NOW} + result_ttl WHERE id = %s AND status = 'waiting' RETURNING id",
+        (error, child),
+    ).fetchone()
+    if row is None:
+        return
+    notes.cancelled += 1
+    notes.done.append(child)
+    cur.execute(f"DELETE FROM {s}.deps WHERE child = %s", (child,))
+    lock_parents(cur, [child])
+    cause = json.loads(error)["message"]
+    release_children(cur, s, child, dependency_error(child, "was cancelled", cause), notes)
+
+
+def take_tick(cur: Cursor[Any], s: str, name: str, tick: str, ttl: float) -> bool:
+    cur.execute(f"DELETE FROM {s}.ticks WHERE expires_at < {NOW}")
+    row = cur.execute(
+        f"INSERT INTO {s}.ticks (name, tick, expires_at) VALUES (%s, %s, {NOW} + %s)"
+        " ON CONFLICT DO NOTHING RETURNING 1",
+        (name, tick, ttl),
+    ).fetchone()
+    return row is not None
+
+
+def acquire_rate(cur: Cursor[Any], s: str, name: str, rate: float, per: float) -> float:
+    """GCRA without burst, as ``sqlite_flow.acquire_rate``; the bucket's row is locked."""
+    interval = per / rate
+    cur.execute(f"INSERT INTO {s}.rates (name, tat, tail) VALUES (%s, {NOW}, {NOW}) ON CONFLICT DO NOTHING", (name,))
+    row = cur.execute(f"SELECT tat, tail, {NOW} FROM {s}.rates WHERE name = %s FOR UPDATE", (name,)).fetchone()
+    assert row is not None
+    tat, tail, now = row
+    if tat <= now:
+        tat, wait = now + interval, 0.0
+    else:
+        slot = max(tail, tat)
+        tail, wait = slot + interval, slot - now
+    cur.execute(f"UPDATE {s}.rates SET tat = %s, tail = %s WHERE name = %s", (tat, tail, name))
+    return float(wait)
+
+
+def breaker(cur: Cursor[Any], s: str, name: str, event: BreakerEvent, failures: int, seconds: float) -> float:
+    columns = "state, failures, open_until, probe_until"
+    row = cur.execute(f"SELECT {columns}, {NOW} FROM {s}.breakers WHERE name = %s FOR UPDATE", (name,)).fetchone()
+    if row is None:
+        now = cur.execute(f"SELECT {NOW}").fetchone()[0]  # type: ignore[index]
+        state: dict[str, Any] = {"state": "closed", "failures": 0, "open_until": 0.0, "probe_until": 0.0}
+    else:
+        state = dict(zip(("state", "failures", "open_until", "probe_until"), row[:4], strict=False))
+        now = row[4]
+    hold = breaker_step(state, event, failures, seconds, now)
+    if row is not None or state["state"] != "closed" or state["failures"]:
+        cur.execute(
+            f"INSERT INTO {s}.breakers (name, {columns}) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE"
+            " SET state = excluded.state, failures = excluded.failures, open_until = excluded.open_until,"
+            " probe_until = excluded.probe_until",
+            (name, state["state"], state["failures"], state["open_until"], state["probe_until"]),
+        )
+    return hold
+
+
+def breaker_states(cur: Cursor[Any], s: str) -> dict[str, dict[str, Any]]:
+    rows = cur.execute(f"SELECT name, state, failures, open_until FROM {s}.breakers ORDER BY name").fetchall()
+    return {row[0]: {"state": row[1], "failures": row[2], "open_until": row[3]} for row in rows}

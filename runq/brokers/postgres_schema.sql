@@ -1,0 +1,96 @@
+-- runq's PostgreSQL schema, as numbered migrations. `{schema}` is the configured schema
+-- (default runq), quoted. The broker applies, under an advisory lock, every migration
+-- above the number in {schema}.version, each in the transaction that bumps the number,
+-- so many processes starting at once migrate exactly once.
+--
+-- Times are float8 seconds since the epoch on the server's clock. Partial indexes keep
+-- each hot query an index range scan over only the rows it can return, so they stay
+-- small however many finished tasks the table holds; see docs/architecture.md for how
+-- bloat is handled (aggressive autovacuum on the churning tables, batched pruning).
+
+-- migration: 1
+CREATE TABLE {schema}.tasks (
+    seq            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- the FIFO tie-break
+    id             text    NOT NULL UNIQUE,
+    queue          text    NOT NULL,
+    name           text    NOT NULL,
+    status         text    NOT NULL,
+    priority       integer NOT NULL,
+    ready_at       float8  NOT NULL,  -- when it became (or becomes) ready to run
+    payload        text    NOT NULL,  -- the JSON Message, kept verbatim
+    attempts       integer NOT NULL DEFAULT 0,
+    key            text,              -- idempotency key, unique per queue while held
+    key_expires_at float8,
+    token          text,              -- fencing token of the current claim
+    lease_until    float8,
+    worker         text,
+    result         text,              -- JSON
+    error          text,              -- JSON {type, message, traceback}
+    result_ttl     float8  NOT NULL,
+    enqueued_at    float8  NOT NULL,
+    started_at     float8,
+    finished_at    float8,
+    expires_at     float8             -- deleted after this; NULL keeps it (failed tasks)
+) WITH (
+    fillfactor = 90,
+    autovacuum_vacuum_scale_factor = 0.02,
+    autovacuum_vacuum_threshold = 1000,
+    autovacuum_vacuum_insert_scale_factor = 0.05,
+    autovacuum_analyze_scale_factor = 0.05,
+    autovacuum_vacuum_cost_delay = 0
+);
+
+CREATE INDEX tasks_ready ON {schema}.tasks (queue, priority DESC, ready_at, seq) WHERE status = 'pending';
+CREATE INDEX tasks_due ON {schema}.tasks (queue, ready_at) WHERE status = 'scheduled';
+CREATE INDEX tasks_leases ON {schema}.tasks (queue, lease_until) WHERE status = 'running';
+CREATE INDEX tasks_final ON {schema}.tasks (status, queue, seq)
+    WHERE status IN ('succeeded', 'failed', 'cancelled', 'waiting');
+CREATE INDEX tasks_expiry ON {schema}.tasks (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX tasks_finished ON {schema}.tasks (finished_at) WHERE status = 'succeeded';
+CREATE UNIQUE INDEX tasks_keys ON {schema}.tasks (queue, key) WHERE key IS NOT NULL;
+
+-- Counters are insert-only deltas (no hot row for every settle and enqueue to queue on,
+-- even inside a producer's long transaction); housekeeping folds them into `counters`.
+CREATE TABLE {schema}.counters (
+    name  text PRIMARY KEY,
+    value bigint NOT NULL
+);
+CREATE TABLE {schema}.counter_deltas (
+    name  text   NOT NULL,
+    value bigint NOT NULL
+) WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_cost_delay = 0);
+
+CREATE TABLE {schema}.workers (
+    id         text PRIMARY KEY,
+    info       text   NOT NULL,
+    expires_at float8 NOT NULL
+);
+
+-- Workflows: one row per unresolved parent of a waiting task.
+CREATE TABLE {schema}.deps (
+    parent text NOT NULL,
+    child  text NOT NULL,
+    PRIMARY KEY (parent, child)
+);
+CREATE INDEX deps_child ON {schema}.deps (child);
+
+CREATE TABLE {schema}.ticks (
+    name       text   NOT NULL,
+    tick       text   NOT NULL,
+    expires_at float8 NOT NULL,
+    PRIMARY KEY (name, tick)
+);
+
+CREATE TABLE {schema}.rates (
+    name text PRIMARY KEY,
+    tat  float8 NOT NULL,
+    tail float8 NOT NULL
+);
+
+CREATE TABLE {schema}.breakers (
+    name        text PRIMARY KEY,
+    state       text    NOT NULL,
+    failures    integer NOT NULL,
+    open_until  float8  NOT NULL,
+    probe_until float8  NOT NULL
+);
