@@ -224,6 +224,15 @@ class PostgresBroker(Broker):
         if lent is None or lent[0] is not self:
             return self._run(lambda cur: self._enqueue(cur, messages, key_ttl))
         connection = lent[1]
+        if connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            if connection.autocommit:
+                raise RuntimeError(
+                    "broker.using(connection): the connection is in autocommit mode outside a transaction, "
+                    "so the tasks would not wait for any commit (use `with connection.transaction():`)"
+                )
+            # Nothing run yet on the connection: start the caller's transaction, as its next
+            # statement would, so the block below is a savepoint in it, not a commit of its own.
+            connection.execute("SELECT 1")
         try:
             with connection.transaction(), connection.cursor() as cur:
                 return self._enqueue(cur, messages, key_ttl)
