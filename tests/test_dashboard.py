@@ -6,10 +6,13 @@ so the tests see what a browser or a Prometheus scraper sees (streaming included
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -283,9 +286,6 @@ def test_refuses_a_public_address_without_token() -> None:
 
 
 def test_cli_exits_2_for_a_public_address_without_token() -> None:
-    import subprocess
-    import sys
-
     env = {k: v for k, v in os.environ.items() if k != "RUNQ_DASHBOARD_TOKEN"} | {"PYTHONPATH": str(ROOT)}
     cmd = [
         sys.executable,
@@ -305,18 +305,27 @@ def test_cli_exits_2_for_a_public_address_without_token() -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_cli_serves_the_dashboard(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
+@contextlib.contextmanager
+def cli_dashboard(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[bytes], int, Path]]:
+    """``runq dashboard`` in a subprocess on a free port and a fresh SQLite file; stopped with
+    SIGINT, which must exit 0. Yields the process, its port and its log file."""
     port = free_port()
-    env = os.environ | {"PYTHONPATH": str(ROOT), "RUNQ_DASHBOARD_TOKEN": "tok"}
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     cmd = [sys.executable, "-m", "runq", "dashboard", "tests.tasks:app", "--port", str(port), "--url", url]
     log = tmp_path / "dashboard.log"
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            cmd, env={**env, "PYTHONPATH": str(ROOT)}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+        )
     try:
+        yield proc, port, log
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+
+
+def test_cli_serves_the_dashboard(tmp_path: Path) -> None:
+    with cli_dashboard(tmp_path, {**os.environ, "RUNQ_DASHBOARD_TOKEN": "tok"}) as (proc, port, log):
 
         def health() -> int:
             try:
@@ -329,9 +338,6 @@ def test_cli_serves_the_dashboard(tmp_path: Path) -> None:
         assert wait_until(health, timeout=30) == 200
         assert httpx.get(f"http://127.0.0.1:{port}/api/health").status_code == 401
         assert (tmp_path / "cli.db").exists()  # --url was used
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0, log.read_text()
 
 
 # -- cross-site requests, DNS rebinding, security headers (issue 11.3) ---------------------------
@@ -402,17 +408,8 @@ def test_security_headers_forbid_inline_script_and_framing(serve: Callable[..., 
 
 
 def test_cli_makes_a_token_and_prints_the_login_url(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "RUNQ_DASHBOARD_TOKEN"} | {"PYTHONPATH": str(ROOT)}
-    url = f"sqlite:///{tmp_path / 'cli.db'}"
-    cmd = [sys.executable, "-m", "runq", "dashboard", "tests.tasks:app", "--port", str(port), "--url", url]
-    log = tmp_path / "dashboard.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    try:
+    env = {k: v for k, v in os.environ.items() if k != "RUNQ_DASHBOARD_TOKEN"}
+    with cli_dashboard(tmp_path, env) as (proc, port, log):
 
         def login() -> str:
             assert proc.poll() is None, log.read_text()
@@ -430,9 +427,6 @@ def test_cli_makes_a_token_and_prints_the_login_url(tmp_path: Path) -> None:
 
         assert wait_until(lambda: health({"Authorization": f"Bearer {token}"}), timeout=30) == 200
         assert health({}) == 401
-    finally:
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0, log.read_text()
 
 
 def test_broker_outage_is_503_and_broker_up_0(serve: Callable[..., Dashboard], tmp_path: Path) -> None:
