@@ -1,11 +1,10 @@
 """A process-pool child: ``python -m runq.child APP READ_FD WRITE_FD PARENT_PID``.
 
 Its first frame is the worker's settings, which the app adopts (so a task that
-enqueues a task uses the worker's broker, whatever the environment says); then
-it runs one job at a time, talking to its worker
-over a private pipe pair in length-prefixed JSON frames (never pickle), so a
-task's own prints on stdout cannot corrupt the protocol. It dies with its
-parent: on Linux the kernel sends it SIGKILL when the worker exits
+enqueues a task uses the worker's broker, whatever the environment says); then it
+runs one job at a time, talking to its worker over a private pipe pair in
+length-prefixed JSON frames (never pickle), so a task's own prints on stdout
+cannot corrupt the protocol. It dies with its parent: on Linux the kernel sends it SIGKILL when the worker exits
 (``PR_SET_PDEATHSIG``); elsewhere it exits at EOF on its pipe.
 """
 

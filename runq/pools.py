@@ -50,11 +50,11 @@ class Pool(ABC):
 
     kind: str
 
-    def __init__(self, settings: Settings, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
+    def __init__(self, settings: Settings, app: App, app_path: str, on_done: OnDone) -> None:
         self.settings = settings
         self.app = app
         self.app_path = app_path
-        self.concurrency = concurrency
+        self.concurrency = settings.effective_concurrency
         self.on_done = on_done
         self._lock = threading.Lock()
         self._has_jobs = threading.Condition(self._lock)
@@ -116,10 +116,10 @@ class Pool(ABC):
         return result
 
 
-def create_pool(settings: Settings, app: App, app_path: str, concurrency: int, on_done: OnDone) -> Pool:
+def create_pool(settings: Settings, app: App, app_path: str, on_done: OnDone) -> Pool:
     """The pool ``settings.pool`` names; the process pool hands ``settings`` on to each child."""
     pools: dict[str, type[Pool]] = {"process": ProcessPool, "thread": ThreadPool, "async": AsyncPool}
-    return pools[settings.pool](settings, app, app_path, concurrency, on_done)
+    return pools[settings.pool](settings, app, app_path, on_done)
 
 
 # -- threads ------------------------------------------------------------------------
@@ -135,8 +135,8 @@ class _Slot:
 class ThreadPool(Pool):
     kind = "thread"
 
-    def __init__(self, settings: Settings, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
-        super().__init__(settings, app, app_path, concurrency, on_done)
+    def __init__(self, settings: Settings, app: App, app_path: str, on_done: OnDone) -> None:
+        super().__init__(settings, app, app_path, on_done)
         self._running: dict[str, tuple[Job, TaskContext, _Slot, float]] = {}
 
     def start(self) -> None:
@@ -220,8 +220,8 @@ class _Child:
 class ProcessPool(Pool):
     kind = "process"
 
-    def __init__(self, settings: Settings, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
-        super().__init__(settings, app, app_path, concurrency, on_done)
+    def __init__(self, settings: Settings, app: App, app_path: str, on_done: OnDone) -> None:
+        super().__init__(settings, app, app_path, on_done)
         self._children: list[_Child] = []
         self._busy: dict[str, tuple[_Child, list[bool]]] = {}  # task id -> (child, [cancelled])
 
@@ -301,10 +301,10 @@ class ProcessPool(Pool):
 class AsyncPool(Pool):
     kind = "async"
 
-    def __init__(self, settings: Settings, app: App, app_path: str, concurrency: int, on_done: OnDone) -> None:
-        super().__init__(settings, app, app_path, concurrency, on_done)
+    def __init__(self, settings: Settings, app: App, app_path: str, on_done: OnDone) -> None:
+        super().__init__(settings, app, app_path, on_done)
         self._loop = asyncio.new_event_loop()
-        self._slots = asyncio.Semaphore(concurrency)
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._tasks: dict[str, tuple[asyncio.Task[Any], TaskContext]] = {}
 
     def start(self) -> None:

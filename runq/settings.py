@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from runq.brokers import DEFAULT_URL
@@ -78,11 +78,9 @@ class Settings:
         return replace(self, **{name: value for name, value in changes.items() if value is not None})
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields: how a worker hands its settings to its process-pool children."""
-        return {
-            spec.name: list(value) if isinstance(value := getattr(self, spec.name), tuple) else value
-            for spec in fields(self)
-        }
+        """JSON-ready fields (``queues`` becomes a list): how a worker hands its settings to its
+        process-pool children."""
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Settings:

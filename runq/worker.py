@@ -85,7 +85,7 @@ class Worker:
         self._runtime = 2 * SHORT_TASK  # running average of how long a task runs; starts "long"
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.broker: Broker = connect(self.settings.url, self.settings.connect_timeout)
-        self.pool: Pool = create_pool(self.settings, app, app_path, self.concurrency, self._finished)
+        self.pool: Pool = create_pool(self.settings, app, app_path, self._finished)
         self.counts: Counter[str] = Counter()
         self.started_at = time.time()
         self._inflight: dict[str, InFlight] = {}
