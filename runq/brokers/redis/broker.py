@@ -471,6 +471,8 @@ class RedisBroker(Broker):
         self._r.ping()
 
     def close(self) -> None:
+        self.functions.close()
+        self._blocking_functions.close()
         self._r.close()
         self._blocking.close()
 

@@ -159,17 +159,31 @@ def tick_key(name: str, tick: str) -> str:
     return f"runq:tick:{{{name}}}:{tick}"
 
 
-def lua_prologue(name: str) -> str:
-    """The generated head of function ``name``: where its keys and arguments are."""
+def lua_keys(name: str, declare: bool = True) -> str:
+    """Where function ``name``'s keys are: ``Q`` (key name -> ``KEYS[i]``), ``EXTRA`` and ``QUEUE``.
+
+    ``declare=False`` assigns the library's shared upvalues instead of declaring locals: in
+    the Functions library the helpers are defined once, and each call points them at its keys.
+    """
     fields = FUNCTIONS[name].keys
-    lines = [f"-- generated from runq/brokers/redis/keys.py for {name}"]
+    local = "local " if declare else ""
     if fields is None:
-        lines.append("local Q, EXTRA, QUEUE = {}, 0, nil")
-    else:
-        entries = ", ".join(f"{field} = KEYS[{i}]" for i, field in enumerate(fields, 1))
-        lines.append(f"local Q, EXTRA = {{{entries}}}, {len(fields)}")
-        lines.append("local QUEUE = string.match(KEYS[1], '^runq:{(.*)}:%a+$')")
+        return f"{local}Q, EXTRA, QUEUE = {{}}, 0, nil\n"
+    entries = ", ".join(f"{field} = KEYS[{i}]" for i, field in enumerate(fields, 1))
+    return (
+        f"{local}Q, EXTRA = {{{entries}}}, {len(fields)}\n{local}QUEUE = string.match(KEYS[1], '^runq:{{(.*)}}:%a+$')\n"
+    )
+
+
+def lua_layouts() -> str:
+    """One table per per-item argument layout: field -> offset, and the item's size."""
+    lines = []
     for table, layout in LAYOUTS.items():
         entries = ", ".join(f"{field} = {i}" for i, field in enumerate(layout))
         lines.append(f"local {table}, {table}_N = {{{entries}}}, {len(layout)}")
     return "\n".join(lines) + "\n"
+
+
+def lua_prologue(name: str) -> str:
+    """The generated head of function ``name`` run as a script: where its keys and arguments are."""
+    return f"-- generated from runq/brokers/redis/keys.py for {name}\n" + lua_keys(name) + lua_layouts()

@@ -1,6 +1,9 @@
--- lib.lua: helpers prepended to every runq function; not a function of its own.
+-- lib.lua: the helpers every runq function shares; not a function of its own.
 --
--- The caller prepends the generated prologue (keys.py: lua_prologue): Q maps each key
+-- In the Functions library (scripts.py) this is defined once, when the library loads, and
+-- each function sets the shared Q, EXTRA and QUEUE, then calls begin(); as a script
+-- (Redis < 7) it is prepended to each body. Either way the generated prologue
+-- (keys.py: lua_prologue) comes first: Q maps each key
 -- name to its KEYS[i] (only the keys this function is sent; keys.py lists them all),
 -- EXTRA is how many those are, QUEUE the queue's name (nil for rate and breaker), and ENQ/SET/REN give the offsets of each per-item
 -- argument. No Lua file numbers a key or an argument itself.
@@ -21,12 +24,9 @@ local WORKER_LOST = '{"type":"WorkerLost","message":"lease expired: the worker d
 local OUTBOX_GRACE = 5  -- seconds before claim hands an unapplied outbox step to its worker
 local DEFAULT_RESULT_TTL = 86400  -- runq.models.Message.result_ttl
 
-local INDEX = {waiting = Q.waiting, succeeded = Q.succeeded, failed = Q.failed, cancelled = Q.cancelled}
--- The zset that orders a task while it is in a state, for the states that have one.
-local PLACE = {
-  pending = Q.pending, scheduled = Q.scheduled, running = Q.running,
-  succeeded = Q.expiring, cancelled = Q.expiring,
-}
+-- Per call (begin): INDEX, the zset of each indexed state; PLACE, the zset that orders a
+-- task while it is in a state, for the states that have one; EFFECTS, the steps posted.
+local INDEX, PLACE, EFFECTS
 local FINAL = {succeeded = true, failed = true, cancelled = true}
 
 local function clock()
@@ -182,7 +182,6 @@ end
 -- the broker's Python applies it there (link.lua / resolve.lua, both repeatable) and
 -- then removes it. A step left behind by a crash is handed out again by claim.lua.
 
-local EFFECTS = {}
 
 local function queue_of(id)
   return string.match(id, '^(.*)%.[^.]*$')
@@ -295,4 +294,14 @@ resolve = function(child, parent, err, now)
     release(child, rec, now)
     save(child, rec)
   end
+end
+
+-- Called first by every function, once Q is set: the per-call state above.
+local function begin()
+  INDEX = {waiting = Q.waiting, succeeded = Q.succeeded, failed = Q.failed, cancelled = Q.cancelled}
+  PLACE = {
+    pending = Q.pending, scheduled = Q.scheduled, running = Q.running,
+    succeeded = Q.expiring, cancelled = Q.expiring,
+  }
+  EFFECTS = {}
 end
