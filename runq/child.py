@@ -2,7 +2,8 @@
 
 Its first frame is the worker's settings, which the app adopts (so a task that
 enqueues a task uses the worker's broker, whatever the environment says); then it
-runs one job at a time, talking to its worker over a private pipe pair in
+runs jobs one at a time, as they come in batches (``{"jobs": [...]}``), answering each
+as it ends, talking to its worker over a private pipe pair in
 length-prefixed JSON frames (never pickle), so a task's own prints on stdout
 cannot corrupt the protocol. It dies with its parent: on Linux the kernel sends it SIGKILL when the worker exits
 (``PR_SET_PDEATHSIG``); elsewhere it exits at EOF on its pipe.
@@ -92,8 +93,8 @@ def main(argv: list[str]) -> int:
     app = load_app(app_path)
     app.configure(Settings.from_dict(settings))  # never the environment's: the worker's URL, always
     while frame := reader.read():
-        result = run_job(app, Job(**frame))
-        write_frame(write_fd, result.to_dict())
+        for job in frame["jobs"]:  # a batch of short jobs, run back to back; each answered as it ends
+            write_frame(write_fd, run_job(app, Job(**job)).to_dict())
     return 0
 
 

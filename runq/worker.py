@@ -54,7 +54,8 @@ IDLE_WAIT = 1.0
 SETTLE_BATCH = 256
 PREFETCH = 1  # claims held beyond the running ones, per slot
 SHORT_TASK = 0.005  # seconds: tasks this short on average are claimed further ahead...
-SHORT_PREFETCH = 3  # ...this many per slot, so a round trip moves more of them
+SHORT_PREFETCH = 3  # ...this many per slot, so a round trip moves more of them,
+SHORT_HELD = 64  # ...and at least this many in all (≤ 320 ms of work: no hoarding)
 MAX_BACKOFF = 5.0
 
 
@@ -308,8 +309,9 @@ class Worker:
     def capacity(self) -> int:
         """Claims held at most: the running ones plus a prefetch that grows for short tasks
         (fewer round trips per task) and stays small for long ones (no hoarding)."""
-        ahead = SHORT_PREFETCH if self._runtime < SHORT_TASK else PREFETCH
-        return self.concurrency * (1 + ahead)
+        if self._runtime < SHORT_TASK:
+            return max(SHORT_HELD, self.concurrency * (1 + SHORT_PREFETCH))
+        return self.concurrency * (1 + PREFETCH)
 
     @staticmethod
     def outcome(claim: Claim, message: Message, policy: Policy, result: RunResult) -> Outcome:

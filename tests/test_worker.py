@@ -264,3 +264,24 @@ def test_bad_app_path_is_a_clear_error(broker_url: str, tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "no_such_module" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_child_dying_mid_batch_loses_none_of_the_batch(
+    app: runq.App, broker_url: str, start_worker: StartWorker
+) -> None:
+    """Short tasks reach a child several per message; a crash in the middle of such a batch
+    fails only the crashing task, and the batch's unstarted tasks run once, elsewhere."""
+    warm_up = app.enqueue_many([runq.Signature("noop") for _ in range(100)])
+    start_worker(broker_url, "--pool", "process", "--concurrency", "1")
+    for handle in warm_up:  # the pool has learnt that these tasks are short
+        handle.result(timeout=60)
+    mixed = [runq.Signature("noop") for _ in range(40)]
+    mixed[20] = runq.Signature("crash").options(retries=0)
+    handles = app.enqueue_many(mixed)
+    with pytest.raises(runq.TaskFailed) as failure:
+        handles[20].result(timeout=60)
+    assert failure.value.type == "WorkerCrashed"
+    for handle in handles[:20] + handles[21:]:
+        assert handle.result(timeout=60) is None
+        info = handle.info()
+        assert info is not None and info.attempts == 1, handle.id
