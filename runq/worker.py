@@ -194,7 +194,10 @@ class Worker:
         queues = self.settings.queues
         while not self._stopping.is_set():
             with self._cond:
-                while len(self._inflight) >= self.capacity and not self._stopping.is_set():
+                # Claim in rounds of at least a quarter of what may be held: every slot is
+                # still busy meanwhile (3/4 of ``capacity`` covers them), and one round trip
+                # moves many tasks instead of one per finished task.
+                while self.capacity - len(self._inflight) < self._round() and not self._stopping.is_set():
                     self._cond.wait(1.0)
                 free = self.capacity - len(self._inflight)
             if self._stopping.is_set():
@@ -312,6 +315,10 @@ class Worker:
         if self._runtime < SHORT_TASK:
             return max(SHORT_HELD, self.concurrency * (1 + SHORT_PREFETCH))
         return self.concurrency * (1 + PREFETCH)
+
+    def _round(self) -> int:
+        """The fewest claims worth a round trip: a quarter of ``capacity``."""
+        return max(1, self.capacity // 4)
 
     @staticmethod
     def outcome(claim: Claim, message: Message, policy: Policy, result: RunResult) -> Outcome:
