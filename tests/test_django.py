@@ -52,12 +52,13 @@ def _close_app() -> Iterator[None]:
     get_app().close()
 
 
-def manage(*args: str, log: Path) -> subprocess.Popen[bytes]:
-    """``python manage.py ARGS`` in the project directory, as an operator would run it."""
+def manage(*args: str, log: Path, cwd: Path = PROJECT) -> subprocess.Popen[bytes]:
+    """``python .../manage.py ARGS``, as an operator would run it."""
     env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
+    env.pop("PYTHONPATH", None)
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "manage.py", *args], cwd=PROJECT, env=env, stdout=out, stderr=subprocess.STDOUT
+            [sys.executable, str(PROJECT / "manage.py"), *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
         )
 
 
@@ -119,7 +120,8 @@ def test_bad_arguments_fail_at_the_call_not_at_commit() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_committed_task_runs_on_a_manage_py_worker(tmp_path: Path) -> None:
     log = tmp_path / "worker.log"
-    worker = manage("runq_worker", "--pool", "process", "--concurrency", "1", "--grace", "5", log=log)
+    # Started from elsewhere: its process-pool children must still import the project.
+    worker = manage("runq_worker", "--pool", "process", "--concurrency", "1", "--grace", "5", log=log, cwd=tmp_path)
     try:
         ref = uuid.uuid4().hex
         with transaction.atomic():
@@ -131,9 +133,9 @@ def test_committed_task_runs_on_a_manage_py_worker(tmp_path: Path) -> None:
         assert info.status is Status.SUCCEEDED, (info.error, log.read_text())
         assert info.result == "paid"
         assert Order.objects.get(ref=ref).status == "paid"
-        # Outside a transaction (autocommit) it is enqueued at once.
-        mark_paid.delay_on_commit(ref)
-        assert len(tasks_for(ref)) == 2
+        # Outside a transaction (autocommit) it is enqueued at once, with its options.
+        mark_paid.options(priority=7).delay_on_commit(ref)
+        assert sorted(t.priority for t in tasks_for(ref)) == [0, 7]
     finally:
         stop(worker, log)
 
