@@ -50,6 +50,14 @@ def project_version() -> str:
 
 @functools.cache
 def built() -> Built:
+    try:
+        return _build()
+    except subprocess.CalledProcessError as exc:
+        output = (exc.stdout or b"").decode(errors="replace") + (exc.stderr or b"").decode(errors="replace")
+        raise AssertionError(f"{exc.cmd} failed with {exc.returncode}:\n{output[-5000:]}") from None
+
+
+def _build() -> Built:
     work = Path(tempfile.mkdtemp(prefix="runq-dist-"))
     atexit.register(shutil.rmtree, work, ignore_errors=True)
     dist = work / "dist"
@@ -72,10 +80,7 @@ def built() -> Built:
 
 @pytest.fixture(scope="module")
 def dist() -> Built:
-    try:
-        return built()
-    except subprocess.CalledProcessError as exc:
-        pytest.fail(f"{exc.cmd} failed:\n{exc.stdout.decode(errors='replace')}\n{exc.stderr.decode(errors='replace')}")
+    return built()
 
 
 def package_data() -> set[str]:
