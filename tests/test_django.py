@@ -1,8 +1,9 @@
 """runq.contrib.django with pytest-django on a real SQLite database (tests/django_project).
 
-Django is set up for this module only: the settings module and data directory are put in
-the environment just long enough for ``django.setup()``, so no other test (nor the
-subprocesses they start) sees them. The project's database and runq's broker are two files
+Django is set up when this module is collected: the settings module and data directory
+are put in the environment just long enough for ``django.setup()``, so no other test's
+subprocesses inherit them (pytest-django's session-wide test environment, which only
+touches Django's own settings, is on for the session once Django is set up). The project's database and runq's broker are two files
 in one private directory, shared with ``manage.py runq_worker`` / ``runq_beat`` processes.
 """
 
