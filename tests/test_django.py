@@ -3,8 +3,9 @@
 Django is set up when this module is collected: the settings module and data directory
 are put in the environment just long enough for ``django.setup()``, so no other test's
 subprocesses inherit them (pytest-django's session-wide test environment, which only
-touches Django's own settings, is on for the session once Django is set up). The project's database and runq's broker are two files
-in one private directory, shared with ``manage.py runq_worker`` / ``runq_beat`` processes.
+touches Django's own settings, is on for the session once Django is set up). The project's
+database and runq's broker are two files in one private directory, shared with
+``manage.py runq_worker`` / ``runq_beat`` processes.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def tasks_for(ref: str) -> list[TaskInfo]:
 def test_autodiscovery_registers_the_tasks_of_installed_apps() -> None:
     # Nothing in runq or this test names shop.tasks for the App: the app config imported it.
     assert {"shop.tasks.mark_paid", "shop.tasks.tick"} <= set(get_app().tasks)
+    # ...and, outside a worker, left the task functions as they are.
+    assert get_app().tasks["shop.tasks.mark_paid"].fn is mark_paid.__wrapped__
     assert [p.name for p in get_app().schedules] == ["shop.tasks.tick"]
 
 
@@ -134,6 +137,10 @@ def test_committed_task_runs_on_a_manage_py_worker(tmp_path: Path) -> None:
         assert info.status is Status.SUCCEEDED, (info.error, log.read_text())
         assert info.result == "paid"
         assert Order.objects.get(ref=ref).status == "paid"
+        # The worker closes the connection a task opened (CONN_MAX_AGE = 0), but never inside a transaction.
+        for _ in range(2):
+            assert get_app().enqueue("shop.tasks.fresh_connection").result(timeout=60) is True
+        assert get_app().enqueue("shop.tasks.nested_in_transaction").result(timeout=60) is True
         # Outside a transaction (autocommit) it is enqueued at once, with its options.
         mark_paid.options(priority=7).delay_on_commit(ref)
         assert sorted(t.priority for t in tasks_for(ref)) == [0, 7]

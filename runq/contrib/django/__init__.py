@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from runq.app import App
     from runq.tasks import Signature
 
-__all__ = ["APP_PATH", "autodiscover", "delay_on_commit", "get_app", "runq_settings"]
+__all__ = ["APP_PATH", "autodiscover", "delay_on_commit", "get_app", "release_connections", "runq_settings"]
 
 # What the management commands give the worker as APP; see project.py.
 APP_PATH = "runq.contrib.django.project:app"
@@ -58,6 +58,37 @@ def runq_settings(config: Any) -> Settings:
         return Settings.from_env(**values)
     except (TypeError, ValueError) as exc:
         raise ImproperlyConfigured(f"RUNQ: {exc}") from None
+
+
+def release_connections(app: App) -> None:
+    """In a worker: wrap each synchronous task of ``app`` in ``close_old_connections()``, before
+    and after, as Django does around a request (and Celery around a task), so a worker drops
+    connections past ``CONN_MAX_AGE`` or broken by the server instead of failing every later
+    task on them. Never inside a transaction (a task function called from a task in an atomic
+    block). Async tasks are left as they are; Django's async ORM runs in its own threads."""
+    for task in app.tasks.values():
+        if not task.is_async and not getattr(task.fn, "runq_releases_connections", False):
+            task.fn = _releasing(task.fn)
+
+
+def _releasing(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        _release()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _release()
+
+    run.runq_releases_connections = True  # type: ignore[attr-defined]
+    return run
+
+
+def _release() -> None:
+    from django.db import close_old_connections, connections
+
+    if not any(conn.in_atomic_block for conn in connections.all(initialized_only=True)):
+        close_old_connections()
 
 
 def autodiscover() -> None:

@@ -1,4 +1,5 @@
-"""The Django app config: autodiscovers ``tasks.py`` modules once every app is loaded."""
+"""The Django app config: once every app is loaded, imports the ``tasks.py`` modules and
+builds the App, so a bad ``RUNQ`` setting fails at start."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ class RunqConfig(AppConfig):  # type: ignore[misc]  # Django ships no type hints
     verbose_name = "runq"
 
     def ready(self) -> None:
-        from runq.contrib.django import autodiscover
+        from runq.contrib.django import autodiscover, get_app
 
         autodiscover()
+        get_app()

@@ -1,5 +1,7 @@
 """Found by autodiscovery: nothing imports this module by name."""
 
+from django.db import connection, transaction
+
 from runq.contrib.django import app
 from shop.models import Order
 
@@ -16,3 +18,20 @@ def mark_paid(ref: str) -> str:
 @app.periodic(every=1)
 def tick() -> str:
     return "tick"
+
+
+@app.task
+def fresh_connection() -> bool:
+    """Whether this run found no database connection left open by an earlier one; then opens one."""
+    fresh = connection.connection is None
+    Order.objects.exists()
+    return fresh
+
+
+@app.task
+def nested_in_transaction() -> bool:
+    """Calls a task function inside an atomic block: the block's connection must survive it."""
+    with transaction.atomic():
+        Order.objects.exists()
+        fresh_connection()
+        return connection.in_atomic_block and not connection.needs_rollback
