@@ -159,6 +159,14 @@ def test_runq_beat_fires_the_periodic_task(tmp_path: Path) -> None:
     assert "beat started: shop.tasks.tick (every 1s)" in log.read_text()
 
 
+def test_a_bad_runq_setting_stops_django_at_start(tmp_path: Path) -> None:
+    env = {**os.environ, **ENV, "DJANGO_SETTINGS_MODULE": "testproj.bad_settings"}
+    run = [sys.executable, str(PROJECT / "manage.py"), "check"]
+    checked = subprocess.run(run, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 1
+    assert "ImproperlyConfigured: RUNQ: pool must be one of process, thread, async" in checked.stderr
+
+
 def test_management_commands_take_runqs_flags(tmp_path: Path) -> None:
     env = {**os.environ, **ENV}
     run = [sys.executable, "manage.py", "runq_worker"]
