@@ -205,16 +205,18 @@ class Worker:
             claims = self._retrying(partial(self.broker.claim, queues, self.id, free, self.settings.lease))
             if claims is None:
                 continue
-            if not claims:
-                if self._try(lambda: self.broker.wait_for_work(queues, IDLE_WAIT) or True) is None:
-                    self._stopping.wait(IDLE_WAIT)
-                continue
-            if self._stopping.is_set():  # claimed during shutdown: hand them straight back
+            if self._stopping.is_set() and claims:  # claimed during shutdown: hand them straight back
                 releases = [Outcome(c.id, c.token, "release", uncount=True) for c in claims]
                 self._try(partial(self.broker.settle, releases))
                 return
             for claim in claims:
                 self._start(claim)
+            if len(claims) < free:  # the queues ran dry: block until a wake-up, not claim again
+                self._idle(queues)
+
+    def _idle(self, queues: tuple[str, ...]) -> None:
+        if self._try(lambda: self.broker.wait_for_work(queues, IDLE_WAIT) or True) is None:
+            self._stopping.wait(IDLE_WAIT)
 
     def _start(self, claim: Claim) -> None:
         try:

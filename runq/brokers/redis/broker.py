@@ -244,7 +244,12 @@ class RedisBroker(Broker):
         if wait <= 0.001:
             return
         wake_keys = [queue_keys(queue).wake for queue in queues]
-        if not self.cluster or len(wake_keys) == 1:  # on a cluster, routed to the key's node
+        if not self.cluster:
+            (reply,) = self._blocking_functions.send([("BLPOP", *wake_keys, _ceil_ms(wait))])
+            if isinstance(reply, Exception):
+                raise reply
+            return
+        if len(wake_keys) == 1:  # routed to the key's node
             self._blocking.blpop(wake_keys, _ceil_ms(wait))
             return
         # Cluster: the wake lists live in different slots, and one BLPOP reaches one slot.
@@ -326,10 +331,9 @@ class RedisBroker(Broker):
             found = self._blocking_functions.run(*watch)
             popped = self._blocking.blpop([done], block)
         else:
-            pipe = self._blocking.pipeline(transaction=False)
-            pipe.execute_command(*self._blocking_functions.command(watch))
-            pipe.blpop([done], block)
-            found, popped = pipe.execute(raise_on_error=False)
+            found, popped = self._blocking_functions.send(
+                [self._blocking_functions.command(watch), ("BLPOP", done, block)]
+            )
             if isinstance(found, redis.ResponseError):  # its code went missing (a restart): load, read plainly
                 self._blocking_functions.load()
                 return self._info(task_id, self._run("watch", keys, [task_id, 0]))
