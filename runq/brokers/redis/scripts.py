@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import select
+import ssl
 import threading
 import weakref
 from collections.abc import Sequence
@@ -92,11 +94,22 @@ class _Lane(threading.local):
 
 def _reconnect_if_closed(connection: Any) -> None:
     """Drop a lane the server closed while it was idle (a restart): nothing was sent on it
-    yet, so the next send may reconnect safely. Stray unread data is treated the same way."""
-    try:
-        stale = connection.can_read()
-    except (ConnectionError, OSError, RedisConnectionError):
-        stale = True
+    yet, so the next send may reconnect safely. Stray unread data is treated the same way.
+
+    A plain socket is asked with one zero-timeout ``select`` (a system call, ~1 µs); a TLS one
+    through redis-py, whose check costs a few µs more.
+    """
+    sock = connection._sock
+    if isinstance(sock, ssl.SSLSocket):
+        try:
+            stale = connection.can_read()
+        except (ConnectionError, OSError, RedisConnectionError):
+            stale = True
+    else:
+        try:  # readable with nothing asked: closed (EOF), or a reply nobody read
+            stale = bool(select.select((sock,), (), (), 0)[0])
+        except (OSError, ValueError):
+            stale = True
     if stale:
         connection.disconnect()
 
