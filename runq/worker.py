@@ -231,11 +231,11 @@ class Worker:
             self._inflight[claim.id] = entry
         if message is None:
             log.error("malformed message %s moved to failed", claim.id, extra={"task": {"id": claim.id}})
-            self._settle_now(entry, Outcome(claim.id, claim.token, "failed", error=error))
+            self._settle(entry, Outcome(claim.id, claim.token, "failed", error=error))
             return
         if claim.attempt > policy.retries + 1:  # every earlier run lost its worker: a poison pill
             error = {"type": "WorkerLost", "message": f"gave up after {claim.attempt - 1} lost attempts"}
-            self._settle_now(entry, Outcome(claim.id, claim.token, "failed", error=error))
+            self._settle(entry, Outcome(claim.id, claim.token, "failed", error=error))
             return
         args = message.args
         if (task is not None and task.gated) or message.pass_results is not None:
@@ -259,16 +259,16 @@ class Worker:
         try:
             hold = self._hold(task) if task is not None and task.gated else 0.0
             if hold > 0:
-                self._settle_now(entry, Outcome(claim.id, claim.token, "release", delay=hold, uncount=True))
+                self._settle(entry, Outcome(claim.id, claim.token, "release", delay=hold, uncount=True))
                 return None
             args = parent_results(self.broker, message) if message.pass_results is not None else message.args
         except DependencyError as exc:
             error = {"type": "DependencyFailed", "message": str(exc)}
-            self._settle_now(entry, Outcome(claim.id, claim.token, "failed", error=error))
+            self._settle(entry, Outcome(claim.id, claim.token, "failed", error=error))
             return None
         except BrokerUnavailable as exc:
             log.warning("broker unavailable before starting %s: %s", claim.id, exc)
-            self._settle_now(entry, Outcome(claim.id, claim.token, "release", delay=IDLE_WAIT, uncount=True))
+            self._settle(entry, Outcome(claim.id, claim.token, "release", delay=IDLE_WAIT, uncount=True))
             return None
         entry.breaker = task.breaker if task is not None else None
         return args
@@ -281,17 +281,14 @@ class Worker:
                 return hold
         return self.broker.acquire_rate(task.name, *task.rate) if task.rate is not None else 0.0
 
-    def _settle_now(self, entry: InFlight, outcome: Outcome) -> None:
-        """Settle an outcome: batched by the settler thread, or right here when this is the
-        worker's only task (nothing to batch with, and no thread hand-off on the way back
-        to a producer waiting for the result)."""
+    def _settle(self, entry: InFlight, outcome: Outcome) -> None:
+        """Hand an outcome to the settler thread, which settles everything that finished
+        meanwhile in one broker call. Never a broker call here: this runs on pool threads
+        and on the async pool's event loop, which must not wait on the broker (nor stall
+        through a broker outage)."""
         with self._cond:
             entry.done = True
-            alone = len(self._inflight) == 1 and self._outcomes.empty() and not self._stopping.is_set()
-        if alone:
-            self._settle_batch([(outcome, entry)])
-        else:
-            self._outcomes.put((outcome, entry))
+        self._outcomes.put((outcome, entry))
 
     # -- settling -----------------------------------------------------------------
 
@@ -308,7 +305,7 @@ class Worker:
             self._forget([entry])
             return
         self._runtime += 0.2 * (result.duration - self._runtime)
-        self._settle_now(entry, self.outcome(entry.claim, entry.message, entry.policy, result))
+        self._settle(entry, self.outcome(entry.claim, entry.message, entry.policy, result))
 
     @property
     def capacity(self) -> int:
@@ -382,7 +379,8 @@ class Worker:
         with self._cond:
             for entry in entries:
                 self._inflight.pop(entry.claim.id, None)
-            self._cond.notify_all()
+            if self._stopping.is_set() or self.capacity - len(self._inflight) >= self._round():
+                self._cond.notify_all()  # the claimer has a round to claim (or shutdown waits)
 
     @staticmethod
     def _fields(entry: InFlight) -> dict[str, Any]:
