@@ -67,9 +67,16 @@ class Pool(ABC):
     def start(self) -> None: ...
 
     def submit(self, job: Job) -> None:
+        self.submit_many([job])
+
+    def submit_many(self, jobs: list[Job]) -> None:
+        """Queue ``jobs`` in order, under one lock (a claim's worth at a time)."""
+        if not jobs:
+            return
         with self._lock:
-            self._queued[job.id] = job
-            self._has_jobs.notify()
+            for job in jobs:
+                self._queued[job.id] = job
+            self._has_jobs.notify(len(jobs))
 
     def cancel(self, task_id: str) -> None:
         """Stop ``task_id`` (queued or running) and drop its result (``on_done(job, None)``)."""
@@ -391,9 +398,10 @@ class AsyncPool(Pool):
     def start(self) -> None:
         threading.Thread(target=self._loop.run_forever, name="runq-async", daemon=True).start()
 
-    def submit(self, job: Job) -> None:
-        super().submit(job)
-        asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
+    def submit_many(self, jobs: list[Job]) -> None:
+        super().submit_many(jobs)
+        for job in jobs:
+            asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
 
     async def _run(self, job: Job) -> None:
         async with self._slots:

@@ -67,6 +67,7 @@ class InFlight:
     started: float
     done: bool = False  # its outcome is waiting to be settled
     breaker: tuple[int, float] | None = None  # the task's circuit breaker, told how the run ended
+    malformed: str = ""  # why the payload could not be decoded (``message`` is None)
 
 
 class Worker:
@@ -209,8 +210,11 @@ class Worker:
                 releases = [Outcome(c.id, c.token, "release", uncount=True) for c in claims]
                 self._try(partial(self.broker.settle, releases))
                 return
-            for claim in claims:
-                self._start(claim)
+            entries = [self._entry(claim) for claim in claims]
+            with self._cond:
+                for entry in entries:
+                    self._inflight[entry.claim.id] = entry
+            self.pool.submit_many([job for entry in entries if (job := self._start(entry)) is not None])
             if len(claims) < free:  # the queues ran dry: block until a wake-up, not claim again
                 self._idle(queues)
 
@@ -218,34 +222,36 @@ class Worker:
         if self._try(lambda: self.broker.wait_for_work(queues, IDLE_WAIT) or True) is None:
             self._stopping.wait(IDLE_WAIT)
 
-    def _start(self, claim: Claim) -> None:
+    def _entry(self, claim: Claim) -> InFlight:
+        """A claim's place in the in-flight table (a malformed message has no ``message``)."""
         try:
-            message: Message | None = Message.decode(claim.payload, claim.id, claim.queue)
+            message = Message.decode(claim.payload, claim.id, claim.queue)
         except ValueError as exc:
-            message = None
-            error: dict[str, Any] = {"type": "MalformedMessage", "message": str(exc), "raw": claim.payload}
-        task = self.app.tasks.get(message.name) if message else None
-        policy = Policy.resolve(message, task) if message else Policy()
-        entry = InFlight(claim, message, policy, time.monotonic())
-        with self._cond:
-            self._inflight[claim.id] = entry
+            return InFlight(claim, None, Policy(), time.monotonic(), malformed=str(exc))
+        return InFlight(claim, message, Policy.resolve(message, self.app.tasks.get(message.name)), time.monotonic())
+
+    def _start(self, entry: InFlight) -> Job | None:
+        """The job to run for a claim, or ``None`` when it was settled instead."""
+        claim, message, policy = entry.claim, entry.message, entry.policy
         if message is None:
+            error: dict[str, Any] = {"type": "MalformedMessage", "message": entry.malformed, "raw": claim.payload}
             log.error("malformed message %s moved to failed", claim.id, extra={"task": {"id": claim.id}})
             self._settle(entry, Outcome(claim.id, claim.token, "failed", error=error))
-            return
+            return None
         if claim.attempt > policy.retries + 1:  # every earlier run lost its worker: a poison pill
             error = {"type": "WorkerLost", "message": f"gave up after {claim.attempt - 1} lost attempts"}
             self._settle(entry, Outcome(claim.id, claim.token, "failed", error=error))
-            return
+            return None
+        task = self.app.tasks.get(message.name)
         args = message.args
         if (task is not None and task.gated) or message.pass_results is not None:
             prepared = self._prepare(entry, message, task)
             if prepared is None:
-                return
+                return None
             args = prepared
         if log.isEnabledFor(logging.DEBUG):
             log.debug("started", extra={"task": self._fields(entry)})
-        self.pool.submit(Job(claim.id, message.name, claim.queue, claim.attempt, args, message.kwargs, policy.timeout))
+        return Job(claim.id, message.name, claim.queue, claim.attempt, args, message.kwargs, policy.timeout)
 
     def _prepare(self, entry: InFlight, message: Message, task: Task[Any, Any] | None) -> list[Any] | None:
         """Flow control before a run (never on the plain path): the task's circuit breaker and
