@@ -20,35 +20,31 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
-import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import Cursor
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from runq.brokers import postgres_flow as flow
+from runq.brokers import postgres_inspect as inspect
 from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.postgres_flow import NOW, Notes
 from runq.brokers.postgres_listen import Listener
+from runq.brokers.postgres_setup import masked, migrate, postgres_conninfo
 from runq.brokers.sqlite_flow import dependency_error
 from runq.errors import BrokerUnavailable
 from runq.models import (
-    COUNTERS,
     FINAL_STATUSES,
     Claim,
     Message,
     Outcome,
-    Percentiles,
-    QueueStats,
     Stats,
     Status,
     TaskInfo,
@@ -63,33 +59,8 @@ NOTIFY_CHUNK = 7000  # bytes of task ids per NOTIFY payload (the limit is 8000)
 POOL_SIZE = 10
 WORKER_LOST = json.dumps({"type": "WorkerLost", "message": "lease expired: the worker died or stalled"})
 CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
-_TASK_COLUMNS = (
-    "id, queue, name, status, payload, attempts, result, error, worker, enqueued_at, started_at, finished_at, ready_at"
-)
-_FIELDS = tuple(column.strip() for column in _TASK_COLUMNS.split(","))
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 # The connection a producer lent with PostgresBroker.using(conn), and which broker it is for.
 _LENT: ContextVar[tuple[PostgresBroker, psycopg.Connection[Any]] | None] = ContextVar("runq_pg_lent", default=None)
-
-
-def postgres_conninfo(url: str) -> tuple[str, str]:
-    """``(conninfo for libpq, schema)``: the ``schema`` query parameter is runq's, the rest libpq's."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError(f"not a PostgreSQL URL (expected postgresql://user@host/db): {url!r}")
-    query = parse_qsl(parts.query)
-    schema = next((value for name, value in query if name == "schema"), "runq")
-    if not _SCHEMA_NAME.fullmatch(schema):
-        raise ValueError(f"schema must be 1-48 of a-z 0-9 _ (not starting with a digit), got {schema!r}")
-    rest = urlencode([(name, value) for name, value in query if name != "schema"])
-    return urlunsplit(("postgresql", parts.netloc, parts.path, rest, "")), schema
-
-
-def migrations() -> list[tuple[int, str]]:
-    """The numbered migrations of ``postgres_schema.sql``, in order."""
-    text = resources.files("runq.brokers").joinpath("postgres_schema.sql").read_text()
-    chunks = re.split(r"^-- migration: (\d+)\s*$", text, flags=re.MULTILINE)
-    return [(int(chunks[i]), chunks[i + 1]) for i in range(1, len(chunks), 2)]
 
 
 class PostgresBroker(Broker):
@@ -114,8 +85,8 @@ class PostgresBroker(Broker):
             self._pool.open(wait=True, timeout=connect_timeout)
         except (psycopg.Error, PoolTimeout) as exc:
             self._pool.close()
-            raise BrokerUnavailable(f"cannot connect to PostgreSQL at {_masked(url)}: {exc}") from exc
-        self._run(self._migrate, transaction=False)
+            raise BrokerUnavailable(f"cannot connect to PostgreSQL at {masked(url)}: {exc}") from exc
+        self._run(lambda cur: migrate(cur, self.schema), transaction=False)
 
     # -- connections --------------------------------------------------------------
 
@@ -143,26 +114,8 @@ class PostgresBroker(Broker):
             except psycopg.DataError as exc:  # e.g. a NUL character, which Postgres text cannot hold
                 raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
             except (psycopg.OperationalError, PoolTimeout) as exc:
-                raise BrokerUnavailable(f"PostgreSQL at {_masked(self.url)} is unavailable: {exc}") from exc
+                raise BrokerUnavailable(f"PostgreSQL at {masked(self.url)} is unavailable: {exc}") from exc
         raise AssertionError("unreachable")
-
-    def _migrate(self, cur: Cursor[Any]) -> None:
-        steps = migrations()
-        latest = steps[-1][0]
-        exists = cur.execute("SELECT to_regclass(%s)", (f"{self.s}.version",)).fetchone() != (None,)
-        if exists and cur.execute(f"SELECT max(version) FROM {self.s}.version").fetchone() == (latest,):
-            return
-        with cur.connection.transaction():
-            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"runq-migrate:{self.schema}",))
-            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {self.s}")
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {self.s}.version (version integer NOT NULL)")
-            row = cur.execute(f"SELECT coalesce(max(version), 0) FROM {self.s}.version").fetchone()
-            current = row[0] if row else 0
-            for number, script in steps:
-                if number > current:
-                    cur.execute(script.replace("{schema}", self.s).encode())
-                    cur.execute(f"DELETE FROM {self.s}.version")
-                    cur.execute(f"INSERT INTO {self.s}.version (version) VALUES (%s)", (number,))
 
     def _listen(self) -> Listener:
         with self._lock:
@@ -475,13 +428,13 @@ class PostgresBroker(Broker):
     def get(self, task_id: str) -> TaskInfo | None:
         row = self._run(
             lambda cur: cur.execute(
-                f"SELECT {_TASK_COLUMNS} FROM {self.s}.tasks WHERE id = %s"
+                f"SELECT {inspect.TASK_COLUMNS} FROM {self.s}.tasks WHERE id = %s"
                 f" AND (expires_at IS NULL OR expires_at > {NOW})",
                 (task_id,),
             ).fetchone(),
             transaction=False,
         )
-        return task_info(dict(zip(_FIELDS, row, strict=False))) if row else None
+        return task_info(dict(zip(inspect.FIELDS, row, strict=False))) if row else None
 
     def wait(self, task_id: str, timeout: float) -> TaskInfo | None:
         deadline = _monotonic() + timeout
@@ -530,14 +483,15 @@ class PostgresBroker(Broker):
         return self._run(work)
 
     def list(self, status: Status | None, queue: str | None, limit: int) -> list[TaskInfo]:
-        where, params = _filter(status, queue, expired=False)
+        where, params = inspect.where_clause(status, queue, expired=False)
         rows = self._run(
             lambda cur: cur.execute(
-                f"SELECT {_TASK_COLUMNS} FROM {self.s}.tasks {where} ORDER BY seq DESC LIMIT %s", (*params, limit)
+                f"SELECT {inspect.TASK_COLUMNS} FROM {self.s}.tasks {where} ORDER BY seq DESC LIMIT %s",
+                (*params, limit),
             ).fetchall(),
             transaction=False,
         )
-        return [task_info(dict(zip(_FIELDS, row, strict=False))) for row in rows]
+        return [task_info(dict(zip(inspect.FIELDS, row, strict=False))) for row in rows]
 
     def purge(self, status: Status | None, queue: str | None) -> int:
         if status is Status.RUNNING:
@@ -546,35 +500,11 @@ class PostgresBroker(Broker):
             where = "WHERE status = ANY(%s)" + (" AND queue = %s" if queue else "")
             params: tuple[Any, ...] = ([s.value for s in FINAL_STATUSES], *((queue,) if queue else ()))
         else:
-            where, params = _filter(status, queue, expired=True)
+            where, params = inspect.where_clause(status, queue, expired=True)
         return self._run(lambda cur: cur.execute(f"DELETE FROM {self.s}.tasks {where}", params).rowcount)
 
     def stats(self) -> Stats:
-        return self._run(self._stats, transaction=False)
-
-    def _stats(self, cur: Cursor[Any]) -> Stats:
-        s = self.s
-        queues: dict[str, dict[str, int]] = {}
-        for queue, status, n in cur.execute(f"SELECT queue, status, count(*) FROM {s}.tasks GROUP BY queue, status"):
-            queues.setdefault(queue, {})[status] = n
-        counters = dict.fromkeys(COUNTERS, 0)
-        rows = cur.execute(
-            f"SELECT name, sum(value)::bigint FROM (SELECT name, value FROM {s}.counters"
-            f" UNION ALL SELECT name, value FROM {s}.counter_deltas) AS c GROUP BY name"
-        )
-        counters.update({name: int(value) for name, value in rows})
-        recent = cur.execute(
-            f"SELECT ready_at, started_at, finished_at, finished_at >= {NOW} - 60 FROM {s}.tasks"
-            f" WHERE status = 'succeeded' AND finished_at >= {NOW} - 300 AND started_at IS NOT NULL"
-        ).fetchall()
-        return Stats(
-            queues={name: QueueStats(**counts) for name, counts in sorted(queues.items())},
-            counters=counters,
-            wait=Percentiles.of([max(0.0, r[1] - r[0]) for r in recent]),
-            run=Percentiles.of([r[2] - r[1] for r in recent]),
-            throughput=sum(1 for r in recent if r[3]) / 60.0,
-            breakers=flow.breaker_states(cur, s),
-        )
+        return self._run(lambda cur: inspect.stats(cur, self.s), transaction=False)
 
     def ping(self) -> None:
         self._run(lambda cur: cur.execute("SELECT 1"), transaction=False)
@@ -623,26 +553,6 @@ class PostgresBroker(Broker):
             with contextlib.suppress(BrokerUnavailable):  # wake its thread now, not at its next timeout
                 self._run(lambda cur: cur.execute("SELECT pg_notify(%s, '')", (listener.work_channel,)), False)
         self._pool.close()
-
-
-def _filter(status: Status | None, queue: str | None, expired: bool) -> tuple[str, tuple[Any, ...]]:
-    """A WHERE clause; unless ``expired``, tasks past their expiry are left out."""
-    clauses: list[str] = [] if expired else [f"(expires_at IS NULL OR expires_at > {NOW})"]
-    params: list[Any] = []
-    if status is not None:
-        clauses.append("status = %s")
-        params.append(status.value)
-    if queue is not None:
-        clauses.append("queue = %s")
-        params.append(queue)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
-
-
-def _masked(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 def _monotonic() -> float:
