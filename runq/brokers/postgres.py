@@ -127,32 +127,33 @@ class PostgresBroker(Broker):
         listener.ready(self._connect_timeout)
         return listener
 
-    def _notify(self, cur: Cursor[Any], notes: Notes) -> None:
-        """Queue the wake-ups of a transaction: Postgres delivers them at its commit, never on rollback."""
+    def _record(self, cur: Cursor[Any], counts: dict[str, int], notes: Notes) -> None:
+        """Count and wake in one statement: counter deltas, and the wake-ups of this transaction
+        (Postgres delivers them at its commit, never on rollback)."""
+        names = [name for name, value in counts.items() if value]
         channels: list[str] = []
         payloads: list[str] = []
         for queue in sorted(notes.work):
             channels.append(f"{self.schema}_work")
             payloads.append(queue)
         chunk: list[str] = []
+        size = 0
         for task_id in notes.done:
             chunk.append(task_id)
-            if sum(len(i) + 1 for i in chunk) > NOTIFY_CHUNK:
+            size += len(task_id) + 1
+            if size > NOTIFY_CHUNK:
                 channels.append(f"{self.schema}_done")
                 payloads.append(",".join(chunk))
-                chunk = []
+                chunk, size = [], 0
         if chunk:
             channels.append(f"{self.schema}_done")
             payloads.append(",".join(chunk))
-        if channels:
-            cur.execute("SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)", (channels, payloads))
-
-    def _count(self, cur: Cursor[Any], counts: dict[str, int]) -> None:
-        names = [name for name, value in counts.items() if value]
-        if names:
+        if names or channels:
             cur.execute(
-                f"INSERT INTO {self.s}.counter_deltas (name, value) SELECT * FROM unnest(%s::text[], %s::bigint[])",
-                (names, [counts[name] for name in names]),
+                f"WITH counted AS (INSERT INTO {self.s}.counter_deltas (name, value)"
+                " SELECT * FROM unnest(%s::text[], %s::bigint[]))"
+                " SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)",
+                (names, [counts[name] for name in names], channels, payloads),
             )
 
     # -- producing ----------------------------------------------------------------
@@ -175,7 +176,9 @@ class PostgresBroker(Broker):
     def enqueue(self, messages: Sequence[Message], key_ttl: float) -> list[str]:
         lent = _LENT.get()
         if lent is None or lent[0] is not self:
-            return self._run(lambda cur: self._enqueue(cur, messages, key_ttl))
+            # Plain messages are one statement (autocommit: its own transaction, one round trip).
+            plain = all(m.key is None and not m.after for m in messages)
+            return self._run(lambda cur: self._enqueue(cur, messages, key_ttl), transaction=not plain)
         connection = lent[1]
         if connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             if connection.autocommit:
@@ -193,24 +196,27 @@ class PostgresBroker(Broker):
             raise BrokerUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
 
     def _enqueue(self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float) -> list[str]:
-        notes = Notes()
         if all(m.key is None and not m.after for m in messages):
-            inserted = {row[0] for row in self._insert(cur, messages, key_ttl)}
-            notes.work.update(m.queue for m in messages if m.id in inserted)
-            ids = [m.id for m in messages]
-        else:
-            ids, inserted = [], set()
-            for message in messages:
-                task_id, new = self._enqueue_one(cur, message, key_ttl, notes)
-                ids.append(task_id)
-                if new:
-                    inserted.add(task_id)
-        self._count(cur, {"enqueued": len(inserted), "cancelled": notes.cancelled})
-        self._notify(cur, notes)
+            self._insert(cur, messages, key_ttl, wake=True)
+            return [m.id for m in messages]
+        notes = Notes()
+        ids, inserted = [], set()
+        for message in messages:
+            task_id, new = self._enqueue_one(cur, message, key_ttl, notes)
+            ids.append(task_id)
+            if new:
+                inserted.add(task_id)
+        self._record(cur, {"enqueued": len(inserted), "cancelled": notes.cancelled}, notes)
         return ids
 
-    def _insert(self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float) -> builtins.list[Any]:
-        """Insert in one statement, in order (``seq`` is the FIFO tie-break); the ids inserted."""
+    def _insert(
+        self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float, wake: bool = False
+    ) -> builtins.list[Any]:
+        """Insert in one statement, in order (``seq`` is the FIFO tie-break); the ids inserted.
+
+        With ``wake`` the same statement also counts the inserted tasks and notifies their
+        queues, so a plain ``delay()`` is one statement and one round trip.
+        """
         columns = [
             [m.id for m in messages],
             [m.queue for m in messages],
@@ -222,7 +228,7 @@ class PostgresBroker(Broker):
             [float(m.result_ttl) for m in messages],
             [bool(m.after) for m in messages],
         ]
-        return cur.execute(
+        insert = (
             f"INSERT INTO {self.s}.tasks (id, queue, name, status, priority, ready_at, payload, key,"
             " key_expires_at, result_ttl, enqueued_at)"
             " SELECT m.id, m.queue, m.name, CASE WHEN m.waiting THEN 'waiting' WHEN m.delay > 0 THEN 'scheduled'"
@@ -231,9 +237,19 @@ class PostgresBroker(Broker):
             " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::text[], %s::text[],"
             " %s::float8[], %s::bool[]) WITH ORDINALITY"
             " AS m(id, queue, name, priority, delay, payload, key, result_ttl, waiting, ord)"
-            " ORDER BY m.ord ON CONFLICT DO NOTHING RETURNING id",
-            (key_ttl, *columns),
-        ).fetchall()
+            " ORDER BY m.ord ON CONFLICT DO NOTHING RETURNING id, queue"
+        )
+        if not wake:
+            return cur.execute(insert, (key_ttl, *columns)).fetchall()
+        s = self.s
+        cur.execute(
+            f"WITH ins AS ({insert}), counted AS (INSERT INTO {s}.counter_deltas (name, value)"
+            " SELECT 'enqueued', count(*) FROM ins HAVING count(*) > 0),"
+            " woken AS (SELECT pg_notify(%s, q) FROM (SELECT DISTINCT queue AS q FROM ins) AS w)"
+            " SELECT (SELECT count(*) FROM woken)",
+            (key_ttl, *columns, f"{self.schema}_work"),
+        )
+        return []
 
     def _enqueue_one(self, cur: Cursor[Any], message: Message, key_ttl: float, notes: Notes) -> tuple[str, bool]:
         """One message with an idempotency key or parents: the id that holds its slot, and
@@ -285,7 +301,7 @@ class PostgresBroker(Broker):
             (WORKER_LOST, queues, queues),
         ).fetchone()
         if row and row[0]:
-            self._count(cur, {"retried": row[0]})
+            self._record(cur, {"retried": row[0]}, Notes())
         claims: list[Claim] = []
         for queue in queues:
             if len(claims) >= limit:
@@ -413,13 +429,11 @@ class PostgresBroker(Broker):
                 notes.work.add(queue)
         if ended:
             flow.lock_parents(cur, [task_id for task_id, _ in ended])
-            for task_id, kind in ended:
-                notes.done.append(task_id)
-                error = None if kind == "succeeded" else dependency_error(task_id, "failed")
-                flow.release_children(cur, s, task_id, error, notes)
+            notes.done.extend(task_id for task_id, _ in ended)
+            errors = [(i, None if kind == "succeeded" else dependency_error(i, "failed")) for i, kind in ended]
+            flow.release_ended(cur, s, errors, notes)
         counts["cancelled"] += notes.cancelled
-        self._count(cur, dict(counts))
-        self._notify(cur, notes)
+        self._record(cur, dict(counts), notes)
         accepted = {row[0] for row in rows}
         return [x.id in accepted for x in o]
 
@@ -464,8 +478,7 @@ class PostgresBroker(Broker):
         cur.execute(f"DELETE FROM {s}.deps WHERE child = %s", (task_id,))
         flow.lock_parents(cur, [task_id])
         flow.release_children(cur, s, task_id, dependency_error(task_id, "was cancelled"), notes)
-        self._count(cur, {"cancelled": 1 + notes.cancelled})
-        self._notify(cur, notes)
+        self._record(cur, {"cancelled": 1 + notes.cancelled}, notes)
         return True
 
     def retry(self, task_id: str) -> bool:
@@ -477,7 +490,7 @@ class PostgresBroker(Broker):
                 (task_id,),
             ).fetchone()
             if row is not None:
-                self._notify(cur, Notes(work={row[0]}))
+                self._record(cur, {}, Notes(work={row[0]}))
             return row is not None
 
         return self._run(work)
