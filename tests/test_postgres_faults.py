@@ -12,7 +12,6 @@ import os
 import secrets
 import subprocess
 import sys
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -181,11 +180,8 @@ def test_eight_contending_workers_never_double_claim(
     app = runq.App(url)
     app.broker.ping()
     started = [workers(url, "-c", "4", "--lease", "120") for _ in range(8)]
-    # Enqueue while the workers are already polling, in small batches, so all of them contend.
-    ids: list[str] = []
-    producer = threading.Thread(target=lambda: ids.extend(_enqueue_slowly(app, runs, 1600)))
-    producer.start()
-    producer.join()
+    wait_until(lambda: len(app.workers()) == 8, timeout=120, interval=0.1)  # all 8 idle and listening
+    ids = _enqueue_slowly(app, runs, 1600)  # small batches: every batch wakes them all to contend
     wait_until(lambda: _succeeded(app) == len(ids), timeout=180, interval=0.2)
     ran = _runs(runs)
     assert set(ran) == set(ids)
