@@ -63,7 +63,7 @@ class PgqueuerPeer(AsyncPeer):
             "",
             "`pgqueuer.run(main)` (= `pgq run`) x2 (batch size 10; W4 `batch_size=50`); `enqueue`"
             " with lists for bulk; W3 `CompletionWatcher` (defaults)",
-            trips=20,
+            trips=10,
         ),
     )
 
