@@ -24,7 +24,9 @@ from runq.cli import main
 from runq.logs import JSONFormatter, TextFormatter
 from runq.settings import Settings
 from runq.testing import free_port
-from tests.conftest import ROOT, WorkerProcess, wait_until
+from tests.conftest import ROOT, WITH_POSTGRES, WorkerProcess, wait_until
+
+BROKER_KINDS = WITH_POSTGRES  # every broker, PostgreSQL included
 
 StartWorker = Callable[..., WorkerProcess]
 STATES = ["pending", "scheduled", "waiting", "running", "succeeded", "failed", "cancelled"]

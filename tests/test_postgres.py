@@ -4,13 +4,14 @@ that transaction commits (``broker.using(connection)``), with a real worker drai
 from __future__ import annotations
 
 import secrets
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 import runq
-from tests.conftest import WorkerProcess
+from tests.conftest import WorkerProcess, wait_until
 
 psycopg = pytest.importorskip("psycopg")
 
@@ -81,3 +82,46 @@ def test_autocommit_connection_needs_an_explicit_transaction(pg_app: runq.App, p
             1 / 0  # noqa: B018 - the application fails after enqueueing: its transaction rolls back
     assert pg_app.info(inside.id) is None
     assert pg_app.list("pending") == []
+
+
+def _rows(pg_url: str) -> int:
+    conninfo, schema = postgres_conninfo(pg_url)
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        row = conn.execute(f'SELECT count(*) FROM "{schema}".tasks').fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def _housekeep(app: runq.App) -> None:
+    """One housekeeping pass, as a worker's claim runs it (at most once a second otherwise)."""
+    broker = app.broker
+    broker._last_cleanup = 0.0  # type: ignore[attr-defined]
+    broker.claim(["nothing-here"], "hk", 1, 30)
+
+
+def test_expired_results_are_pruned_in_batches_skipping_locked_rows(pg_app: runq.App, pg_url: str) -> None:
+    from runq.brokers.postgres import CLEANUP_BATCH
+    from runq.models import Outcome
+
+    total = CLEANUP_BATCH * 2 + 500
+    noop = runq.Signature("noop", (), app=pg_app).options(result_ttl=0.05)
+    for _ in range(total // 500):
+        pg_app.enqueue_many([noop] * 500)
+    claims = pg_app.broker.claim(["default"], "w", total, 30)
+    assert len(claims) == total
+    pg_app.broker.settle([Outcome(c.id, c.token, "succeeded", result="null", result_ttl=0.05) for c in claims])
+    first = claims[0].id
+    wait_until(lambda: pg_app.info(first) is None)  # expired: hidden at once, deleted by housekeeping
+    conninfo, schema = postgres_conninfo(pg_url)
+    with psycopg.connect(conninfo) as holder:  # another transaction holds one expired row
+        holder.execute(f'SELECT 1 FROM "{schema}".tasks WHERE id = %s FOR UPDATE', (first,))
+        sweeper = threading.Thread(target=_housekeep, args=(pg_app,), daemon=True)
+        sweeper.start()
+        sweeper.join(timeout=30)
+        assert not sweeper.is_alive(), "housekeeping waited for a locked row"  # SKIP LOCKED
+        assert _rows(pg_url) == total - CLEANUP_BATCH  # one bounded batch per pass: short locks
+        _housekeep(pg_app)
+        _housekeep(pg_app)
+        assert _rows(pg_url) == 1  # all but the locked row
+    _housekeep(pg_app)
+    assert _rows(pg_url) == 0

@@ -16,7 +16,9 @@ import pytest
 import runq
 from runq.models import Status
 from runq.schedule import Beat, Periodic
-from tests.conftest import ROOT, WorkerProcess, wait_until
+from tests.conftest import ROOT, WITH_POSTGRES, WorkerProcess, wait_until
+
+BROKER_KINDS = WITH_POSTGRES  # every broker, PostgreSQL included
 
 StartWorker = Callable[..., WorkerProcess]
 

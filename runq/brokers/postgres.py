@@ -20,35 +20,31 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
-import re
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from importlib import resources
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import Cursor
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from runq.brokers import postgres_flow as flow
+from runq.brokers import postgres_inspect as inspect
 from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.postgres_flow import NOW, Notes
 from runq.brokers.postgres_listen import Listener
+from runq.brokers.postgres_setup import masked, migrate, postgres_conninfo
 from runq.brokers.sqlite_flow import dependency_error
 from runq.errors import BrokerUnavailable
 from runq.models import (
-    COUNTERS,
     FINAL_STATUSES,
     Claim,
     Message,
     Outcome,
-    Percentiles,
-    QueueStats,
     Stats,
     Status,
     TaskInfo,
@@ -63,33 +59,8 @@ NOTIFY_CHUNK = 7000  # bytes of task ids per NOTIFY payload (the limit is 8000)
 POOL_SIZE = 10
 WORKER_LOST = json.dumps({"type": "WorkerLost", "message": "lease expired: the worker died or stalled"})
 CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
-_TASK_COLUMNS = (
-    "id, queue, name, status, payload, attempts, result, error, worker, enqueued_at, started_at, finished_at, ready_at"
-)
-_FIELDS = tuple(column.strip() for column in _TASK_COLUMNS.split(","))
-_SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 # The connection a producer lent with PostgresBroker.using(conn), and which broker it is for.
 _LENT: ContextVar[tuple[PostgresBroker, psycopg.Connection[Any]] | None] = ContextVar("runq_pg_lent", default=None)
-
-
-def postgres_conninfo(url: str) -> tuple[str, str]:
-    """``(conninfo for libpq, schema)``: the ``schema`` query parameter is runq's, the rest libpq's."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError(f"not a PostgreSQL URL (expected postgresql://user@host/db): {url!r}")
-    query = parse_qsl(parts.query)
-    schema = next((value for name, value in query if name == "schema"), "runq")
-    if not _SCHEMA_NAME.fullmatch(schema):
-        raise ValueError(f"schema must be 1-48 of a-z 0-9 _ (not starting with a digit), got {schema!r}")
-    rest = urlencode([(name, value) for name, value in query if name != "schema"])
-    return urlunsplit(("postgresql", parts.netloc, parts.path, rest, "")), schema
-
-
-def migrations() -> list[tuple[int, str]]:
-    """The numbered migrations of ``postgres_schema.sql``, in order."""
-    text = resources.files("runq.brokers").joinpath("postgres_schema.sql").read_text()
-    chunks = re.split(r"^-- migration: (\d+)\s*$", text, flags=re.MULTILINE)
-    return [(int(chunks[i]), chunks[i + 1]) for i in range(1, len(chunks), 2)]
 
 
 class PostgresBroker(Broker):
@@ -114,8 +85,8 @@ class PostgresBroker(Broker):
             self._pool.open(wait=True, timeout=connect_timeout)
         except (psycopg.Error, PoolTimeout) as exc:
             self._pool.close()
-            raise BrokerUnavailable(f"cannot connect to PostgreSQL at {_masked(url)}: {exc}") from exc
-        self._run(self._migrate, transaction=False)
+            raise BrokerUnavailable(f"cannot connect to PostgreSQL at {masked(url)}: {exc}") from exc
+        self._run(lambda cur: migrate(cur, self.schema), transaction=False)
 
     # -- connections --------------------------------------------------------------
 
@@ -143,26 +114,8 @@ class PostgresBroker(Broker):
             except psycopg.DataError as exc:  # e.g. a NUL character, which Postgres text cannot hold
                 raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
             except (psycopg.OperationalError, PoolTimeout) as exc:
-                raise BrokerUnavailable(f"PostgreSQL at {_masked(self.url)} is unavailable: {exc}") from exc
+                raise BrokerUnavailable(f"PostgreSQL at {masked(self.url)} is unavailable: {exc}") from exc
         raise AssertionError("unreachable")
-
-    def _migrate(self, cur: Cursor[Any]) -> None:
-        steps = migrations()
-        latest = steps[-1][0]
-        exists = cur.execute("SELECT to_regclass(%s)", (f"{self.s}.version",)).fetchone() != (None,)
-        if exists and cur.execute(f"SELECT max(version) FROM {self.s}.version").fetchone() == (latest,):
-            return
-        with cur.connection.transaction():
-            cur.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"runq-migrate:{self.schema}",))
-            cur.execute(f"CREATE SCHEMA IF NOT EXISTS {self.s}")
-            cur.execute(f"CREATE TABLE IF NOT EXISTS {self.s}.version (version integer NOT NULL)")
-            row = cur.execute(f"SELECT coalesce(max(version), 0) FROM {self.s}.version").fetchone()
-            current = row[0] if row else 0
-            for number, script in steps:
-                if number > current:
-                    cur.execute(script.replace("{schema}", self.s).encode())
-                    cur.execute(f"DELETE FROM {self.s}.version")
-                    cur.execute(f"INSERT INTO {self.s}.version (version) VALUES (%s)", (number,))
 
     def _listen(self) -> Listener:
         with self._lock:
@@ -174,32 +127,33 @@ class PostgresBroker(Broker):
         listener.ready(self._connect_timeout)
         return listener
 
-    def _notify(self, cur: Cursor[Any], notes: Notes) -> None:
-        """Queue the wake-ups of a transaction: Postgres delivers them at its commit, never on rollback."""
+    def _record(self, cur: Cursor[Any], counts: dict[str, int], notes: Notes) -> None:
+        """Count and wake in one statement: counter deltas, and the wake-ups of this transaction
+        (Postgres delivers them at its commit, never on rollback)."""
+        names = [name for name, value in counts.items() if value]
         channels: list[str] = []
         payloads: list[str] = []
         for queue in sorted(notes.work):
             channels.append(f"{self.schema}_work")
             payloads.append(queue)
         chunk: list[str] = []
+        size = 0
         for task_id in notes.done:
             chunk.append(task_id)
-            if sum(len(i) + 1 for i in chunk) > NOTIFY_CHUNK:
+            size += len(task_id) + 1
+            if size > NOTIFY_CHUNK:
                 channels.append(f"{self.schema}_done")
                 payloads.append(",".join(chunk))
-                chunk = []
+                chunk, size = [], 0
         if chunk:
             channels.append(f"{self.schema}_done")
             payloads.append(",".join(chunk))
-        if channels:
-            cur.execute("SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)", (channels, payloads))
-
-    def _count(self, cur: Cursor[Any], counts: dict[str, int]) -> None:
-        names = [name for name, value in counts.items() if value]
-        if names:
+        if names or channels:
             cur.execute(
-                f"INSERT INTO {self.s}.counter_deltas (name, value) SELECT * FROM unnest(%s::text[], %s::bigint[])",
-                (names, [counts[name] for name in names]),
+                f"WITH counted AS (INSERT INTO {self.s}.counter_deltas (name, value)"
+                " SELECT * FROM unnest(%s::text[], %s::bigint[]))"
+                " SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)",
+                (names, [counts[name] for name in names], channels, payloads),
             )
 
     # -- producing ----------------------------------------------------------------
@@ -222,7 +176,9 @@ class PostgresBroker(Broker):
     def enqueue(self, messages: Sequence[Message], key_ttl: float) -> list[str]:
         lent = _LENT.get()
         if lent is None or lent[0] is not self:
-            return self._run(lambda cur: self._enqueue(cur, messages, key_ttl))
+            # Plain messages are one statement (autocommit: its own transaction, one round trip).
+            plain = all(m.key is None and not m.after for m in messages)
+            return self._run(lambda cur: self._enqueue(cur, messages, key_ttl), transaction=not plain)
         connection = lent[1]
         if connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             if connection.autocommit:
@@ -240,24 +196,27 @@ class PostgresBroker(Broker):
             raise BrokerUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
 
     def _enqueue(self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float) -> list[str]:
-        notes = Notes()
         if all(m.key is None and not m.after for m in messages):
-            inserted = {row[0] for row in self._insert(cur, messages, key_ttl)}
-            notes.work.update(m.queue for m in messages if m.id in inserted)
-            ids = [m.id for m in messages]
-        else:
-            ids, inserted = [], set()
-            for message in messages:
-                task_id, new = self._enqueue_one(cur, message, key_ttl, notes)
-                ids.append(task_id)
-                if new:
-                    inserted.add(task_id)
-        self._count(cur, {"enqueued": len(inserted), "cancelled": notes.cancelled})
-        self._notify(cur, notes)
+            self._insert(cur, messages, key_ttl, wake=True)
+            return [m.id for m in messages]
+        notes = Notes()
+        ids, inserted = [], set()
+        for message in messages:
+            task_id, new = self._enqueue_one(cur, message, key_ttl, notes)
+            ids.append(task_id)
+            if new:
+                inserted.add(task_id)
+        self._record(cur, {"enqueued": len(inserted), "cancelled": notes.cancelled}, notes)
         return ids
 
-    def _insert(self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float) -> builtins.list[Any]:
-        """Insert in one statement, in order (``seq`` is the FIFO tie-break); the ids inserted."""
+    def _insert(
+        self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float, wake: bool = False
+    ) -> builtins.list[Any]:
+        """Insert in one statement, in order (``seq`` is the FIFO tie-break); the ids inserted.
+
+        With ``wake`` the same statement also counts the inserted tasks and notifies their
+        queues, so a plain ``delay()`` is one statement and one round trip.
+        """
         columns = [
             [m.id for m in messages],
             [m.queue for m in messages],
@@ -269,7 +228,7 @@ class PostgresBroker(Broker):
             [float(m.result_ttl) for m in messages],
             [bool(m.after) for m in messages],
         ]
-        return cur.execute(
+        insert = (
             f"INSERT INTO {self.s}.tasks (id, queue, name, status, priority, ready_at, payload, key,"
             " key_expires_at, result_ttl, enqueued_at)"
             " SELECT m.id, m.queue, m.name, CASE WHEN m.waiting THEN 'waiting' WHEN m.delay > 0 THEN 'scheduled'"
@@ -278,9 +237,19 @@ class PostgresBroker(Broker):
             " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::text[], %s::text[],"
             " %s::float8[], %s::bool[]) WITH ORDINALITY"
             " AS m(id, queue, name, priority, delay, payload, key, result_ttl, waiting, ord)"
-            " ORDER BY m.ord ON CONFLICT DO NOTHING RETURNING id",
-            (key_ttl, *columns),
-        ).fetchall()
+            " ORDER BY m.ord ON CONFLICT DO NOTHING RETURNING id, queue"
+        )
+        if not wake:
+            return cur.execute(insert, (key_ttl, *columns)).fetchall()
+        s = self.s
+        cur.execute(
+            f"WITH ins AS ({insert}), counted AS (INSERT INTO {s}.counter_deltas (name, value)"
+            " SELECT 'enqueued', count(*) FROM ins HAVING count(*) > 0),"
+            " woken AS (SELECT pg_notify(%s, q) FROM (SELECT DISTINCT queue AS q FROM ins) AS w)"
+            " SELECT (SELECT count(*) FROM woken)",
+            (key_ttl, *columns, f"{self.schema}_work"),
+        )
+        return []
 
     def _enqueue_one(self, cur: Cursor[Any], message: Message, key_ttl: float, notes: Notes) -> tuple[str, bool]:
         """One message with an idempotency key or parents: the id that holds its slot, and
@@ -332,7 +301,7 @@ class PostgresBroker(Broker):
             (WORKER_LOST, queues, queues),
         ).fetchone()
         if row and row[0]:
-            self._count(cur, {"retried": row[0]})
+            self._record(cur, {"retried": row[0]}, Notes())
         claims: list[Claim] = []
         for queue in queues:
             if len(claims) >= limit:
@@ -460,13 +429,11 @@ class PostgresBroker(Broker):
                 notes.work.add(queue)
         if ended:
             flow.lock_parents(cur, [task_id for task_id, _ in ended])
-            for task_id, kind in ended:
-                notes.done.append(task_id)
-                error = None if kind == "succeeded" else dependency_error(task_id, "failed")
-                flow.release_children(cur, s, task_id, error, notes)
+            notes.done.extend(task_id for task_id, _ in ended)
+            errors = [(i, None if kind == "succeeded" else dependency_error(i, "failed")) for i, kind in ended]
+            flow.release_ended(cur, s, errors, notes)
         counts["cancelled"] += notes.cancelled
-        self._count(cur, dict(counts))
-        self._notify(cur, notes)
+        self._record(cur, dict(counts), notes)
         accepted = {row[0] for row in rows}
         return [x.id in accepted for x in o]
 
@@ -475,13 +442,13 @@ class PostgresBroker(Broker):
     def get(self, task_id: str) -> TaskInfo | None:
         row = self._run(
             lambda cur: cur.execute(
-                f"SELECT {_TASK_COLUMNS} FROM {self.s}.tasks WHERE id = %s"
+                f"SELECT {inspect.TASK_COLUMNS} FROM {self.s}.tasks WHERE id = %s"
                 f" AND (expires_at IS NULL OR expires_at > {NOW})",
                 (task_id,),
             ).fetchone(),
             transaction=False,
         )
-        return task_info(dict(zip(_FIELDS, row, strict=False))) if row else None
+        return task_info(dict(zip(inspect.FIELDS, row, strict=False))) if row else None
 
     def wait(self, task_id: str, timeout: float) -> TaskInfo | None:
         deadline = _monotonic() + timeout
@@ -511,8 +478,7 @@ class PostgresBroker(Broker):
         cur.execute(f"DELETE FROM {s}.deps WHERE child = %s", (task_id,))
         flow.lock_parents(cur, [task_id])
         flow.release_children(cur, s, task_id, dependency_error(task_id, "was cancelled"), notes)
-        self._count(cur, {"cancelled": 1 + notes.cancelled})
-        self._notify(cur, notes)
+        self._record(cur, {"cancelled": 1 + notes.cancelled}, notes)
         return True
 
     def retry(self, task_id: str) -> bool:
@@ -524,20 +490,21 @@ class PostgresBroker(Broker):
                 (task_id,),
             ).fetchone()
             if row is not None:
-                self._notify(cur, Notes(work={row[0]}))
+                self._record(cur, {}, Notes(work={row[0]}))
             return row is not None
 
         return self._run(work)
 
     def list(self, status: Status | None, queue: str | None, limit: int) -> list[TaskInfo]:
-        where, params = _filter(status, queue, expired=False)
+        where, params = inspect.where_clause(status, queue, expired=False)
         rows = self._run(
             lambda cur: cur.execute(
-                f"SELECT {_TASK_COLUMNS} FROM {self.s}.tasks {where} ORDER BY seq DESC LIMIT %s", (*params, limit)
+                f"SELECT {inspect.TASK_COLUMNS} FROM {self.s}.tasks {where} ORDER BY seq DESC LIMIT %s",
+                (*params, limit),
             ).fetchall(),
             transaction=False,
         )
-        return [task_info(dict(zip(_FIELDS, row, strict=False))) for row in rows]
+        return [task_info(dict(zip(inspect.FIELDS, row, strict=False))) for row in rows]
 
     def purge(self, status: Status | None, queue: str | None) -> int:
         if status is Status.RUNNING:
@@ -546,35 +513,11 @@ class PostgresBroker(Broker):
             where = "WHERE status = ANY(%s)" + (" AND queue = %s" if queue else "")
             params: tuple[Any, ...] = ([s.value for s in FINAL_STATUSES], *((queue,) if queue else ()))
         else:
-            where, params = _filter(status, queue, expired=True)
+            where, params = inspect.where_clause(status, queue, expired=True)
         return self._run(lambda cur: cur.execute(f"DELETE FROM {self.s}.tasks {where}", params).rowcount)
 
     def stats(self) -> Stats:
-        return self._run(self._stats, transaction=False)
-
-    def _stats(self, cur: Cursor[Any]) -> Stats:
-        s = self.s
-        queues: dict[str, dict[str, int]] = {}
-        for queue, status, n in cur.execute(f"SELECT queue, status, count(*) FROM {s}.tasks GROUP BY queue, status"):
-            queues.setdefault(queue, {})[status] = n
-        counters = dict.fromkeys(COUNTERS, 0)
-        rows = cur.execute(
-            f"SELECT name, sum(value)::bigint FROM (SELECT name, value FROM {s}.counters"
-            f" UNION ALL SELECT name, value FROM {s}.counter_deltas) AS c GROUP BY name"
-        )
-        counters.update({name: int(value) for name, value in rows})
-        recent = cur.execute(
-            f"SELECT ready_at, started_at, finished_at, finished_at >= {NOW} - 60 FROM {s}.tasks"
-            f" WHERE status = 'succeeded' AND finished_at >= {NOW} - 300 AND started_at IS NOT NULL"
-        ).fetchall()
-        return Stats(
-            queues={name: QueueStats(**counts) for name, counts in sorted(queues.items())},
-            counters=counters,
-            wait=Percentiles.of([max(0.0, r[1] - r[0]) for r in recent]),
-            run=Percentiles.of([r[2] - r[1] for r in recent]),
-            throughput=sum(1 for r in recent if r[3]) / 60.0,
-            breakers=flow.breaker_states(cur, s),
-        )
+        return self._run(lambda cur: inspect.stats(cur, self.s), transaction=False)
 
     def ping(self) -> None:
         self._run(lambda cur: cur.execute("SELECT 1"), transaction=False)
@@ -623,26 +566,6 @@ class PostgresBroker(Broker):
             with contextlib.suppress(BrokerUnavailable):  # wake its thread now, not at its next timeout
                 self._run(lambda cur: cur.execute("SELECT pg_notify(%s, '')", (listener.work_channel,)), False)
         self._pool.close()
-
-
-def _filter(status: Status | None, queue: str | None, expired: bool) -> tuple[str, tuple[Any, ...]]:
-    """A WHERE clause; unless ``expired``, tasks past their expiry are left out."""
-    clauses: list[str] = [] if expired else [f"(expires_at IS NULL OR expires_at > {NOW})"]
-    params: list[Any] = []
-    if status is not None:
-        clauses.append("status = %s")
-        params.append(status.value)
-    if queue is not None:
-        clauses.append("queue = %s")
-        params.append(queue)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
-
-
-def _masked(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 def _monotonic() -> float:
