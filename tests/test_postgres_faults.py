@@ -133,8 +133,9 @@ def test_server_crash_and_restart_mid_drain_loses_nothing(
 def test_terminated_connection_mid_claim_loses_nothing(
     postgres_database: str, workers: Callable[..., Worker], tmp_path: Path
 ) -> None:
-    """The test holds an exclusive lock on the tasks table, so the worker's next claim blocks
-    inside its statement; that backend is then killed with ``pg_terminate_backend``."""
+    """The test holds an exclusive lock on the tasks table, so the worker's next statement on
+    it (a claim, or the settle a claim round waits for) blocks inside that statement; that
+    backend is then killed with ``pg_terminate_backend``."""
     schema = f"t_{secrets.token_hex(6)}"
     url = f"{postgres_database}?schema={schema}"
     runs = tmp_path / "runs.txt"
@@ -155,7 +156,7 @@ def test_terminated_connection_mid_claim_loses_nothing(
 
 
 def _kill_a_blocked_claim(admin: Any, schema: str) -> int:
-    """Lock the table, wait for the victim's claim to queue behind the lock, terminate it."""
+    """Lock the table, wait for the victim's next statement to queue behind the lock, terminate it."""
     with admin.transaction():
         admin.execute(f'LOCK TABLE "{schema}".tasks IN ACCESS EXCLUSIVE MODE')
 
@@ -163,7 +164,7 @@ def _kill_a_blocked_claim(admin: Any, schema: str) -> int:
             admin.execute("SELECT pg_stat_clear_snapshot()")  # else the transaction sees one snapshot
             return admin.execute(
                 "SELECT pid FROM pg_stat_activity WHERE application_name = 'runq-victim'"
-                " AND wait_event_type = 'Lock' AND query ILIKE '%SKIP LOCKED%'"
+                " AND wait_event_type = 'Lock'"
             ).fetchall()
 
         pids = wait_until(blocked_claim, timeout=30)
