@@ -218,4 +218,3 @@ def test_redis_recovers_a_lost_functions_library(app: runq.App, broker_url: str)
         assert await first.acancel() is True
 
     run(app, main)
-
