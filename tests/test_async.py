@@ -16,6 +16,7 @@ import runq
 from runq.brokers.aio import ThreadedBroker
 from runq.models import new_task_id
 from tests.conftest import WITH_POSTGRES, WorkerProcess
+from tests.test_redis_cluster import Cluster, redis_cluster  # noqa: F401  (the opt-in cluster fixture)
 
 BROKER_KINDS = WITH_POSTGRES
 T = TypeVar("T")
@@ -218,3 +219,27 @@ def test_redis_recovers_a_lost_functions_library(app: runq.App, broker_url: str)
         assert await first.acancel() is True
 
     run(app, main)
+
+
+def test_async_producers_on_a_redis_cluster(redis_cluster: Cluster, start_worker: StartWorker) -> None:
+    """Opt-in with the cluster suite (RUNQ_TEST_CLUSTER=1): redis.asyncio.cluster, queues in different slots."""
+    redis_cluster.flush()
+    app = runq.App(redis_cluster.url)
+    add, _ = tasks_of(app)
+    start_worker(redis_cluster.url, "--queues", "default,other,third", "--concurrency", "2")
+
+    async def main() -> list[Any]:
+        handles = [
+            await add.adelay(1, 2),
+            await add.options(queue="other").adelay(3, 4),
+            *await app.aenqueue_many([add.s(5, 6).options(queue="third"), add.s(7, 8)]),
+        ]
+        later = await add.options(queue="other", delay=60).adelay(0, 0)
+        assert await later.acancel() is True
+        assert await later.astatus() is runq.Status.CANCELLED
+        return [await handle.aresult(timeout=60) for handle in handles]
+
+    try:
+        assert run(app, main) == [3, 7, 11, 15]
+    finally:
+        app.close()
