@@ -221,7 +221,7 @@ def test_redis_recovers_a_lost_functions_library(app: runq.App, broker_url: str)
     run(app, main)
 
 
-def test_async_producers_on_a_redis_cluster(redis_cluster: Cluster, start_worker: StartWorker) -> None:
+def test_async_producers_on_a_redis_cluster(redis_cluster: Cluster, start_worker: StartWorker) -> None:  # noqa: F811
     """Opt-in with the cluster suite (RUNQ_TEST_CLUSTER=1): redis.asyncio.cluster, queues in different slots."""
     redis_cluster.flush()
     app = runq.App(redis_cluster.url)
