@@ -232,8 +232,7 @@ class App:
     ) -> Handle[Any]:
         """``send()`` for asyncio code: validated here, before any I/O, exactly as ``send()`` does."""
         message = self.message(name, args, kwargs, opts)
-        [task_id] = await (await self.async_broker()).enqueue([message], self.settings.key_ttl)
-        return Handle(self, task_id)
+        return Handle(self, await (await self.async_broker()).enqueue_one(message, self.settings.key_ttl))
 
     async def aenqueue_many(self, signatures: Iterable[Signature]) -> builtins.list[Handle[Any]]:
         """``enqueue_many()`` for asyncio code: one round trip, all or nothing."""

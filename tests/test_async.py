@@ -185,6 +185,30 @@ def test_concurrent_producers_share_one_app(app: runq.App) -> None:
     assert app.stats().queues["default"].pending == 300
 
 
+def test_coalesced_enqueues_keep_their_own_semantics(app: runq.App) -> None:
+    """Concurrent ``adelay()`` calls share broker round trips, yet each keeps its options and
+    its idempotency key, and a caller cancelled mid-flight strands nobody else."""
+    add, _ = tasks_of(app)
+
+    async def main() -> None:
+        keyed = [add.options(key="same").adelay(i, i) for i in range(5)]
+        others = [add.options(queue="other", priority=i % 7).adelay(i, 0) for i in range(200)]
+        handles = await asyncio.gather(*keyed, *others)
+        assert len({h.id for h in handles[:5]}) == 1  # one task for the key
+        assert len({h.id for h in handles[5:]}) == 200
+        info = await handles[-1].ainfo()
+        assert info is not None and (info.queue, info.priority, info.args) == ("other", 199 % 7, [199, 0])
+
+        doomed = asyncio.ensure_future(add.adelay(1, 1))
+        rest = asyncio.gather(*(add.adelay(2, 2) for _ in range(50)))
+        doomed.cancel()
+        assert len(await rest) == 50
+
+    run(app, main)
+    assert app.stats().queues["default"].pending >= 51  # the key's task and the 50 (the cancelled one may be in)
+    assert app.stats().queues["other"].pending == 200
+
+
 def test_one_app_in_two_event_loops(app: runq.App) -> None:
     """An App outlives an event loop (tests, scripts calling asyncio.run twice): each loop gets its own connections."""
     add, _ = tasks_of(app)

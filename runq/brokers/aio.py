@@ -15,6 +15,13 @@ Two implementations:
 
 An async broker belongs to one event loop (redis.asyncio connections do); the App keeps
 one per loop.
+
+Single enqueues are coalesced (:meth:`AsyncBroker.enqueue_one`): while one batch is on its
+way to the broker, the ``adelay()`` calls that arrive meanwhile wait for it and then go
+together, as one ``enqueue`` of many messages (one Redis function call per queue, one SQL
+transaction). A lone producer sees no difference (its batch is of one); a thousand
+concurrent producers share round trips instead of queueing for them. Each message keeps
+its own id, key and options; a broker error reaches every caller of the batch it was in.
 """
 
 from __future__ import annotations
@@ -32,12 +39,48 @@ from runq.models import Message, TaskInfo
 T = TypeVar("T")
 THREAD_SLICE = 1.0  # longest wait one thread makes for an aresult() before the loop looks again
 THREADS = 8  # enqueue/get/cancel calls of one loop running at once on a threaded broker
+BATCH = 500  # most single enqueues coalesced into one broker call
 
 
 class AsyncBroker(ABC):
     """A producer's view of a broker for asyncio code; the semantics are :class:`Broker`'s."""
 
     broker: Broker  # the synchronous broker underneath (same URL, same data)
+    _waiting: list[tuple[Message, float, asyncio.Future[str]]]
+    _sender: asyncio.Task[None] | None = None
+
+    async def enqueue_one(self, message: Message, key_ttl: float) -> str:
+        """Enqueue one message, in a batch with whatever else this loop enqueues meanwhile.
+
+        The batches are sent by a task of their own, so a caller that is cancelled (its
+        message may be sent anyway, as with any call cut off mid-flight) never strands the others.
+        """
+        if not hasattr(self, "_waiting"):
+            self._waiting = []
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting.append((message, key_ttl, future))
+        if self._sender is None or self._sender.done():
+            self._sender = asyncio.create_task(self._send_batches())
+        return await future
+
+    async def _send_batches(self) -> None:
+        """Send what waits, batch after batch, until nothing does."""
+        batch: list[tuple[Message, float, asyncio.Future[str]]] = []
+        try:
+            while self._waiting:
+                key_ttl = self._waiting[0][1]
+                same = next((i for i, item in enumerate(self._waiting) if item[1] != key_ttl), len(self._waiting))
+                batch = self._waiting[: min(same, BATCH)]
+                del self._waiting[: len(batch)]
+                try:
+                    ids = await self.enqueue([message for message, _, _ in batch], key_ttl)
+                except Exception as exc:  # every caller of this batch gets the broker's error
+                    _settle(batch, exc)
+                    continue
+                _settle(batch, ids)
+        finally:  # cancelled (the loop is shutting down): nobody is left waiting forever
+            _settle([*batch, *self._waiting], None)
+            self._waiting.clear()
 
     @abstractmethod
     async def enqueue(self, messages: Sequence[Message], key_ttl: float) -> list[str]:
@@ -58,6 +101,19 @@ class AsyncBroker(ABC):
     @abstractmethod
     async def aclose(self) -> None:
         """Release what this adapter holds (not the synchronous broker: the App closes that)."""
+
+
+def _settle(batch: Sequence[tuple[Message, float, asyncio.Future[str]]], outcome: list[str] | Exception | None) -> None:
+    """Resolve the futures of a batch not resolved yet: ids, an error, or cancelled (``None``)."""
+    for i, (_, _, future) in enumerate(batch):
+        if future.done():
+            continue
+        if outcome is None:
+            future.cancel()
+        elif isinstance(outcome, Exception):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome[i])
 
 
 class ThreadedBroker(AsyncBroker):
