@@ -267,3 +267,23 @@ def test_async_producers_on_a_redis_cluster(redis_cluster: Cluster, start_worker
         assert run(app, main) == [3, 7, 11, 15]
     finally:
         app.close()
+
+
+def test_redis_aresult_waits_without_polling(app: runq.App, broker_url: str) -> None:
+    """On Redis ``aresult`` blocks on the task's notification: a handful of commands in 1.5 s, not hundreds."""
+    if not broker_url.startswith("redis"):
+        pytest.skip("Redis only (SQLite polls its data version in a thread, as result() does)")
+    add, _ = tasks_of(app)
+
+    def commands() -> int:
+        with redis.Redis.from_url(broker_url) as client:
+            return int(client.info("stats")["total_commands_processed"])
+
+    async def main() -> int:
+        handle = await add.adelay(1, 2)
+        before = commands()
+        with pytest.raises(TimeoutError):
+            await handle.aresult(timeout=1.5)
+        return commands() - before
+
+    assert run(app, main) < 20
