@@ -59,7 +59,7 @@ def test_async_enqueued_tasks_run_on_a_real_worker(app: runq.App, broker_url: st
             *await app.aenqueue_many([add.s(1, 1), echo.s("z").options(priority=3)]),
             await add.s(4, 4).adelay(),
         ]
-        return [await handle.aresult(timeout=60) for handle in handles]
+        return await runq.GroupHandle(app, handles).aresults(timeout=60)
 
     results = run(app, main)
     assert results == [5, 30, {"args": [1], "kwargs": {"x": "y"}}, 2, {"args": ["z"], "kwargs": {}}, 8]

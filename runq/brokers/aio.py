@@ -75,11 +75,11 @@ class AsyncBroker(ABC):
                 try:
                     ids = await self.enqueue([message for message, _, _ in batch], key_ttl)
                 except Exception as exc:  # every caller of this batch gets the broker's error
-                    _settle(batch, exc)
+                    _resolve(batch, exc)
                     continue
-                _settle(batch, ids)
+                _resolve(batch, ids)
         finally:  # cancelled (the loop is shutting down): nobody is left waiting forever
-            _settle([*batch, *self._waiting], None)
+            _resolve([*batch, *self._waiting], None)
             self._waiting.clear()
 
     @abstractmethod
@@ -103,7 +103,9 @@ class AsyncBroker(ABC):
         """Release what this adapter holds (not the synchronous broker: the App closes that)."""
 
 
-def _settle(batch: Sequence[tuple[Message, float, asyncio.Future[str]]], outcome: list[str] | Exception | None) -> None:
+def _resolve(
+    batch: Sequence[tuple[Message, float, asyncio.Future[str]]], outcome: list[str] | Exception | None
+) -> None:
     """Resolve the futures of a batch not resolved yet: ids, an error, or cancelled (``None``)."""
     for i, (_, _, future) in enumerate(batch):
         if future.done():
