@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -15,8 +16,10 @@ import redis
 import runq
 from runq.brokers.aio import ThreadedBroker
 from runq.models import new_task_id
+from runq.testing import RedisServer
 from tests.conftest import WITH_POSTGRES, WorkerProcess
 from tests.test_redis_cluster import Cluster, redis_cluster  # noqa: F401  (the opt-in cluster fixture)
+from tests.test_security import make_ca, tls_server  # noqa: F401  (a TLS-only redis-server)
 
 BROKER_KINDS = WITH_POSTGRES
 T = TypeVar("T")
@@ -287,3 +290,29 @@ def test_redis_aresult_waits_without_polling(app: runq.App, broker_url: str) -> 
         return commands() - before
 
     assert run(app, main) < 20
+
+
+def test_async_producers_over_tls(tls_server: RedisServer, tmp_path: Path) -> None:  # noqa: F811
+    """``rediss://`` with a private CA: redis.asyncio's TLS connection; a wrong CA is BrokerUnavailable."""
+    tls_server.flush()
+    app = runq.App(tls_server.url)
+    add, _ = tasks_of(app)
+
+    async def main() -> None:
+        handle = await add.adelay(1, 2)
+        assert await handle.astatus() is runq.Status.PENDING
+        assert await handle.acancel() is True
+
+    run(app, main)
+    other_ca, _ = make_ca(tmp_path, "someone-else")
+    wrong = runq.App(f"rediss://localhost:{tls_server.port}/0?ssl_ca_certs={other_ca}")
+    wrong_add, _ = tasks_of(wrong)
+
+    async def refused() -> None:
+        with pytest.raises(runq.BrokerUnavailable, match="certificate verify failed"):
+            await wrong_add.adelay(1, 2)
+
+    try:
+        run(wrong, refused)
+    finally:
+        wrong.close()

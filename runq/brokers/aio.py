@@ -16,7 +16,7 @@ Two implementations:
 An async broker belongs to one event loop (redis.asyncio connections do); the App keeps
 one per loop.
 
-Single enqueues are coalesced (:meth:`AsyncBroker.enqueue_one`): while one batch is on its
+Single enqueues are coalesced (:meth:`AsyncBroker.enqueue_one`): while one call is on its
 way to the broker, the ``adelay()`` calls that arrive meanwhile wait for it and then go
 together, as one ``enqueue`` of many messages (one Redis function call per queue, one SQL
 transaction). A lone producer sees no difference (its batch is of one); a thousand
@@ -48,15 +48,25 @@ class AsyncBroker(ABC):
     broker: Broker  # the synchronous broker underneath (same URL, same data)
     _waiting: list[tuple[Message, float, asyncio.Future[str]]]
     _sender: asyncio.Task[None] | None = None
+    _direct = False  # a caller is sending its own message (nothing else was on its way)
 
     async def enqueue_one(self, message: Message, key_ttl: float) -> str:
         """Enqueue one message, in a batch with whatever else this loop enqueues meanwhile.
 
-        The batches are sent by a task of their own, so a caller that is cancelled (its
-        message may be sent anyway, as with any call cut off mid-flight) never strands the others.
+        With nothing else on its way the caller sends its message itself (a lone producer
+        pays no extra task). Otherwise it waits for the batches, which a task of their own
+        sends, so a caller that is cancelled (its message may be sent anyway, as with any
+        call cut off mid-flight) never strands the others.
         """
         if not hasattr(self, "_waiting"):
             self._waiting = []
+        if not self._direct and not self._waiting and (self._sender is None or self._sender.done()):
+            self._direct = True
+            try:
+                [task_id] = await self.enqueue([message], key_ttl)
+                return task_id
+            finally:
+                self._direct = False
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting.append((message, key_ttl, future))
         if self._sender is None or self._sender.done():
