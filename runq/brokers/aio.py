@@ -45,10 +45,11 @@ BATCH = 500  # most single enqueues coalesced into one broker call
 class AsyncBroker(ABC):
     """A producer's view of a broker for asyncio code; the semantics are :class:`Broker`'s."""
 
-    broker: Broker  # the synchronous broker underneath (same URL, same data)
-    _waiting: list[tuple[Message, float, asyncio.Future[str]]]
-    _sender: asyncio.Task[None] | None = None
-    _direct = False  # a caller is sending its own message (nothing else was on its way)
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker  # the synchronous broker underneath (same URL, same data)
+        self._waiting: list[tuple[Message, float, asyncio.Future[str]]] = []
+        self._sender: asyncio.Task[None] | None = None
+        self._direct = False  # a caller is sending its own message (nothing else was on its way)
 
     async def enqueue_one(self, message: Message, key_ttl: float) -> str:
         """Enqueue one message, in a batch with whatever else this loop enqueues meanwhile.
@@ -58,8 +59,6 @@ class AsyncBroker(ABC):
         sends, so a caller that is cancelled (its message may be sent anyway, as with any
         call cut off mid-flight) never strands the others.
         """
-        if not hasattr(self, "_waiting"):
-            self._waiting = []
         if not self._direct and not self._waiting and (self._sender is None or self._sender.done()):
             self._direct = True
             try:
@@ -132,7 +131,7 @@ class ThreadedBroker(AsyncBroker):
     """Any synchronous broker, driven from threads so the event loop never waits on it."""
 
     def __init__(self, broker: Broker) -> None:
-        self.broker = broker
+        super().__init__(broker)
         self._executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="runq-async")
 
     async def _call(self, fn: Callable[[], T]) -> T:

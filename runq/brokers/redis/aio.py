@@ -127,7 +127,8 @@ class AsyncRedisBroker(AsyncBroker):
     """:class:`~runq.brokers.aio.AsyncBroker` on redis.asyncio, for one event loop."""
 
     def __init__(self, broker: RedisBroker, connect_timeout: float = 5.0) -> None:
-        self.broker = self.redis = broker
+        super().__init__(broker)
+        self.redis = broker
         self.url = broker.url
         self.cluster = broker.cluster
         options: dict[str, Any] = {"socket_connect_timeout": connect_timeout, "retry": Retry(NoBackoff(), 0)}
