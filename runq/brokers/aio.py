@@ -87,9 +87,20 @@ class AsyncBroker(ABC):
                     _resolve(batch, exc)
                     continue
                 _resolve(batch, ids)
+                await self._gather_arrivals()
         finally:  # cancelled (the loop is shutting down): nobody is left waiting forever
             _resolve([*batch, *self._waiting], None)
             self._waiting.clear()
+
+    async def _gather_arrivals(self, turns: int = 4) -> None:
+        """Let the callers just answered run for a few loop turns, while more keep arriving: a
+        producer's next calls (woken through a semaphore, say) then join the next batch instead
+        of trickling into a batch of their own. Costs a few loop turns, not a timer."""
+        for _ in range(turns):
+            before = len(self._waiting)
+            await asyncio.sleep(0)
+            if len(self._waiting) == before and before:
+                return
 
     @abstractmethod
     async def enqueue(self, messages: Sequence[Message], key_ttl: float) -> list[str]:
