@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,7 +15,7 @@ import redis
 
 import runq
 from runq.brokers.aio import ThreadedBroker
-from runq.models import new_task_id
+from runq.models import Message, new_task_id
 from runq.testing import RedisServer
 from tests.conftest import WITH_POSTGRES, WorkerProcess
 from tests.test_redis_cluster import Cluster, redis_cluster  # noqa: F401  (the opt-in cluster fixture)
@@ -194,9 +194,19 @@ def test_coalesced_enqueues_keep_their_own_semantics(app: runq.App) -> None:
     add, _ = tasks_of(app)
 
     async def main() -> None:
+        adapter = await app.async_broker()
+        sent = adapter.enqueue
+        batches: list[int] = []
+
+        async def counted(messages: Sequence[Message], key_ttl: float) -> list[str]:
+            batches.append(len(messages))
+            return await sent(messages, key_ttl)
+
+        adapter.enqueue = counted  # type: ignore[method-assign]
         keyed = [add.options(key="same").adelay(i, i) for i in range(5)]
         others = [add.options(queue="other", priority=i % 7).adelay(i, 0) for i in range(200)]
         handles = await asyncio.gather(*keyed, *others)
+        assert sum(batches) == 205 and len(batches) <= 5, batches  # shared round trips
         assert len({h.id for h in handles[:5]}) == 1  # one task for the key
         assert len({h.id for h in handles[5:]}) == 200
         info = await handles[-1].ainfo()
