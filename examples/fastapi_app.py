@@ -3,7 +3,7 @@
 Run it (two terminals, same RUNQ_URL; the SQLite default works on one machine)::
 
     cd examples
-    runq worker fastapi_app:queue
+    runq worker fastapi_app:queue --pool async        # build_report is a coroutine
     uvicorn fastapi_app:api
 
     curl -si -X POST localhost:8000/reports -H 'content-type: application/json' -d '{"rows": 5}'
