@@ -94,14 +94,16 @@ class App:
         """This event loop's async view of the broker (brokers/aio.py); connects without blocking the loop."""
         loop = asyncio.get_running_loop()
         found = self._async.get(loop)
-        if found is None:
-            # Connecting may do I/O (a cluster's slots, SQLite's schema): never on the loop.
-            broker: Broker = self._broker if self._broker is not None else await asyncio.to_thread(self._connect)
-            made = adapt(broker, self.settings.connect_timeout)
-            found = self._async.setdefault(loop, made)
-            if found is not made:  # another coroutine of this loop got there first
-                await made.aclose()
-        return found
+        if found is not None and not found.closed:
+            return found
+        # Connecting may do I/O (a cluster's slots, SQLite's schema): never on the loop.
+        broker: Broker = self._broker if self._broker is not None else await asyncio.to_thread(self._connect)
+        found = self._async.get(loop)
+        if found is not None and not found.closed:  # another coroutine got there while we connected
+            return found
+        made = self._async[loop] = adapt(broker, self.settings.connect_timeout)
+        await made.close_with_loop()
+        return made
 
     async def aclose(self) -> None:
         """``close()`` for asyncio code (e.g. a FastAPI lifespan): this loop's connections, then the broker."""

@@ -5,6 +5,7 @@ never blocked (native redis.asyncio on Redis, a thread on SQLite and PostgreSQL)
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -326,3 +327,14 @@ def test_async_producers_over_tls(tls_server: RedisServer, tmp_path: Path) -> No
         run(wrong, refused)
     finally:
         wrong.close()
+
+
+def test_asyncio_run_without_aclose_leaves_nothing_open(app: runq.App) -> None:
+    """``asyncio.run(h.aresult())`` from sync code: the loop's shutdown closes its connections
+    (else the garbage collector would, after the loop, with a ResourceWarning: an error here)."""
+    add, _ = tasks_of(app)
+    handle = asyncio.run(add.adelay(1, 2))
+    assert asyncio.run(handle.astatus()) is runq.Status.PENDING
+    assert asyncio.run(handle.acancel()) is True
+    gc.collect()
+    assert handle.status() is runq.Status.CANCELLED  # the synchronous side is untouched

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
@@ -50,6 +50,33 @@ class AsyncBroker(ABC):
         self._waiting: list[tuple[Message, float, asyncio.Future[str]]] = []
         self._sender: asyncio.Task[None] | None = None
         self._direct = False  # a caller is sending its own message (nothing else was on its way)
+        self._closer: AsyncIterator[None] | None = None
+        self.closed = False
+
+    async def close_with_loop(self) -> None:
+        """Have this adapter closed when its event loop shuts down, even if nobody calls ``aclose``.
+
+        ``asyncio.run(handle.aresult())`` in synchronous code is natural, and its loop is gone
+        right after: connections left open would be closed by the garbage collector with a
+        ``ResourceWarning``, after their loop. An async generator started here is finalised by
+        the loop's own shutdown (``asyncio.run``, uvicorn: ``shutdown_asyncgens``), while the
+        loop still runs, and closes the adapter then.
+        """
+
+        async def closer() -> AsyncIterator[None]:
+            try:
+                yield
+            finally:
+                await self.aclose()
+
+        self._closer = closer()
+        await anext(self._closer)
+
+    async def aclose(self) -> None:
+        """Release what this adapter holds (not the synchronous broker: the App closes that)."""
+        if not self.closed:
+            self.closed = True
+            await self._release()
 
     async def enqueue_one(self, message: Message, key_ttl: float) -> str:
         """Enqueue one message, in a batch with whatever else this loop enqueues meanwhile.
@@ -119,8 +146,8 @@ class AsyncBroker(ABC):
         """As :meth:`Broker.cancel`."""
 
     @abstractmethod
-    async def aclose(self) -> None:
-        """Release what this adapter holds (not the synchronous broker: the App closes that)."""
+    async def _release(self) -> None:
+        """Close this adapter's own connections or threads (once)."""
 
 
 def _resolve(
@@ -161,7 +188,7 @@ class ThreadedBroker(AsyncBroker):
     async def cancel(self, task_id: str) -> bool:
         return await self._call(partial(self.broker.cancel, task_id))
 
-    async def aclose(self) -> None:
+    async def _release(self) -> None:
         self._executor.shutdown(wait=False)
 
 

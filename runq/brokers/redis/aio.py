@@ -233,7 +233,7 @@ class AsyncRedisBroker(AsyncBroker):
         await self._steps(queue_of(task_id), steps)
         return bool(done)
 
-    async def aclose(self) -> None:
+    async def _release(self) -> None:
         for client in (self._r, self._blocking):
             await client.aclose()
 
