@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from runq.brokers import Broker, connect
-from runq.brokers.aio import AsyncBroker, adapt
+from runq.brokers.aio import AsyncBroker, ThreadedBroker, adapt
 from runq.handles import Handle
 from runq.logs import mask_url
 from runq.models import Message, Stats, Status, TaskInfo, WorkerInfo, new_task_id, queue_of
@@ -85,6 +85,9 @@ class App:
         """Close the broker. In asyncio code use ``await app.aclose()``, which closes this
         loop's async connections too (they can only be closed from their own loop)."""
         with self._lock:
+            for adapter in list(self._async.values()):
+                if isinstance(adapter, ThreadedBroker):  # no thread may still use the broker we close
+                    adapter.stop_threads()
             self._async.clear()
             if self._broker is not None:
                 self._broker.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -338,3 +339,22 @@ def test_asyncio_run_without_aclose_leaves_nothing_open(app: runq.App) -> None:
     assert asyncio.run(handle.acancel()) is True
     gc.collect()
     assert handle.status() is runq.Status.CANCELLED  # the synchronous side is untouched
+
+
+def test_closing_waits_for_threads_still_using_the_broker(app: runq.App, broker_url: str) -> None:
+    """A cancelled ``aresult`` leaves its thread in a wait slice; closing the App must not close
+    the broker's connections under it (SQLite: a segfault), so it waits for that thread first."""
+    if broker_url.startswith("redis"):
+        pytest.skip("threaded brokers only")
+    add, _ = tasks_of(app)
+
+    async def main() -> None:
+        handle = await add.adelay(1, 1)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(handle.aresult(), 0.05)
+        assert any(t.name.startswith("runq-async-wait") for t in threading.enumerate())
+        await app.aclose()
+        assert not any(t.name.startswith("runq-async") for t in threading.enumerate())
+
+    asyncio.run(main())
+    assert app.info(app.list()[0].id) is not None  # the App reconnects after close

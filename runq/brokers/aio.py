@@ -6,7 +6,7 @@ producer's subset of :class:`~runq.brokers.base.Broker` (enqueue, read, wait, ca
 Two implementations:
 
 - :class:`ThreadedBroker`, for any broker (SQLite, PostgreSQL): each call runs the
-  synchronous method in a thread of a small executor of its own, so a burst of
+  synchronous method in a thread of small executors of its own, so a burst of
   ``adelay()`` never starves the application's other ``asyncio.to_thread`` work. Waits run
   in slices of at most :data:`THREAD_SLICE` seconds, so an ``aresult()`` that is cancelled
   (a client went away, ``asyncio.wait_for`` gave up) frees its thread soon after.
@@ -39,6 +39,7 @@ from runq.models import Message, TaskInfo
 T = TypeVar("T")
 THREAD_SLICE = 1.0  # longest wait one thread makes for an aresult() before the loop looks again
 THREADS = 8  # enqueue/get/cancel calls of one loop running at once on a threaded broker
+WAITERS = 16  # aresult() waits of one loop running at once on a threaded broker (more queue up)
 BATCH = 500  # most single enqueues coalesced into one broker call
 
 
@@ -166,14 +167,21 @@ def _resolve(
 
 
 class ThreadedBroker(AsyncBroker):
-    """Any synchronous broker, driven from threads so the event loop never waits on it."""
+    """Any synchronous broker, driven from threads so the event loop never waits on it.
+
+    Two small pools of its own: calls (enqueue, get, cancel) and waits, so long waits never
+    hold up enqueues. A thread outlives the coroutine that started it when that coroutine is
+    cancelled (a thread cannot be interrupted), so closing first waits for the running ones:
+    the broker's connections are never closed under a thread still using them.
+    """
 
     def __init__(self, broker: Broker) -> None:
         super().__init__(broker)
-        self._executor = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="runq-async")
+        self._calls = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="runq-async")
+        self._waits = ThreadPoolExecutor(max_workers=WAITERS, thread_name_prefix="runq-async-wait")
 
-    async def _call(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+    async def _call(self, fn: Callable[[], T], executor: ThreadPoolExecutor | None = None) -> T:
+        return await asyncio.get_running_loop().run_in_executor(executor or self._calls, fn)
 
     async def enqueue(self, messages: Sequence[Message], key_ttl: float) -> list[str]:
         return await self._call(partial(self.broker.enqueue, messages, key_ttl))
@@ -182,14 +190,18 @@ class ThreadedBroker(AsyncBroker):
         return await self._call(partial(self.broker.get, task_id))
 
     async def wait(self, task_id: str, timeout: float) -> TaskInfo | None:
-        # The loop's default executor, not ours: long waits must not hold up enqueues.
-        return await asyncio.to_thread(self.broker.wait, task_id, min(timeout, THREAD_SLICE))
+        return await self._call(partial(self.broker.wait, task_id, min(timeout, THREAD_SLICE)), self._waits)
 
     async def cancel(self, task_id: str) -> bool:
         return await self._call(partial(self.broker.cancel, task_id))
 
     async def _release(self) -> None:
-        self._executor.shutdown(wait=False)
+        await asyncio.to_thread(self.stop_threads)
+
+    def stop_threads(self) -> None:
+        """Drop queued calls and wait for the running ones (a wait: at most ``THREAD_SLICE``)."""
+        for executor in (self._calls, self._waits):
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def adapt(broker: Broker, connect_timeout: float = 5.0) -> AsyncBroker:
