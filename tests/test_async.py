@@ -18,7 +18,7 @@ import redis
 import runq
 from runq.brokers.aio import ThreadedBroker
 from runq.models import Message, new_task_id
-from runq.testing import RedisServer
+from runq.testing import RedisServer, free_port
 from tests.conftest import WITH_POSTGRES, WorkerProcess
 from tests.test_redis_cluster import Cluster, redis_cluster  # noqa: F401  (the opt-in cluster fixture)
 from tests.test_security import make_ca, tls_server  # noqa: F401  (a TLS-only redis-server)
@@ -358,3 +358,17 @@ def test_closing_waits_for_threads_still_using_the_broker(app: runq.App, broker_
 
     asyncio.run(main())
     assert app.info(app.list()[0].id) is not None  # the App reconnects after close
+
+
+def test_a_broker_error_reaches_every_call_of_its_batch() -> None:
+    """No Redis on that port: each of 50 concurrent ``adelay()`` raises BrokerUnavailable (none hangs)."""
+    app = runq.App(f"redis://127.0.0.1:{free_port()}/0")
+    add, _ = tasks_of(app)
+
+    async def main() -> list[Any]:
+        return await asyncio.wait_for(
+            asyncio.gather(*(add.adelay(i, i) for i in range(50)), return_exceptions=True), 60
+        )
+
+    outcomes = run(app, main)
+    assert len(outcomes) == 50 and all(isinstance(o, runq.BrokerUnavailable) for o in outcomes), outcomes[:3]
