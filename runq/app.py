@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import importlib
 import os
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from runq.brokers import Broker, connect
+from runq.brokers.aio import AsyncBroker, ThreadedBroker, adapt
 from runq.handles import Handle
 from runq.logs import mask_url
 from runq.models import Message, Stats, Status, TaskInfo, WorkerInfo, new_task_id, queue_of
@@ -41,6 +44,8 @@ class App:
         self.schedules: list[Periodic] = []  # @app.periodic, run by `runq beat` / `worker --beat`
         self._broker: Broker | None = None
         self._lock = threading.Lock()
+        # asyncio producers: one adapter per event loop (redis.asyncio connections belong to one)
+        self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncBroker] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         return f"<runq.App {self.settings.url}>"
@@ -73,11 +78,42 @@ class App:
                     self._broker = connect(self.settings.url, self.settings.connect_timeout)
         return self._broker
 
+    def _connect(self) -> Broker:
+        return self.broker
+
     def close(self) -> None:
+        """Close the broker. In asyncio code use ``await app.aclose()``, which closes this
+        loop's async connections too (they can only be closed from their own loop)."""
         with self._lock:
+            for adapter in list(self._async.values()):
+                if isinstance(adapter, ThreadedBroker):  # no thread may still use the broker we close
+                    adapter.stop_threads()
+            self._async.clear()
             if self._broker is not None:
                 self._broker.close()
                 self._broker = None
+
+    async def async_broker(self) -> AsyncBroker:
+        """This event loop's async view of the broker (brokers/aio.py); connects without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        found = self._async.get(loop)
+        if found is not None and not found.closed:
+            return found
+        # Connecting may do I/O (a cluster's slots, SQLite's schema): never on the loop.
+        broker: Broker = self._broker if self._broker is not None else await asyncio.to_thread(self._connect)
+        found = self._async.get(loop)
+        if found is not None and not found.closed:  # another coroutine got there while we connected
+            return found
+        made = self._async[loop] = adapt(broker, self.settings.connect_timeout)
+        await made.close_with_loop()
+        return made
+
+    async def aclose(self) -> None:
+        """``close()`` for asyncio code (e.g. a FastAPI lifespan): this loop's connections, then the broker."""
+        found = self._async.pop(asyncio.get_running_loop(), None)
+        if found is not None:
+            await found.aclose()
+        await asyncio.to_thread(self.close)
 
     # -- registering ------------------------------------------------------------
 
@@ -171,14 +207,45 @@ class App:
 
     def enqueue_many(self, signatures: Iterable[Signature]) -> list[Handle[Any]]:
         """Enqueue a batch in one broker round trip; all or nothing."""
+        messages = self._messages(signatures)
+        if not messages:
+            return []
+        return [Handle(self, task_id) for task_id in self.broker.enqueue(messages, self.settings.key_ttl)]
+
+    def _messages(self, signatures: Iterable[Signature]) -> builtins.list[Message]:
         messages = []
         for signature in signatures:
             if not isinstance(signature, Signature):
                 raise TypeError(f"enqueue_many takes signatures (task.s(...)), got {type(signature).__name__}")
             messages.append(self.message(signature.name, signature.args, signature.kwargs, signature.opts))
+        return messages
+
+    # -- producing from asyncio: the same messages, sent without blocking the loop ---------
+
+    async def aenqueue(
+        self,
+        name: str,
+        args: Iterable[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Handle[Any]:
+        """``enqueue()`` for asyncio code."""
+        return await self.asend(name, args, kwargs, Options.build(options) if options else NO_OPTIONS)
+
+    async def asend(
+        self, name: str, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None, opts: Options
+    ) -> Handle[Any]:
+        """``send()`` for asyncio code: validated here, before any I/O, exactly as ``send()`` does."""
+        message = self.message(name, args, kwargs, opts)
+        return Handle(self, await (await self.async_broker()).enqueue_one(message, self.settings.key_ttl))
+
+    async def aenqueue_many(self, signatures: Iterable[Signature]) -> builtins.list[Handle[Any]]:
+        """``enqueue_many()`` for asyncio code: one round trip, all or nothing."""
+        messages = self._messages(signatures)
         if not messages:
             return []
-        return [Handle(self, task_id) for task_id in self.broker.enqueue(messages, self.settings.key_ttl)]
+        ids = await (await self.async_broker()).enqueue(messages, self.settings.key_ttl)
+        return [Handle(self, task_id) for task_id in ids]
 
     def message(
         self, name: str, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None, call: Options
@@ -235,6 +302,12 @@ class App:
 
     def cancel(self, task_id: str) -> bool:
         return self.broker.cancel(task_id)
+
+    async def ainfo(self, task_id: str) -> TaskInfo | None:
+        return await (await self.async_broker()).get(task_id)
+
+    async def acancel(self, task_id: str) -> bool:
+        return await (await self.async_broker()).cancel(task_id)
 
     def retry(self, task_id: str) -> bool:
         """Put a failed (or cancelled) task back to pending with its attempts reset."""

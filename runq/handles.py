@@ -6,7 +6,6 @@ with ``app.handle(task_id)``; every call asks the broker afresh.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
@@ -63,9 +62,34 @@ class Handle(Generic[R]):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"task {self.id} is still {info.status.value} after {timeout}s")
 
+    # -- the same, for asyncio code: never blocks the event loop (runq/brokers/aio.py) --------
+
+    async def ainfo(self) -> TaskInfo | None:
+        return await (await self.app.async_broker()).get(self.id)
+
+    async def astatus(self) -> Status:
+        info = await self.ainfo()
+        if info is None:
+            raise TaskNotFound(self.id)
+        return info.status
+
+    async def acancel(self) -> bool:
+        return await (await self.app.async_broker()).cancel(self.id)
+
     async def aresult(self, timeout: float | None = None) -> R:
-        """``result()`` for asyncio code: the blocking wait runs in a thread."""
-        return await asyncio.to_thread(self.result, timeout)
+        """``result()`` for asyncio code, raising as it does; on Redis it waits on the task's
+        notification (BLPOP on redis.asyncio), never polling. Cancelling it is safe."""
+        broker = await self.app.async_broker()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = _FOREVER_SLICE if deadline is None else max(0.0, deadline - time.monotonic())
+            info = await broker.wait(self.id, remaining)
+            if info is None:
+                raise TaskNotFound(self.id)
+            if info.status.final:
+                return cast(R, result_of(info))
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"task {self.id} is still {info.status.value} after {timeout}s")
 
 
 def result_of(info: TaskInfo) -> Any:
@@ -102,6 +126,14 @@ class GroupHandle:
         deadline = None if timeout is None else time.monotonic() + timeout
         return [
             handle.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            for handle in self.handles
+        ]
+
+    async def aresults(self, timeout: float | None = None) -> list[Any]:
+        """``results()`` for asyncio code."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return [
+            await handle.aresult(None if deadline is None else max(0.0, deadline - time.monotonic()))
             for handle in self.handles
         ]
 

@@ -204,6 +204,12 @@ class Signature:
             raise RuntimeError(f"signature of {self.name!r} is not bound to an App")
         return self.app.send(self.name, self.args, self.kwargs, self.opts)
 
+    async def adelay(self) -> Handle[Any]:
+        """``delay()`` for asyncio code: never blocks the event loop."""
+        if self.app is None:
+            raise RuntimeError(f"signature of {self.name!r} is not bound to an App")
+        return await self.app.asend(self.name, self.args, self.kwargs, self.opts)
+
 
 class Task(Generic[P, R]):
     """A function registered with an App. Calling it runs it here; ``.delay()`` queues it."""
@@ -240,6 +246,10 @@ class Task(Generic[P, R]):
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
         return self.app.send(self.name, args, kwargs, NO_OPTIONS)
 
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
+        """``delay()`` for asyncio code: validated as ``delay()`` is, sent without blocking the loop."""
+        return await self.app.asend(self.name, args, kwargs, NO_OPTIONS)
+
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         return Signature(self.name, args, kwargs, NO_OPTIONS, self.app)
 
@@ -265,6 +275,9 @@ class BoundTask(Generic[P, R]):
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
         return self.task.app.send(self.task.name, args, kwargs, self.opts)
+
+    async def adelay(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
+        return await self.task.app.asend(self.task.name, args, kwargs, self.opts)
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         return Signature(self.task.name, args, kwargs, self.opts, self.task.app)
