@@ -163,8 +163,7 @@ def _kill_a_blocked_claim(admin: Any, schema: str) -> int:
         def blocked_claim() -> list[Any]:
             admin.execute("SELECT pg_stat_clear_snapshot()")  # else the transaction sees one snapshot
             return admin.execute(
-                "SELECT pid FROM pg_stat_activity WHERE application_name = 'runq-victim'"
-                " AND wait_event_type = 'Lock'"
+                "SELECT pid FROM pg_stat_activity WHERE application_name = 'runq-victim' AND wait_event_type = 'Lock'"
             ).fetchall()
 
         pids = wait_until(blocked_claim, timeout=30)
