@@ -8,6 +8,9 @@ of your own, with no persistence unless you ask for it, and stops it afterwards.
     app = runq.App(server.url)
     ...
     server.kill()
+
+``RedisCluster`` starts a private Redis Cluster (masters, each with replicas) and
+``SentinelGroup`` a master, a replica and three sentinels, all on free loopback ports.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import ssl
 import subprocess
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 def free_port() -> int:
@@ -43,11 +46,16 @@ class TLS(NamedTuple):
 class RedisServer:
     """A redis-server process of its own; ``restart()`` keeps its port and data directory."""
 
-    def __init__(self, directory: Path, *extra: str, tls: TLS | None = None) -> None:
+    def __init__(self, directory: Path, *extra: str, tls: TLS | None = None, cluster: bool = False) -> None:
         self.binary = shutil.which("redis-server")
         if self.binary is None:
             raise RedisNotInstalled("redis-server is not installed (bash scripts/install-redis-server.sh)")
+        directory.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
+        # A cluster node's bus listens on port + 10000 unless told otherwise, and refuses to start
+        # at all above port 55535: a free port from the ephemeral range (32768-60999) is above it
+        # one time in five. So the bus gets a free port of its own.
+        self.cluster_port = free_port() if cluster else None
         self.directory = directory
         self.extra = extra
         self.tls = tls
@@ -61,6 +69,9 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def _listen(self) -> list[str]:
+        if self.cluster_port is not None:
+            bus = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            return ["--port", str(self.port), *bus, "--cluster-port", str(self.cluster_port)]
         if self.tls is None:
             return ["--port", str(self.port)]
         cert, key, ca = (str(path) for path in self.tls)
@@ -81,6 +92,8 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                "--logfile",
+                "redis.log",
                 *self.extra,
             ],
             stdout=subprocess.DEVNULL,
@@ -88,10 +101,16 @@ class RedisServer:
         )
         deadline = time.monotonic() + timeout
         while not self._answers():
+            if self.proc.poll() is not None:  # it exited: say why instead of waiting out the deadline
+                raise RuntimeError(f"the private redis-server exited at start: {self.log_tail()}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise RuntimeError(f"the private redis-server did not answer within {timeout}s")
+                raise RuntimeError(f"the private redis-server did not answer within {timeout}s: {self.log_tail()}")
             time.sleep(0.01)
+
+    def log_tail(self, lines: int = 5) -> str:
+        path = self.directory / "redis.log"
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
 
     def _answers(self) -> bool:
         try:
@@ -129,6 +148,111 @@ class RedisServer:
         assert self.binary is not None
         out = subprocess.run([self.binary, "--version"], capture_output=True, text=True).stdout
         return next((part.removeprefix("v=") for part in out.split() if part.startswith("v=")), out.strip())
+
+
+class RedisCluster:
+    """A private Redis Cluster: ``masters`` masters with ``replicas`` replicas each, joined by
+    ``redis-cli --cluster create``; ready once every node agrees that all 16384 slots are
+    served and every replica has synced.
+
+    ``node_timeout`` (ms) is how long a master may be silent before its replica takes over:
+    small for failover tests, Redis's default (15 s) where a slow machine must not cause one.
+    """
+
+    def __init__(
+        self, directory: Path, masters: int = 3, replicas: int = 1, node_timeout: int = 15000, timeout: float = 60.0
+    ) -> None:
+        if shutil.which("redis-cli") is None:
+            raise RedisNotInstalled("redis-cli is not installed (apt-get install redis-tools)")
+        settings = ["--cluster-node-timeout", str(node_timeout), "--cluster-replica-validity-factor", "0"]
+        self.nodes: list[RedisServer] = []
+        try:
+            for i in range(masters * (1 + replicas)):
+                self.nodes.append(RedisServer(directory / f"node{i}", *settings, cluster=True))
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            command = ["redis-cli", "--cluster", "create", *addresses, "--cluster-replicas", str(replicas)]
+            subprocess.run([*command, "--cluster-yes"], check=True, capture_output=True, timeout=timeout)
+            self.wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+
+    @property
+    def alive(self) -> list[RedisServer]:
+        return [node for node in self.nodes if node.proc is not None]
+
+    def client(self, node: RedisServer) -> Any:
+        import redis
+
+        return redis.Redis(port=node.port, decode_responses=True, socket_timeout=5)
+
+    def info(self, node: RedisServer, section: str) -> dict[str, str]:
+        with self.client(node) as client:
+            text = client.execute_command("CLUSTER", "INFO") if section == "cluster" else None
+            if text is None:
+                return {k: str(v) for k, v in client.info(section).items()}
+        return dict(line.split(":", 1) for line in str(text).split() if ":" in line)
+
+    def _node_ready(self, node: RedisServer) -> bool:
+        try:
+            state = self.info(node, "cluster")
+            if state.get("cluster_state") != "ok" or state.get("cluster_slots_ok") != "16384":
+                return False
+            if int(state.get("cluster_known_nodes", 0)) < len(self.nodes):
+                return False
+            replication = self.info(node, "replication")
+        except OSError:
+            return False
+        except Exception as exc:  # a node still loading answers with an error: not ready yet
+            if "LOADING" in str(exc) or "Connection" in type(exc).__name__:
+                return False
+            raise
+        return replication.get("role") == "master" or replication.get("master_link_status") == "up"
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until every live node says the cluster is ok, all slots served, replicas synced."""
+        deadline = time.monotonic() + timeout
+        while not all(self._node_ready(node) for node in self.alive):
+            if time.monotonic() > deadline:
+                states = {node.port: node.log_tail(2) for node in self.alive}
+                raise RuntimeError(f"the private Redis Cluster was not ready within {timeout}s: {states}")
+            time.sleep(0.05)
+
+    def masters(self) -> list[RedisServer]:
+        """The live nodes that serve slots now (roles change at a failover)."""
+        return [node for node in self.alive if self.info(node, "replication").get("role") == "master"]
+
+    def node_of(self, key: str) -> RedisServer:
+        """The master that serves ``key``'s slot now."""
+        with self.client(self.alive[0]) as client:
+            slot = int(client.execute_command("CLUSTER", "KEYSLOT", key))
+            for start, end, master, *_ in client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end:
+                    return next(node for node in self.nodes if node.port == int(master[1]))
+        raise LookupError(f"no node serves slot {slot}")
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        with self.client(master) as client:
+            node_id = str(client.execute_command("CLUSTER", "MYID"))
+            for line in str(client.execute_command("CLUSTER", "NODES")).splitlines():
+                fields = line.split()
+                if fields[3] == node_id and "fail" not in fields[2]:
+                    port = int(fields[1].split("@")[0].rsplit(":", 1)[1])
+                    return next(node for node in self.nodes if node.port == port)
+        raise LookupError(f"master {master.port} has no replica")
+
+    def flush(self) -> None:
+        for node in self.masters():
+            with self.client(node) as client:
+                client.flushall()
+
+    def kill(self) -> None:
+        for node in self.nodes:
+            node.kill()
 
 
 # The least a runq user needs on Redis (README, "Running Redis in production"); the conformance

@@ -1,87 +1,74 @@
-"""The conformance suite on a real three-master Redis Cluster (``redis+cluster://``).
+"""Redis Cluster specifics on the session's real cluster (3 masters, 1 replica each).
 
-A session fixture starts three ``redis-server --cluster-enabled yes`` on free loopback
-ports and joins them with ``redis-cli --cluster create``; each test gets it emptied
-(FLUSHALL on every master; the Functions library survives it).
-
-Opt-in for now (``RUNQ_TEST_CLUSTER=1``): run alone, all of test_conformance.py passes on
-the cluster; inside the full suite one of the three nodes did not answer within 10 s once
-(not yet understood), so it is not part of ``make test`` yet.
+The conformance, conformance-flow, worker and workflow suites already run on it (the
+"redis-cluster" broker parameter, tests/conftest.py); these tests show what only a cluster
+has: queues spread over masters, and one worker draining queues that live on different shards.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import time
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-import redis
+from redis.crc import key_slot
 
-from runq.testing import RedisServer
-from tests.test_conformance import *  # noqa: F403  (the same tests, on this module's broker_url)
-
-
-class Cluster:
-    def __init__(self, directory: Path) -> None:
-        self.nodes = [
-            RedisServer(directory / str(i), "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-            for i in range(3)
-        ]
-        try:
-            self._join()
-        except BaseException:
-            self.kill()
-            raise
-
-    def _join(self) -> None:
-        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses, "--cluster-yes"], check=True, capture_output=True
-        )
-        deadline = time.monotonic() + 20
-        while not all(self._ready(node.port) for node in self.nodes):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the cluster did not become ready")
-            time.sleep(0.05)
-
-    @staticmethod
-    def _ready(port: int) -> bool:
-        with redis.Redis(port=port, decode_responses=True) as client:
-            return "cluster_state:ok" in str(client.execute_command("CLUSTER", "INFO"))
-
-    @property
-    def url(self) -> str:
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
-
-    def flush(self) -> None:
-        for node in self.nodes:
-            with redis.Redis(port=node.port) as client:
-                client.flushall()
-
-    def kill(self) -> None:
-        for node in self.nodes:
-            node.kill()
+import runq
+from runq.brokers.redis import queue_keys
+from runq.testing import RedisCluster
+from tests.conftest import WorkerProcess, wait_until
 
 
-@pytest.fixture(scope="session")
-def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    if os.environ.get("RUNQ_TEST_CLUSTER") != "1":
-        pytest.skip("set RUNQ_TEST_CLUSTER=1 to run the conformance suite on a real Redis Cluster")
-    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-        pytest.skip("redis-server / redis-cli are not installed")
-    root = tmp_path_factory.mktemp("cluster")
-    for i in range(3):
-        (root / str(i)).mkdir()
-    cluster = Cluster(root)
-    yield cluster
-    cluster.kill()
+def _spread(cluster: RedisCluster, count: int = 3) -> list[str]:
+    """Queue names whose keys live on ``count`` different masters (asked of the cluster)."""
+    chosen: dict[int, str] = {}
+    for i in range(200):
+        name = f"shard-{i}"
+        chosen.setdefault(cluster.node_of(queue_keys(name).pending).port, name)
+        if len(chosen) == count:
+            return list(chosen.values())
+    raise AssertionError("200 names did not cover the masters")
 
 
-@pytest.fixture(params=["redis-cluster"])
-def broker_url(redis_cluster: Cluster) -> Iterator[str]:
+@pytest.fixture
+def cluster(redis_cluster: RedisCluster) -> RedisCluster:
     redis_cluster.flush()
-    yield redis_cluster.url
+    return redis_cluster
+
+
+def test_three_queues_land_on_three_masters(cluster: RedisCluster) -> None:
+    queues = _spread(cluster)
+    app = runq.App(cluster.url)
+    try:
+        for queue in queues:
+            app.enqueue("add", (1, 2), queue=queue)
+    finally:
+        app.close()
+    masters = {queue: cluster.node_of(queue_keys(queue).pending) for queue in queues}
+    assert len({node.port for node in masters.values()}) == 3
+    for queue, node in masters.items():  # the task really is stored on that master, and only there
+        with cluster.client(node) as client:
+            assert client.zcard(queue_keys(queue).pending) == 1
+        for other in cluster.masters():
+            if other.port != node.port:
+                with cluster.client(other) as client:
+                    assert (
+                        client.execute_command(
+                            "CLUSTER", "COUNTKEYSINSLOT", key_slot(queue_keys(queue).pending.encode())
+                        )
+                        == 0
+                    )
+
+
+def test_one_worker_drains_queues_on_every_shard(
+    cluster: RedisCluster, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    queues = _spread(cluster)
+    app = runq.App(cluster.url)
+    try:
+        handles = [app.enqueue("add", (i, n), queue=queue) for n, queue in enumerate(queues) for i in range(30)]
+        worker = start_worker(cluster.url, "-Q", ",".join(queues), "--pool", "thread", "-c", "4")
+        assert [h.result(timeout=60) for h in handles] == [i + n for n in range(3) for i in range(30)]
+        wait_until(lambda: all(app.stats().queues[q].succeeded == 30 for q in queues))
+        assert worker.proc.poll() is None, worker.output()
+    finally:
+        app.close()
