@@ -150,6 +150,10 @@ class RedisServer:
         return next((part.removeprefix("v=") for part in out.split() if part.startswith("v=")), out.strip())
 
 
+# A replica's first sync starts at once instead of after Redis's default 5 s wait for more replicas.
+FAST_SYNC = ("--repl-diskless-sync-delay", "0")
+
+
 class RedisCluster:
     """A private Redis Cluster: ``masters`` masters with ``replicas`` replicas each, joined by
     ``redis-cli --cluster create``; ready once every node agrees that all 16384 slots are
@@ -164,7 +168,7 @@ class RedisCluster:
     ) -> None:
         if shutil.which("redis-cli") is None:
             raise RedisNotInstalled("redis-cli is not installed (apt-get install redis-tools)")
-        settings = ["--cluster-node-timeout", str(node_timeout), "--cluster-replica-validity-factor", "0"]
+        settings = ["--cluster-node-timeout", str(node_timeout), "--cluster-replica-validity-factor", "0", *FAST_SYNC]
         self.nodes: list[RedisServer] = []
         try:
             for i in range(masters * (1 + replicas)):
@@ -253,6 +257,100 @@ class RedisCluster:
     def kill(self) -> None:
         for node in self.nodes:
             node.kill()
+
+
+class SentinelGroup:
+    """A master, a replica and three sentinels (``redis-server --sentinel``) watching it as
+    ``service``; ``url`` is the ``redis+sentinel://`` URL a runq user would write.
+
+    ``down_after`` (ms): how long the master may be silent before the sentinels agree it is
+    down and promote the replica.
+    """
+
+    def __init__(self, directory: Path, service: str = "runq", down_after: int = 1000, timeout: float = 30.0) -> None:
+        self.service = service
+        self.master = RedisServer(directory / "master", *FAST_SYNC)
+        self.servers = [self.master]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+        self.sentinel_ports: list[int] = []
+        try:
+            replica_of = ("--replicaof", "127.0.0.1", str(self.master.port))
+            self.servers.append(RedisServer(directory / "replica", *replica_of, *FAST_SYNC))
+            for i in range(3):
+                self._start_sentinel(directory / f"sentinel{i}", down_after)
+            self.wait_ready(timeout)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _start_sentinel(self, directory: Path, down_after: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        config = directory / "sentinel.conf"  # sentinels rewrite their config: one file each
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {directory}\nlogfile sentinel.log\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 2\n"
+            f"sentinel down-after-milliseconds {self.service} {down_after}\n"
+            f"sentinel failover-timeout {self.service} {max(3 * down_after, 3000)}\n"
+        )
+        binary = self.master.binary
+        assert binary is not None
+        proc = subprocess.Popen(
+            [binary, str(config), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        self.sentinels.append(proc)
+        self.sentinel_ports.append(port)
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}/0"
+
+    def master_port(self) -> int | None:
+        """The master's port as clients find it now (redis-py's Sentinel: the sentinels must see
+        it as a healthy master, not merely name it); None while there is none."""
+        from redis.sentinel import MasterNotFoundError, Sentinel
+
+        hosts = [("127.0.0.1", port) for port in self.sentinel_ports]
+        sentinels = Sentinel(hosts, sentinel_kwargs={"socket_timeout": 2})  # type: ignore[no-untyped-call]
+        try:
+            return int(sentinels.discover_master(self.service)[1])  # type: ignore[no-untyped-call]
+        except MasterNotFoundError:
+            return None
+        finally:
+            for client in sentinels.sentinels:
+                client.close()
+
+    def _ready(self) -> bool:
+        """Every sentinel knows the other two and the replica, and the replica has synced."""
+        import redis
+
+        try:
+            for port in self.sentinel_ports:
+                with redis.Redis(port=port, decode_responses=True, socket_timeout=2) as client:
+                    master = client.execute_command("SENTINEL", "MASTER", self.service)
+                    fields = dict(zip(master[::2], master[1::2], strict=False)) if isinstance(master, list) else master
+                    if int(fields["num-other-sentinels"]) < 2 or int(fields["num-slaves"]) < 1:
+                        return False
+            with redis.Redis(port=self.servers[1].port, decode_responses=True, socket_timeout=2) as client:
+                return bool(client.info("replication").get("master_link_status") == "up")
+        except redis.RedisError:
+            return False
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the sentinels did not agree on {self.service} within {timeout}s")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        for proc in self.sentinels:
+            proc.kill()
+            proc.wait()
+        self.sentinels.clear()
+        for server in self.servers:
+            server.kill()
 
 
 # The least a runq user needs on Redis (README, "Running Redis in production"); the conformance

@@ -168,14 +168,16 @@ def corrupt_payload(url: str, task_id: str, raw: str) -> None:
 
 
 class WorkerProcess:
-    """``runq worker tests.tasks:app`` in a subprocess, with its log captured to a file."""
+    """``runq worker tests.tasks:app`` (or ``app``) in a subprocess, with its log captured to a file."""
 
-    def __init__(self, url: str, log: Path, *args: str) -> None:
+    def __init__(
+        self, url: str, log: Path, *args: str, app: str = "tests.tasks:app", prefix: tuple[str, ...] = ()
+    ) -> None:
         self.log = log
         env = {**os.environ, "RUNQ_URL": url, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "runq", "worker", "tests.tasks:app", *args],
+                [*prefix, sys.executable, "-m", "runq", "worker", app, *args],
                 env=env,
                 cwd=ROOT,
                 stdout=out,
@@ -205,8 +207,9 @@ class WorkerProcess:
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(url: str, *args: str) -> WorkerProcess:
-        worker = WorkerProcess(url, tmp_path / f"worker-{len(started)}.log", *args)
+    def start(url: str, *args: str, app: str = "tests.tasks:app", prefix: tuple[str, ...] = ()) -> WorkerProcess:
+        """``prefix``: a command the worker runs under (``ip netns exec NAME``)."""
+        worker = WorkerProcess(url, tmp_path / f"worker-{len(started)}.log", *args, app=app, prefix=prefix)
         started.append(worker)
         return worker
 

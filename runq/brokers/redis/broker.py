@@ -129,7 +129,7 @@ class RedisBroker(Broker):
             "socket_connect_timeout": connect_timeout,
             "retry": Retry(NoBackoff(), 0),  # a script must never run twice; the caller decides
         }
-        timeout = max(connect_timeout, 5.0)
+        timeout = max(connect_timeout, 5.0) + (self.target.wait_timeout_ms / 1000 if self.target.wait_replicas else 0)
         self._r = self._client(options | {"socket_timeout": timeout})
         self._blocking = self._client(options | {"socket_timeout": timeout + BLOCK_SLICE})
         self.functions = Functions(self._r, self.cluster)

@@ -118,12 +118,29 @@ def client(target: Target, options: dict[str, Any]) -> Any:
         )
     from redis.sentinel import Sentinel
 
+    options = options | {"connection_class": _sentinel_connection()}
     # The sentinels are asked with short timeouts of their own; the master gets runq's options.
     timeout = options.get("socket_connect_timeout", 5.0)
     sentinels = Sentinel(  # type: ignore[no-untyped-call]
         list(target.hosts), sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout}
     )
     return sentinels.master_for(target.service, db=target.db, **auth, **options)  # type: ignore[no-untyped-call]
+
+
+def _sentinel_connection() -> type:
+    """redis-py's Sentinel connection asks the sentinels for the master in ``connect()``, but a
+    send on an unconnected connection goes straight to ``connect_check_health()``, which would
+    connect to the default localhost:6379. runq's own per-thread connections (scripts.py) are
+    used that way, and after a failover they reconnect that way: so ask the sentinels there."""
+    from redis.sentinel import SentinelManagedConnection
+
+    class MasterConnection(SentinelManagedConnection):
+        def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+            if self._sock is None and self.connection_pool.is_master:
+                self.host, self.port = self.connection_pool.get_master_address()
+            super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+    return MasterConnection
 
 
 class Replication:
