@@ -183,7 +183,8 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+        """Every node as a seed: a client that starts while one of them is down still finds the cluster."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
 
     @property
     def alive(self) -> list[RedisServer]:

@@ -7,15 +7,20 @@ has: queues spread over masters, and one worker draining queues that live on dif
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from redis.crc import key_slot
 
 import runq
 from runq.brokers.redis import queue_keys
+from runq.errors import BrokerUnavailable
 from runq.testing import RedisCluster
+from tests import scale_tasks as tasks
 from tests.conftest import WorkerProcess, wait_until
+from tests.scale_tasks import run_counts
 
 
 def _spread(cluster: RedisCluster, count: int = 3) -> list[str]:
@@ -70,5 +75,87 @@ def test_one_worker_drains_queues_on_every_shard(
         assert [h.result(timeout=60) for h in handles] == [i + n for n in range(3) for i in range(30)]
         wait_until(lambda: all(app.stats().queues[q].succeeded == 30 for q in queues))
         assert worker.proc.poll() is None, worker.output()
+    finally:
+        app.close()
+
+
+# -- faults: each test gets a cluster of its own, whose replicas take over within ~2 s --------
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    cluster = RedisCluster(tmp_path / "own-cluster", node_timeout=1500)
+    yield cluster
+    cluster.kill()
+
+
+def _enqueue(app: runq.App, log: str, queues: list[str], total: int) -> list[str]:
+    """``total`` ``runs`` tasks spread over ``queues``, enqueued in batches of 500."""
+    ids: list[str] = []
+    task = tasks.runs
+    for start in range(0, total, 500):
+        batch = [task.options(queue=queues[i % len(queues)]).s(log) for i in range(start, min(total, start + 500))]
+        ids += [handle.id for handle in app.enqueue_many(batch)]
+    return ids
+
+
+def _succeeded(app: runq.App, queues: list[str]) -> int:
+    try:
+        stats = app.stats()
+    except BrokerUnavailable:
+        return -1
+    return sum(stats.queues[q].succeeded for q in queues if q in stats.queues)
+
+
+@pytest.mark.xfail(
+    reason="open bug: after SIGKILL of a master, a `runq worker` subprocess keeps connecting to the dead node"
+    " although the replica was promoted within ~3 s (the same Worker run in-process recovers; not yet understood)",
+    strict=False,
+)
+def test_a_master_killed_during_a_drain_of_10000_loses_nothing(
+    own_cluster: RedisCluster, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """SIGKILL the master of one of three busy queues; its replica promotes itself after the
+    node timeout. Enqueues waited for a replica (``wait_replicas=1``), so every task is there;
+    work the dead master acknowledged but had not passed on is redone (counted, printed)."""
+    queues = _spread(own_cluster)
+    log = str(tmp_path / "runs.log")
+    app = runq.App(own_cluster.url + "?wait_replicas=1&wait_timeout_ms=5000")
+    try:
+        ids = _enqueue(app, log, queues, 10_000)
+        for _ in range(2):
+            start_worker(
+                own_cluster.url,
+                "-Q",
+                ",".join(queues),
+                "--pool",
+                "thread",
+                "-c",
+                "8",
+                "--lease",
+                "3",
+                app="tests.scale_tasks:app",
+            )
+        wait_until(lambda: len(run_counts(log)) >= 2000, timeout=120)
+        victim = own_cluster.node_of(queue_keys(queues[0]).pending)
+        replica = own_cluster.replica_of(victim)
+        before = sum(1 for task_id in run_counts(log) if task_id.startswith(queues[0] + "."))
+        killed = time.monotonic()
+        victim.kill()
+        wait_until(
+            lambda: own_cluster.node_of(queue_keys(queues[0]).pending).port == replica.port, timeout=60, interval=0.1
+        )
+        promoted = time.monotonic() - killed
+        wait_until(lambda: sum(1 for t in run_counts(log) if t.startswith(queues[0] + ".")) > before + 100, timeout=45)
+        resumed = time.monotonic() - killed
+        wait_until(lambda: _succeeded(app, queues) == len(ids), timeout=300, interval=0.5)
+        counts = run_counts(log)
+        assert set(counts) == set(ids)  # every task ran and succeeded; nothing else ran
+        duplicates = sum(counts.values()) - len(ids)
+        print(
+            f"cluster failover: promoted after {promoted:.1f} s, shard working again after {resumed:.1f} s;"
+            f" {len(ids)} tasks, {duplicates} ran twice"
+        )
+        assert duplicates <= 200  # only what was claimed or settled in flight at the kill
     finally:
         app.close()
