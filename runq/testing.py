@@ -250,6 +250,30 @@ class RedisCluster:
                     return next(node for node in self.nodes if node.port == port)
         raise LookupError(f"master {master.port} has no replica")
 
+    def node_id(self, node: RedisServer) -> str:
+        with self.client(node) as client:
+            return str(client.execute_command("CLUSTER", "MYID"))
+
+    def move_slot(self, slot: int, source: RedisServer, target: RedisServer, batch: int = 100) -> int:
+        """Reshard one slot by hand, as ``redis-cli --cluster reshard`` does: IMPORTING on the
+        target, MIGRATING on the source, MIGRATE its keys in batches, then SETSLOT NODE on every
+        master. Returns how many keys moved."""
+        source_id, target_id = self.node_id(source), self.node_id(target)
+        with self.client(target) as dst, self.client(source) as src:
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+            moved = 0
+            while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+                src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, 10000, "KEYS", *keys)
+                moved += len(keys)
+            dst.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            src.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        for node in self.masters():
+            if node.port not in (source.port, target.port):
+                with self.client(node) as other:
+                    other.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+        return moved
+
     def flush(self) -> None:
         for node in self.masters():
             with self.client(node) as client:

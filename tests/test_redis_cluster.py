@@ -159,3 +159,54 @@ def test_a_master_killed_during_a_drain_of_10000_loses_nothing(
         assert duplicates <= 200  # only what was claimed or settled in flight at the kill
     finally:
         app.close()
+
+
+def test_a_busy_queue_moved_to_another_master_mid_drain_runs_each_task_once(
+    own_cluster: RedisCluster, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """Reshard the slot of a queue being drained (IMPORTING / MIGRATING, MIGRATE its keys, SETSLOT
+    NODE): calls meet ASK, TRYAGAIN and then MOVED; every task succeeds, and is settled once."""
+    queue = _spread(own_cluster, 1)[0]
+    key = queue_keys(queue).pending
+    log = str(tmp_path / "runs.log")
+    app = runq.App(own_cluster.url)
+    try:
+        ids = _enqueue(app, log, [queue], 3000)
+        start_worker(own_cluster.url, "-Q", queue, "--pool", "thread", "-c", "8", app="tests.scale_tasks:app")
+        wait_until(lambda: len(run_counts(log)) >= 500, timeout=120)
+        source = own_cluster.node_of(key)
+        target = next(node for node in own_cluster.masters() if node.port != source.port)
+        moved = own_cluster.move_slot(key_slot(key.encode()), source, target)
+        assert own_cluster.node_of(key).port == target.port and moved > 0
+        ran_before_move_ended = len(run_counts(log))
+        wait_until(lambda: _succeeded(app, [queue]) == len(ids), timeout=180, interval=0.5)
+        counts = run_counts(log)
+        assert set(counts) == set(ids)
+        assert app.stats().counters["succeeded"] == len(ids)  # settled once each: the counter counts settles
+        duplicates = sum(counts.values()) - len(ids)
+        print(
+            f"reshard: {moved} keys moved with {ran_before_move_ended} of {len(ids)} tasks run; {duplicates} ran twice"
+        )
+        assert duplicates == 0
+    finally:
+        app.close()
+
+
+def test_wait_replicas_on_a_cluster(own_cluster: RedisCluster) -> None:
+    """``?wait_replicas=1``: the enqueue returns once the queue's replica holds the task; with
+    that replica stopped it raises BrokerUnavailable, and the task is on the master all the same."""
+    queue = _spread(own_cluster, 1)[0]
+    master = own_cluster.node_of(queue_keys(queue).pending)
+    replica = own_cluster.replica_of(master)
+    app = runq.App(own_cluster.url + "?wait_replicas=1&wait_timeout_ms=300")
+    try:
+        first = app.enqueue("add", (1, 1), queue=queue)
+        with own_cluster.client(replica) as client:  # already there: WAIT returned after the replica had it
+            client.execute_command("READONLY")  # a replica answers reads of its slots instead of MOVED
+            assert client.hexists(queue_keys(queue).payloads, first.id)
+        replica.kill()
+        with pytest.raises(BrokerUnavailable, match=r"of wait_replicas=1 replicas acknowledged it within 300 ms"):
+            app.enqueue("add", (2, 2), queue=queue)
+        assert app.stats().queues[queue].pending == 2
+    finally:
+        app.close()
