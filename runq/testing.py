@@ -378,6 +378,121 @@ class SentinelGroup:
             server.kill()
 
 
+class NetnsPair:
+    """Two fresh network namespaces joined by a veth pair, for "another host" tests (root only).
+
+    ``server_ns`` holds ``server_ip``, ``client_ns`` holds ``client_ip`` (a /30 of 10.213.x.0/24
+    that exists only inside these namespaces). ``redis()`` starts a redis-server in the server
+    namespace, listening on ``server_ip`` and on a unix socket in ``directory``: the socket is
+    how processes in the test's own namespace reach it, with no address outside the namespaces.
+    ``link(False)`` takes the client's end down: a network partition, without killing anything.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        import secrets
+
+        tag = secrets.token_hex(3)
+        self.server_ns, self.client_ns = f"rq{tag}s", f"rq{tag}c"
+        self.client_if, self.server_if = f"rq{tag}c0", f"rq{tag}s0"
+        subnet = int(tag[:2], 16) % 250  # one of 250 /30s: two concurrent runs rarely meet, and could not clash
+        self.server_ip, self.client_ip = f"10.213.{subnet}.1", f"10.213.{subnet}.2"
+        self.directory = directory
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.socket = directory / "redis.sock"
+        self._setup()
+
+    @staticmethod
+    def ip(*args: str) -> None:
+        subprocess.run(["ip", *args], check=True, capture_output=True, timeout=30)
+
+    def _setup(self) -> None:
+        self.ip("netns", "add", self.server_ns)
+        try:
+            self.ip("netns", "add", self.client_ns)
+            self.ip(
+                "link",
+                "add",
+                self.server_if,
+                "netns",
+                self.server_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                self.client_if,
+                "netns",
+                self.client_ns,
+            )
+            for ns, interface, address in (
+                (self.server_ns, self.server_if, self.server_ip),
+                (self.client_ns, self.client_if, self.client_ip),
+            ):
+                self.ip("-n", ns, "addr", "add", f"{address}/30", "dev", interface)
+                self.ip("-n", ns, "link", "set", interface, "up")
+                self.ip("-n", ns, "link", "set", "lo", "up")
+        except BaseException:
+            self.remove()
+            raise
+
+    def exec_prefix(self, ns: str) -> tuple[str, ...]:
+        return ("ip", "netns", "exec", ns)
+
+    def redis(self, port: int = 6380) -> str:
+        """Start redis-server in the server namespace; returns its URL as the client namespace sees it."""
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RedisNotInstalled("redis-server is not installed")
+        args = [
+            "--bind",
+            self.server_ip,
+            "--port",
+            str(port),
+            "--unixsocket",
+            str(self.socket),
+            "--unixsocketperm",
+            "700",
+        ]
+        args += ["--save", "", "--appendonly", "no", "--dir", str(self.directory), "--protected-mode", "no"]
+        self.procs.append(
+            subprocess.Popen(
+                [*self.exec_prefix(self.server_ns), binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+        )
+        deadline = time.monotonic() + 10
+        while not self._answers():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the redis-server in the namespace did not answer on its unix socket")
+            time.sleep(0.02)
+        return f"redis://{self.server_ip}:{port}/0"
+
+    @property
+    def local_url(self) -> str:
+        """The same Redis through its unix socket, for processes in the test's own namespace."""
+        return f"unix://{self.socket}?db=0"
+
+    def _answers(self) -> bool:
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(0.5)
+                sock.connect(str(self.socket))
+                return self._pong(sock)
+        except OSError:
+            return False
+
+    _pong = staticmethod(RedisServer._pong)
+
+    def link(self, up: bool) -> None:
+        self.ip("-n", self.client_ns, "link", "set", self.client_if, "up" if up else "down")
+
+    def remove(self) -> None:
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+        self.procs.clear()
+        for ns in (self.client_ns, self.server_ns):  # deleting a namespace deletes its veth end too
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
 # The least a runq user needs on Redis (README, "Running Redis in production"); the conformance
 # suite runs as a user made with exactly these rules, and a test checks the README shows them.
 REDIS_ACL = (

@@ -28,6 +28,13 @@ def runs(path: str, seconds: float = 0.0) -> str:
     return task_id
 
 
+@app.task(name="where")
+def where(path: str, seconds: float = 0.0) -> int:
+    """``runs``, answering with the pid of the process that ran it (to tell workers apart)."""
+    runs(path, seconds)
+    return os.getpid()
+
+
 def run_counts(path: str) -> dict[str, int]:
     """How many times each task id ran, from the file ``runs`` appends to."""
     counts: dict[str, int] = {}

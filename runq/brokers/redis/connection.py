@@ -77,7 +77,7 @@ def parse(url: str) -> Target:
     query = parse_qsl(parts.query, keep_blank_values=True)
     replicas, timeout = _wait_options(query, url)
     rest = urlencode([(k, v) for k, v in query if k not in WAIT_OPTIONS])
-    plain = urlunsplit(parts._replace(query=rest))
+    plain = url.partition("?")[0] + (f"?{rest}" if rest else "")  # not urlunsplit: unix:///p would lose //
     username = unquote(parts.username) if parts.username else None
     password = unquote(parts.password) if parts.password else None
     if scheme in SINGLE_SCHEMES:
