@@ -24,9 +24,26 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
+from redis.cluster import RedisCluster
 
 SINGLE_SCHEMES = {"redis", "rediss", "unix"}
 WAIT_OPTIONS = ("wait_replicas", "wait_timeout_ms")
+
+
+class FunctionsCluster(RedisCluster):
+    """redis-py's cluster client finds the slot of an ``EVALSHA`` from its arguments, but for
+    ``FCALL`` it asks the server (``COMMAND GETKEYS``) on the client's default node: one more
+    round trip per call, and when that node dies, every call fails with it, unnoticed by the
+    topology refresh (which only a failed call to the node that owns the slot sets off). Seen
+    as a worker stuck for good after a master's failover. ``FCALL name numkeys key…`` has its
+    keys where ``EVALSHA`` has them: read them there."""
+
+    def determine_slot(self, *args: Any) -> Any:
+        if str(args[0]).upper() in ("FCALL", "FCALL_RO") and len(args) > 3 and int(args[2]) > 0:
+            slots = {self.keyslot(key) for key in args[3 : 3 + int(args[2])]}  # type: ignore[no-untyped-call]
+            if len(slots) == 1:
+                return slots.pop()
+        return super().determine_slot(*args)
 
 
 @dataclass(frozen=True)
@@ -103,7 +120,7 @@ def client(target: Target, options: dict[str, Any]) -> Any:
         return redis.Redis.from_url(target.url, **options)
     auth = {"username": target.username, "password": target.password}
     if target.kind == "cluster":
-        from redis.cluster import ClusterNode, RedisCluster
+        from redis.cluster import ClusterNode
 
         # The first node in redis-py's URL form (so its query options apply), the others as seeds.
         first = urlsplit(target.url)
@@ -112,9 +129,9 @@ def client(target: Target, options: dict[str, Any]) -> Any:
         url = urlunsplit(first._replace(netloc=f"{netloc}{host}:{port}"))
         seeds = [ClusterNode(h, p) for h, p in target.hosts[1:]]  # type: ignore[no-untyped-call]
         return (
-            RedisCluster.from_url(url, startup_nodes=seeds, **options)
+            FunctionsCluster.from_url(url, startup_nodes=seeds, **options)
             if seeds
-            else RedisCluster.from_url(url, **options)
+            else FunctionsCluster.from_url(url, **options)
         )
     from redis.sentinel import Sentinel
 
@@ -194,4 +211,4 @@ class Replication:
         logging.getLogger("runq.broker").warning("%s", message)
 
 
-__all__ = ["Replication", "Target", "client", "parse"]
+__all__ = ["FunctionsCluster", "Replication", "Target", "client", "parse"]
