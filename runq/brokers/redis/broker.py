@@ -265,7 +265,8 @@ class RedisBroker(Broker):
     @_guarded
     def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
         answers = self._per_queue("settle", outcomes, _outcome_args, [], with_done=True)
-        self._replicate({queue_of(o.id) for o in outcomes}, lane=True, strict=False)
+        if self.target.wait_replicas:  # (checked here: no work on the hot path without it)
+            self._replicate({queue_of(o.id) for o in outcomes}, lane=True, strict=False)
         return answers
 
     def _per_queue(
