@@ -151,17 +151,12 @@ def corrupt_payload(url: str, task_id: str, raw: str) -> None:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(f'UPDATE "{schema}".tasks SET payload = %s WHERE id = %s', (raw, task_id))
         return
-    import redis
-    from redis.cluster import RedisCluster as ClusterClient
-
     from runq.brokers.redis import queue_keys
+    from runq.brokers.redis.connection import client, parse
     from runq.models import queue_of
 
-    cluster = url.startswith("redis+cluster://")
-    with (
-        ClusterClient.from_url("redis://" + url.partition("://")[2]) if cluster else redis.Redis.from_url(url) as client
-    ):
-        client.hset(queue_keys(queue_of(task_id)).payloads, task_id, raw)
+    with client(parse(url), {}) as redis_client:  # one Redis, a cluster or Sentinel, as runq connects
+        redis_client.hset(queue_keys(queue_of(task_id)).payloads, task_id, raw)
 
 
 # -- real worker processes ---------------------------------------------------------
