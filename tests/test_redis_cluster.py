@@ -79,12 +79,21 @@ def test_one_worker_drains_queues_on_every_shard(
         app.close()
 
 
-# -- faults: each test gets a cluster of its own, whose replicas take over within ~2 s --------
+# -- faults: each test gets a cluster of its own ------------------------------------------
 
 
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
-    cluster = RedisCluster(tmp_path / "own-cluster", node_timeout=1500)
+    """Redis's default node timeout (15 s): a loaded machine causes no failover."""
+    cluster = RedisCluster(tmp_path / "own-cluster")
+    yield cluster
+    cluster.kill()
+
+
+@pytest.fixture
+def quick_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A replica takes over after its master is silent for 1.5 s, for the failover test."""
+    cluster = RedisCluster(tmp_path / "quick-cluster", node_timeout=1500)
     yield cluster
     cluster.kill()
 
@@ -108,19 +117,19 @@ def _succeeded(app: runq.App, queues: list[str]) -> int:
 
 
 def test_a_master_killed_during_a_drain_of_10000_loses_nothing(
-    own_cluster: RedisCluster, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+    quick_cluster: RedisCluster, start_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
     """SIGKILL the master of one of three busy queues; its replica promotes itself after the
     node timeout. Enqueues waited for a replica (``wait_replicas=1``), so every task is there;
     work the dead master acknowledged but had not passed on is redone (counted, printed)."""
-    queues = _spread(own_cluster)
+    queues = _spread(quick_cluster)
     log = str(tmp_path / "runs.log")
-    app = runq.App(own_cluster.url + "?wait_replicas=1&wait_timeout_ms=5000")
+    app = runq.App(quick_cluster.url + "?wait_replicas=1&wait_timeout_ms=5000")
     try:
         ids = _enqueue(app, log, queues, 10_000)
         for _ in range(2):
             start_worker(
-                own_cluster.url,
+                quick_cluster.url,
                 "-Q",
                 ",".join(queues),
                 "--pool",
@@ -132,13 +141,13 @@ def test_a_master_killed_during_a_drain_of_10000_loses_nothing(
                 app="tests.scale_tasks:app",
             )
         wait_until(lambda: len(run_counts(log)) >= 2000, timeout=120)
-        victim = own_cluster.node_of(queue_keys(queues[0]).pending)
-        replica = own_cluster.replica_of(victim)
+        victim = quick_cluster.node_of(queue_keys(queues[0]).pending)
+        replica = quick_cluster.replica_of(victim)
         before = sum(1 for task_id in run_counts(log) if task_id.startswith(queues[0] + "."))
         killed = time.monotonic()
         victim.kill()
         wait_until(
-            lambda: own_cluster.node_of(queue_keys(queues[0]).pending).port == replica.port, timeout=60, interval=0.1
+            lambda: quick_cluster.node_of(queue_keys(queues[0]).pending).port == replica.port, timeout=60, interval=0.1
         )
         promoted = time.monotonic() - killed
         wait_until(lambda: sum(1 for t in run_counts(log) if t.startswith(queues[0] + ".")) > before + 100, timeout=45)

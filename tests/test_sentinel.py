@@ -22,14 +22,25 @@ from tests.conftest import WorkerProcess, wait_until
 from tests.scale_tasks import run_counts
 
 
-@pytest.fixture
-def sentinel(tmp_path: Path) -> Iterator[SentinelGroup]:
+def _group(directory: Path, down_after: int) -> Iterator[SentinelGroup]:
     try:
-        group = SentinelGroup(tmp_path / "sentinel", down_after=1000)
+        group = SentinelGroup(directory, down_after=down_after)
     except RedisNotInstalled as exc:
         pytest.skip(f"{exc} (bash .ci/run installs it)")
     yield group
     group.kill()
+
+
+@pytest.fixture
+def sentinel(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """Slow to call a master down (5 s): a loaded machine causes no failover in these tests."""
+    yield from _group(tmp_path / "sentinel", 5000)
+
+
+@pytest.fixture
+def quick_sentinel(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """Calls a silent master down after 1 s, for the failover test."""
+    yield from _group(tmp_path / "sentinel", 1000)
 
 
 def test_sentinel_url_is_parsed() -> None:
@@ -69,7 +80,7 @@ def test_a_task_runs_through_the_master_the_sentinels_name(
 
 
 def test_failover_during_a_drain_loses_nothing(
-    sentinel: SentinelGroup, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+    quick_sentinel: SentinelGroup, start_worker: Callable[..., WorkerProcess], tmp_path: Path
 ) -> None:
     """SIGKILL the master mid-drain; the sentinels promote the replica. Enqueues wait for the
     replica (``wait_replicas=1``), so every acknowledged task survives; a settle the dead
@@ -77,16 +88,16 @@ def test_failover_during_a_drain_loses_nothing(
     After the failover the new master has no replica left, so the producer goes on without
     ``wait_replicas`` (with it every enqueue would say so and raise)."""
     log = str(tmp_path / "runs.log")
-    app = runq.App(sentinel.url + "?wait_replicas=1&wait_timeout_ms=5000")
-    plain = runq.App(sentinel.url)
+    app = runq.App(quick_sentinel.url + "?wait_replicas=1&wait_timeout_ms=5000")
+    plain = runq.App(quick_sentinel.url)
     try:
         handles = [app.enqueue("runs", (log, 0.01)) for _ in range(300)]
-        start_worker(sentinel.url, "--pool", "thread", "-c", "4", "--lease", "2", app="tests.scale_tasks:app")
+        start_worker(quick_sentinel.url, "--pool", "thread", "-c", "4", "--lease", "2", app="tests.scale_tasks:app")
         wait_until(lambda: len(run_counts(log)) >= 60, timeout=60)
-        old, replica = sentinel.master, sentinel.servers[1]
+        old, replica = quick_sentinel.master, quick_sentinel.servers[1]
         killed = time.monotonic()
         old.kill()  # SIGKILL
-        wait_until(lambda: sentinel.master_port() == replica.port, timeout=60, interval=0.1)
+        wait_until(lambda: quick_sentinel.master_port() == replica.port, timeout=60, interval=0.1)
         promoted = time.monotonic() - killed
         handles += [plain.enqueue("runs", (log, 0.0)) for _ in range(50)]  # the producer follows
         ids = [h.result(timeout=120) for h in handles]
