@@ -16,12 +16,13 @@ import pytest
 
 import runq
 from runq.brokers import Broker
-from runq.testing import RedisNotInstalled, RedisServer, add_acl_user
+from runq.testing import RedisCluster, RedisNotInstalled, RedisServer, add_acl_user
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKERS = ["sqlite", "redis"]
-# The suites that prove the broker semantics run on PostgreSQL too (their BROKER_KINDS add it).
-WITH_POSTGRES = [*BROKERS, "postgres"]
+# The suites that prove the broker semantics (conformance, conformance-flow, worker, workflows) run
+# on PostgreSQL and on a real Redis Cluster (3 masters, 1 replica each) too: their BROKER_KINDS.
+EVERY_BROKER = [*BROKERS, "postgres", "redis-cluster"]
 # The server the private test database is created on (trust auth); .ci/run starts it.
 POSTGRES_ADMIN_URL = os.environ.get("RUNQ_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -46,6 +47,18 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         pytest.skip(f"{exc} (bash .ci/run installs it)")
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One private cluster for the session: 3 masters, 1 replica each (Redis's default node
+    timeout, so a loaded machine causes no failover; the failover tests start their own)."""
+    try:
+        cluster = RedisCluster(tmp_path_factory.mktemp("cluster"))
+    except RedisNotInstalled as exc:
+        pytest.skip(f"{exc} (bash .ci/run installs it)")
+    yield cluster
+    cluster.kill()
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -90,6 +103,10 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     schema in the private PostgreSQL database (created on first use by the broker)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'runq.db'}"
+    elif request.param == "redis-cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        cluster.flush()
+        yield cluster.url
     elif request.param == "postgres":
         database: str = request.getfixturevalue("postgres_database")
         yield f"{database}?schema=t_{secrets.token_hex(6)}"
@@ -134,27 +151,28 @@ def corrupt_payload(url: str, task_id: str, raw: str) -> None:
         with psycopg.connect(conninfo, autocommit=True) as conn:
             conn.execute(f'UPDATE "{schema}".tasks SET payload = %s WHERE id = %s', (raw, task_id))
         return
-    import redis
-
     from runq.brokers.redis import queue_keys
+    from runq.brokers.redis.connection import client, parse
     from runq.models import queue_of
 
-    with redis.Redis.from_url(url) as client:
-        client.hset(queue_keys(queue_of(task_id)).payloads, task_id, raw)
+    with client(parse(url), {}) as redis_client:  # one Redis, a cluster or Sentinel, as runq connects
+        redis_client.hset(queue_keys(queue_of(task_id)).payloads, task_id, raw)
 
 
 # -- real worker processes ---------------------------------------------------------
 
 
 class WorkerProcess:
-    """``runq worker tests.tasks:app`` in a subprocess, with its log captured to a file."""
+    """``runq worker tests.tasks:app`` (or ``app``) in a subprocess, with its log captured to a file."""
 
-    def __init__(self, url: str, log: Path, *args: str) -> None:
+    def __init__(
+        self, url: str, log: Path, *args: str, app: str = "tests.tasks:app", prefix: tuple[str, ...] = ()
+    ) -> None:
         self.log = log
         env = {**os.environ, "RUNQ_URL": url, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "runq", "worker", "tests.tasks:app", *args],
+                [*prefix, sys.executable, "-m", "runq", "worker", app, *args],
                 env=env,
                 cwd=ROOT,
                 stdout=out,
@@ -184,8 +202,9 @@ class WorkerProcess:
 def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
-    def start(url: str, *args: str) -> WorkerProcess:
-        worker = WorkerProcess(url, tmp_path / f"worker-{len(started)}.log", *args)
+    def start(url: str, *args: str, app: str = "tests.tasks:app", prefix: tuple[str, ...] = ()) -> WorkerProcess:
+        """``prefix``: a command the worker runs under (``ip netns exec NAME``)."""
+        worker = WorkerProcess(url, tmp_path / f"worker-{len(started)}.log", *args, app=app, prefix=prefix)
         started.append(worker)
         return worker
 

@@ -15,10 +15,10 @@ import pytest
 import runq
 from runq.brokers import Broker
 from runq.models import Claim, Outcome, Status
-from tests.conftest import WITH_POSTGRES, wait_until
+from tests.conftest import EVERY_BROKER, wait_until
 
 # Every broker, and Redis once more as a user with only the minimal ACL (README).
-BROKER_KINDS = [*WITH_POSTGRES, "redis-acl"]
+BROKER_KINDS = [*EVERY_BROKER, "redis-acl"]
 
 WORKER = "test-worker"
 

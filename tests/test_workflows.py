@@ -11,9 +11,9 @@ import pytest
 
 import runq
 from runq.models import Status
-from tests.conftest import WITH_POSTGRES, WorkerProcess, wait_until
+from tests.conftest import EVERY_BROKER, WorkerProcess, wait_until
 
-BROKER_KINDS = WITH_POSTGRES  # the worker's semantics, proven on every broker
+BROKER_KINDS = EVERY_BROKER  # the worker's semantics, proven on every broker
 
 StartWorker = Callable[..., WorkerProcess]
 THREADS = ("--pool", "thread", "--concurrency", "4")

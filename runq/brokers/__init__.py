@@ -8,13 +8,14 @@ DEFAULT_URL = "sqlite:///runq.db"
 
 
 def connect(url: str, connect_timeout: float = 5.0) -> Broker:
-    """The broker for ``url``: ``sqlite://``, ``redis://``, ``rediss://``, ``redis+cluster://`` or ``postgresql://``."""
+    """The broker for ``url``: ``sqlite://``, ``redis://``, ``rediss://``, ``redis+cluster://``,
+    ``redis+sentinel://`` or ``postgresql://``."""
     scheme = url.partition("://")[0].lower()
     if scheme == "sqlite":
         from runq.brokers.sqlite import SQLiteBroker
 
         return SQLiteBroker(url, connect_timeout=connect_timeout)
-    if scheme in {"redis", "rediss", "redis+cluster", "unix"}:
+    if scheme in {"redis", "rediss", "redis+cluster", "redis+sentinel", "unix"}:
         from runq.brokers.redis import RedisBroker
 
         return RedisBroker(url, connect_timeout=connect_timeout)
@@ -29,7 +30,7 @@ def connect(url: str, connect_timeout: float = 5.0) -> Broker:
         return PostgresBroker(url, connect_timeout=connect_timeout)
     raise ValueError(
         f"unsupported broker URL {url!r}: use sqlite:///file.db, redis://host:port/db,"
-        " rediss://…, redis+cluster://host:port or postgresql://user@host/db"
+        " rediss://…, redis+cluster://host:port, redis+sentinel://host:port/service/db or postgresql://user@host/db"
     )
 
 

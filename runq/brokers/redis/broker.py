@@ -32,6 +32,7 @@ from redis.exceptions import ClusterError, RedisClusterException
 from redis.retry import Retry
 
 from runq.brokers.base import BreakerEvent, Broker
+from runq.brokers.redis import connection
 from runq.brokers.redis.keys import (
     QUEUES_KEY,
     WORKERS_KEY,
@@ -122,12 +123,13 @@ class RedisBroker(Broker):
 
     def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
         self.url = url
-        self.cluster = url.lower().startswith("redis+cluster://")
+        self.target = connection.parse(url)
+        self.cluster = self.target.cluster
         options: dict[str, Any] = {
             "socket_connect_timeout": connect_timeout,
             "retry": Retry(NoBackoff(), 0),  # a script must never run twice; the caller decides
         }
-        timeout = max(connect_timeout, 5.0)
+        timeout = max(connect_timeout, 5.0) + (self.target.wait_timeout_ms / 1000 if self.target.wait_replicas else 0)
         self._r = self._client(options | {"socket_timeout": timeout})
         self._blocking = self._client(options | {"socket_timeout": timeout + BLOCK_SLICE})
         self.functions = Functions(self._r, self.cluster)
@@ -137,15 +139,17 @@ class RedisBroker(Broker):
         self._registered: dict[str, float] = {}  # queue -> when this process last added it to QUEUES_KEY
 
     def _client(self, options: dict[str, Any]) -> Any:
-        """A client for the URL; ``redis+cluster://`` gets a cluster client."""
+        """A client for the URL (one Redis, a cluster, or the master Sentinel names: connection.py)."""
         try:
-            if self.cluster:
-                from redis.cluster import RedisCluster
-
-                return RedisCluster.from_url("redis://" + self.url.partition("://")[2], **options)
-            return redis.Redis.from_url(self.url, **options)
+            return connection.client(self.target, options)
         except UNAVAILABLE as exc:
             raise _unavailable(self.url, exc) from exc
+
+    def _replicate(self, queues: Iterable[str], lane: bool, strict: bool) -> None:
+        """``?wait_replicas=N``: ``WAIT`` until N replicas hold this connection's writes (connection.py)."""
+        if self.target.wait_replicas:
+            wait = connection.Replication(self.target, self._r, self.functions)
+            wait.wait([queue_keys(queue).pending for queue in queues], lane, strict, self.url)
 
     def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         return self.functions.run(name, keys, args)
@@ -189,6 +193,7 @@ class RedisBroker(Broker):
                 ids[i] = _str(task_id)
             if len(returned) > len(indexes):  # steps posted for parents in other queues
                 self.apply_steps(queue, returned[len(indexes) :])
+        self._replicate(groups, lane=len(groups) == 1, strict=True)
         return ids
 
     @staticmethod
@@ -264,7 +269,10 @@ class RedisBroker(Broker):
 
     @_guarded
     def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        return self._per_queue("settle", outcomes, _outcome_args, [], with_done=True)
+        answers = self._per_queue("settle", outcomes, _outcome_args, [], with_done=True)
+        if self.target.wait_replicas:  # (checked here: no work on the hot path without it)
+            self._replicate({queue_of(o.id) for o in outcomes}, lane=True, strict=False)
+        return answers
 
     def _per_queue(
         self,
