@@ -116,6 +116,10 @@ def parse(url: str) -> Target:
 
 def client(target: Target, options: dict[str, Any]) -> Any:
     """A redis-py client for ``target`` (options: timeouts, retry), connected lazily."""
+    if target.url.lower().startswith("rediss://"):
+        # Check the certificate's host name on every redis-py (before 6.0 it did not by
+        # default); ?ssl_check_hostname=false in the URL still wins.
+        options = {"ssl_check_hostname": True, **options}
     if target.kind == "single":
         return redis.Redis.from_url(target.url, **options)
     auth = {"username": target.username, "password": target.password}
