@@ -23,6 +23,9 @@ BROKERS = ["sqlite", "redis"]
 # The suites that prove the broker semantics (conformance, conformance-flow, worker, workflows) run
 # on PostgreSQL and on a real Redis Cluster (3 masters, 1 replica each) too: their BROKER_KINDS.
 EVERY_BROKER = [*BROKERS, "postgres", "redis-cluster"]
+# The CLI, dashboard, schedule and asyncio suites: every broker but the cluster (its code paths are
+# the broker suites' business; these test what sits on top of the Broker interface).
+WITH_POSTGRES = [*BROKERS, "postgres"]
 # The server the private test database is created on (trust auth); .ci/run starts it.
 POSTGRES_ADMIN_URL = os.environ.get("RUNQ_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
