@@ -18,9 +18,8 @@ import redis
 import runq
 from runq.brokers.aio import ThreadedBroker
 from runq.models import Message, new_task_id
-from runq.testing import RedisServer, free_port
+from runq.testing import RedisCluster, RedisServer, free_port
 from tests.conftest import WITH_POSTGRES, WorkerProcess
-from tests.test_redis_cluster import Cluster, redis_cluster  # noqa: F401  (the opt-in cluster fixture)
 from tests.test_security import make_ca, tls_server  # noqa: F401  (a TLS-only redis-server)
 
 BROKER_KINDS = WITH_POSTGRES
@@ -260,8 +259,8 @@ def test_redis_recovers_a_lost_functions_library(app: runq.App, broker_url: str)
     run(app, main)
 
 
-def test_async_producers_on_a_redis_cluster(redis_cluster: Cluster, start_worker: StartWorker) -> None:  # noqa: F811
-    """Opt-in with the cluster suite (RUNQ_TEST_CLUSTER=1): redis.asyncio.cluster, queues in different slots."""
+def test_async_producers_on_a_redis_cluster(redis_cluster: RedisCluster, start_worker: StartWorker) -> None:
+    """redis.asyncio.cluster on the session's real cluster, queues in different slots."""
     redis_cluster.flush()
     app = runq.App(redis_cluster.url)
     add, _ = tasks_of(app)
