@@ -6,6 +6,7 @@ every task ends ``succeeded`` and that producers and workers carry on with the p
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -77,6 +78,24 @@ def test_a_task_runs_through_the_master_the_sentinels_name(
         app.close()
     with redis.Redis(port=sentinel.master.port) as client:  # it really went through that master
         assert client.dbsize() > 0
+
+
+def test_async_producers_follow_the_master_the_sentinels_name(
+    sentinel: SentinelGroup, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    app = runq.App(sentinel.url)
+
+    async def main() -> list[object]:
+        handles = [await app.aenqueue("add", (2, 3)), *await app.aenqueue_many([runq.Signature("add", (4, 5))])]
+        results = [await handle.aresult(timeout=30) for handle in handles]
+        await app.aclose()
+        return results
+
+    try:
+        start_worker(sentinel.url, "--pool", "thread", "-c", "2")
+        assert asyncio.run(main()) == [5, 9]
+    finally:
+        app.close()
 
 
 def test_failover_during_a_drain_loses_nothing(

@@ -30,6 +30,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.utils import HIREDIS_AVAILABLE
 
 from runq.brokers.aio import AsyncBroker
+from runq.brokers.redis import connection
 from runq.brokers.redis.broker import BLOCK_SLICE, CANCELLED, UNAVAILABLE, RedisBroker, _ceil_ms, _unavailable
 from runq.brokers.redis.keys import QUEUES_KEY, done_key, function_keys
 from runq.brokers.redis.scripts import Call, body, library
@@ -139,16 +140,16 @@ class AsyncRedisBroker(AsyncBroker):
         self._blocking_functions = AsyncFunctions(self._blocking, self.cluster, broker.functions)
 
     def _client(self, options: dict[str, Any], pool_size: int | None) -> Any:
-        if self.cluster:
-            from redis.asyncio.cluster import RedisCluster
-
-            size = {"max_connections": pool_size} if pool_size else {}
-            return RedisCluster.from_url("redis://" + self.url.partition("://")[2], **options, **size)
+        target = self.redis.target
+        if target.kind != "single":  # a cluster, or the master Sentinel names
+            return connection.async_client(target, options, pool_size)
+        if target.url.lower().startswith("rediss://"):
+            options = {"ssl_check_hostname": True, **options}  # as connection.client does
         if pool_size is None:
-            pool = redis.asyncio.ConnectionPool.from_url(self.url, **options)
+            pool = redis.asyncio.ConnectionPool.from_url(target.url, **options)
         else:
             pool = redis.asyncio.BlockingConnectionPool.from_url(
-                self.url, max_connections=pool_size, timeout=None, **options
+                target.url, max_connections=pool_size, timeout=None, **options
             )
         _pack_with_hiredis(pool)
         return redis.asyncio.Redis.from_pool(pool)
@@ -236,6 +237,8 @@ class AsyncRedisBroker(AsyncBroker):
     async def _release(self) -> None:
         for client in (self._r, self._blocking):
             await client.aclose()
+            for sentinel in getattr(client, "runq_sentinels", ()):  # connection.async_client
+                await sentinel.aclose()
 
 
 __all__ = ["AsyncFunctions", "AsyncRedisBroker"]

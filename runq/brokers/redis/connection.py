@@ -148,6 +148,43 @@ def client(target: Target, options: dict[str, Any]) -> Any:
     return sentinels.master_for(target.service, db=target.db, **auth, **options)  # type: ignore[no-untyped-call]
 
 
+def async_client(target: Target, options: dict[str, Any], pool_size: int | None) -> Any:
+    """The redis.asyncio twin of :func:`client` for a cluster or a Sentinel master (one Redis:
+    the async broker builds its own pool). ``pool_size`` caps the connections per node."""
+    auth: dict[str, Any] = {"username": target.username, "password": target.password}
+    size = {"max_connections": pool_size} if pool_size else {}
+    if target.kind == "cluster":
+        from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+
+        seeds = [AsyncClusterNode(h, p) for h, p in target.hosts]
+        return AsyncFunctionsCluster(startup_nodes=seeds, **auth, **options, **size)
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    timeout = options.get("socket_connect_timeout", 5.0)
+    sentinels = AsyncSentinel(  # type: ignore[no-untyped-call]
+        list(target.hosts), sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    )
+    master = sentinels.master_for(target.service, db=target.db, **auth, **options)
+    master.runq_sentinels = sentinels.sentinels  # closing the master does not close these
+    return master
+
+
+def _async_functions_cluster() -> type:
+    from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+    class Cluster(AsyncRedisCluster):
+        """:class:`FunctionsCluster` for redis.asyncio: an ``FCALL``'s slot from its own keys."""
+
+        async def _determine_slot(self, command: str, *args: Any) -> int:
+            if command.upper() in ("FCALL", "FCALL_RO") and len(args) > 2 and int(args[1]) > 0:
+                slots = {self.keyslot(key) for key in args[2 : 2 + int(args[1])]}
+                if len(slots) == 1:
+                    return slots.pop()
+            return int(await super()._determine_slot(command, *args))
+
+    return Cluster
+
+
 def _sentinel_connection() -> type:
     """redis-py's Sentinel connection asks the sentinels for the master in ``connect()``, but a
     send on an unconnected connection goes straight to ``connect_check_health()``, which would
@@ -216,3 +253,6 @@ class Replication:
 
 
 __all__ = ["FunctionsCluster", "Replication", "Target", "client", "parse"]
+
+
+AsyncFunctionsCluster = _async_functions_cluster()
