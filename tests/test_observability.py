@@ -311,6 +311,68 @@ def test_promtool_checks_the_alert_rules_in_the_docs(tmp_path: Path) -> None:
     assert "SUCCESS: 3 rules found" in checked.stdout
 
 
+RULE_TESTS = """
+rule_files: [rules.yml]
+evaluation_interval: 1m
+tests:
+  - interval: 1m
+    input_series:
+      - series: 'runq_queue_tasks{queue="emails",state="pending"}'
+        values: '200+10x40'
+      - series: 'runq_queue_tasks{queue="calm",state="pending"}'
+        values: '500x40'
+      - series: 'runq_tasks_total{queue="default",task="send",outcome="failed"}'
+        values: '0+1x40'
+      - series: 'runq_tasks_total{queue="default",task="send",outcome="succeeded"}'
+        values: '0+9x40'
+      - series: 'runq_tasks_total{queue="default",task="fine",outcome="failed"}'
+        values: '0x40'
+      - series: 'runq_tasks_total{queue="default",task="fine",outcome="succeeded"}'
+        values: '0+10x40'
+      - series: 'runq_workers'
+        values: '1x10 0x30'
+      - series: 'runq_broker_up'
+        values: '1x40'
+    alert_rule_test:
+      - eval_time: 10m
+        alertname: RunqQueueBacklogGrowing
+        exp_alerts: []
+      - eval_time: 35m
+        alertname: RunqQueueBacklogGrowing
+        exp_alerts:
+          - exp_labels: {severity: warning, queue: emails}
+            exp_annotations:
+              summary: "runq queue emails backlog keeps growing"
+              description: "550 pending tasks in emails, growing for 15 minutes: add workers or look for a slow task."
+      - eval_time: 35m
+        alertname: RunqTaskFailureRatioHigh
+        exp_alerts:
+          - exp_labels: {severity: warning, queue: default, task: send}
+            exp_annotations:
+              summary: "runq task send fails more than 5% of the time"
+              description: "10% of send runs in default end failed (retries exhausted)."
+      - eval_time: 11m
+        alertname: RunqNoLiveWorkers
+        exp_alerts: []
+      - eval_time: 35m
+        alertname: RunqNoLiveWorkers
+        exp_alerts:
+          - exp_labels: {severity: critical}
+            exp_annotations:
+              summary: "no runq worker has a live heartbeat"
+              description: "The broker answers but no worker has sent a heartbeat for 2 minutes: nothing is being processed."
+"""
+
+
+def test_the_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
+    """A growing backlog alerts and a large flat one does not; a 10% failure ratio alerts and
+    a clean task does not; no workers alerts only after 2 minutes without any."""
+    (tmp_path / "rules.yml").write_text(doc_block("yaml", "<!-- rules -->"))
+    (tmp_path / "tests.yml").write_text(RULE_TESTS)
+    tested = promtool("test", "rules", str(tmp_path / "tests.yml"))
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
 def test_the_grafana_dashboard_queries_series_runq_exposes(sqlite_url: str) -> None:
     dashboard = json.loads(doc_block("json", "<!-- grafana -->"))
     exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
