@@ -360,7 +360,7 @@ tests:
           - exp_labels: {severity: critical}
             exp_annotations:
               summary: "no runq worker has a live heartbeat"
-              description: "The broker answers but no worker has sent a heartbeat for 2 minutes: nothing is being processed."
+              description: "The broker answers, but no worker heartbeat for 2 minutes: no task runs."
 """
 
 
