@@ -23,11 +23,13 @@ cumulative). Buckets are named by their bound, not their position, so changing
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # Seconds. Prometheus' defaults stop at 10 s; tasks run for minutes, so the top goes further.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, math.inf)
@@ -45,6 +47,22 @@ def _bound(value: float) -> str:
 _BUCKET_NAMES = tuple(_bound(bound) for bound in BUCKETS)
 
 
+class _Names(NamedTuple):
+    outcomes: dict[str, str]  # outcome -> field
+    buckets: dict[str, tuple[str, ...]]  # histogram -> field per bucket
+    sums: dict[str, str]  # histogram -> field
+
+
+@functools.lru_cache(maxsize=4096)
+def _names(task: str) -> _Names:
+    """The field names of one task, built once (``record`` runs for every settled attempt)."""
+    return _Names(
+        {outcome: f"{outcome}:{task}" for outcome in OUTCOMES},
+        {h: tuple(f"{h}_le_{bound}:{task}" for bound in _BUCKET_NAMES) for h in HISTOGRAMS},
+        {h: f"{h}_sum:{task}" for h in HISTOGRAMS},
+    )
+
+
 class TaskMetrics:
     """One worker's counts since its last flush; safe to record from any thread."""
 
@@ -55,15 +73,15 @@ class TaskMetrics:
 
     def record(self, queue: str, task: str | None, outcome: str, run: float | None, wait: float | None) -> None:
         """Count one settled attempt; ``run``/``wait`` in seconds when known (else not observed)."""
-        name = task if task is not None and self._known(task) else OTHER_TASK
+        names = _names(task if task is not None and self._known(task) else OTHER_TASK)
         with self._lock:
             series = self._deltas[queue]
-            series[f"{outcome}:{name}"] += 1
+            series[names.outcomes[outcome]] += 1
             for histogram, value in (("run", run), ("wait", wait)):
                 if value is not None:
                     value = max(0.0, value)
-                    series[f"{histogram}_le_{_BUCKET_NAMES[bisect.bisect_left(BUCKETS, value)]}:{name}"] += 1
-                    series[f"{histogram}_sum:{name}"] += value
+                    series[names.buckets[histogram][bisect.bisect_left(BUCKETS, value)]] += 1
+                    series[names.sums[histogram]] += value
 
     def take(self) -> Deltas:
         """Everything counted so far, leaving the counts at zero."""

@@ -67,8 +67,20 @@ _produced = _Recent()  # task id -> traceparent of its producer span (workflow l
 _attempts = _Recent()  # task id -> traceparent of its last failed attempt here (retry links)
 
 
-def _tracer() -> trace.Tracer:
-    return trace.get_tracer("runq")
+_active: list[trace.Tracer] = []  # runq's tracer, once an SDK's provider is installed
+
+
+def _tracer() -> trace.Tracer | None:
+    """runq's tracer, or ``None`` while no SDK is installed: spans would be no-ops then, and
+    skipping them keeps the API-without-SDK case as cheap as no extra (one check per call).
+    OpenTelemetry lets the global provider be set only once, so the tracer is kept for good."""
+    if _active:
+        return _active[0]
+    provider = trace.get_tracer_provider()
+    if isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        return None
+    _active.append(provider.get_tracer("runq"))
+    return _active[0]
 
 
 def _traceparent(context: SpanContext) -> str:
@@ -105,10 +117,13 @@ def _attributes(operation: str, queue: str, task_id: str, name: str) -> dict[str
 
 def produce(message: Message) -> Message:
     """The message with the trace context of its new PRODUCER span (unchanged without an SDK)."""
+    tracer = _tracer()
+    if tracer is None:
+        return message
     parents = [text for parent in message.after if (text := _produced.get(parent))]
     links = _links(iter(parents))
     attributes = _attributes("create", message.queue, message.id, message.name)
-    with _tracer().start_as_current_span(
+    with tracer.start_as_current_span(
         f"create {message.queue}", kind=SpanKind.PRODUCER, attributes=attributes, links=links
     ) as span:
         context = span.get_span_context()
@@ -133,13 +148,13 @@ def with_parents(message: Message) -> Message:
 
 
 @contextmanager
-def _attempt(job: Job) -> Iterator[Span]:
+def _attempt(tracer: trace.Tracer, job: Job) -> Iterator[Span]:
     carrier = job.trace if isinstance(job.trace, dict) else {}
     parent = propagate.extract(carrier)
     previous = _attempts.get(job.id) if job.attempt > 1 else None
     links = _links(iter([previous, *str(carrier.get(LINKS, "")).split()]))
     attributes = {**_attributes("process", job.queue, job.id, job.name), "runq.task.attempt": job.attempt}
-    with _tracer().start_as_current_span(
+    with tracer.start_as_current_span(
         f"process {job.queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes, links=links
     ) as span:
         yield span
@@ -171,14 +186,20 @@ def _finish(span: Span, job: Job, result: RunResult) -> RunResult:
 
 
 def consume(job: Job, run: Callable[[], RunResult]) -> RunResult:
-    """Run one attempt inside its CONSUMER span."""
-    with _attempt(job) as span:
+    """Run one attempt inside its CONSUMER span (just run it without an SDK)."""
+    tracer = _tracer()
+    if tracer is None:
+        return run()
+    with _attempt(tracer, job) as span:
         return _finish(span, job, run())
 
 
 async def aconsume(job: Job, run: Callable[[], Awaitable[RunResult]]) -> RunResult:
     """:func:`consume` for a coroutine (the async pool); cancellation is recorded on the span."""
-    with _attempt(job) as span:
+    tracer = _tracer()
+    if tracer is None:
+        return await run()
+    with _attempt(tracer, job) as span:
         return _finish(span, job, await run())
 
 

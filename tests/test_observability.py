@@ -244,8 +244,14 @@ def test_per_task_metrics_after_a_known_workload(
         ("flaky", "succeeded"): 1,
         (OTHER_TASK, "failed"): 1,
     }
-    # The worker sends its counts with its heartbeat (every 2 s): wait for the last of them.
-    found = wait_until(lambda: (m := samples(scrape(app))).get(tasks_total("flaky", "succeeded")) == 1 and m, 30)
+
+    # The worker sends its counts with its heartbeat (every 2 s): wait for all 10 attempts.
+    def counted() -> Samples | None:
+        found = samples(scrape(app))
+        attempts = sum(value for (name, _), value in found.items() if name == "runq_tasks_total")
+        return found if attempts >= 10 else None
+
+    found = wait_until(counted, timeout=30)
     for task in ("add", "fail_always", "flaky", OTHER_TASK):
         for outcome in ("succeeded", "failed", "retried", "cancelled"):
             assert found[tasks_total(task, outcome)] == expected.get((task, outcome), 0), (task, outcome)
