@@ -149,7 +149,9 @@ def with_parents(message: Message) -> Message:
 
 @contextmanager
 def _attempt(tracer: trace.Tracer, job: Job) -> Iterator[Span]:
-    carrier = job.trace if isinstance(job.trace, dict) else {}
+    # The carrier came from a payload: keep only string pairs, so a bad one cannot break a run.
+    found = job.trace if isinstance(job.trace, dict) else {}
+    carrier = {key: value for key, value in found.items() if isinstance(key, str) and isinstance(value, str)}
     parent = propagate.extract(carrier)
     previous = _attempts.get(job.id) if job.attempt > 1 else None
     links = _links(iter([previous, *str(carrier.get(LINKS, "")).split()]))

@@ -407,7 +407,10 @@ class Worker:
         message = entry.message
         if message is None or entry.claim.attempt != 1 or message.after or outcome.runtime is None:
             return None
-        enqueued = int(entry.claim.id.rpartition(".")[2][:13], 16) / 1e6
+        try:
+            enqueued = int(entry.claim.id.rpartition(".")[2][:13], 16) / 1e6
+        except ValueError:  # not an id runq made: no enqueue time to read
+            return None
         return time.time() - outcome.runtime - enqueued - message.delay
 
     # -- leases and heartbeat -----------------------------------------------------

@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import runq
 from runq import tracing
 from runq.dashboard import create_app
+from runq.models import Message, new_task_id
 from runq.task_metrics import OTHER_TASK, TaskMetrics, read
 from runq.tasks import NO_OPTIONS
 from tests.conftest import ROOT, WITH_POSTGRES, wait_until
@@ -137,7 +138,7 @@ def doc_block(language: str, marker: str) -> str:
 # -- tracing -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("pool", ["thread", "process"])
+@pytest.mark.parametrize("pool", ["thread", "process", "async"])
 def test_one_trace_from_producer_to_worker(
     pool: str, sqlite_url: str, producer_spans: InMemorySpanExporter, traced_worker: Callable[..., TracedWorker]
 ) -> None:
@@ -191,6 +192,11 @@ def test_one_trace_from_producer_to_worker(
     assert (line["task"], line["queue"], line["attempt"]) == ("add", "default", 1)
     assert (line["trace_id"], line["span_id"]) == (ok["trace_id"], ok["span_id"])
     assert line["worker"].split(":")[1] == str(worker.proc.pid)
+
+    # A carrier that is not W3C trace context (a foreign or broken producer) never breaks a run.
+    bad = Message(id=new_task_id("default"), name="add", queue="default", args=[2, 2], trace={"traceparent": 5})  # type: ignore[dict-item]
+    [bad_id] = app.broker.enqueue([bad], 60)
+    assert app.handle(bad_id).result(timeout=60) == 4
 
 
 def test_without_an_sdk_messages_carry_no_trace(sqlite_url: str) -> None:
