@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from runq import tracing
 from runq.brokers import Broker, connect
 from runq.brokers.aio import AsyncBroker, ThreadedBroker, adapt
 from runq.handles import Handle
@@ -283,6 +284,8 @@ class App:
             result_ttl=opts.result_ttl or self.settings.result_ttl,
             after=opts.after or (),
         )
+        if tracing.ENABLED:
+            message = tracing.produce(message)
         try:
             size = len(message.payload.encode())
         except (TypeError, ValueError) as exc:

@@ -1,12 +1,14 @@
 """Logging set-up: readable text by default, one JSON object per line for log shippers.
 
 Task events carry their fields as ``extra={"task": {...}}`` so both formats show
-the same facts (id, name, queue, attempt, duration) without parsing messages:
+the same facts (task_id, task, queue, attempt, worker, duration and, when the task is
+traced, trace_id and span_id: docs/observability.md) without parsing messages:
 
-    text  2026-01-02 03:04:05,678 INFO    runq.worker: succeeded id=default.01j… name=add queue=default
-          attempt=1 duration=0.0012s
+    text  2026-01-02 03:04:05,678 INFO    runq.worker: succeeded task_id=default.01j… task=add queue=default
+          attempt=1 worker=host:4242:a1b2c3 duration=0.0012s
     json  {"ts": "2026-01-02T03:04:05.678Z", "level": "info", "logger": "runq.worker", "event": "succeeded",
-           "id": "default.01j…", "name": "add", "queue": "default", "attempt": 1, "duration": 0.0012}
+           "task_id": "default.01j…", "task": "add", "queue": "default", "attempt": 1,
+           "worker": "host:4242:a1b2c3", "duration": 0.0012}
 
 In JSON the task's fields sit at the top level (``jq 'select(.event == "failed")'``);
 ``event`` is the message of a task event, ``msg`` the message of any other line.

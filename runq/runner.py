@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from runq import tracing
 from runq.context import TaskContext, _current
 from runq.errors import Retry
 
@@ -34,6 +35,7 @@ class Job:
     args: list[Any]
     kwargs: dict[str, Any]
     timeout: float | None = None
+    trace: dict[str, str] | None = None  # the message's trace context (runq/tracing.py)
 
     def context(self) -> TaskContext:
         return TaskContext(self.id, self.name, self.queue, self.attempt)
@@ -53,6 +55,7 @@ class RunResult:
     retryable: bool = False
     retry_delay: float | None = None
     duration: float = 0.0
+    trace: list[str] | None = None  # [trace_id, span_id] of the attempt's span, for the logs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,7 +72,10 @@ class RunResult:
 def run_job(app: App, job: Job, context: TaskContext | None = None) -> RunResult:
     """Run a job in this thread (``async def`` tasks get their own event loop)."""
     started = time.perf_counter()
-    result = _run_job(app, job, context)
+    if tracing.ENABLED:
+        result = tracing.consume(job, lambda: _run_job(app, job, context))
+    else:
+        result = _run_job(app, job, context)
     result.duration = time.perf_counter() - started
     return result
 
@@ -98,7 +104,10 @@ async def arun_job(app: App, job: Job, context: TaskContext) -> RunResult:
     ``asyncio.CancelledError`` and a timeout propagate to the pool, which owns them.
     """
     started = time.perf_counter()
-    result = await _arun_job(app, job, context)
+    if tracing.ENABLED:
+        result = await tracing.aconsume(job, lambda: _arun_job(app, job, context))
+    else:
+        result = await _arun_job(app, job, context)
     result.duration = time.perf_counter() - started
     return result
 

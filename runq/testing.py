@@ -499,8 +499,8 @@ class NetnsPair:
 # suite runs as a user made with exactly these rules, and a test checks the README shows them.
 REDIS_ACL = (
     "resetkeys ~runq:* resetchannels -@all +ping +time +select +multi +exec +fcall +function|load"
-    " +blpop +get +set +del +hget +hgetall +hmget +hset +hdel +hexists +hincrby +hkeys +hlen +lpush +rpush"
-    " +lrange +ltrim +pexpire +incr +incrby +sadd +smembers +srem +zadd +zcard +zrange +zrangebyscore"
+    " +blpop +get +set +del +hget +hgetall +hmget +hset +hdel +hexists +hincrby +hincrbyfloat +hkeys +hlen +lpush"
+    " +rpush +lrange +ltrim +pexpire +incr +incrby +sadd +smembers +srem +zadd +zcard +zrange +zrangebyscore"
     " +zrevrange +zrem +zscore"
 )
 

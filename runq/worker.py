@@ -41,7 +41,9 @@ from runq.models import Claim, Message, Outcome, WorkerInfo
 from runq.pools import Pool, create_pool
 from runq.runner import Job, RunResult
 from runq.settings import Settings
+from runq.task_metrics import TaskMetrics
 from runq.tasks import Policy, Task
+from runq.tracing import log_ids
 from runq.workflow import DependencyError, parent_results
 
 log = logging.getLogger("runq.worker")
@@ -68,6 +70,7 @@ class InFlight:
     done: bool = False  # its outcome is waiting to be settled
     breaker: tuple[int, float] | None = None  # the task's circuit breaker, told how the run ended
     malformed: str = ""  # why the payload could not be decoded (``message`` is None)
+    trace: list[str] | None = None  # observability: [trace_id, span_id] of the attempt's span
 
 
 class Worker:
@@ -89,6 +92,7 @@ class Worker:
         self.broker: Broker = connect(self.settings.url, self.settings.connect_timeout)
         self.pool: Pool = create_pool(self.settings, app, app_path, self._finished)
         self.counts: Counter[str] = Counter()
+        self.task_metrics = TaskMetrics(lambda name: name in app.tasks)  # observability: flushed with heartbeats
         self.started_at = time.time()
         self._inflight: dict[str, InFlight] = {}
         self._cond = threading.Condition()
@@ -130,6 +134,7 @@ class Worker:
         threads[1].join()
         self._halted.set()
         threads[2].join()
+        self._try(lambda: self.task_metrics.flush(self.broker.add_task_metrics))  # observability
         self._try(lambda: self.broker.unregister(self.id))
         self.broker.close()
         log.info("worker %s stopped", self.id)
@@ -251,7 +256,9 @@ class Worker:
             args = prepared
         if log.isEnabledFor(logging.DEBUG):
             log.debug("started", extra={"task": self._fields(entry)})
-        return Job(claim.id, message.name, claim.queue, claim.attempt, args, message.kwargs, policy.timeout)
+        return Job(
+            claim.id, message.name, claim.queue, claim.attempt, args, message.kwargs, policy.timeout, message.trace
+        )
 
     def _prepare(self, entry: InFlight, message: Message, task: Task[Any, Any] | None) -> list[Any] | None:
         """Flow control before a run (never on the plain path): the task's circuit breaker and
@@ -305,12 +312,14 @@ class Worker:
         if entry is None or entry.message is None:
             return
         if result is None:
+            self.task_metrics.record(entry.claim.queue, entry.message.name, "cancelled", None, None)  # observability
             if log.isEnabledFor(logging.INFO):
                 reason = "its claim is gone: cancelled, or taken over after a stall"
                 log.info("cancelled", extra={"task": {**self._fields(entry), "reason": reason}})
             self._forget([entry])
             return
         self._runtime += 0.2 * (result.duration - self._runtime)
+        entry.trace = result.trace  # observability
         self._settle(entry, self.outcome(entry.claim, entry.message, entry.policy, result))
 
     @property
@@ -371,6 +380,9 @@ class Worker:
             return
         event = {"succeeded": "succeeded", "retry": "retried", "failed": "failed", "release": "deferred"}[outcome.kind]
         self.counts[event] += 1
+        if outcome.kind != "release":  # observability: per-task series (runq/task_metrics.py)
+            name = entry.message.name if entry.message else None
+            self.task_metrics.record(entry.claim.queue, name, event, outcome.runtime, self._wait(entry, outcome))
         level = {"failed": logging.WARNING, "release": logging.DEBUG}.get(outcome.kind, logging.INFO)
         if not log.isEnabledFor(level):
             return
@@ -388,15 +400,32 @@ class Worker:
             if self._stopping.is_set() or self.capacity - len(self._inflight) >= self._round():
                 self._cond.notify_all()  # the claimer has a round to claim (or shutdown waits)
 
-    @staticmethod
-    def _fields(entry: InFlight) -> dict[str, Any]:
-        return {
-            "id": entry.claim.id,
-            "name": entry.message.name if entry.message else None,
+    def _fields(self, entry: InFlight) -> dict[str, Any]:
+        fields = {
+            "task_id": entry.claim.id,
+            "task": entry.message.name if entry.message else None,
             "queue": entry.claim.queue,
             "attempt": entry.claim.attempt,
+            "worker": self.id,
             "duration": round(time.monotonic() - entry.started, 6),
         }
+        ids = entry.trace or (log_ids(entry.message.trace) if entry.message else None)  # observability
+        if ids:
+            fields["trace_id"], fields["span_id"] = ids
+        return fields
+
+    @staticmethod
+    def _wait(entry: InFlight, outcome: Outcome) -> float | None:
+        """Observability: seconds from due (the id's enqueue time + delay) to started, for a
+        first attempt of a task without parents (a retry's or a step's due time is unknown here)."""
+        message = entry.message
+        if message is None or entry.claim.attempt != 1 or message.after or outcome.runtime is None:
+            return None
+        try:
+            enqueued = int(entry.claim.id.rpartition(".")[2][:13], 16) / 1e6
+        except ValueError:  # not an id runq made: no enqueue time to read
+            return None
+        return time.time() - outcome.runtime - enqueued - message.delay
 
     # -- leases and heartbeat -----------------------------------------------------
 
@@ -410,6 +439,7 @@ class Worker:
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
                 self._try(lambda: self.broker.heartbeat(self.info(), HEARTBEAT_TTL))
+                self._try(lambda: self.task_metrics.flush(self.broker.add_task_metrics))  # observability
 
     def _renew(self, claims: list[Claim]) -> None:
         held = self._try(lambda: self.broker.renew(claims, self.settings.lease))

@@ -20,6 +20,7 @@ import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
+from runq import tracing
 from runq.handles import GroupHandle, Handle
 from runq.models import Message, Status, TaskInfo
 from runq.tasks import Signature
@@ -49,7 +50,8 @@ def _message(app: App, signature: Signature) -> Message:
 def _after(message: Message, parents: Iterable[str], pass_results: str) -> Message:
     """The message waiting on ``parents`` (before its own ``after``) and taking their results."""
     after = (*parents, *(p for p in message.after if p not in parents))
-    return dataclasses.replace(message, after=after, pass_results=pass_results)  # type: ignore[arg-type]
+    step = dataclasses.replace(message, after=after, pass_results=pass_results)  # type: ignore[arg-type]
+    return tracing.with_parents(step) if tracing.ENABLED else step
 
 
 class Chain:

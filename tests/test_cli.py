@@ -247,14 +247,14 @@ def test_every_setting_is_read_from_the_environment_and_documented() -> None:
 def test_log_formats_show_a_task_event_the_same_way() -> None:
     import logging
 
-    fields_ = {"id": "default.x", "name": "add", "queue": "default", "attempt": 2, "duration": 0.0123}
+    fields_ = {"task_id": "default.x", "task": "add", "queue": "default", "attempt": 2, "duration": 0.0123}
     record = logging.makeLogRecord({"name": "runq.worker", "levelno": 20, "levelname": "INFO", "msg": "succeeded"})
     record.task = fields_
     line = json.loads(JSONFormatter().format(record))
     assert line["event"] == "succeeded" and line["level"] == "info" and line["ts"].endswith("Z")
     assert {k: line[k] for k in fields_} == fields_
     text = TextFormatter().format(record)
-    assert text.endswith("succeeded id=default.x name=add queue=default attempt=2 duration=0.0123s")
+    assert text.endswith("succeeded task_id=default.x task=add queue=default attempt=2 duration=0.0123s")
 
 
 # -- with a real worker ----------------------------------------------------------------------
@@ -288,10 +288,11 @@ def test_worker_result_retry_and_workers(app: runq.App, broker_url: str, start_w
     events = [json.loads(line) for line in worker.output().splitlines() if line.startswith("{")]
     banner = next(e for e in events if "started: broker" in e.get("msg", ""))
     assert broker_url in banner["msg"] and "thread x2" in banner["msg"]
-    succeeded = next(e for e in events if e.get("event") == "succeeded" and e["id"] == added)
-    assert (succeeded["name"], succeeded["queue"], succeeded["attempt"]) == ("add", "default", 1)
+    succeeded = next(e for e in events if e.get("event") == "succeeded" and e["task_id"] == added)
+    assert (succeeded["task"], succeeded["queue"], succeeded["attempt"]) == ("add", "default", 1)
+    assert succeeded["worker"] == live[0]["id"]
     assert succeeded["duration"] >= 0
-    failed = next(e for e in events if e.get("event") == "failed" and e["id"] == picky)
+    failed = next(e for e in events if e.get("event") == "failed" and e["task_id"] == picky)
     assert failed["level"] == "warning" and "ValueError" in failed["error"]
 
 

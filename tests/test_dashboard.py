@@ -480,8 +480,8 @@ def test_metrics_report_depths_counters_latency_and_workers(
     metrics = scrape(api)
     assert metrics[("runq_tasks_succeeded_total", ())] == 5
     assert metrics[("runq_worker_slots", ())] == 2
-    for name in ("runq_task_wait_seconds", "runq_task_run_seconds"):
-        assert {q for (n, labels), _ in metrics.items() if n == name for _, q in labels} == {"0.5", "0.95", "0.99"}
+    for name in ("runq_recent_wait_seconds", "runq_recent_run_seconds"):
+        assert {q for (n, labels), _ in metrics.items() if n == name for _, q in labels} == {"p50", "p95", "p99"}
     assert metrics[("runq_throughput_tasks_per_second", ())] > 0
 
     workers = api.get("/api/workers").json()

@@ -95,6 +95,7 @@ def test_every_script_call_stays_in_one_hash_slot(
     [claim] = broker.claim(("a",), "w", 1, 30)
     assert broker.settle([Outcome(claim.id, claim.token, "succeeded", result="3")]) == [True]  # resolve.lua in b's
     assert broker.acquire_rate("add", 5, 1) == 0 and broker.breaker("add", "allow", 3, 1) == 0
+    broker.add_task_metrics({"a": {"succeeded:add": 1}, "b": {"failed:add": 2}})  # metrics.lua, per queue
 
     broker.wait_for_work(("b",), 0.01)  # due.lua
     assert {name for name, _ in calls} == set(FUNCTIONS)

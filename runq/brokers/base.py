@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from runq.models import Claim, Message, Outcome, Stats, Status, TaskInfo, WorkerInfo
@@ -156,6 +156,18 @@ class Broker(ABC):
         ``success`` closes it. ``failure`` counts a failed attempt: the ``failures``-th in a
         row, or a failed probe, opens it for ``seconds``. Both answer 0.
         """
+
+    # -- per-task metrics (issue 14) ------------------------------------------------
+
+    @abstractmethod
+    def add_task_metrics(self, deltas: Mapping[str, Mapping[str, float]]) -> None:
+        """Add one worker's per-task metric deltas (``queue -> field -> amount``, see
+        runq/task_metrics.py) to the fleet's totals: all of them or none. Called with the
+        heartbeat, never per task, so it stays off the claim/settle path."""
+
+    @abstractmethod
+    def task_metrics(self) -> dict[str, dict[str, float]]:
+        """The fleet's per-task metric totals, ``queue -> field -> total``."""
 
     # -- workers ----------------------------------------------------------------
 

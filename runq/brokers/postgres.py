@@ -23,7 +23,7 @@ import json
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
@@ -32,6 +32,7 @@ import psycopg
 from psycopg import Cursor
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from runq import task_metrics
 from runq.brokers import postgres_flow as flow
 from runq.brokers import postgres_inspect as inspect
 from runq.brokers.base import BreakerEvent, Broker
@@ -534,6 +535,21 @@ class PostgresBroker(Broker):
         return self._run(lambda cur: flow.breaker(cur, self.s, name, event, failures, seconds))
 
     # -- workers ------------------------------------------------------------------
+
+    def add_task_metrics(self, deltas: Mapping[str, Mapping[str, float]]) -> None:
+        sql = (
+            f"INSERT INTO {self.s}.task_metrics (queue, field, value) VALUES (%s, %s, %s)"
+            " ON CONFLICT (queue, field) DO UPDATE SET value = task_metrics.value + excluded.value"
+        )
+        found = task_metrics.rows(deltas)
+        self._run(lambda cur: cur.executemany(sql, found))
+
+    def task_metrics(self) -> dict[str, dict[str, float]]:
+        found = self._run(
+            lambda cur: cur.execute(f"SELECT queue, field, value FROM {self.s}.task_metrics").fetchall(),
+            transaction=False,
+        )
+        return task_metrics.totals([tuple(row) for row in found])
 
     def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
         def work(cur: Cursor[Any]) -> None:

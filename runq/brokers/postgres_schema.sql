@@ -94,3 +94,13 @@ CREATE TABLE {schema}.breakers (
     open_until  float8  NOT NULL,
     probe_until float8  NOT NULL
 );
+
+-- migration: 2
+-- Per-task metrics (issue 14): fleet-wide totals that workers add their deltas to with
+-- their heartbeat; field is "<series>:<task>" (runq/task_metrics.py).
+CREATE TABLE {schema}.task_metrics (
+    queue text   NOT NULL,
+    field text   NOT NULL,
+    value float8 NOT NULL,
+    PRIMARY KEY (queue, field)
+);

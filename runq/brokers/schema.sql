@@ -83,3 +83,12 @@ CREATE TABLE IF NOT EXISTS runq_breakers (
     open_until  REAL NOT NULL,
     probe_until REAL NOT NULL
 ) WITHOUT ROWID;
+
+-- Per-task metrics (issue 14): fleet-wide totals that workers add their deltas to with
+-- their heartbeat; field is "<series>:<task>" (runq/task_metrics.py).
+CREATE TABLE IF NOT EXISTS runq_task_metrics (
+    queue TEXT NOT NULL,
+    field TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (queue, field)
+) WITHOUT ROWID;

@@ -16,13 +16,14 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from runq import task_metrics
 from runq.brokers import sqlite_flow as flow
 from runq.brokers.base import BreakerEvent, Broker
 from runq.errors import BrokerUnavailable
@@ -497,6 +498,18 @@ class SQLiteBroker(Broker):
             return flow.breaker(db, name, event, failures, seconds, time.time())
 
     # -- workers ------------------------------------------------------------------
+
+    def add_task_metrics(self, deltas: Mapping[str, Mapping[str, float]]) -> None:
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO runq_task_metrics (queue, field, value) VALUES (?, ?, ?)"
+                " ON CONFLICT (queue, field) DO UPDATE SET value = value + excluded.value",
+                task_metrics.rows(deltas),
+            )
+
+    def task_metrics(self) -> dict[str, dict[str, float]]:
+        found = self._read().execute("SELECT queue, field, value FROM runq_task_metrics").fetchall()
+        return task_metrics.totals([tuple(row) for row in found])
 
     def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
         with self._write() as db:

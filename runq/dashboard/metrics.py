@@ -6,7 +6,11 @@ dashboards (or none) can run against one broker and all report the same values.
 Each :func:`create_registry` builds its own ``CollectorRegistry``, never the global
 one, so two apps in one process (or one test after another) do not collide.
 
-Counters are per outcome only: the brokers do not keep counts per task name yet.
+Per task name (issue 14): ``runq_tasks_total{queue,task,outcome}`` and the histograms
+``runq_task_run_seconds`` and ``runq_task_wait_seconds`` (labels ``queue``, ``task``) are the
+fleet-wide totals the workers add to the broker with their heartbeats
+(runq/task_metrics.py). The broker's last-5-minute quantiles stay available as the gauges
+``runq_recent_run_seconds`` / ``runq_recent_wait_seconds`` (label ``percentile``).
 """
 
 from __future__ import annotations
@@ -15,12 +19,13 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from runq.app import App
 from runq.errors import RunqError
 from runq.models import COUNTERS, Percentiles, QueueStats, WorkerInfo
+from runq.task_metrics import OUTCOMES, TaskSeries, read
 
 STATES = tuple(QueueStats.__dataclass_fields__)
 COUNTER_HELP = {
@@ -42,11 +47,12 @@ class RunqCollector(Collector):
         # Returning nothing keeps registration from calling collect() (and the broker).
         return []
 
-    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
         up = GaugeMetricFamily("runq_broker_up", "1 when the broker answered this scrape, else 0.")
         try:
             stats = self.app.stats()
             workers = self.app.workers()
+            per_task = read(self.app.broker.task_metrics())
         except (RunqError, OSError):
             up.add_metric([], 0)
             yield up
@@ -66,8 +72,9 @@ class RunqCollector(Collector):
             counter.add_metric([], stats.counters.get(name, 0))
             yield counter
 
-        yield _quantiles("runq_task_wait_seconds", "Time from ready to started, last 5 minutes.", stats.wait)
-        yield _quantiles("runq_task_run_seconds", "Time from started to finished, last 5 minutes.", stats.run)
+        yield from _task_metrics(per_task)
+        yield _quantiles("runq_recent_wait_seconds", "Time from ready to started, last 5 minutes.", stats.wait)
+        yield _quantiles("runq_recent_run_seconds", "Time from started to finished, last 5 minutes.", stats.run)
 
         throughput = GaugeMetricFamily("runq_throughput_tasks_per_second", "Tasks finished per second, last minute.")
         throughput.add_metric([], stats.throughput)
@@ -76,12 +83,40 @@ class RunqCollector(Collector):
         yield from _worker_metrics(workers)
 
 
+def _task_metrics(series: list[TaskSeries]) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
+    """The per-task series every worker adds to the broker (runq/task_metrics.py)."""
+    tasks = CounterMetricFamily(
+        "runq_tasks",
+        "Attempts settled by the workers, per queue, task and outcome (succeeded, failed, retried, cancelled).",
+        labels=["queue", "task", "outcome"],
+    )
+    run = HistogramMetricFamily(
+        "runq_task_run_seconds", "How long each attempt ran (started to finished).", labels=["queue", "task"]
+    )
+    wait = HistogramMetricFamily(
+        "runq_task_wait_seconds",
+        "First attempts of tasks without parents: time from due (enqueued + delay) to started.",
+        labels=["queue", "task"],
+    )
+    for one in series:
+        labels = [one.queue, one.task]
+        for outcome in OUTCOMES:
+            tasks.add_metric([*labels, outcome], one.outcomes[outcome])
+        run.add_metric(labels, one.run.labelled(), one.run.sum)
+        wait.add_metric(labels, one.wait.labelled(), one.wait.sum)
+    yield tasks
+    yield run
+    yield wait
+
+
 def _quantiles(name: str, help_text: str, values: Percentiles) -> GaugeMetricFamily:
-    """A Summary-style gauge: the broker computes the quantiles, so there is no _sum or _count."""
-    family = GaugeMetricFamily(name, help_text, labels=["quantile"])
-    for quantile, value in (("0.5", values.p50), ("0.95", values.p95), ("0.99", values.p99)):
+    """The broker's recent percentiles as a gauge. Its label is ``percentile``, not ``quantile``:
+    that name belongs to summaries (``promtool check metrics`` refuses it on a gauge), and
+    the broker keeps no ``_sum``/``_count`` to make this one. Aggregate the histograms instead."""
+    family = GaugeMetricFamily(name, help_text, labels=["percentile"])
+    for percentile, value in (("p50", values.p50), ("p95", values.p95), ("p99", values.p99)):
         if value is not None:
-            family.add_metric([quantile], value)
+            family.add_metric([percentile], value)
     return family
 
 

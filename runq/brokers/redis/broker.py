@@ -23,7 +23,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
 import redis
@@ -39,6 +39,7 @@ from runq.brokers.redis.keys import (
     done_key,
     function_keys,
     idempotency_key,
+    metrics_key,
     queue_keys,
     worker_key,
 )
@@ -444,6 +445,26 @@ class RedisBroker(Broker):
         self.flow.apply_steps(queue, steps)
 
     # -- workers ------------------------------------------------------------------
+
+    @_guarded
+    def add_task_metrics(self, deltas: Mapping[str, Mapping[str, float]]) -> None:
+        calls = [
+            Call("metrics", [metrics_key(queue)], [part for item in series.items() for part in item])
+            for queue, series in sorted(deltas.items())
+            if series
+        ]
+        if calls:
+            self.functions.batch(calls, atomic=True)
+
+    @_guarded
+    def task_metrics(self) -> dict[str, dict[str, float]]:
+        queues = self._queues(None)
+        found = self.functions.batch([], [("HGETALL", metrics_key(queue)) for queue in queues]) if queues else []
+        return {
+            queue: {_str(name): float(value) for name, value in fields.items()}
+            for queue, fields in zip(queues, found, strict=True)
+            if fields
+        }
 
     @_guarded
     def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:

@@ -29,6 +29,8 @@ a function touches exactly one cluster slot):
     runq:{q}:outbox           zset    JSON workflow step for another queue's slot -> posted at
     runq:{q}:done:<id>        list    wait() notification, expires after 10 s
     runq:{q}:key:<key>        string  idempotency key -> id, expires after key_ttl
+    runq:{q}:metrics          hash    "<series>:<task>" -> total: per-task metrics that
+                                      workers add with their heartbeat (metrics.lua)
     runq:queues               set     every queue ever used
     runq:workers              set     worker ids; runq:worker:<id> string, expires after ttl
     runq:rate:{<name>}        hash    tat, tail: a task name's rate limit (GCRA, rate.lua)
@@ -117,6 +119,7 @@ FUNCTIONS = {
     "resolve": Function("resolve"),
     "rate": Function("rate", None),
     "breaker": Function("breaker", None),
+    "metrics": Function("metrics", None),  # its one key: metrics_key(queue), off the hot path
 }
 
 
@@ -141,6 +144,10 @@ def done_key(task_id: str) -> str:
 
 def idempotency_key(queue: str, key: str) -> str:
     return f"runq:{{{queue}}}:key:{key}"
+
+
+def metrics_key(queue: str) -> str:
+    return f"runq:{{{queue}}}:metrics"
 
 
 def worker_key(worker_id: str) -> str:
