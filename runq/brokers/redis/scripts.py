@@ -90,6 +90,13 @@ class _Lane(threading.local):
 
     connection: Any = None
     pid = 0
+    generation = 0
+
+
+def _disconnect_all(lanes: dict[int, Any]) -> None:
+    for connection in lanes.values():
+        connection.disconnect()
+    lanes.clear()
 
 
 def _reconnect_if_closed(connection: Any) -> None:
@@ -123,14 +130,23 @@ class Functions:
         self.mode: str | None = None  # "function" or "script", learnt on the first call
         self._shas: dict[str, str] = {}
         self._lane = _Lane()
-        self._lanes: weakref.WeakSet[Any] = weakref.WeakSet()  # to close them all
+        # Every lane by thread, so that close() (or, for a broker nobody closed, the garbage
+        # collector through the finalizer, which holds this dict) closes their sockets.
+        self._lanes: dict[int, Any] = {}
+        self._lanes_lock = threading.Lock()
+        self._generation = 1  # bumped by close(): lanes made before are made again
+        weakref.finalize(self, _disconnect_all, self._lanes)
 
     def _connection(self) -> Any:
         lane = self._lane
-        if lane.connection is None or lane.pid != os.getpid():  # a forked child never shares a socket
+        if lane.generation != self._generation or lane.pid != os.getpid():  # a fork never shares a socket
             lane.connection = self.client.connection_pool.make_connection()
-            lane.pid = os.getpid()
-            self._lanes.add(lane.connection)
+            lane.pid, lane.generation = os.getpid(), self._generation
+            with self._lanes_lock:
+                live = {thread.ident for thread in threading.enumerate()}
+                for ident in [ident for ident in self._lanes if ident not in live]:  # their threads ended
+                    self._lanes.pop(ident).disconnect()
+                self._lanes[threading.get_ident()] = lane.connection
         return lane.connection
 
     def send(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
@@ -157,8 +173,9 @@ class Functions:
         return replies
 
     def close(self) -> None:
-        for connection in list(self._lanes):
-            connection.disconnect()
+        with self._lanes_lock:
+            self._generation += 1
+            _disconnect_all(self._lanes)
 
     def _ensure(self) -> None:
         if self.mode is None:
