@@ -1,7 +1,7 @@
 """The producer's half of the Redis broker on redis.asyncio: enqueue, read, wait, cancel.
 
 Nothing here is a second definition: the calls are built by the synchronous broker's own
-helpers (``RedisBroker._enqueue_call``, keys.py's layout), sent as the same ``FCALL`` of the
+helpers (``RedisBroker.enqueue_plan``, keys.py's layout), sent as the same ``FCALL`` of the
 same Functions library (scripts.py: its name and code hash, its ``EVALSHA`` fallback), and
 their answers decoded by ``RedisBroker._info``. Only the I/O is asynchronous. The rare
 follow-up that crosses slots (an ``after`` parent or a cancelled task's dependents in
@@ -32,7 +32,7 @@ from redis.utils import HIREDIS_AVAILABLE
 from runq.brokers.aio import AsyncBroker
 from runq.brokers.redis import connection
 from runq.brokers.redis.broker import BLOCK_SLICE, CANCELLED, UNAVAILABLE, RedisBroker, _ceil_ms, _unavailable
-from runq.brokers.redis.keys import QUEUES_KEY, done_key, function_keys
+from runq.brokers.redis.keys import done_key, function_keys
 from runq.brokers.redis.scripts import Call, body, library
 from runq.models import Message, TaskInfo, queue_of
 
@@ -171,17 +171,9 @@ class AsyncRedisBroker(AsyncBroker):
 
     async def _enqueue(self, messages: Sequence[Message], key_ttl: float) -> list[str]:
         """As RedisBroker.enqueue: one call per queue, atomic across queues on a single Redis."""
-        groups: dict[str, list[int]] = {}
-        for i, message in enumerate(messages):
-            groups.setdefault(message.queue, []).append(i)
+        groups, calls, commands = self.redis.enqueue_plan(messages, key_ttl)
         if not groups:
             return []
-        calls = [
-            self.redis._enqueue_call(queue, [messages[i] for i in indexes], key_ttl)
-            for queue, indexes in groups.items()
-        ]
-        unregistered = self.redis._unregistered(groups)
-        commands = [("SADD", QUEUES_KEY, *unregistered)] if unregistered else []
         results = await self.functions.batch(calls, commands, atomic=len(groups) > 1)
         ids: list[str] = [""] * len(messages)
         for (queue, indexes), returned in zip(groups.items(), results[: len(groups)], strict=True):

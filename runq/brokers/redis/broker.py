@@ -177,16 +177,9 @@ class RedisBroker(Broker):
 
     @_guarded
     def enqueue(self, messages: Sequence[Message], key_ttl: float) -> list[str]:
-        groups: dict[str, list[int]] = {}
-        for i, message in enumerate(messages):
-            groups.setdefault(message.queue, []).append(i)
+        groups, calls, commands = self.enqueue_plan(messages, key_ttl)
         if not groups:
             return []
-        calls = [
-            self._enqueue_call(queue, [messages[i] for i in indexes], key_ttl) for queue, indexes in groups.items()
-        ]
-        unregistered = self._unregistered(groups)
-        commands = [("SADD", QUEUES_KEY, *unregistered)] if unregistered else []
         results = self.functions.batch(calls, commands, atomic=len(groups) > 1)
         ids: list[str] = [""] * len(messages)
         for (queue, indexes), returned in zip(groups.items(), results[: len(groups)], strict=True):
@@ -196,6 +189,21 @@ class RedisBroker(Broker):
                 self.apply_steps(queue, returned[len(indexes) :])
         self._replicate(groups, lane=len(groups) == 1, strict=True)
         return ids
+
+    def enqueue_plan(
+        self, messages: Sequence[Message], key_ttl: float
+    ) -> tuple[dict[str, list[int]], list[Call], list[tuple[Any, ...]]]:
+        """The messages' indexes by queue, one enqueue call per queue, and the ``SADD`` of
+        queues not registered lately: what the sync and the asyncio enqueue both send."""
+        groups: dict[str, list[int]] = {}
+        for i, message in enumerate(messages):
+            groups.setdefault(message.queue, []).append(i)
+        calls = [
+            self._enqueue_call(queue, [messages[i] for i in indexes], key_ttl) for queue, indexes in groups.items()
+        ]
+        unregistered = self._unregistered(groups)
+        commands: list[tuple[Any, ...]] = [("SADD", QUEUES_KEY, *unregistered)] if unregistered else []
+        return groups, calls, commands
 
     @staticmethod
     def _enqueue_call(queue: str, messages: Sequence[Message], key_ttl: float) -> Call:
