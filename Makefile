@@ -3,13 +3,18 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo quickstart test lint pytest redis-server clean
+.PHONY: demo quickstart test lint pytest redis-server clean lock
 
-$(VENV)/.installed: pyproject.toml
+# The toolchain comes from the committed lock (requirements/dev.lock, pip constraints), so a fresh
+# clone installs what CI last passed with; `make lock` refreshes it (scripts/lock.sh).
+$(VENV)/.installed: pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c requirements/dev.lock pip
+	$(PY) -m pip install -q -c requirements/dev.lock -e '.[dev]'
 	touch $@
+
+lock:
+	bash scripts/lock.sh
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/runq demo
@@ -23,6 +28,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check runq tests examples
 	$(VENV)/bin/ruff format --check runq tests examples
 	$(VENV)/bin/mypy
+	VENV=$(VENV) bash scripts/typecheck-redis-majors.sh
 
 pytest: $(VENV)/.installed redis-server
 	$(PY) -m pytest

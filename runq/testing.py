@@ -339,9 +339,10 @@ class SentinelGroup:
         from redis.sentinel import MasterNotFoundError, Sentinel
 
         hosts = [("127.0.0.1", port) for port in self.sentinel_ports]
-        sentinels = Sentinel(hosts, sentinel_kwargs={"socket_timeout": 2})  # type: ignore[no-untyped-call]
+        sentinel_class: Any = Sentinel  # typed differently across redis-py majors
+        sentinels = sentinel_class(hosts, sentinel_kwargs={"socket_timeout": 2})
         try:
-            return int(sentinels.discover_master(self.service)[1])  # type: ignore[no-untyped-call]
+            return int(sentinels.discover_master(self.service)[1])
         except MasterNotFoundError:
             return None
         finally:

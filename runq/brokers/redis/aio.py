@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
@@ -48,7 +48,7 @@ class _HiredisPacking:
     """Pack commands with hiredis, as redis-py's blocking connections do; its asyncio ones pack
     in Python, which cost ~70 of the ~210 µs of one ``adelay()`` here (cProfile)."""
 
-    _serializer = HiredisRespSerializer()
+    _serializer = cast(Any, HiredisRespSerializer)()  # untyped in some redis-py majors
 
     def pack_command(self, *args: Any) -> list[bytes]:
         return self._serializer.pack(*args)  # type: ignore[no-any-return]

@@ -43,7 +43,7 @@ class FunctionsCluster(RedisCluster):
             slots = {self.keyslot(key) for key in args[3 : 3 + int(args[2])]}  # type: ignore[no-untyped-call]
             if len(slots) == 1:
                 return slots.pop()
-        return super().determine_slot(*args)
+        return super().determine_slot(*args)  # type: ignore[no-untyped-call, unused-ignore]  # untyped in 5.x
 
 
 @dataclass(frozen=True)
@@ -131,21 +131,23 @@ def client(target: Target, options: dict[str, Any]) -> Any:
         host, port = target.hosts[0]
         netloc = first.netloc.rpartition("@")[0] + "@" if "@" in first.netloc else ""
         url = urlunsplit(first._replace(netloc=f"{netloc}{host}:{port}"))
-        seeds = [ClusterNode(h, p) for h, p in target.hosts[1:]]  # type: ignore[no-untyped-call]
+        node: Any = ClusterNode  # typed differently across redis-py majors
+        seeds = [node(h, p) for h, p in target.hosts[1:]]
         return (
-            FunctionsCluster.from_url(url, startup_nodes=seeds, **options)
+            FunctionsCluster.from_url(url, startup_nodes=seeds, **options)  # type: ignore[no-untyped-call, unused-ignore]
             if seeds
-            else FunctionsCluster.from_url(url, **options)
+            else FunctionsCluster.from_url(url, **options)  # type: ignore[no-untyped-call, unused-ignore]
         )
     from redis.sentinel import Sentinel
 
     options = options | {"connection_class": _sentinel_connection()}
     # The sentinels are asked with short timeouts of their own; the master gets runq's options.
     timeout = options.get("socket_connect_timeout", 5.0)
-    sentinels = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel_class: Any = Sentinel  # typed differently across redis-py majors
+    sentinels = sentinel_class(
         list(target.hosts), sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout}
     )
-    return sentinels.master_for(target.service, db=target.db, **auth, **options)  # type: ignore[no-untyped-call]
+    return sentinels.master_for(target.service, db=target.db, **auth, **options)
 
 
 def async_client(target: Target, options: dict[str, Any], pool_size: int | None) -> Any:
@@ -161,7 +163,8 @@ def async_client(target: Target, options: dict[str, Any], pool_size: int | None)
     from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
     timeout = options.get("socket_connect_timeout", 5.0)
-    sentinels = AsyncSentinel(  # type: ignore[no-untyped-call]
+    async_sentinel_class: Any = AsyncSentinel  # typed differently across redis-py majors
+    sentinels = async_sentinel_class(
         list(target.hosts), sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout}
     )
     master = sentinels.master_for(target.service, db=target.db, **auth, **options)
@@ -182,7 +185,7 @@ def _async_functions_cluster() -> type:
                     return slots.pop()
             return int(await super()._determine_slot(command, *args))
 
-    return Cluster
+    return Cluster  # type: ignore[no-any-return, unused-ignore]  # an Any base in 5.x
 
 
 def _sentinel_connection() -> type:
@@ -196,7 +199,10 @@ def _sentinel_connection() -> type:
         def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
             if self._sock is None and self.connection_pool.is_master:
                 self.host, self.port = self.connection_pool.get_master_address()
-            super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+            # 5.x has no connect_check_health (its send connects through connect(), which asks the sentinels)
+            super().connect_check_health(  # type: ignore[misc, unused-ignore]
+                check_health=check_health, retry_socket_connect=retry_socket_connect
+            )
 
     return MasterConnection
 
