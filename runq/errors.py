@@ -11,14 +11,34 @@
     and is the error type recorded for an attempt killed by its hard timeout.
 
 Errors recorded on a task (``TaskInfo.error["type"]``) that are not Python exceptions
-of the task itself: ``WorkerLost`` (the lease expired: the worker died or stalled),
-``UnknownTask`` (no task of that name at the worker), ``MalformedMessage`` (a payload
-that is not valid runq JSON; the raw text is kept) and ``TimeoutError``.
+of the task itself are the :class:`ErrorKind` values.
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Any
+
+
+class ErrorKind(str, enum.Enum):
+    """The error types runq itself records on a task, beside the task's own exceptions.
+
+    The brokers' Lua and SQL write ``WORKER_LOST`` with this same text.
+    """
+
+    WORKER_LOST = "WorkerLost"  # the lease expired: the worker died or stalled
+    WORKER_CRASHED = "WorkerCrashed"  # the process-pool child running the task died
+    TIMEOUT = "TimeoutError"  # the task overran its hard timeout and was stopped
+    UNKNOWN_TASK = "UnknownTask"  # no task of that name at the worker
+    MALFORMED_MESSAGE = "MalformedMessage"  # a payload that is not runq JSON (the raw text is kept)
+    DEPENDENCY_FAILED = "DependencyFailed"  # a workflow step's parent did not succeed
+    RETRY = "Retry"  # the task raised runq.Retry
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
 
 
 class RunqError(Exception):

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import inspect
 import math
-import random
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from runq.models import Message, check_queue_name, queue_of
+from runq.models import check_queue_name, queue_of
 
 if TYPE_CHECKING:
     from runq.app import App
@@ -147,43 +146,6 @@ def check_breaker(breaker: tuple[int, float] | None) -> tuple[int, float] | None
     if seconds <= 0:
         raise ValueError(f"breaker seconds must be > 0, got {seconds}")
     return failures, float(seconds)
-
-
-@dataclass(frozen=True)
-class Policy:
-    """The retry policy a worker applies to one message: the producer's explicit choice,
-    else the task's decorator default as registered at the worker, else runq's default.
-
-    Resolving at the worker means ``app.enqueue("name")`` from a producer that does not
-    import the task still gets the task's declared retries and timeout.
-    """
-
-    retries: int = 3
-    backoff: float = 2.0
-    backoff_max: float = 3600.0
-    jitter: bool = True
-    timeout: float | None = None
-
-    @classmethod
-    def resolve(cls, message: Message, task: Task[Any, Any] | None) -> Policy:
-        defaults = task.defaults if task else Options()
-        values: dict[str, Any] = {}
-        for name in ("retries", "backoff", "backoff_max", "jitter", "timeout"):
-            value = getattr(message, name)
-            value = getattr(defaults, name) if value is None else value
-            if value is not None:
-                values[name] = value
-        return cls(**values)
-
-    def delay(self, retry: int) -> float:
-        return backoff_delay(retry, self.backoff, self.backoff_max, self.jitter)
-
-
-def backoff_delay(retry: int, backoff: float, backoff_max: float, jitter: bool) -> float:
-    """Seconds before retry ``retry`` (1-based): ``min(backoff_max, backoff * 2**(retry-1))``,
-    times a random factor in [1, 1.25) with jitter, so a burst of failures does not retry in lockstep."""
-    delay = min(float(backoff_max), backoff * 2.0 ** (retry - 1))
-    return delay * random.uniform(1.0, 1.25) if jitter else delay
 
 
 @dataclass(frozen=True)

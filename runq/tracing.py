@@ -38,7 +38,8 @@ else:
 
 if TYPE_CHECKING:
     from runq.models import Message
-    from runq.runner import Job, RunResult
+    from runq.worker.ended import Failed, Finished
+    from runq.worker.run import Job
 
 LINKS = "runq-links"  # carrier key: traceparents of a workflow step's parents, space-separated
 _REMEMBERED = 4096  # recent producer contexts / failed attempts kept per process for links
@@ -162,32 +163,35 @@ def _attempt(tracer: trace.Tracer, job: Job) -> Iterator[Span]:
         yield span
 
 
-def _finish(span: Span, job: Job, result: RunResult) -> RunResult:
-    """Put how the attempt ended on its span, and the span's ids on the result (for logs)."""
+def _finish(span: Span, job: Job, ended: Finished | Failed) -> Finished | Failed:
+    """Put how the attempt ended on its span, and the span's ids on the end (for logs)."""
+    from runq.worker.ended import Failed
+
     context = span.get_span_context()
-    if result.ok:
-        span.set_attribute("runq.task.outcome", "succeeded")
-    else:
-        error = result.error or {}
-        kind = str(error.get("type") or "Error")
-        span.set_attributes({"runq.task.outcome": "error", "error.type": kind, "runq.task.retryable": result.retryable})
+    if isinstance(ended, Failed):
+        error = ended.error
+        span.set_attributes(
+            {"runq.task.outcome": "error", "error.type": error.type, "runq.task.retryable": ended.retryable}
+        )
         span.add_event(
             "exception",
             {
-                "exception.type": kind,
-                "exception.message": str(error.get("message") or ""),
-                "exception.stacktrace": str(error.get("traceback") or ""),
+                "exception.type": error.type,
+                "exception.message": error.message,
+                "exception.stacktrace": error.traceback or "",
             },
         )
-        span.set_status(StatusCode.ERROR, f"{kind}: {error.get('message')}")
+        span.set_status(StatusCode.ERROR, f"{error.type}: {error.message}")
         if context.is_valid:
             _attempts.put(job.id, _traceparent(context))
+    else:
+        span.set_attribute("runq.task.outcome", "succeeded")
     if context.is_valid:
-        result.trace = [f"{context.trace_id:032x}", f"{context.span_id:016x}"]
-    return result
+        return dataclasses.replace(ended, trace=(f"{context.trace_id:032x}", f"{context.span_id:016x}"))
+    return ended
 
 
-def consume(job: Job, run: Callable[[], RunResult]) -> RunResult:
+def consume(job: Job, run: Callable[[], Finished | Failed]) -> Finished | Failed:
     """Run one attempt inside its CONSUMER span (just run it without an SDK)."""
     tracer = _tracer()
     if tracer is None:
@@ -196,7 +200,7 @@ def consume(job: Job, run: Callable[[], RunResult]) -> RunResult:
         return _finish(span, job, run())
 
 
-async def aconsume(job: Job, run: Callable[[], Awaitable[RunResult]]) -> RunResult:
+async def aconsume(job: Job, run: Callable[[], Awaitable[Finished | Failed]]) -> Finished | Failed:
     """:func:`consume` for a coroutine (the async pool); cancellation is recorded on the span."""
     tracer = _tracer()
     if tracer is None:
@@ -205,9 +209,9 @@ async def aconsume(job: Job, run: Callable[[], Awaitable[RunResult]]) -> RunResu
         return _finish(span, job, await run())
 
 
-def log_ids(carrier: Any) -> list[str] | None:
+def log_ids(carrier: Any) -> tuple[str, str] | None:
     """``[trace_id, span_id]`` of a message's producer span, from its carrier (no OTel calls):
     the log fields of a task event that has no attempt span (cancelled, malformed...)."""
     text = carrier.get("traceparent") if isinstance(carrier, dict) else None
     parts = text.split("-") if isinstance(text, str) else []
-    return [parts[1], parts[2]] if len(parts) == 4 else None
+    return (parts[1], parts[2]) if len(parts) == 4 else None

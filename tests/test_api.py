@@ -12,7 +12,8 @@ import runq
 from runq.logs import mask_url
 from runq.models import Message, new_task_id, queue_of
 from runq.settings import Settings
-from runq.tasks import Options, Policy, backoff_delay
+from runq.tasks import Options
+from runq.worker.policy import Policy, backoff_delay
 
 
 def test_public_names_are_pinned() -> None:

@@ -209,15 +209,15 @@ def test_without_the_extra_no_tracing_code_runs(sqlite_url: str) -> None:
     script = f"""
 import sys
 sys.modules["opentelemetry"] = None  # as if the otel extra were not installed
-import runq, runq.tracing, runq.runner
+import runq, runq.tracing, runq.worker.run, runq.worker.ended
 from runq.tasks import NO_OPTIONS
 assert not runq.tracing.ENABLED
 app = runq.App({sqlite_url!r})
 app.task(name="add")(lambda a, b: a + b)
 message = app.message("add", [1, 2], None, NO_OPTIONS)
 assert message.payload == '{{"name":"add","args":[1,2]}}', message.payload
-result = runq.runner.run_job(app, runq.runner.Job(message.id, "add", "default", 1, [1, 2], {{}}))
-assert result.ok and result.result == "3" and result.trace is None
+result = runq.worker.run.run_job(app, runq.worker.run.Job(message.id, "add", "default", 1, [1, 2], {{}}))
+assert isinstance(result, runq.worker.ended.Finished) and result.result == "3" and result.trace is None
 assert not any(name.startswith("opentelemetry") and sys.modules[name] for name in sys.modules)
 print("ok")
 """

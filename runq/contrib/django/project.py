@@ -1,6 +1,6 @@
 """The APP that ``manage.py runq_worker`` / ``runq_beat`` hand to runq: ``runq.contrib.django.project:app``.
 
-A process-pool child is a new interpreter (``python -m runq.child APP``): importing this
+A process-pool child is a new interpreter (``python -m runq.worker.child APP``): importing this
 module sets Django up in it, from the ``DJANGO_SETTINGS_MODULE`` it inherits from the worker,
 which imports every ``tasks.py`` before the child runs a task. Under ``manage.py`` Django is
 already set up. Either way the tasks run here release stale database connections around each

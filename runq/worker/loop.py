@@ -38,12 +38,15 @@ from runq.brokers.base import BreakerEvent
 from runq.errors import BrokerUnavailable
 from runq.logs import mask_url
 from runq.models import Claim, Message, Outcome, WorkerInfo
-from runq.pools import Pool, create_pool
-from runq.runner import Job, RunResult
 from runq.settings import Settings
 from runq.task_metrics import TaskMetrics
-from runq.tasks import Policy, Task
+from runq.tasks import Task
 from runq.tracing import log_ids
+from runq.worker import policy
+from runq.worker.ended import Ended, Failed, Finished, HandedBack, Held, Refused, Settled, Stopped
+from runq.worker.policy import Policy, decide
+from runq.worker.pools import Pool, create_pool
+from runq.worker.run import Job
 from runq.workflow import DependencyError, parent_results
 
 log = logging.getLogger("runq.worker")
@@ -63,14 +66,15 @@ MAX_BACKOFF = 5.0
 
 @dataclass
 class InFlight:
+    """A claim the worker holds, from its claim until its outcome is settled."""
+
     claim: Claim
-    message: Message | None
+    message: Message | None  # None: the payload is not a runq message (it is failed at once)
     policy: Policy
     started: float
     done: bool = False  # its outcome is waiting to be settled
     breaker: tuple[int, float] | None = None  # the task's circuit breaker, told how the run ended
-    malformed: str = ""  # why the payload could not be decoded (``message`` is None)
-    trace: list[str] | None = None  # observability: [trace_id, span_id] of the attempt's span
+    trace: tuple[str, str] | None = None  # observability: (trace_id, span_id) of the attempt's span
 
 
 class Worker:
@@ -179,7 +183,7 @@ class Worker:
         if unstarted:
             with self._cond:
                 entries = [self._inflight[job.id] for job in unstarted]
-            releases = [Outcome(e.claim.id, e.claim.token, "release", uncount=True) for e in entries]
+            releases = [decide(e.claim, e.policy, HandedBack(started=False)) for e in entries]
             self._try(partial(self.broker.settle, releases))
             self._forget(entries)
         with self._cond:
@@ -189,7 +193,7 @@ class Worker:
         if leftover:
             self.pool.terminate()
             log.warning("returning %d running task(s) to the queue", len(leftover))
-            releases = [Outcome(entry.claim.id, entry.claim.token, "release") for entry in leftover]
+            releases = [decide(entry.claim, entry.policy, HandedBack(started=True)) for entry in leftover]
             self._try(partial(self.broker.settle, releases))
         else:
             self.pool.terminate()
@@ -212,7 +216,7 @@ class Worker:
             if claims is None:
                 continue
             if self._stopping.is_set() and claims:  # claimed during shutdown: hand them straight back
-                releases = [Outcome(c.id, c.token, "release", uncount=True) for c in claims]
+                releases = [decide(c, Policy(), HandedBack(started=False)) for c in claims]
                 self._try(partial(self.broker.settle, releases))
                 return
             entries = [self._entry(claim) for claim in claims]
@@ -228,61 +232,63 @@ class Worker:
             self._stopping.wait(IDLE_WAIT)
 
     def _entry(self, claim: Claim) -> InFlight:
-        """A claim's place in the in-flight table (a malformed message has no ``message``)."""
+        """A claim's place in the in-flight table."""
         try:
             message = Message.decode(claim.payload, claim.id, claim.queue)
-        except ValueError as exc:
-            return InFlight(claim, None, Policy(), time.monotonic(), malformed=str(exc))
+        except ValueError:
+            return InFlight(claim, None, Policy(), time.monotonic())
         return InFlight(claim, message, Policy.resolve(message, self.app.tasks.get(message.name)), time.monotonic())
 
     def _start(self, entry: InFlight) -> Job | None:
-        """The job to run for a claim, or ``None`` when it was settled instead."""
-        claim, message, policy = entry.claim, entry.message, entry.policy
+        """The job to run for a claim, or ``None`` when the claim ended without a run."""
+        claim, message = entry.claim, entry.message
         if message is None:
-            error: dict[str, Any] = {"type": "MalformedMessage", "message": entry.malformed, "raw": claim.payload}
             log.error("malformed message %s moved to failed", claim.id, extra={"task": {"id": claim.id}})
-            self._settle(entry, Outcome(claim.id, claim.token, "failed", error=error))
+            self._end(entry, policy.malformed(claim, _decode_error(claim)))
             return None
-        if claim.attempt > policy.retries + 1:  # every earlier run lost its worker: a poison pill
-            error = {"type": "WorkerLost", "message": f"gave up after {claim.attempt - 1} lost attempts"}
-            self._settle(entry, Outcome(claim.id, claim.token, "failed", error=error))
+        refused = policy.admit(claim, entry.policy)
+        if refused is not None:
+            self._end(entry, refused)
             return None
         task = self.app.tasks.get(message.name)
         args = message.args
         if (task is not None and task.gated) or message.pass_results is not None:
             prepared = self._prepare(entry, message, task)
-            if prepared is None:
+            if not isinstance(prepared, list):
+                self._end(entry, prepared)
                 return None
             args = prepared
         if log.isEnabledFor(logging.DEBUG):
             log.debug("started", extra={"task": self._fields(entry)})
         return Job(
-            claim.id, message.name, claim.queue, claim.attempt, args, message.kwargs, policy.timeout, message.trace
+            claim.id,
+            message.name,
+            claim.queue,
+            claim.attempt,
+            args,
+            message.kwargs,
+            entry.policy.timeout,
+            message.trace,
         )
 
-    def _prepare(self, entry: InFlight, message: Message, task: Task[Any, Any] | None) -> list[Any] | None:
+    def _prepare(self, entry: InFlight, message: Message, task: Task[Any, Any] | None) -> list[Any] | Refused | Held:
         """Flow control before a run (never on the plain path): the task's circuit breaker and
         rate limit may hold it back, and a workflow step gets its parents' results in front of
-        its arguments. ``None`` when the claim was settled instead.
+        its arguments.
 
         A held task goes back to the broker as ``scheduled`` for the time it must wait, its
         attempt given back, so it never fails for it and the rest of its queue keeps flowing.
         """
-        claim = entry.claim
         try:
             hold = self._hold(task) if task is not None and task.gated else 0.0
             if hold > 0:
-                self._settle(entry, Outcome(claim.id, claim.token, "release", delay=hold, uncount=True))
-                return None
+                return Held(hold)
             args = parent_results(self.broker, message) if message.pass_results is not None else message.args
         except DependencyError as exc:
-            error = {"type": "DependencyFailed", "message": str(exc)}
-            self._settle(entry, Outcome(claim.id, claim.token, "failed", error=error))
-            return None
+            return policy.dependency_failed(str(exc))
         except BrokerUnavailable as exc:
-            log.warning("broker unavailable before starting %s: %s", claim.id, exc)
-            self._settle(entry, Outcome(claim.id, claim.token, "release", delay=IDLE_WAIT, uncount=True))
-            return None
+            log.warning("broker unavailable before starting %s: %s", entry.claim.id, exc)
+            return Held(IDLE_WAIT)
         entry.breaker = task.breaker if task is not None else None
         return args
 
@@ -293,6 +299,10 @@ class Worker:
             if hold > 0:
                 return hold
         return self.broker.acquire_rate(task.name, *task.rate) if task.rate is not None else 0.0
+
+    def _end(self, entry: InFlight, ended: Settled) -> None:
+        """Settle how a claim ended, as :func:`~runq.worker.policy.decide` says."""
+        self._settle(entry, decide(entry.claim, entry.policy, ended))
 
     def _settle(self, entry: InFlight, outcome: Outcome) -> None:
         """Hand an outcome to the settler thread, which settles everything that finished
@@ -305,22 +315,23 @@ class Worker:
 
     # -- settling -----------------------------------------------------------------
 
-    def _finished(self, job: Job, result: RunResult | None) -> None:
-        """Called by the pool when a run ends (``None``: stopped because its claim is gone)."""
+    def _finished(self, job: Job, ended: Ended) -> None:
+        """Called by the pool when a run ends."""
         with self._cond:
             entry = self._inflight.get(job.id)
         if entry is None or entry.message is None:
             return
-        if result is None:
+        if isinstance(ended, Stopped):
             self.task_metrics.record(entry.claim.queue, entry.message.name, "cancelled", None, None)  # observability
             if log.isEnabledFor(logging.INFO):
                 reason = "its claim is gone: cancelled, or taken over after a stall"
                 log.info("cancelled", extra={"task": {**self._fields(entry), "reason": reason}})
             self._forget([entry])
             return
-        self._runtime += 0.2 * (result.duration - self._runtime)
-        entry.trace = result.trace  # observability
-        self._settle(entry, self.outcome(entry.claim, entry.message, entry.policy, result))
+        if isinstance(ended, (Finished, Failed)):
+            self._runtime += 0.2 * (ended.duration - self._runtime)
+            entry.trace = ended.trace  # observability
+        self._end(entry, ended)
 
     @property
     def capacity(self) -> int:
@@ -333,19 +344,6 @@ class Worker:
     def _round(self) -> int:
         """The fewest claims worth a round trip: a quarter of ``capacity``."""
         return max(1, self.capacity // 4)
-
-    @staticmethod
-    def outcome(claim: Claim, message: Message, policy: Policy, result: RunResult) -> Outcome:
-        """What one attempt's result means for the task."""
-        runtime = result.duration
-        if result.ok:
-            return Outcome(
-                claim.id, claim.token, "succeeded", result=result.result, result_ttl=message.result_ttl, runtime=runtime
-            )
-        if result.retryable and claim.attempt <= policy.retries:
-            delay = policy.delay(claim.attempt) if result.retry_delay is None else result.retry_delay
-            return Outcome(claim.id, claim.token, "retry", error=result.error, delay=delay, runtime=runtime)
-        return Outcome(claim.id, claim.token, "failed", error=result.error, runtime=runtime)
 
     def _settle_loop(self) -> None:
         while (item := self._outcomes.get()) is not None:
@@ -489,3 +487,12 @@ class Worker:
             else:
                 self._stopping.wait(pause)
             pause = min(MAX_BACKOFF, pause * 2)
+
+
+def _decode_error(claim: Claim) -> str:
+    """Why a claim's payload is not a runq message."""
+    try:
+        Message.decode(claim.payload, claim.id, claim.queue)
+    except ValueError as exc:
+        return str(exc)
+    return "payload could not be decoded"

@@ -1,0 +1,59 @@
+"""A process-pool child: ``python -m runq.worker.child APP READ_FD WRITE_FD PARENT_PID``.
+
+Its first frame is the worker's settings, which the app adopts (so a task that
+enqueues a task uses the worker's broker, whatever the environment says); then it
+runs jobs one at a time, as they come in batches (``{"jobs": [...]}``), answering each
+as it ends (:mod:`runq.worker.frames`). It dies with its parent: on Linux the kernel
+sends it SIGKILL when the worker exits (``PR_SET_PDEATHSIG``); elsewhere it exits at
+EOF on its pipe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import sys
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def main(argv: list[str]) -> int:
+    app_path, read_fd, write_fd, parent_pid = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
+    _die_with_parent(parent_pid)
+    # The worker decides when children stop; a Ctrl-C or a SIGTERM to the whole
+    # process group must not kill a task in the middle of a graceful shutdown.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    from runq.app import load_app
+    from runq.settings import Settings
+    from runq.worker.ended import to_frame
+    from runq.worker.frames import Frame, FrameReader, write_frame
+    from runq.worker.run import Job, run_job
+
+    reader = FrameReader(read_fd)
+    settings = reader.read()
+    if not isinstance(settings, Frame):
+        return 0  # the worker went away before it said anything
+    app = load_app(app_path)
+    app.configure(Settings.from_dict(settings.data))  # never the environment's: the worker's URL, always
+    while isinstance(frame := reader.read(), Frame):
+        for job in frame.data["jobs"]:  # a batch of short jobs, run back to back; each answered as it ends
+            write_frame(write_fd, to_frame(run_job(app, Job(**job))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,119 @@
+"""What a claim's end means for its task: the one place that decides it.
+
+Every end the worker meets — a run that finished, failed, overran or lost its child,
+and a claim it never ran (malformed, lost too often, held back, handed back at
+shutdown) — becomes the broker's :class:`~runq.models.Outcome` in :func:`decide`.
+The retry policy (how many attempts, how long between them) lives here too, resolved
+at the worker from the producer's explicit choice, else the task's decorator default.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from runq.errors import ErrorKind
+from runq.models import Claim, Message, Outcome
+from runq.worker.ended import Crashed, Error, Failed, Finished, HandedBack, Held, Refused, Settled, TimedOut
+
+if TYPE_CHECKING:
+    from runq.tasks import Task
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The retry policy a worker applies to one message: the producer's explicit choice,
+    else the task's decorator default as registered at the worker, else runq's default.
+
+    Resolving at the worker means ``app.enqueue("name")`` from a producer that does not
+    import the task still gets the task's declared retries and timeout.
+    """
+
+    retries: int = 3
+    backoff: float = 2.0
+    backoff_max: float = 3600.0
+    jitter: bool = True
+    timeout: float | None = None
+    retry_for: tuple[type[BaseException], ...] = ()  # empty: every error is retried
+    result_ttl: float = 86400.0
+
+    @classmethod
+    def resolve(cls, message: Message, task: Task[Any, Any] | None) -> Policy:
+        values: dict[str, Any] = {"result_ttl": message.result_ttl}
+        if task is not None:
+            values["retry_for"] = task.retry_for
+        for name in ("retries", "backoff", "backoff_max", "jitter", "timeout"):
+            value = getattr(message, name)
+            if value is None and task is not None:
+                value = getattr(task.defaults, name)
+            if value is not None:
+                values[name] = value
+        return cls(**values)
+
+    def delay(self, retry: int) -> float:
+        return backoff_delay(retry, self.backoff, self.backoff_max, self.jitter)
+
+
+def backoff_delay(retry: int, backoff: float, backoff_max: float, jitter: bool) -> float:
+    """Seconds before retry ``retry`` (1-based): ``min(backoff_max, backoff * 2**(retry-1))``,
+    times a random factor in [1, 1.25) with jitter, so a burst of failures does not retry in lockstep."""
+    delay = min(float(backoff_max), backoff * 2.0 ** (retry - 1))
+    return delay * random.uniform(1.0, 1.25) if jitter else delay
+
+
+def retries_on(retry_for: tuple[type[BaseException], ...], error_class: type[BaseException]) -> bool:
+    """Whether a task retries this error: every error when it names none (``retry_for=()``)."""
+    return not retry_for or issubclass(error_class, retry_for)
+
+
+def decide(claim: Claim, policy: Policy, ended: Settled) -> Outcome:
+    """The outcome to settle for ``claim``, however it ended."""
+    if isinstance(ended, Finished):
+        return Outcome(
+            claim.id,
+            claim.token,
+            "succeeded",
+            result=ended.result,
+            result_ttl=policy.result_ttl,
+            runtime=ended.duration,
+        )
+    if isinstance(ended, Held):
+        return Outcome(claim.id, claim.token, "release", delay=ended.delay, uncount=True)
+    if isinstance(ended, HandedBack):
+        return Outcome(claim.id, claim.token, "release", uncount=not ended.started)
+    if isinstance(ended, Refused):
+        return Outcome(claim.id, claim.token, "failed", error=ended.error.to_dict())
+    error, retryable, delay, runtime = _failure(policy, ended)
+    if retryable and claim.attempt <= policy.retries:
+        delay = policy.delay(claim.attempt) if delay is None else delay
+        return Outcome(claim.id, claim.token, "retry", error=error.to_dict(), delay=delay, runtime=runtime)
+    return Outcome(claim.id, claim.token, "failed", error=error.to_dict(), runtime=runtime)
+
+
+def _failure(policy: Policy, ended: Failed | TimedOut | Crashed) -> tuple[Error, bool, float | None, float]:
+    """A failed run's error, whether it may be retried, its own retry delay and its runtime."""
+    if isinstance(ended, Failed):
+        return ended.error, ended.retryable, ended.retry_delay, ended.duration
+    if isinstance(ended, TimedOut):
+        error = Error(ErrorKind.TIMEOUT, f"task exceeded its timeout of {ended.timeout}s")
+        return error, retries_on(policy.retry_for, TimeoutError), None, ended.timeout
+    error = Error(ErrorKind.WORKER_CRASHED, f"the child process running the task died (exit code {ended.exit_code})")
+    return error, retries_on(policy.retry_for, OSError), None, 0.0
+
+
+def admit(claim: Claim, policy: Policy) -> Refused | None:
+    """Refuse a claim whose every earlier attempt lost its worker: a poison pill (a task that
+    kills its worker) must not take the fleet down one worker at a time."""
+    if claim.attempt > policy.retries + 1:
+        return Refused(Error(ErrorKind.WORKER_LOST, f"gave up after {claim.attempt - 1} lost attempts"))
+    return None
+
+
+def malformed(claim: Claim, reason: str) -> Refused:
+    """A payload that is not a runq message: failed at once, its raw text kept."""
+    return Refused(Error(ErrorKind.MALFORMED_MESSAGE, reason, raw=claim.payload))
+
+
+def dependency_failed(reason: str) -> Refused:
+    return Refused(Error(ErrorKind.DEPENDENCY_FAILED, reason))

@@ -1,0 +1,113 @@
+"""Where tasks run: a pool of child processes, of threads, or of coroutines.
+
+A pool only runs jobs and reports each one exactly once through ``on_done``, with how
+it ended (:mod:`runq.worker.ended`); claiming, settling, leases and retry policy belong
+to the worker.
+
+How each pool stops a run (SPEC §3):
+
+=========  ==========================  ===============================================
+pool       timeout                     cancel
+=========  ==========================  ===============================================
+process    child killed and replaced   child killed and replaced
+thread     thread abandoned, replaced  ``runq.current().cancelled`` set, result dropped
+async      coroutine cancelled         coroutine cancelled
+=========  ==========================  ===============================================
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from runq.settings import Settings
+from runq.worker.ended import Ended, Stopped
+from runq.worker.run import Job
+
+if TYPE_CHECKING:
+    from runq.app import App
+
+OnDone = Callable[[Job, Ended], None]
+
+
+class Pool(ABC):
+    """Runs up to ``concurrency`` jobs at once; jobs submitted beyond that wait in order.
+
+    The worker claims a little ahead (prefetch) so a slot never idles while the next
+    claim is on its way; the jobs still waiting here are what a graceful shutdown
+    hands back at once (:meth:`take_unstarted`).
+    """
+
+    kind: str
+
+    def __init__(self, settings: Settings, app: App, app_path: str, on_done: OnDone) -> None:
+        self.settings = settings
+        self.app = app
+        self.app_path = app_path
+        self.concurrency = settings.effective_concurrency
+        self.on_done = on_done
+        self._lock = threading.Lock()
+        self._has_jobs = threading.Condition(self._lock)
+        self._queued: dict[str, Job] = {}  # submitted, not started; insertion-ordered
+        self._closed = threading.Event()
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    def submit_many(self, jobs: list[Job]) -> None:
+        """Queue ``jobs`` in order, under one lock (a claim's worth at a time)."""
+        if not jobs:
+            return
+        with self._lock:
+            for job in jobs:
+                self._queued[job.id] = job
+            self._has_jobs.notify(len(jobs))
+
+    def cancel(self, task_id: str) -> None:
+        """Stop ``task_id`` (queued or running); it is reported :class:`Stopped`."""
+        with self._lock:
+            job = self._queued.pop(task_id, None)
+        if job is not None:
+            self.on_done(job, Stopped())
+        else:
+            self._stop_running(task_id)
+
+    def take_unstarted(self) -> list[Job]:
+        """Remove and return the jobs that have not started; they get no ``on_done``."""
+        with self._lock:
+            jobs = list(self._queued.values())
+            self._queued.clear()
+        return jobs
+
+    def _next_job(self) -> Job | None:
+        """The oldest queued job, blocking; ``None`` once the pool is closed."""
+        with self._lock:
+            while not self._queued and not self._closed.is_set():
+                self._has_jobs.wait()
+            if self._closed.is_set():
+                return None
+            return self._queued.pop(next(iter(self._queued)))
+
+    def _close(self) -> None:
+        with self._lock:
+            self._closed.set()
+            self._has_jobs.notify_all()
+
+    @abstractmethod
+    def _stop_running(self, task_id: str) -> None: ...
+
+    @abstractmethod
+    def terminate(self) -> None:
+        """Stop everything now; runs still going are dropped without ``on_done``."""
+
+
+def create_pool(settings: Settings, app: App, app_path: str, on_done: OnDone) -> Pool:
+    """The pool ``settings.pool`` names; the process pool hands ``settings`` on to each child."""
+    from runq.worker.pools.coroutines import AsyncPool
+    from runq.worker.pools.processes import ProcessPool
+    from runq.worker.pools.threads import ThreadPool
+
+    pools: dict[str, type[Pool]] = {"process": ProcessPool, "thread": ThreadPool, "async": AsyncPool}
+    return pools[settings.pool](settings, app, app_path, on_done)

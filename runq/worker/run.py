@@ -1,0 +1,167 @@
+"""Running one task, the same way in every pool: one algorithm, a sync and an async edge.
+
+The pools decide *where* a task runs (a thread, a child process, a coroutine); this
+module runs it and says how it ended: :class:`~runq.worker.ended.Finished` with its
+JSON result, or :class:`~runq.worker.ended.Failed` with its error. Any
+``BaseException`` a task raises (``SystemExit``, ``KeyboardInterrupt``, an exception
+whose ``str()`` raises) is that attempt's error, so no task can take its pool down.
+What an end *means* (retry, fail, succeed) is :mod:`runq.worker.policy`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from runq import tracing
+from runq.context import TaskContext, _current
+from runq.errors import ErrorKind, Retry
+from runq.worker.ended import Error, Failed, Finished
+from runq.worker.policy import retries_on
+
+if TYPE_CHECKING:
+    from runq.app import App
+    from runq.tasks import Task
+
+
+@dataclass(frozen=True)
+class Job:
+    """What a pool needs to run one claimed task (sent as JSON to process-pool children)."""
+
+    id: str
+    name: str
+    queue: str
+    attempt: int
+    args: list[Any]
+    kwargs: dict[str, Any]
+    timeout: float | None = None
+    trace: dict[str, str] | None = None  # the message's trace context (runq/tracing.py)
+
+    def context(self) -> TaskContext:
+        return TaskContext(self.id, self.name, self.queue, self.attempt)
+
+
+def run_job(app: App, job: Job, context: TaskContext | None = None) -> Finished | Failed:
+    """Run a job in this thread (an ``async def`` task gets an event loop of its own)."""
+    started = time.perf_counter()
+    if tracing.ENABLED:
+        ended = tracing.consume(job, lambda: _run(app, job, context or job.context()))
+    else:
+        ended = _run(app, job, context or job.context())
+    return replace(ended, duration=time.perf_counter() - started)
+
+
+async def arun_job(app: App, job: Job, context: TaskContext) -> Finished | Failed:
+    """Run a job on the running event loop; a sync task goes to a thread so it never blocks
+    the loop. ``asyncio.CancelledError`` propagates: the async pool owns cancellation."""
+    started = time.perf_counter()
+    if tracing.ENABLED:
+        ended = await tracing.aconsume(job, lambda: _arun(app, job, context))
+    else:
+        ended = await _arun(app, job, context)
+    return replace(ended, duration=time.perf_counter() - started)
+
+
+def _run(app: App, job: Job, context: TaskContext) -> Finished | Failed:
+    task = app.tasks.get(job.name)
+    if task is None:
+        return unknown_task(app, job.name)
+    token = _current.set(context)
+    try:
+        value = asyncio.run(_call_async(task.fn, job)) if task.is_async else task.fn(*job.args, **job.kwargs)
+    except BaseException as exc:  # any exception of the task is its attempt's error
+        return failed(task, exc)
+    finally:
+        _current.reset(token)
+    return finished(value)
+
+
+async def _arun(app: App, job: Job, context: TaskContext) -> Finished | Failed:
+    task = app.tasks.get(job.name)
+    if task is None:
+        return unknown_task(app, job.name)
+    token = _current.set(context)
+    try:
+        if task.is_async:
+            value = await _call_async(task.fn, job)
+        else:
+            value = await asyncio.to_thread(_call_in_context, context, task.fn, job)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:  # any exception of the task is its attempt's error
+        return failed(task, exc)
+    finally:
+        _current.reset(token)
+    return finished(value)
+
+
+def _call_in_context(context: TaskContext, fn: Callable[..., Any], job: Job) -> Any:
+    token = _current.set(context)
+    try:
+        return fn(*job.args, **job.kwargs)
+    finally:
+        _current.reset(token)
+
+
+async def _call_async(fn: Callable[..., Awaitable[Any]], job: Job) -> Any:
+    return await fn(*job.args, **job.kwargs)
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def finished(value: Any) -> Finished | Failed:
+    """A returned value as its JSON result; a value JSON cannot hold fails the attempt for good."""
+    if value is None:
+        return Finished("null")
+    try:
+        return Finished(_JSON.encode(value))
+    except Exception as exc:  # TypeError, ValueError (NaN), RecursionError, a raising __str__...
+        message = f"task result is not JSON-serialisable: {safe_str(exc)}"
+        return Failed(Error("TypeError", message), retryable=False)
+
+
+def failed(task: Task[Any, Any], exc: BaseException) -> Failed:
+    """An exception raised by ``task`` as its attempt's error."""
+    if isinstance(exc, Retry):
+        return Failed(Error(ErrorKind.RETRY, safe_str(exc)), retryable=True, retry_delay=exc.delay)
+    error = Error(error_type(exc), safe_str(exc), _format(exc))
+    return Failed(error, retryable=retries_on(task.retry_for, type(exc)))
+
+
+def unknown_task(app: App, name: str) -> Failed:
+    """A name this worker has no task for; the message names the closest ones it has."""
+    import difflib
+
+    known = sorted(app.tasks)
+    close = [n for n in known if n.rpartition(".")[2] == name.rpartition(".")[2] and n != name]
+    close += [n for n in difflib.get_close_matches(name, known, n=3) if n not in close]
+    hint = f"; did you mean {', '.join(repr(n) for n in close[:3])}?" if close else ""
+    return Failed(
+        Error(ErrorKind.UNKNOWN_TASK, f"no task named {name!r} is registered at this worker{hint}"), retryable=False
+    )
+
+
+def error_type(exc: BaseException) -> str:
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def safe_str(exc: BaseException) -> str:
+    """``str(exc)``, which a task's own exception class may break: never raises."""
+    try:
+        return str(exc)
+    except BaseException as inner:
+        return f"<{type(exc).__name__}: str() raised {type(inner).__name__}>"
+
+
+def _format(exc: BaseException) -> str | None:
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:  # a traceback is a courtesy; the error is recorded anyway
+        return None
