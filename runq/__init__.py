@@ -5,6 +5,7 @@ from runq.context import TaskContext, current
 from runq.errors import BrokerUnavailable, Retry, RunqError, TaskCancelled, TaskFailed, TaskNotFound
 from runq.handles import GroupHandle, Handle
 from runq.models import Stats, Status, TaskInfo, WorkerInfo
+from runq.observe import Middleware, TaskOutcome
 from runq.settings import Settings
 from runq.tasks import Signature, Task
 from runq.workflow import chain, chord, group
@@ -14,6 +15,7 @@ __all__ = [
     "BrokerUnavailable",
     "GroupHandle",
     "Handle",
+    "Middleware",
     "Retry",
     "RunqError",
     "Settings",
@@ -26,6 +28,7 @@ __all__ = [
     "TaskFailed",
     "TaskInfo",
     "TaskNotFound",
+    "TaskOutcome",
     "WorkerInfo",
     "chain",
     "chord",

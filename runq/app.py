@@ -14,12 +14,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from runq import tracing
 from runq.brokers import Broker, connect
 from runq.brokers.aio import AsyncBroker, ThreadedBroker, adapt
 from runq.handles import Handle
 from runq.logs import mask_url
 from runq.models import Message, Stats, Status, TaskInfo, WorkerInfo, new_task_id, queue_of
+from runq.observe import Middleware, Observers, tracing
 from runq.settings import Settings
 from runq.tasks import NO_OPTIONS, Options, Signature, Task, check_breaker
 
@@ -47,6 +47,8 @@ class App:
         self._lock = threading.Lock()
         # asyncio producers: one adapter per event loop (redis.asyncio connections belong to one)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncBroker] = weakref.WeakKeyDictionary()
+        # Middleware (SPEC §10): runq's own tracing first, when the otel extra is installed.
+        self._observers = Observers([tracing.Tracing(self)] if tracing.ENABLED else [])
 
     def __repr__(self) -> str:
         return f"<runq.App {self.settings.url}>"
@@ -70,6 +72,22 @@ class App:
                     f"it cannot switch to {mask_url(settings.url)} (configure it before its first use)"
                 )
             self._settings = settings
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Watch every task of this App (``runq.Middleware``). Register it where the App is
+        built, so workers and their process-pool children, which import that module, have it."""
+        if not isinstance(middleware, Middleware):
+            raise TypeError(f"add_middleware takes a runq.Middleware, got {type(middleware).__name__}")
+        self._observers = Observers([*self._observers.middleware, middleware])
+
+    @property
+    def middleware(self) -> tuple[Middleware, ...]:
+        return self._observers.middleware
+
+    @property
+    def observers(self) -> Observers:
+        """The middleware, fanned out per hook (what the worker and the runner call)."""
+        return self._observers
 
     @property
     def broker(self) -> Broker:
@@ -284,8 +302,7 @@ class App:
             result_ttl=opts.result_ttl or self.settings.result_ttl,
             after=opts.after or (),
         )
-        if tracing.ENABLED:
-            message = tracing.produce(message)
+        message = self._observers.enqueue(message)
         try:
             size = len(message.payload.encode())
         except (TypeError, ValueError) as exc:

@@ -6,16 +6,22 @@ processes and in concurrently running coroutines of the async pool alike.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 
 @dataclass
 class TaskContext:
+    """One attempt of a task: what ``runq.current()`` returns and what middleware is told."""
+
     id: str
     name: str
     queue: str
     attempt: int
+    trace: Mapping[str, str] | None = field(default=None, repr=False)  # the message's trace context
+    # What run-side middleware hands on to on_finish (e.g. trace ids); crosses the process pool's pipe.
+    notes: dict[str, str] = field(default_factory=dict, repr=False)
     _cancelled: bool = field(default=False, repr=False)
 
     @property

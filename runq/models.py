@@ -103,7 +103,7 @@ class Message:
     # Workflow steps: "first" prepends the result of after[0] to args (chain), "list"
     # prepends the list of the results of every task in after (chord callback).
     pass_results: Literal["first", "list"] | None = None
-    # OpenTelemetry (runq/tracing.py): the producer span's W3C trace context; written only when set.
+    # OpenTelemetry (runq/observe/tracing.py): the producer span's W3C trace context; written only when set.
     trace: dict[str, str] | None = None
 
     @functools.cached_property

@@ -20,9 +20,9 @@ import dataclasses
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, cast
 
-from runq import tracing
 from runq.handles import GroupHandle, Handle
 from runq.models import Message, Status, TaskInfo
+from runq.observe import tracing
 from runq.tasks import Signature
 
 if TYPE_CHECKING:
@@ -51,7 +51,7 @@ def _after(message: Message, parents: Iterable[str], pass_results: str) -> Messa
     """The message waiting on ``parents`` (before its own ``after``) and taking their results."""
     after = (*parents, *(p for p in message.after if p not in parents))
     step = dataclasses.replace(message, after=after, pass_results=pass_results)  # type: ignore[arg-type]
-    return tracing.with_parents(step) if tracing.ENABLED else step
+    return tracing.with_parents(step)
 
 
 class Chain:

@@ -26,10 +26,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 import runq
-from runq import tracing
 from runq.dashboard import create_app
 from runq.models import Message, new_task_id
-from runq.task_metrics import OTHER_TASK, TaskMetrics, read
+from runq.observe import tracing
+from runq.observe.task_metrics import OTHER_TASK, TaskMetrics, read
 from runq.tasks import NO_OPTIONS
 from tests.conftest import ROOT, WITH_POSTGRES, wait_until
 from tests.otel_spans import span_record
@@ -209,15 +209,15 @@ def test_without_the_extra_no_tracing_code_runs(sqlite_url: str) -> None:
     script = f"""
 import sys
 sys.modules["opentelemetry"] = None  # as if the otel extra were not installed
-import runq, runq.tracing, runq.worker.run, runq.worker.ended
+import runq, runq.observe.tracing, runq.worker.run, runq.worker.ended
 from runq.tasks import NO_OPTIONS
-assert not runq.tracing.ENABLED
+assert not runq.observe.tracing.ENABLED
 app = runq.App({sqlite_url!r})
 app.task(name="add")(lambda a, b: a + b)
 message = app.message("add", [1, 2], None, NO_OPTIONS)
 assert message.payload == '{{"name":"add","args":[1,2]}}', message.payload
 result = runq.worker.run.run_job(app, runq.worker.run.Job(message.id, "add", "default", 1, [1, 2], {{}}))
-assert isinstance(result, runq.worker.ended.Finished) and result.result == "3" and result.trace is None
+assert isinstance(result, runq.worker.ended.Finished) and result.result == "3" and not result.notes
 assert not any(name.startswith("opentelemetry") and sys.modules[name] for name in sys.modules)
 print("ok")
 """

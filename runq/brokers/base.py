@@ -162,7 +162,7 @@ class Broker(ABC):
     @abstractmethod
     def add_task_metrics(self, deltas: Mapping[str, Mapping[str, float]]) -> None:
         """Add one worker's per-task metric deltas (``queue -> field -> amount``, see
-        runq/task_metrics.py) to the fleet's totals: all of them or none. Called with the
+        runq/observe/task_metrics.py) to the fleet's totals: all of them or none. Called with the
         heartbeat, never per task, so it stays off the claim/settle path."""
 
     @abstractmethod

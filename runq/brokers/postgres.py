@@ -32,7 +32,6 @@ import psycopg
 from psycopg import Cursor
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from runq import task_metrics
 from runq.brokers import postgres_flow as flow
 from runq.brokers import postgres_inspect as inspect
 from runq.brokers.base import BreakerEvent, Broker
@@ -52,6 +51,7 @@ from runq.models import (
     WorkerInfo,
     task_info,
 )
+from runq.observe import task_metrics
 
 T = TypeVar("T")
 CLEANUP_INTERVAL = 1.0

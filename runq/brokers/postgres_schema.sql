@@ -97,7 +97,7 @@ CREATE TABLE {schema}.breakers (
 
 -- migration: 2
 -- Per-task metrics (issue 14): fleet-wide totals that workers add their deltas to with
--- their heartbeat; field is "<series>:<task>" (runq/task_metrics.py).
+-- their heartbeat; field is "<series>:<task>" (runq/observe/task_metrics.py).
 CREATE TABLE {schema}.task_metrics (
     queue text   NOT NULL,
     field text   NOT NULL,

@@ -85,7 +85,7 @@ CREATE TABLE IF NOT EXISTS runq_breakers (
 ) WITHOUT ROWID;
 
 -- Per-task metrics (issue 14): fleet-wide totals that workers add their deltas to with
--- their heartbeat; field is "<series>:<task>" (runq/task_metrics.py).
+-- their heartbeat; field is "<series>:<task>" (runq/observe/task_metrics.py).
 CREATE TABLE IF NOT EXISTS runq_task_metrics (
     queue TEXT NOT NULL,
     field TEXT NOT NULL,

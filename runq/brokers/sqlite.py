@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from runq import task_metrics
 from runq.brokers import sqlite_flow as flow
 from runq.brokers.base import BreakerEvent, Broker
 from runq.errors import BrokerUnavailable
@@ -41,6 +40,7 @@ from runq.models import (
     WorkerInfo,
     task_info,
 )
+from runq.observe import task_metrics
 
 POLL_INTERVAL = 0.025
 CLEANUP_INTERVAL = 1.0

@@ -9,7 +9,7 @@ one, so two apps in one process (or one test after another) do not collide.
 Per task name (issue 14): ``runq_tasks_total{queue,task,outcome}`` and the histograms
 ``runq_task_run_seconds`` and ``runq_task_wait_seconds`` (labels ``queue``, ``task``) are the
 fleet-wide totals the workers add to the broker with their heartbeats
-(runq/task_metrics.py). The broker's last-5-minute quantiles stay available as the gauges
+(runq/observe/task_metrics.py). The broker's last-5-minute quantiles stay available as the gauges
 ``runq_recent_run_seconds`` / ``runq_recent_wait_seconds`` (label ``percentile``).
 """
 
@@ -25,7 +25,7 @@ from prometheus_client.registry import Collector
 from runq.app import App
 from runq.errors import RunqError
 from runq.models import COUNTERS, Percentiles, QueueStats, WorkerInfo
-from runq.task_metrics import OUTCOMES, TaskSeries, read
+from runq.observe.task_metrics import OUTCOMES, TaskSeries, read
 
 STATES = tuple(QueueStats.__dataclass_fields__)
 COUNTER_HELP = {
@@ -84,7 +84,7 @@ class RunqCollector(Collector):
 
 
 def _task_metrics(series: list[TaskSeries]) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
-    """The per-task series every worker adds to the broker (runq/task_metrics.py)."""
+    """The per-task series every worker adds to the broker (runq/observe/task_metrics.py)."""
     tasks = CounterMetricFamily(
         "runq_tasks",
         "Attempts settled by the workers, per queue, task and outcome (succeeded, failed, retried, cancelled).",

@@ -15,7 +15,8 @@ never pickle.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeAlias
 
 
@@ -38,7 +39,7 @@ class Finished:
 
     result: str
     duration: float = 0.0
-    trace: tuple[str, str] | None = None  # (trace_id, span_id) of the attempt's span, for the logs
+    notes: Mapping[str, str] = field(default_factory=dict)  # from run-side middleware (TaskContext.notes)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Failed:
     retryable: bool
     retry_delay: float | None = None
     duration: float = 0.0
-    trace: tuple[str, str] | None = None
+    notes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -111,24 +112,25 @@ Settled: TypeAlias = Finished | Failed | TimedOut | Crashed | Refused | Held | H
 def to_frame(ended: Finished | Failed) -> dict[str, Any]:
     """A run end as a JSON-ready frame (what a process-pool child sends back)."""
     if isinstance(ended, Finished):
-        return {"finished": ended.result, "duration": ended.duration, "trace": ended.trace}
+        return {"finished": ended.result, "duration": ended.duration, "notes": dict(ended.notes)}
     return {
         "failed": ended.error.to_dict(),
         "retryable": ended.retryable,
         "retry_delay": ended.retry_delay,
         "duration": ended.duration,
-        "trace": ended.trace,
+        "notes": dict(ended.notes),
     }
 
 
 def from_frame(frame: dict[str, Any]) -> Finished | Failed:
     """The run end a child sent; ``ValueError`` for a frame no child of this version writes."""
-    trace = tuple(frame["trace"]) if frame.get("trace") else None
-    ids = (str(trace[0]), str(trace[1])) if trace and len(trace) == 2 else None
+    notes = {str(key): str(value) for key, value in (frame.get("notes") or {}).items()}
     if "finished" in frame:
-        return Finished(str(frame["finished"]), float(frame["duration"]), ids)
+        return Finished(str(frame["finished"]), float(frame["duration"]), notes)
     if "failed" in frame:
         error = Error(**frame["failed"])
         delay = frame.get("retry_delay")
-        return Failed(error, bool(frame["retryable"]), None if delay is None else float(delay), frame["duration"], ids)
+        return Failed(
+            error, bool(frame["retryable"]), None if delay is None else float(delay), frame["duration"], notes
+        )
     raise ValueError(f"not a run frame: {sorted(frame)}")

@@ -26,8 +26,8 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from types import FrameType
 from typing import Any, TypeVar
@@ -35,13 +35,16 @@ from typing import Any, TypeVar
 from runq.app import App
 from runq.brokers import DEFAULT_URL, Broker, connect
 from runq.brokers.base import BreakerEvent
+from runq.context import TaskContext
 from runq.errors import BrokerUnavailable
 from runq.logs import mask_url
 from runq.models import Claim, Message, Outcome, WorkerInfo
+from runq.observe import Observers, TaskOutcome
+from runq.observe.middleware import FinishStatus
+from runq.observe.task_log import MALFORMED, TaskLog
+from runq.observe.task_metrics import TaskMetrics
 from runq.settings import Settings
-from runq.task_metrics import TaskMetrics
 from runq.tasks import Task
-from runq.tracing import log_ids
 from runq.worker import policy
 from runq.worker.ended import Ended, Failed, Finished, HandedBack, Held, Refused, Settled, Stopped
 from runq.worker.policy import Policy, decide
@@ -74,7 +77,7 @@ class InFlight:
     started: float
     done: bool = False  # its outcome is waiting to be settled
     breaker: tuple[int, float] | None = None  # the task's circuit breaker, told how the run ended
-    trace: tuple[str, str] | None = None  # observability: (trace_id, span_id) of the attempt's span
+    notes: Mapping[str, str] = field(default_factory=dict)  # from run-side middleware, for on_finish
 
 
 class Worker:
@@ -96,7 +99,9 @@ class Worker:
         self.broker: Broker = connect(self.settings.url, self.settings.connect_timeout)
         self.pool: Pool = create_pool(self.settings, app, app_path, self._finished)
         self.counts: Counter[str] = Counter()
-        self.task_metrics = TaskMetrics(lambda name: name in app.tasks)  # observability: flushed with heartbeats
+        self.task_metrics = TaskMetrics(lambda name: name in app.tasks)  # flushed with heartbeats
+        # Everyone who watches outcomes, users' middleware and runq's own, through one seam.
+        self.observers = Observers([*app.middleware, self.task_metrics, TaskLog(self.id)])
         self.started_at = time.time()
         self._inflight: dict[str, InFlight] = {}
         self._cond = threading.Condition()
@@ -138,7 +143,7 @@ class Worker:
         threads[1].join()
         self._halted.set()
         threads[2].join()
-        self._try(lambda: self.task_metrics.flush(self.broker.add_task_metrics))  # observability
+        self._try(lambda: self.task_metrics.flush(self.broker.add_task_metrics))
         self._try(lambda: self.broker.unregister(self.id))
         self.broker.close()
         log.info("worker %s stopped", self.id)
@@ -259,7 +264,7 @@ class Worker:
                 return None
             args = prepared
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("started", extra={"task": self._fields(entry)})
+            log.debug("started", extra={"task": {"task_id": claim.id, "task": message.name, "worker": self.id}})
         return Job(
             claim.id,
             message.name,
@@ -322,15 +327,12 @@ class Worker:
         if entry is None or entry.message is None:
             return
         if isinstance(ended, Stopped):
-            self.task_metrics.record(entry.claim.queue, entry.message.name, "cancelled", None, None)  # observability
-            if log.isEnabledFor(logging.INFO):
-                reason = "its claim is gone: cancelled, or taken over after a stall"
-                log.info("cancelled", extra={"task": {**self._fields(entry), "reason": reason}})
             self._forget([entry])
+            self.observers.finish(self._context(entry), TaskOutcome("cancelled"))
             return
         if isinstance(ended, (Finished, Failed)):
             self._runtime += 0.2 * (ended.duration - self._runtime)
-            entry.trace = ended.trace  # observability
+            entry.notes = ended.notes
         self._end(entry, ended)
 
     @property
@@ -373,23 +375,24 @@ class Worker:
         if not accepted:
             self.counts["rejected"] += 1
             log.warning(
-                "late outcome rejected: the task was cancelled or taken over", extra={"task": self._fields(entry)}
+                "late outcome rejected: the task was cancelled or taken over",
+                extra={"task": {"task_id": entry.claim.id, "queue": entry.claim.queue, "worker": self.id}},
             )
             return
-        event = {"succeeded": "succeeded", "retry": "retried", "failed": "failed", "release": "deferred"}[outcome.kind]
-        self.counts[event] += 1
-        if outcome.kind != "release":  # observability: per-task series (runq/task_metrics.py)
-            name = entry.message.name if entry.message else None
-            self.task_metrics.record(entry.claim.queue, name, event, outcome.runtime, self._wait(entry, outcome))
-        level = {"failed": logging.WARNING, "release": logging.DEBUG}.get(outcome.kind, logging.INFO)
-        if not log.isEnabledFor(level):
+        self.counts[_COUNTED[outcome.kind]] += 1
+        if outcome.kind == "release":  # held back or handed back: not an end of the attempt
+            if log.isEnabledFor(logging.DEBUG):
+                fields = {"task_id": entry.claim.id, "queue": entry.claim.queue, "retry_in": round(outcome.delay, 3)}
+                log.debug("deferred", extra={"task": fields})
             return
-        fields = self._fields(entry)
-        if outcome.error:
-            fields["error"] = f"{outcome.error.get('type')}: {outcome.error.get('message')}"
-        if outcome.kind in ("retry", "release"):
-            fields["retry_in"] = round(outcome.delay, 3)
-        log.log(level, event, extra={"task": fields})
+        if self.observers.finishes:
+            self.observers.finish(self._context(entry), _task_outcome(outcome, self._wait(entry, outcome)))
+
+    def _context(self, entry: InFlight) -> TaskContext:
+        message, claim = entry.message, entry.claim
+        name = message.name if message is not None else MALFORMED
+        trace = message.trace if message is not None else None
+        return TaskContext(claim.id, name, claim.queue, claim.attempt, trace, dict(entry.notes))
 
     def _forget(self, entries: list[InFlight]) -> None:
         with self._cond:
@@ -398,24 +401,10 @@ class Worker:
             if self._stopping.is_set() or self.capacity - len(self._inflight) >= self._round():
                 self._cond.notify_all()  # the claimer has a round to claim (or shutdown waits)
 
-    def _fields(self, entry: InFlight) -> dict[str, Any]:
-        fields = {
-            "task_id": entry.claim.id,
-            "task": entry.message.name if entry.message else None,
-            "queue": entry.claim.queue,
-            "attempt": entry.claim.attempt,
-            "worker": self.id,
-            "duration": round(time.monotonic() - entry.started, 6),
-        }
-        ids = entry.trace or (log_ids(entry.message.trace) if entry.message else None)  # observability
-        if ids:
-            fields["trace_id"], fields["span_id"] = ids
-        return fields
-
     @staticmethod
     def _wait(entry: InFlight, outcome: Outcome) -> float | None:
-        """Observability: seconds from due (the id's enqueue time + delay) to started, for a
-        first attempt of a task without parents (a retry's or a step's due time is unknown here)."""
+        """Seconds from due (the id's enqueue time + delay) to started, for a first attempt of
+        a task without parents (a retry's or a step's due time is unknown here)."""
         message = entry.message
         if message is None or entry.claim.attempt != 1 or message.after or outcome.runtime is None:
             return None
@@ -437,7 +426,7 @@ class Worker:
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
                 self._try(lambda: self.broker.heartbeat(self.info(), HEARTBEAT_TTL))
-                self._try(lambda: self.task_metrics.flush(self.broker.add_task_metrics))  # observability
+                self._try(lambda: self.task_metrics.flush(self.broker.add_task_metrics))
 
     def _renew(self, claims: list[Claim]) -> None:
         held = self._try(lambda: self.broker.renew(claims, self.settings.lease))
@@ -496,3 +485,19 @@ def _decode_error(claim: Claim) -> str:
     except ValueError as exc:
         return str(exc)
     return "payload could not be decoded"
+
+
+_COUNTED = {"succeeded": "succeeded", "retry": "retried", "failed": "failed", "release": "deferred"}
+_FINISHED: dict[str, FinishStatus] = {"succeeded": "succeeded", "retry": "retrying", "failed": "failed"}
+
+
+def _task_outcome(outcome: Outcome, wait: float | None) -> TaskOutcome:
+    """A settled outcome as middleware sees it."""
+    return TaskOutcome(
+        _FINISHED[outcome.kind],
+        result_json=outcome.result,
+        error=outcome.error,
+        duration=outcome.runtime,
+        wait=wait,
+        retry_in=outcome.delay if outcome.kind == "retry" else None,
+    )

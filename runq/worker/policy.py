@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from runq.errors import ErrorKind
 from runq.models import Claim, Message, Outcome
+from runq.tasks import retries_on
 from runq.worker.ended import Crashed, Error, Failed, Finished, HandedBack, Held, Refused, Settled, TimedOut
 
 if TYPE_CHECKING:
     from runq.tasks import Task
+
+__all__ = ["Policy", "admit", "backoff_delay", "decide", "dependency_failed", "malformed", "retries_on"]
 
 
 @dataclass(frozen=True)
@@ -60,11 +63,6 @@ def backoff_delay(retry: int, backoff: float, backoff_max: float, jitter: bool) 
     times a random factor in [1, 1.25) with jitter, so a burst of failures does not retry in lockstep."""
     delay = min(float(backoff_max), backoff * 2.0 ** (retry - 1))
     return delay * random.uniform(1.0, 1.25) if jitter else delay
-
-
-def retries_on(retry_for: tuple[type[BaseException], ...], error_class: type[BaseException]) -> bool:
-    """Whether a task retries this error: every error when it names none (``retry_for=()``)."""
-    return not retry_for or issubclass(error_class, retry_for)
 
 
 def decide(claim: Claim, policy: Policy, ended: Settled) -> Outcome:

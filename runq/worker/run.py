@@ -18,14 +18,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from runq import tracing
 from runq.context import TaskContext, _current
 from runq.errors import ErrorKind, Retry
+from runq.tasks import retries_on
 from runq.worker.ended import Error, Failed, Finished
-from runq.worker.policy import retries_on
 
 if TYPE_CHECKING:
     from runq.app import App
+    from runq.observe import Observers
     from runq.tasks import Task
 
 
@@ -40,64 +40,75 @@ class Job:
     args: list[Any]
     kwargs: dict[str, Any]
     timeout: float | None = None
-    trace: dict[str, str] | None = None  # the message's trace context (runq/tracing.py)
+    trace: dict[str, str] | None = None  # the message's trace context (runq/observe/tracing.py)
 
     def context(self) -> TaskContext:
-        return TaskContext(self.id, self.name, self.queue, self.attempt)
+        return TaskContext(self.id, self.name, self.queue, self.attempt, self.trace)
 
 
 def run_job(app: App, job: Job, context: TaskContext | None = None) -> Finished | Failed:
     """Run a job in this thread (an ``async def`` task gets an event loop of its own)."""
     started = time.perf_counter()
-    if tracing.ENABLED:
-        ended = tracing.consume(job, lambda: _run(app, job, context or job.context()))
+    context = context or job.context()
+    task = app.tasks.get(job.name)
+    if task is None:
+        return unknown_task(app, job.name)
+    observers = app.observers
+    ended: Finished | Failed
+    error: BaseException | None
+    token = _current.set(context)
+    observers.start(context)
+    try:
+        value = asyncio.run(_call_async(task.fn, job)) if task.is_async else task.fn(*job.args, **job.kwargs)
+    except BaseException as exc:  # any exception of the task is its attempt's error
+        ended, error = failed(task, exc), exc
     else:
-        ended = _run(app, job, context or job.context())
-    return replace(ended, duration=time.perf_counter() - started)
+        ended, error = finished(value)
+    finally:
+        _current.reset(token)
+    return _end(observers, context, ended, error, started)
 
 
 async def arun_job(app: App, job: Job, context: TaskContext) -> Finished | Failed:
     """Run a job on the running event loop; a sync task goes to a thread so it never blocks
     the loop. ``asyncio.CancelledError`` propagates: the async pool owns cancellation."""
     started = time.perf_counter()
-    if tracing.ENABLED:
-        ended = await tracing.aconsume(job, lambda: _arun(app, job, context))
-    else:
-        ended = await _arun(app, job, context)
-    return replace(ended, duration=time.perf_counter() - started)
-
-
-def _run(app: App, job: Job, context: TaskContext) -> Finished | Failed:
     task = app.tasks.get(job.name)
     if task is None:
         return unknown_task(app, job.name)
+    observers = app.observers
+    ended: Finished | Failed
+    error: BaseException | None
     token = _current.set(context)
-    try:
-        value = asyncio.run(_call_async(task.fn, job)) if task.is_async else task.fn(*job.args, **job.kwargs)
-    except BaseException as exc:  # any exception of the task is its attempt's error
-        return failed(task, exc)
-    finally:
-        _current.reset(token)
-    return finished(value)
-
-
-async def _arun(app: App, job: Job, context: TaskContext) -> Finished | Failed:
-    task = app.tasks.get(job.name)
-    if task is None:
-        return unknown_task(app, job.name)
-    token = _current.set(context)
+    observers.start(context)
     try:
         if task.is_async:
             value = await _call_async(task.fn, job)
         else:
             value = await asyncio.to_thread(_call_in_context, context, task.fn, job)
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
+        observers.end(context, exc)
         raise
     except BaseException as exc:  # any exception of the task is its attempt's error
-        return failed(task, exc)
+        ended, error = failed(task, exc), exc
+    else:
+        ended, error = finished(value)
     finally:
         _current.reset(token)
-    return finished(value)
+    return _end(observers, context, ended, error, started)
+
+
+def _end(
+    observers: Observers, context: TaskContext, ended: Finished | Failed, error: BaseException | None, started: float
+) -> Finished | Failed:
+    """Tell run-side middleware how the body ended; the end carries their notes and the duration."""
+    observers.end(context, error)
+    duration = time.perf_counter() - started
+    return (
+        replace(ended, duration=duration, notes=dict(context.notes))
+        if context.notes
+        else replace(ended, duration=duration)
+    )
 
 
 def _call_in_context(context: TaskContext, fn: Callable[..., Any], job: Job) -> Any:
@@ -115,15 +126,16 @@ async def _call_async(fn: Callable[..., Awaitable[Any]], job: Job) -> Any:
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
-def finished(value: Any) -> Finished | Failed:
-    """A returned value as its JSON result; a value JSON cannot hold fails the attempt for good."""
+def finished(value: Any) -> tuple[Finished | Failed, BaseException | None]:
+    """A returned value as its JSON result; a value JSON cannot hold fails the attempt for
+    good (with the encoder's error, for on_end)."""
     if value is None:
-        return Finished("null")
+        return Finished("null"), None
     try:
-        return Finished(_JSON.encode(value))
+        return Finished(_JSON.encode(value)), None
     except Exception as exc:  # TypeError, ValueError (NaN), RecursionError, a raising __str__...
         message = f"task result is not JSON-serialisable: {safe_str(exc)}"
-        return Failed(Error("TypeError", message), retryable=False)
+        return Failed(Error("TypeError", message), retryable=False), exc
 
 
 def failed(task: Task[Any, Any], exc: BaseException) -> Failed:

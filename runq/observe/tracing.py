@@ -2,18 +2,18 @@
 
 The application installs and configures an SDK (exporter, sampler, resource); runq only
 asks the global tracer provider for spans. Without the ``otel`` extra, ``ENABLED`` is
-``False`` and every caller checks it before calling in here, so no tracing code runs.
+``False`` and the App registers no :class:`Tracing` middleware, so no tracing code runs.
 With the API but no SDK, spans are non-recording and no trace context is written into
 messages, so payloads stay as small as without the extra.
 
 Spans (OpenTelemetry messaging conventions, ``messaging.system = "runq"``):
 
 * ``create <queue>``, kind PRODUCER, one per message, when the producer builds it
-  (:func:`produce`, called by ``App.message``: every sync or async enqueue path goes
+  (``on_enqueue``, called by ``App.message``: every sync or async enqueue path goes
   through it). Its W3C ``traceparent``/``tracestate`` go into ``Message.trace``. The span
   ends before the broker call; a caller's own span around ``enqueue`` covers that.
 * ``process <queue>``, kind CONSUMER, one per attempt, around the task body wherever it
-  runs (thread, coroutine, or process-pool child: :func:`consume` / :func:`aconsume`).
+  runs (thread, coroutine, or process-pool child: ``on_start`` / ``on_end``).
   Its parent is the producer's span, so producer and every attempt share one trace. It
   links to the previous attempt's span when that ran in the same process, and to the
   producer spans of a workflow step's parents (``runq-links`` in the carrier).
@@ -24,11 +24,15 @@ from __future__ import annotations
 import dataclasses
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
+from runq.context import TaskContext
+from runq.observe.middleware import Middleware
+
 try:
+    from opentelemetry import context as otel_context
     from opentelemetry import propagate, trace
     from opentelemetry.trace import Link, Span, SpanContext, SpanKind, StatusCode, TraceFlags
 except ImportError:  # the otel extra is not installed: nothing below ever runs
@@ -37,9 +41,8 @@ else:
     ENABLED = True
 
 if TYPE_CHECKING:
+    from runq.app import App
     from runq.models import Message
-    from runq.worker.ended import Failed, Finished
-    from runq.worker.run import Job
 
 LINKS = "runq-links"  # carrier key: traceparents of a workflow step's parents, space-separated
 _REMEMBERED = 4096  # recent producer contexts / failed attempts kept per process for links
@@ -140,7 +143,10 @@ def produce(message: Message) -> Message:
 
 def with_parents(message: Message) -> Message:
     """A workflow step that waits on ``message.after``: carry its parents' producer contexts
-    (those produced in this process) so its CONSUMER spans link to them."""
+    (those produced in this process) so its CONSUMER spans link to them. No OpenTelemetry
+    call: a message without trace context (no SDK, or no extra) comes back unchanged."""
+    if message.trace is None:
+        return message
     found = [text for parent in message.after if (text := _produced.get(parent))]
     if not found or message.trace is None:
         return message
@@ -148,65 +154,68 @@ def with_parents(message: Message) -> Message:
     return dataclasses.replace(message, trace={**message.trace, LINKS: " ".join(links)})
 
 
-@contextmanager
-def _attempt(tracer: trace.Tracer, job: Job) -> Iterator[Span]:
-    # The carrier came from a payload: keep only string pairs, so a bad one cannot break a run.
-    found = job.trace if isinstance(job.trace, dict) else {}
-    carrier = {key: value for key, value in found.items() if isinstance(key, str) and isinstance(value, str)}
-    parent = propagate.extract(carrier)
-    previous = _attempts.get(job.id) if job.attempt > 1 else None
-    links = _links(iter([previous, *str(carrier.get(LINKS, "")).split()]))
-    attributes = {**_attributes("process", job.queue, job.id, job.name), "runq.task.attempt": job.attempt}
-    with tracer.start_as_current_span(
-        f"process {job.queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes, links=links
-    ) as span:
-        yield span
+class Tracing(Middleware):
+    """runq's spans, on the middleware seam: a PRODUCER span per message (``on_enqueue``) and
+    a CONSUMER span per attempt around the task's body (``on_start`` → ``on_end``, where the
+    task runs). The attempt's ids reach the worker's log lines as ``task.notes``."""
 
+    def __init__(self, app: App) -> None:
+        self._app = app
+        self._open: ContextVar[tuple[Span, object] | None] = ContextVar("runq_span", default=None)
 
-def _finish(span: Span, job: Job, ended: Finished | Failed) -> Finished | Failed:
-    """Put how the attempt ended on its span, and the span's ids on the end (for logs)."""
-    from runq.worker.ended import Failed
+    def on_enqueue(self, message: Message) -> Message | None:
+        return produce(message)
 
-    context = span.get_span_context()
-    if isinstance(ended, Failed):
-        error = ended.error
-        span.set_attributes(
-            {"runq.task.outcome": "error", "error.type": error.type, "runq.task.retryable": ended.retryable}
+    def on_start(self, task: TaskContext) -> None:
+        tracer = _tracer()
+        if tracer is None:
+            return
+        # The carrier came from a payload: keep only string pairs, so a bad one cannot break a run.
+        found = task.trace if isinstance(task.trace, Mapping) else {}
+        carrier = {key: value for key, value in found.items() if isinstance(key, str) and isinstance(value, str)}
+        previous = _attempts.get(task.id) if task.attempt > 1 else None
+        links = _links(iter([previous, *str(carrier.get(LINKS, "")).split()]))
+        attributes = {**_attributes("process", task.queue, task.id, task.name), "runq.task.attempt": task.attempt}
+        span = tracer.start_span(
+            f"process {task.queue}",
+            context=propagate.extract(carrier),
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+            links=links,
         )
-        span.add_event(
-            "exception",
-            {
-                "exception.type": error.type,
-                "exception.message": error.message,
-                "exception.stacktrace": error.traceback or "",
-            },
-        )
-        span.set_status(StatusCode.ERROR, f"{error.type}: {error.message}")
-        if context.is_valid:
-            _attempts.put(job.id, _traceparent(context))
-    else:
-        span.set_attribute("runq.task.outcome", "succeeded")
-    if context.is_valid:
-        return dataclasses.replace(ended, trace=(f"{context.trace_id:032x}", f"{context.span_id:016x}"))
-    return ended
+        self._open.set((span, otel_context.attach(trace.set_span_in_context(span))))
+        ids = span.get_span_context()
+        if ids.is_valid:
+            task.notes["trace_id"], task.notes["span_id"] = f"{ids.trace_id:032x}", f"{ids.span_id:016x}"
 
+    def on_end(self, task: TaskContext, error: BaseException | None) -> None:
+        opened = self._open.get()
+        if opened is None:
+            return
+        span, token = opened
+        self._open.set(None)
+        if error is None:
+            span.set_attribute("runq.task.outcome", "succeeded")
+        else:
+            self._failed(span, task, error)
+        otel_context.detach(token)  # type: ignore[arg-type]
+        span.end()
 
-def consume(job: Job, run: Callable[[], Finished | Failed]) -> Finished | Failed:
-    """Run one attempt inside its CONSUMER span (just run it without an SDK)."""
-    tracer = _tracer()
-    if tracer is None:
-        return run()
-    with _attempt(tracer, job) as span:
-        return _finish(span, job, run())
+    def _failed(self, span: Span, task: TaskContext, error: BaseException) -> None:
+        from runq.errors import Retry
+        from runq.tasks import retries_on
+        from runq.worker.run import error_type, safe_str
 
-
-async def aconsume(job: Job, run: Callable[[], Awaitable[Finished | Failed]]) -> Finished | Failed:
-    """:func:`consume` for a coroutine (the async pool); cancellation is recorded on the span."""
-    tracer = _tracer()
-    if tracer is None:
-        return await run()
-    with _attempt(tracer, job) as span:
-        return _finish(span, job, await run())
+        defined = self._app.tasks.get(task.name)
+        retry_for = defined.retry_for if defined is not None else ()
+        retryable = isinstance(error, Retry) or retries_on(retry_for, type(error))
+        kind = "Retry" if isinstance(error, Retry) else error_type(error)
+        span.set_attributes({"runq.task.outcome": "error", "error.type": kind, "runq.task.retryable": retryable})
+        span.record_exception(error, attributes={"exception.type": kind})
+        span.set_status(StatusCode.ERROR, f"{kind}: {safe_str(error)}")
+        ids = span.get_span_context()
+        if ids.is_valid:
+            _attempts.put(task.id, _traceparent(ids))
 
 
 def log_ids(carrier: Any) -> tuple[str, str] | None:

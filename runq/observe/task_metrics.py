@@ -31,6 +31,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from runq.context import TaskContext
+from runq.observe.middleware import Middleware, TaskOutcome
+
 # Seconds. Prometheus' defaults stop at 10 s; tasks run for minutes, so the top goes further.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 1800.0, math.inf)
 OUTCOMES = ("succeeded", "failed", "retried", "cancelled")
@@ -38,6 +41,7 @@ OTHER_TASK = "(other)"  # the label of every task name the worker does not have 
 HISTOGRAMS = ("run", "wait")
 
 Deltas = dict[str, dict[str, float]]  # queue -> field -> amount
+_SERIES = {"succeeded": "succeeded", "retrying": "retried", "failed": "failed", "cancelled": "cancelled"}
 
 
 def _bound(value: float) -> str:
@@ -63,8 +67,8 @@ def _names(task: str) -> _Names:
     )
 
 
-class TaskMetrics:
-    """One worker's counts since its last flush; safe to record from any thread."""
+class TaskMetrics(Middleware):
+    """One worker's counts since its last flush, fed by ``on_finish``; safe from any thread."""
 
     def __init__(self, known: Callable[[str], bool]) -> None:
         self._known = known
@@ -82,6 +86,9 @@ class TaskMetrics:
                     value = max(0.0, value)
                     series[names.buckets[histogram][bisect.bisect_left(BUCKETS, value)]] += 1
                     series[names.sums[histogram]] += value
+
+    def on_finish(self, task: TaskContext, outcome: TaskOutcome) -> None:
+        self.record(task.queue, task.name, _SERIES[outcome.status], outcome.duration, outcome.wait)
 
     def take(self) -> Deltas:
         """Everything counted so far, leaving the counts at zero."""
