@@ -19,15 +19,19 @@ from runq.logs import LEVELS, mask_url
 
 
 @main.command()
-@click.option("--keep", is_flag=True, help="Keep the temporary SQLite file and worker logs, to inspect them.")
+@click.option("--keep", is_flag=True, help="Keep what the demo made (its SQLite file, logs; or on --url its tasks).")
 @common
 def demo(keep: bool, url: str | None, as_json: bool) -> None:
-    """End to end in ~15 s on a fresh temporary SQLite file (or --url): workers, tasks, metrics."""
-    from runq.demo import run_demo
+    """End to end in ~15 s on a fresh temporary SQLite file (or an empty --url, emptied again after)."""
+    from runq.demo import check_empty, run_demo
 
     explicit = url or click.get_current_context().meta.get("runq.group_url")
     if explicit:
         _settings(explicit)  # validate it, and name it in a broker error
+        try:
+            check_empty(explicit)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     try:
         code = run_demo(explicit, as_json=as_json, keep=keep)
     except RuntimeError as exc:
