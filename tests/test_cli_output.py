@@ -10,6 +10,7 @@ import pty
 import re
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
@@ -101,6 +102,23 @@ def test_workers_json_gives_iso_8601_utc_times(sqlite_url: str, tmp_path: Path) 
             assert when.utcoffset() == timedelta(0) and abs(now - when) < timedelta(minutes=1), shown
     finally:
         worker.stop()
+
+
+def test_status_and_metrics_json_give_a_breakers_time_in_iso_8601(sqlite_url: str) -> None:
+    app = runq.App(sqlite_url)
+    app.broker  # noqa: B018 - create the database
+    app.close()
+    opens = datetime.now(timezone.utc) + timedelta(seconds=60)
+    with sqlite3.connect(sqlite_url.removeprefix("sqlite:///")) as db:  # as the broker keeps it: epoch seconds
+        db.execute(
+            "INSERT INTO runq_breakers (name, state, failures, open_until, probe_until) VALUES (?, ?, ?, ?, ?)",
+            ("tests.tasks.picky", "open", 5, opens.timestamp(), 0.0),
+        )
+    for command in ("status", "metrics"):
+        done = cli(command, "--json", "--url", sqlite_url)
+        assert done.exit_code == 0, done.output
+        shown = json.loads(done.stdout)["breakers"]["tests.tasks.picky"]
+        assert abs(datetime.fromisoformat(shown["open_until"]) - opens) < timedelta(seconds=1), shown
 
 
 # -- the dashboard ---------------------------------------------------------------------------
