@@ -22,6 +22,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import runq
@@ -120,3 +121,12 @@ async def amisbehave(program: dict[str, Any]) -> Any:
 @app.task(name="add")
 def add(a: int, b: int) -> int:
     return a + b
+
+
+@app.task(name="mark_then_sleep", retries=0)
+def mark_then_sleep(directory: str, seconds: float) -> str:
+    """Marks ``started``, sleeps, marks ``ended``: whether a cancel stopped the function."""
+    Path(directory, "started").touch()
+    time.sleep(seconds)
+    Path(directory, "ended").touch()
+    return "ended"

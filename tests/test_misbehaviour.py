@@ -195,3 +195,23 @@ def test_generated_misbehaviour_always_ends_with_an_outcome(worker: PoolWorker) 
     elapsed = time.monotonic() - started
     assert elapsed < 120, f"{worker.pool}: {elapsed:.0f}s"
     wait_until(lambda: worker.app.workers(), timeout=10)  # its heartbeat still says it is live
+
+
+# -- what cancel means for a sync task in a thread (README: `runq worker`) ---------------------------
+
+
+def test_a_cancelled_sync_task_in_a_thread_runs_to_its_end_with_its_result_dropped(
+    worker: PoolWorker, tmp_path: Path
+) -> None:
+    """SPEC §3 lets the thread pool only flag a cancelled task; the README says so (issue 19
+    part 6). A sync task in the async pool runs in a thread too. The process pool kills it."""
+    if worker.pool == "process":
+        pytest.skip("the process pool kills the child: tests/test_worker.py proves it")
+    handle = worker.app.enqueue("mark_then_sleep", args=[str(tmp_path), 1.0])
+    wait_until((tmp_path / "started").exists, timeout=30)
+    assert handle.cancel()
+    assert handle.status() is Status.CANCELLED
+    wait_until((tmp_path / "ended").exists, timeout=30)  # the function went on to its end
+    worker.assert_healthy()
+    info = handle.info()
+    assert info is not None and info.status is Status.CANCELLED and info.result is None
