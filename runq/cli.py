@@ -10,11 +10,14 @@ gets rich tables and a pipe gets plain columns (see :mod:`runq.console`).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import select
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -25,7 +28,7 @@ from runq import console as out
 from runq.app import App, load_app
 from runq.errors import BrokerUnavailable, RunqError
 from runq.logs import LEVELS, mask_url, password_of
-from runq.models import FINAL_STATUSES, QueueStats, Stats, Status, TaskInfo, WorkerInfo, to_datetime
+from runq.models import FINAL_STATUSES, QueueStats, Stats, Status, TaskInfo, WorkerInfo, queue_of, to_datetime
 from runq.settings import LOG_FORMATS, POOLS, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -454,6 +457,22 @@ def _totals(stats: Stats) -> QueueStats:
     return QueueStats(**{name: sum(getattr(q, name) for q in stats.queues.values()) for name in STATE_COLUMNS})
 
 
+def _started_only(stats: Stats, live: list[WorkerInfo]) -> Stats:
+    """``running`` as a user means it: started. A broker marks a task running when a worker
+    claims it, also when the worker took it ahead for a slot that is still busy; the
+    workers' heartbeats (at most a few seconds old) say which ones those are."""
+    ahead: Counter[str] = Counter()
+    for worker in live:
+        for task_id in worker.prefetched:
+            with contextlib.suppress(ValueError):
+                ahead[queue_of(task_id)] += 1
+    queues = {
+        name: dataclasses.replace(q, running=max(0, q.running - ahead[name])) if ahead[name] else q
+        for name, q in stats.queues.items()
+    }
+    return dataclasses.replace(stats, queues=queues)
+
+
 def _queue_table(stats: Stats) -> None:
     rows = [(name, *(getattr(q, s) for s in STATE_COLUMNS)) for name, q in sorted(stats.queues.items())]
     total = _totals(stats)
@@ -465,7 +484,9 @@ def _queue_table(stats: Stats) -> None:
 def status(url: str | None, as_json: bool) -> None:
     """Tasks per queue and state, and how many workers are live."""
     app = _app(url, create=False)
-    stats, live = app.stats(), app.workers()
+    live = app.workers()
+    stats = _started_only(app.stats(), live)
+    prefetched = sum(len(w.prefetched) for w in live)
     if as_json:
         queues = {name: vars(q) for name, q in sorted(stats.queues.items())}
         out.echo_json(
@@ -473,13 +494,18 @@ def status(url: str | None, as_json: bool) -> None:
                 "queues": queues,
                 "totals": vars(_totals(stats)),
                 "workers": len(live),
+                "prefetched": prefetched,
                 "breakers": _breakers_json(stats.breakers),
             }
         )
         return
     _queue_table(stats)
-    busy = sum(len(w.current) for w in live)
-    out.line(f"{len(live)} worker(s) live, {busy} task(s) in hand; throughput {out.rate(stats.throughput)}", "bold")
+    running = sum(len(w.current) for w in live)
+    out.line(
+        f"{len(live)} worker(s) live, {running} running, {prefetched} prefetched (claimed, not started); "
+        f"throughput {out.rate(stats.throughput)}",
+        "bold",
+    )
     if stats.breakers:
         out.line(
             "breakers: "
@@ -491,7 +517,8 @@ def status(url: str | None, as_json: bool) -> None:
 @common
 def metrics(url: str | None, as_json: bool) -> None:
     """Counts, counters, wait/run latency p50/p95/p99 (last 5 min) and throughput (last minute)."""
-    stats = _app(url, create=False).stats()
+    app = _app(url, create=False)
+    stats = _started_only(app.stats(), app.workers())
     if as_json:
         out.echo_json({**stats.to_dict(), "breakers": _breakers_json(stats.breakers)})
         return
@@ -523,6 +550,7 @@ def workers(url: str | None, as_json: bool) -> None:
             w.concurrency,
             ",".join(w.queues),
             len(w.current),
+            len(w.prefetched),
             w.counts.get("succeeded", 0),
             w.counts.get("retried", 0),
             w.counts.get("failed", 0),
@@ -530,7 +558,10 @@ def workers(url: str | None, as_json: bool) -> None:
         )
         for w in found
     ]
-    columns = ("worker", "pool", "concurrency", "queues", "running", "succeeded", "retried", "failed", "up")
+    columns = (
+        *("worker", "pool", "concurrency", "queues", "running", "prefetched"),
+        *("succeeded", "retried", "failed", "up"),
+    )
     out.table(columns, rows)
     if not found:
         out.line("no live workers", "yellow")
@@ -540,6 +571,7 @@ def _worker_dict(worker: WorkerInfo) -> dict[str, Any]:
     data = dict(vars(worker))
     data["queues"], data["current"] = list(worker.queues), list(worker.current)
     data["started_at"], data["last_seen"] = _iso(worker.started_at), _iso(worker.last_seen)
+    data["prefetched"] = list(worker.prefetched)
     return data
 
 

@@ -112,6 +112,11 @@ class Pool(ABC):
     def _stop_running(self, task_id: str) -> None: ...
 
     @abstractmethod
+    def started(self) -> set[str]:
+        """The ids of the jobs running now: started, not finished (claimed ahead and still
+        queued here is not running)."""
+
+    @abstractmethod
     def terminate(self) -> None:
         """Stop everything now; runs still going are dropped without ``on_done``."""
 
@@ -188,6 +193,10 @@ class ThreadPool(Pool):
             entry = self._running.get(task_id)
         if entry is not None:
             entry[1].cancel()
+
+    def started(self) -> set[str]:
+        with self._lock:
+            return set(self._running)
 
     def terminate(self) -> None:
         self._close()
@@ -374,6 +383,10 @@ class ProcessPool(Pool):
             with contextlib.suppress(ProcessLookupError):
                 proc.proc.kill()
 
+    def started(self) -> set[str]:
+        with self._lock:  # a batch's later jobs have not started: only each child's current one
+            return set(self._running.values())
+
     def terminate(self) -> None:
         self._close()
         with self._lock:
@@ -411,7 +424,8 @@ class AsyncPool(Pool):
             context = job.context()
             task = asyncio.current_task()
             assert task is not None
-            self._tasks[job.id] = (task, context)
+            with self._lock:
+                self._tasks[job.id] = (task, context)
             result: RunResult | None
             try:
                 result = await asyncio.wait_for(arun_job(self.app, job, context), job.timeout)
@@ -420,7 +434,8 @@ class AsyncPool(Pool):
             except asyncio.CancelledError:
                 result = None
             finally:
-                self._tasks.pop(job.id, None)
+                with self._lock:
+                    self._tasks.pop(job.id, None)
         if not self._closed.is_set():
             self.on_done(job, None if context.cancelled else result)
 
@@ -432,6 +447,10 @@ class AsyncPool(Pool):
                 entry[0].cancel()
 
         self._loop.call_soon_threadsafe(stop)
+
+    def started(self) -> set[str]:
+        with self._lock:
+            return set(self._tasks)
 
     def terminate(self) -> None:
         self._close()

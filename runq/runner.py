@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -85,17 +86,19 @@ def _run_job(app: App, job: Job, context: TaskContext | None) -> RunResult:
     if task is None:
         return unknown_task(job.name)
     token = _current.set(context or job.context())
+    pid = os.getpid()
     try:
         value: Any
         if task.is_async:
             value = asyncio.run(_call_async(task.fn, job))
         else:
             value = task.fn(*job.args, **job.kwargs)
-    except Exception as exc:
+        return success(value)
+    except BaseException as exc:  # SPEC §8: whatever the task raises is its error (see classify)
         return classify(task, exc)
     finally:
         _current.reset(token)
-    return success(value)
+        _end_if_forked(pid)
 
 
 async def arun_job(app: App, job: Job, context: TaskContext) -> RunResult:
@@ -116,26 +119,39 @@ async def _arun_job(app: App, job: Job, context: TaskContext) -> RunResult:
     task = app.tasks.get(job.name)
     if task is None:
         return unknown_task(job.name)
+    if not task.is_async:
+        # Whole, result included: an exception crossing from the thread into the loop's
+        # future loses its identity (a GeneratorExit raised there is replaced by another).
+        return await asyncio.to_thread(_run_job, app, job, context)
     token = _current.set(context)
+    pid = os.getpid()
     try:
-        value: Any
-        if task.is_async:
-            value = await _call_async(task.fn, job)
-        else:
-            value = await asyncio.to_thread(_call_in_context, context, task.fn, job)
-    except Exception as exc:
+        return success(await _call_async(task.fn, job))
+    except asyncio.CancelledError as exc:
+        if _cancelled_by_pool():
+            raise
+        return classify(task, exc)  # the task raised it itself: its error like any other
+    except BaseException as exc:  # SPEC §8: whatever the task raises is its error (see classify)
         return classify(task, exc)
     finally:
         _current.reset(token)
-    return success(value)
+        _end_if_forked(pid)
 
 
-def _call_in_context(context: TaskContext, fn: Callable[..., Any], job: Job) -> Any:
-    token = _current.set(context)
-    try:
-        return fn(*job.args, **job.kwargs)
-    finally:
-        _current.reset(token)
+def _cancelled_by_pool() -> bool:
+    """Whether a ``CancelledError`` is the pool stopping this run (cancel, timeout), not the
+    task's own. Python 3.10 cannot tell: there, every one is taken as the pool's."""
+    current = asyncio.current_task()
+    cancelling = getattr(current, "cancelling", None)
+    return cancelling is None or cancelling() > 0
+
+
+def _end_if_forked(pid: int) -> None:
+    """A task that forked and whose child returned: that child is a copy of the worker (or
+    of a pool child) sharing its pipes and broker connections, and must not report the run
+    as well. It exits at once, its buffers unflushed (they are its parent's)."""
+    if os.getpid() != pid:
+        os._exit(0)
 
 
 async def _call_async(fn: Callable[..., Awaitable[Any]], job: Job) -> Any:
@@ -146,28 +162,73 @@ _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=Fa
 
 
 def success(value: Any) -> RunResult:
+    """A returned value as a RunResult; one JSON cannot hold (an object, NaN, an int over
+    Python's digit limit, nesting too deep to encode) fails the attempt with ``TypeError``."""
     if value is None:
         return RunResult(True, result="null")
     try:
         text = _JSON.encode(value)
-    except (TypeError, ValueError) as exc:
-        return RunResult.failure("TypeError", f"task result is not JSON-serialisable: {exc}", retryable=False)
+    except Exception as exc:
+        message = f"task result is not JSON-serialisable: {safe_message(exc)}"
+        return RunResult.failure("TypeError", message, retryable=False)
+    if not text.isascii() and not _utf8(text):  # a lone surrogate: escaped, JSON still holds it
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
     return RunResult(True, result=text)
 
 
-def classify(task: Task[Any, Any], exc: Exception) -> RunResult:
-    """An exception as a RunResult: ``Retry`` always retries; others only if in ``retry_for``
-    (or when the task has no ``retry_for``, in which case every exception is retried)."""
-    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def classify(task: Task[Any, Any], exc: BaseException) -> RunResult:
+    """Anything a task raised as a RunResult: ``Retry`` always retries; others only if in
+    ``retry_for`` (or when the task has no ``retry_for``, in which case every one is retried).
+
+    Any ``BaseException`` counts (SPEC §8): ``SystemExit`` or ``KeyboardInterrupt`` from a
+    task is that task's error, not the worker's. The pools run tasks off the worker's main
+    thread (threads, coroutines on their own thread, children that ignore SIGINT), so a
+    signal meant for the worker never arrives here as an exception.
+    """
     if isinstance(exc, Retry):
         return RunResult(
             False,
-            error={"type": "Retry", "message": str(exc), "traceback": None},
+            error={"type": "Retry", "message": safe_message(exc), "traceback": None},
             retryable=True,
             retry_delay=exc.delay,
         )
+    error = error_record(exc)
     retryable = not task.retry_for or isinstance(exc, task.retry_for)
-    return RunResult.failure(error_type(exc), str(exc), retryable=retryable, trace=trace)
+    return RunResult(False, error=error, retryable=retryable)
+
+
+def error_record(exc: BaseException) -> dict[str, Any]:
+    """The error an attempt records for ``exc``: ``{"type", "message", "traceback"}``.
+
+    The one rule for every pool. Building it never raises, whatever the exception's
+    ``__str__`` does, and its text is valid UTF-8 (a broker must be able to store it).
+    """
+    try:
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException as failure:  # the record must be made regardless
+        trace = f"(no traceback: formatting it raised {type(failure).__name__})"
+    return {"type": error_type(exc), "message": safe_message(exc), "traceback": _printable(trace)}
+
+
+def safe_message(exc: BaseException) -> str:
+    """``str(exc)``, or a stand-in naming what went wrong when that raises."""
+    try:
+        message = str(exc)
+    except BaseException as failure:  # a broken __str__ is the task's bug, not ours
+        return f"<{type(exc).__name__}: str() raised {type(failure).__name__}>"
+    return _printable(message)
+
+
+def _printable(text: str) -> str:
+    return text if _utf8(text) else text.encode("utf-8", "backslashreplace").decode()
 
 
 def retryable_error(task: Task[Any, Any] | None, error_class: type[BaseException]) -> bool:
