@@ -1,4 +1,4 @@
-"""runq: a fast, reliable distributed task queue (SQLite or Redis, JSON only)."""
+"""runq: a fast, reliable distributed task queue (SQLite, Redis or PostgreSQL; JSON only)."""
 
 from runq.app import App
 from runq.context import TaskContext, current

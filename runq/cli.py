@@ -10,10 +10,16 @@ gets rich tables and a pipe gets plain columns (see :mod:`runq.console`).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+import os
+import select
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -22,7 +28,7 @@ from runq import console as out
 from runq.app import App, load_app
 from runq.errors import BrokerUnavailable, RunqError
 from runq.logs import LEVELS, mask_url, password_of
-from runq.models import FINAL_STATUSES, QueueStats, Stats, Status, TaskInfo, WorkerInfo
+from runq.models import FINAL_STATUSES, QueueStats, Stats, Status, TaskInfo, WorkerInfo, queue_of, to_datetime
 from runq.settings import LOG_FORMATS, POOLS, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,9 +57,18 @@ class RunqGroup(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            return super().invoke(ctx)
+            done = super().invoke(ctx)
+            sys.stdout.flush()  # a reader that left (``| head -1``) shows here, handled below
+            return done
+        except SystemExit:
+            _flush_stdout()
+            raise
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
+        except BrokenPipeError as exc:
+            if not _stdout_closed():
+                fail(broker_error(_url_of(ctx), exc))
+            _leave_quietly()
         except BrokerUnavailable as exc:
             fail(broker_error(_url_of(ctx), exc))
         except (ConnectionError, TimeoutError) as exc:
@@ -64,6 +79,32 @@ class RunqGroup(click.Group):
             if type(exc).__module__.startswith("redis"):  # a redis-py error the broker did not wrap
                 fail(broker_error(_url_of(ctx), exc))
             raise
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe nobody reads any more (poll reports an error on its write end)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+    except (AttributeError, OSError, ValueError):  # no real file behind it (tests), or no poll
+        return False
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _leave_quietly() -> NoReturn:
+    """The reader of our output left (``runq list | head -1``): done, exit 0 as ``ls`` or ``grep``
+    would. What is still buffered goes nowhere, so the interpreter's last flush cannot fail."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    sys.exit(0)
+
+
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # keep the exit code given
+    except (OSError, ValueError):
+        pass
 
 
 def _url_of(ctx: click.Context) -> str:
@@ -94,15 +135,38 @@ def _app_settings(app: App, url: str | None = None, **overrides: Any) -> Setting
     return settings
 
 
-def _app(url: str | None) -> App:
-    """An App on ``--url``, connected now so a bad URL fails before any work is done."""
-    app = App(settings=_settings(url))
+def _app(url: str | None, create: bool = True) -> App:
+    """An App on ``--url``, connected now so a bad URL fails before any work is done.
+
+    ``create=False`` (commands that only read) refuses a SQLite file that does not exist
+    instead of creating an empty database, which would hide a wrong directory or URL.
+    """
+    settings = _settings(url)
+    if not create:
+        _check_exists(settings.url)
+    app = App(settings=settings)
     click.get_current_context().call_on_close(app.close)
     try:
         app.broker  # noqa: B018 - connect (and for SQLite, create the file) now
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="'--url' / RUNQ_URL") from None
     return app
+
+
+def _check_exists(url: str) -> None:
+    if not url.lower().startswith("sqlite:"):
+        return
+    from runq.brokers.sqlite import sqlite_path
+
+    try:
+        path = Path(sqlite_path(url)[0]).expanduser()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--url' / RUNQ_URL") from None
+    if not path.exists():
+        fail(
+            f"no runq database at {url} ({path.absolute()} does not exist): nothing was enqueued there;"
+            " check --url / RUNQ_URL or the directory you run runq in"
+        )
 
 
 def _known(app: App, task_id: str) -> TaskInfo:
@@ -130,7 +194,7 @@ def common(fn: F) -> F:
 @click.option("--json", "as_json", is_flag=True, help="JSON output for the command (it may also follow it).")
 @click.pass_context
 def main(ctx: click.Context, url: str | None, as_json: bool) -> None:
-    """runq: a fast, reliable task queue (SQLite or Redis, JSON only)."""
+    """runq: a fast, reliable task queue (SQLite, Redis or PostgreSQL; JSON only)."""
     ctx.meta["runq.group_url"] = url
     if as_json:
         ctx.default_map = {name: {"as_json": True} for name in main.commands}
@@ -246,7 +310,7 @@ def enqueue(name: str, arguments: str | None, url: str | None, as_json: bool, **
 @common
 def info(task_id: str, url: str | None, as_json: bool) -> None:
     """Everything about one task."""
-    found = _known(_app(url), task_id)
+    found = _known(_app(url, create=False), task_id)
     if as_json:
         out.echo_json(found.to_dict())
         return
@@ -264,7 +328,7 @@ def info(task_id: str, url: str | None, as_json: bool) -> None:
 @common
 def result(task_id: str, wait: float, url: str | None, as_json: bool) -> None:
     """A task's result. Exit 0 if it succeeded; 1 if it failed, was cancelled or is not done."""
-    app = _app(url)
+    app = _app(url, create=False)
     found = _known(app, task_id)
     if wait and not found.status.final:
         found = app.broker.wait(task_id, wait) or found
@@ -346,7 +410,7 @@ def _retry_all(app: App, queue: str | None) -> list[str]:
 @common
 def list_(status: str | None, queue: str | None, limit: int, url: str | None, as_json: bool) -> None:
     """Tasks (in STATUS, if given), newest first."""
-    tasks = _app(url).list(status, queue, limit)
+    tasks = _app(url, create=False).list(status, queue, limit)
     if as_json:
         out.echo_json([t.to_dict() for t in tasks])
         return
@@ -393,6 +457,22 @@ def _totals(stats: Stats) -> QueueStats:
     return QueueStats(**{name: sum(getattr(q, name) for q in stats.queues.values()) for name in STATE_COLUMNS})
 
 
+def _started_only(stats: Stats, live: list[WorkerInfo]) -> Stats:
+    """``running`` as a user means it: started. A broker marks a task running when a worker
+    claims it, also when the worker took it ahead for a slot that is still busy; the
+    workers' heartbeats (at most a few seconds old) say which ones those are."""
+    ahead: Counter[str] = Counter()
+    for worker in live:
+        for task_id in worker.prefetched:
+            with contextlib.suppress(ValueError):
+                ahead[queue_of(task_id)] += 1
+    queues = {
+        name: dataclasses.replace(q, running=max(0, q.running - ahead[name])) if ahead[name] else q
+        for name, q in stats.queues.items()
+    }
+    return dataclasses.replace(stats, queues=queues)
+
+
 def _queue_table(stats: Stats) -> None:
     rows = [(name, *(getattr(q, s) for s in STATE_COLUMNS)) for name, q in sorted(stats.queues.items())]
     total = _totals(stats)
@@ -403,17 +483,29 @@ def _queue_table(stats: Stats) -> None:
 @common
 def status(url: str | None, as_json: bool) -> None:
     """Tasks per queue and state, and how many workers are live."""
-    app = _app(url)
-    stats, live = app.stats(), app.workers()
+    app = _app(url, create=False)
+    live = app.workers()
+    stats = _started_only(app.stats(), live)
+    prefetched = sum(len(w.prefetched) for w in live)
     if as_json:
         queues = {name: vars(q) for name, q in sorted(stats.queues.items())}
         out.echo_json(
-            {"queues": queues, "totals": vars(_totals(stats)), "workers": len(live), "breakers": stats.breakers}
+            {
+                "queues": queues,
+                "totals": vars(_totals(stats)),
+                "workers": len(live),
+                "prefetched": prefetched,
+                "breakers": _breakers_json(stats.breakers),
+            }
         )
         return
     _queue_table(stats)
-    busy = sum(len(w.current) for w in live)
-    out.line(f"{len(live)} worker(s) live, {busy} task(s) in hand; throughput {out.rate(stats.throughput)}", "bold")
+    running = sum(len(w.current) for w in live)
+    out.line(
+        f"{len(live)} worker(s) live, {running} running, {prefetched} prefetched (claimed, not started); "
+        f"throughput {out.rate(stats.throughput)}",
+        "bold",
+    )
     if stats.breakers:
         out.line(
             "breakers: "
@@ -425,9 +517,10 @@ def status(url: str | None, as_json: bool) -> None:
 @common
 def metrics(url: str | None, as_json: bool) -> None:
     """Counts, counters, wait/run latency p50/p95/p99 (last 5 min) and throughput (last minute)."""
-    stats = _app(url).stats()
+    app = _app(url, create=False)
+    stats = _started_only(app.stats(), app.workers())
     if as_json:
-        out.echo_json(stats.to_dict())
+        out.echo_json({**stats.to_dict(), "breakers": _breakers_json(stats.breakers)})
         return
     _queue_table(stats)
     counters = stats.counters
@@ -445,7 +538,7 @@ def _latency(stats: Stats) -> list[tuple[str, Any]]:
 @common
 def workers(url: str | None, as_json: bool) -> None:
     """Live workers (by heartbeat) and what they are running."""
-    found = _app(url).workers()
+    found = _app(url, create=False).workers()
     if as_json:
         out.echo_json([_worker_dict(w) for w in found])
         return
@@ -457,6 +550,7 @@ def workers(url: str | None, as_json: bool) -> None:
             w.concurrency,
             ",".join(w.queues),
             len(w.current),
+            len(w.prefetched),
             w.counts.get("succeeded", 0),
             w.counts.get("retried", 0),
             w.counts.get("failed", 0),
@@ -464,7 +558,10 @@ def workers(url: str | None, as_json: bool) -> None:
         )
         for w in found
     ]
-    columns = ("worker", "pool", "concurrency", "queues", "running", "succeeded", "retried", "failed", "up")
+    columns = (
+        *("worker", "pool", "concurrency", "queues", "running", "prefetched"),
+        *("succeeded", "retried", "failed", "up"),
+    )
     out.table(columns, rows)
     if not found:
         out.line("no live workers", "yellow")
@@ -473,125 +570,19 @@ def workers(url: str | None, as_json: bool) -> None:
 def _worker_dict(worker: WorkerInfo) -> dict[str, Any]:
     data = dict(vars(worker))
     data["queues"], data["current"] = list(worker.queues), list(worker.current)
+    data["started_at"], data["last_seen"] = _iso(worker.started_at), _iso(worker.last_seen)
+    data["prefetched"] = list(worker.prefetched)
     return data
 
 
-# -- demo --------------------------------------------------------------------------------
+def _iso(timestamp: float | None) -> str | None:
+    """Every ``--json`` time is ISO 8601 UTC, as the README says (brokers keep epoch seconds)."""
+    when = to_datetime(float(timestamp)) if timestamp else None
+    return when.isoformat() if when else None
 
 
-@main.command()
-@click.option("--keep", is_flag=True, help="Keep the temporary SQLite file and worker logs, to inspect them.")
-@common
-def demo(keep: bool, url: str | None, as_json: bool) -> None:
-    """End to end in ~15 s on a fresh temporary SQLite file (or --url): workers, tasks, metrics."""
-    from runq.demo import run_demo
-
-    explicit = url or click.get_current_context().meta.get("runq.group_url")
-    if explicit:
-        _settings(explicit)  # validate it, and name it in a broker error
-    try:
-        code = run_demo(explicit, as_json=as_json, keep=keep)
-    except RuntimeError as exc:
-        fail(f"demo failed: {exc}")
-    sys.exit(code)
+def _breakers_json(breakers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: {**state, "open_until": _iso(state.get("open_until"))} for name, state in breakers.items()}
 
 
-@main.command()
-@click.argument("app_path", metavar="APP")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
-@click.option("--url", default=None, metavar="URL", help="Broker URL (default: APP's, else RUNQ_URL, else sqlite).")
-@click.option("--token", envvar="RUNQ_DASHBOARD_TOKEN", default=None, help="Require this token [default: random].")
-@click.option("--no-token", is_flag=True, help="Serve without a token (loopback only, unless --insecure).")
-@click.option("--insecure", is_flag=True, help="Allow a non-loopback address without a token.")
-@click.option("--allowed-host", "allowed_hosts", multiple=True, help="Another Host name to answer to (repeatable).")
-def dashboard(
-    app_path: str,
-    host: str,
-    port: int,
-    url: str | None,
-    token: str | None,
-    no_token: bool,
-    insecure: bool,
-    allowed_hosts: tuple[str, ...],
-) -> None:
-    """Serve the web dashboard, HTTP API and /metrics for APP (module:attribute).
-
-    Without --token (or RUNQ_DASHBOARD_TOKEN) a random token is made and the login URL printed.
-    """
-    try:
-        from click.core import ParameterSource
-
-        from runq.dashboard import check_bind, serve
-        from runq.dashboard.server import login_url, new_token
-    except ImportError as exc:
-        raise click.ClickException(f"the dashboard needs its extra: pip install 'runq[dashboard]' ({exc})") from None
-    if no_token and token and click.get_current_context().get_parameter_source("token") is ParameterSource.COMMANDLINE:
-        raise click.UsageError("--token and --no-token exclude each other")
-    token = None if no_token else token
-    generated = not no_token and not token
-    try:
-        check_bind(host, token or ("generated" if generated else None), insecure)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-    try:
-        app = load_app(app_path)
-    except (ImportError, ValueError, TypeError) as exc:
-        raise click.BadParameter(str(exc), param_hint="APP") from None
-    app.configure(_app_settings(app, url))
-    if generated:
-        token = new_token()
-        click.echo(f"runq dashboard: open {login_url(host, port, token)}", err=True)
-    elif token is None:
-        click.echo(f"runq dashboard: {login_url(host, port, None)} (no token: anyone on this machine)", err=True)
-    serve(app, host, port, token, allowed_hosts)
-
-
-@main.command()
-@click.option("--tasks", type=click.IntRange(min=10), default=2000, show_default=True, help="Tasks for W1, W2, W4.")
-@click.option("--workers", "processes", type=click.IntRange(min=1), default=2, show_default=True, help="Processes.")
-@click.option("--round-trips", type=click.IntRange(min=1), default=100, show_default=True, help="W3 round trips.")
-@click.option("--force", is_flag=True, help="Run on --url even if it holds data (the benchmark EMPTIES it).")
-@common
-def bench(tasks: int, processes: int, round_trips: int, force: bool, url: str | None, as_json: bool) -> None:
-    """runq's own workloads, small: a fresh temporary SQLite file, or --url (an empty broker; it EMPTIES it).
-
-    The side-by-side comparison with other task queues is `python -m bench` in runq's repository.
-    """
-    from runq.bench import check_empty, smoke
-
-    explicit = url or click.get_current_context().meta.get("runq.group_url")
-    if explicit:
-        _settings(explicit)  # validate it, and name it in a broker error
-    if explicit and not force:
-        try:
-            check_empty(explicit)
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-    report = smoke(
-        explicit, tasks, processes, round_trips, lambda step: click.echo(f"{step} ...", err=True), force=True
-    )
-    if as_json:
-        out.echo_json(report.to_dict())
-        return
-    out.table(["workload", "result", "detail"], report.rows(), title=f"runq bench on {mask_url(report.url)}")
-
-
-@main.command()
-@click.argument("app_path", metavar="APP")
-@click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default=None, help="[INFO]")
-@common
-def beat(app_path: str, log_level: str | None, url: str | None, as_json: bool) -> None:
-    """Enqueue APP's periodic tasks at their ticks; run as many as you like (once per tick)."""
-    from runq import logs
-    from runq.schedule import run_beat
-
-    overrides = dict(log_level=log_level, log_format="json" if as_json else None)
-    _settings(url, **overrides)  # a bad RUNQ_* value or flag is a usage error before APP is imported
-    app = _load(app_path)
-    settings = _app_settings(app, url, **overrides)
-    logs.configure(settings.log_level, settings.log_format)
-    app.configure(settings)
-    if not app.schedules:
-        fail(f"{app_path} has no periodic tasks (@app.periodic)")
-    sys.exit(run_beat(app))
+from runq import cli_serve  # noqa: E402, F401 - registers demo, dashboard, bench and beat on main

@@ -11,7 +11,7 @@ import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -25,6 +25,9 @@ STATUS_STYLES = {
     "failed": "bold red",
     "cancelled": "dim",
 }
+
+# Columns a table never cuts on a narrow terminal: the ids other commands need.
+WHOLE = ("id", "worker")
 
 _console: Console | None = None
 
@@ -79,8 +82,13 @@ def table(
     title: str | None = None,
     status_column: str | None = "status",
     footer: Sequence[Any] | None = None,
+    whole: Sequence[str] = WHOLE,
 ) -> None:
-    """Print rows under ``columns``; the ``status_column`` is coloured on a terminal."""
+    """Print rows under ``columns``; the ``status_column`` is coloured on a terminal.
+
+    The ``whole`` columns hold what other commands take as arguments (a task id for
+    ``info``/``retry``/``cancel``): a narrow terminal squeezes the other columns, never these.
+    """
     texts = [[cell(value) for value in row] for row in rows]
     foot = [cell(value) for value in footer] if footer is not None else None
     if not is_terminal():
@@ -92,7 +100,13 @@ def table(
     grid = Table(title=title, title_justify="left", show_footer=foot is not None, header_style="bold")
     for index, name in enumerate(columns):
         numeric = bool(texts) and all(_numeric(row[index]) for row in texts)
-        grid.add_column(name, footer=foot[index] if foot else "", justify="right" if numeric else "left")
+        justify: Literal["left", "right"] = "right" if numeric else "left"
+        if name in whole or name == status_column:
+            width = max((len(row[index]) for row in texts), default=0)
+            grid.add_column(name, footer=foot[index] if foot else "", justify=justify, no_wrap=True,
+                            min_width=width, overflow="fold")  # fmt: skip
+        else:
+            grid.add_column(name, footer=foot[index] if foot else "", justify=justify)
     status_index = columns.index(status_column) if status_column in columns else -1
     for row in texts:
         grid.add_row(

@@ -7,7 +7,9 @@ reports, an idempotent duplicate charge, flaky tasks that succeed on retry and o
 charge that ends in the dead-letter set — shows live progress, then a results table
 and the broker's metrics. Without ``--url`` it uses a fresh SQLite file in a
 temporary directory (``RUNQ_URL`` is ignored on purpose: a demo must never write
-into a real queue by accident), so running it twice in a row always works.
+into a real queue by accident), so running it twice in a row always works. A ``--url``
+must name an empty broker (:func:`check_empty`), and the demo empties it again at the end
+(:func:`clean_up`) unless ``--keep``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 from runq import console as out
 from runq import demo_tasks
 from runq.app import App
+from runq.brokers.sqlite import sqlite_path
 from runq.handles import Handle
 from runq.logs import mask_url
 from runq.models import Percentiles, Status, TaskInfo
@@ -59,9 +62,14 @@ class Plan:
 
 
 def run_demo(url: str | None, as_json: bool = False, keep: bool = False) -> int:
-    """Run the demo; 0 when every task ended as planned (exactly one in the dead-letter set)."""
+    """Run the demo; 0 when every task ended as planned (exactly one in the dead-letter set).
+
+    A ``url`` given must be empty (``ValueError`` otherwise) and is left empty unless ``keep``.
+    """
+    if url:
+        check_empty(url)
     directory = Path(tempfile.mkdtemp(prefix="runq-demo-"))
-    url = url or f"sqlite:///{directory / 'demo.db'}"
+    given, url = url, url or f"sqlite:///{directory / 'demo.db'}"
     app = App(settings=Settings.from_env(url=url))
     app.tasks.update(demo_tasks.app.tasks)
     try:
@@ -81,7 +89,66 @@ def run_demo(url: str | None, as_json: bool = False, keep: bool = False) -> int:
     finally:
         app.close()
         if not keep:
+            if given:
+                clean_up(given)
             shutil.rmtree(directory, ignore_errors=True)
+
+
+# -- a broker of the user's ------------------------------------------------------------
+
+
+def check_empty(url: str) -> None:
+    """Refuse a broker that holds anything (``ValueError``): the demo's queues, workers and dead
+    letter would mix with what is there, and :func:`clean_up` could not tell them apart."""
+    held = _held(url)
+    if held:
+        raise ValueError(
+            f"{mask_url(url)} holds {held}; runq demo runs only on an empty broker and empties it again"
+            " afterwards: give an empty one (another Redis db number, a new SQLite file, another"
+            " PostgreSQL ?schema=), or leave out --url for a temporary SQLite file"
+        )
+
+
+def _held(url: str) -> str:
+    scheme = url.partition("://")[0].lower()
+    if scheme == "sqlite":
+        path = Path(sqlite_path(url)[0]).expanduser()
+        return "data" if path.exists() and path.stat().st_size > 0 else ""
+    if scheme.startswith("redis") or scheme == "unix":
+        from runq.brokers.redis.connection import client, parse
+
+        with client(parse(url), {}) as redis:
+            keys = int(redis.dbsize())
+        return f"{keys} keys" if keys else ""
+    app = App(settings=Settings.from_env(url=url))
+    try:
+        tasks = sum(sum(vars(q).values()) for q in app.stats().queues.values())
+        workers = len(app.workers())
+    finally:
+        app.close()
+    return f"{tasks} tasks and {workers} live workers" if tasks or workers else ""
+
+
+def clean_up(url: str) -> None:
+    """Empty what :func:`check_empty` found empty: the SQLite file, runq's Redis keys, or
+    (PostgreSQL) every task; PostgreSQL keeps runq's tables and lifetime counters."""
+    scheme = url.partition("://")[0].lower()
+    if scheme == "sqlite":
+        path = Path(sqlite_path(url)[0]).expanduser()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+    elif scheme.startswith("redis") or scheme == "unix":
+        from runq.brokers.redis.connection import client, parse
+
+        with client(parse(url), {}) as redis:
+            for key in list(redis.scan_iter(match="runq:*", count=1000)):
+                redis.unlink(key)  # one by one: on a cluster the keys live on different nodes
+    else:
+        app = App(settings=Settings.from_env(url=url))
+        try:
+            app.purge(None, None)
+        finally:
+            app.close()
 
 
 # -- workers -------------------------------------------------------------------------
@@ -246,7 +313,7 @@ def _update(progress: Any, bars: dict[str, Any], final: dict[str, TaskInfo], sch
             bar,
             completed=len(done),
             ok=sum(1 for i in done if i.status is Status.SUCCEEDED),
-            retried=sum(1 for i in done if i.attempts > 1),
+            retried=sum(_retries(i) for i in done),
             failed=sum(1 for i in done if i.status is Status.FAILED),
             waiting=f"{scheduled[queue]} scheduled" if scheduled.get(queue) else "",
         )
@@ -264,7 +331,7 @@ def summarise(app: App, plan: Plan, infos: dict[str, TaskInfo], elapsed: float) 
                                              "failed": 0, "run": []})  # fmt: skip
         row["tasks"] += 1
         row["succeeded" if info.status is Status.SUCCEEDED else "failed"] += 1
-        row["retried"] += info.attempts > 1
+        row["retried"] += _retries(info)
         if info.started_at and info.finished_at:
             row["run"].append((info.finished_at - info.started_at).total_seconds())
     for row in by_task.values():
@@ -283,6 +350,11 @@ def summarise(app: App, plan: Plan, infos: dict[str, TaskInfo], elapsed: float) 
         "checks": checks,
         "dead_letter": [{"id": i.id, "name": i.name, "attempts": i.attempts, "error": i.error} for i in failed],
     }
+
+
+def _retries(info: TaskInfo) -> int:
+    """Retries, as the broker's ``retried`` counter counts them: every attempt after the first."""
+    return max(info.attempts - 1, 0)
 
 
 def _checks(plan: Plan, infos: dict[str, TaskInfo]) -> dict[str, bool]:
@@ -314,7 +386,7 @@ def show(report: dict[str, Any], kept: Path | None) -> None:
         rows.append((KINDS.get(name, name), row["queue"], row["tasks"], row["succeeded"], row["retried"],
                      row["failed"], out.seconds(run["p50"]), out.seconds(run["p95"])))  # fmt: skip
     total = [sum(int(r[i]) for r in rows) for i in range(2, 6)]
-    columns = ("task", "queue", "tasks", "succeeded", "retried", "failed", "run p50", "run p95")
+    columns = ("task", "queue", "tasks", "succeeded", "retries", "failed", "run p50", "run p95")
     out.table(columns, rows, title="Results", status_column=None, footer=("total", "", *total, "", ""))
     wait, run, counters = report["wait"], report["run"], report["counters"]
     metrics = [
@@ -324,7 +396,7 @@ def show(report: dict[str, Any], kept: Path | None) -> None:
     out.table(("latency", "p50", "p95", "p99"), metrics, title="Metrics", status_column=None)
     out.line(
         f"{report['tasks']} tasks in {report['elapsed']:.1f} s = {report['throughput']} tasks/s;  "
-        f"succeeded {counters.get('succeeded', 0)} · retried {counters.get('retried', 0)} · "
+        f"succeeded {counters.get('succeeded', 0)} · retries {counters.get('retried', 0)} · "
         f"failed {counters.get('failed', 0)}",
         "bold",
     )

@@ -319,10 +319,11 @@ class WorkerInfo:
     queues: tuple[str, ...]
     pool: str
     concurrency: int
-    current: tuple[str, ...] = ()
+    current: tuple[str, ...] = ()  # the tasks it is running: started, not yet finished
     counts: dict[str, int] = field(default_factory=dict)
     started_at: float = 0.0
     last_seen: float = 0.0
+    prefetched: tuple[str, ...] = ()  # claimed ahead, waiting for a free slot (not running)
 
     def encode(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -332,4 +333,5 @@ class WorkerInfo:
         data = json.loads(raw)
         data["queues"] = tuple(data["queues"])
         data["current"] = tuple(data["current"])
+        data["prefetched"] = tuple(data.get("prefetched", ()))  # absent from an older worker's
         return cls(**data)

@@ -104,7 +104,8 @@ def test_payload_over_max_payload_is_a_usage_error(broker_url: str) -> None:
 
 @pytest.mark.parametrize("command", ["info", "result", "cancel", "retry"])
 @pytest.mark.parametrize("task_id", ["default.01m85aaaaaaaaaaaaaaaaaaaaa", "not-an-id"])
-def test_unknown_task_id_exits_1_naming_it(broker_url: str, command: str, task_id: str) -> None:
+def test_unknown_task_id_exits_1_naming_it(app: runq.App, broker_url: str, command: str, task_id: str) -> None:
+    app.broker  # noqa: B018 - the broker exists (a SQLite file that does not is another error)
     user_error(cli(command, task_id, "--url", broker_url), 1, task_id)
     user_error(cli(command, task_id, "--url", broker_url, "--json"), 1, task_id)
 
@@ -327,9 +328,9 @@ def test_status_with_work_in_every_state(
 
 def test_real_process_exit_codes_and_json(broker_url: str) -> None:
     user_error(run_runq("enqueue", "add", "{oops", "--url", broker_url), 2, "Usage:", "not valid JSON")
-    user_error(run_runq("info", "default.01m85aaaaaaaaaaaaaaaaaaaaa", "--url", broker_url), 1, "no task with id")
     user_error(run_runq("frobnicate"), 2, "No such command")
     task_id = run_runq("enqueue", "add", "[1, 2]", "--url", broker_url).stdout.strip()
+    user_error(run_runq("info", "default.01m85aaaaaaaaaaaaaaaaaaaaa", "--url", broker_url), 1, "no task with id")
     done = run_runq("status", "--json", "--url", broker_url)
     assert done.returncode == 0 and json.loads(done.stdout)["totals"]["pending"] == 1
     listed = run_runq("list", "pending", "--url", broker_url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,9 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import runq
-from runq.models import Status
+from runq.cli import main
+from runq.models import Status, WorkerInfo
 from tests.conftest import EVERY_BROKER, WorkerProcess, corrupt_payload, wait_until
 
 BROKER_KINDS = EVERY_BROKER  # the worker's semantics, proven on every broker
@@ -285,3 +288,33 @@ def test_a_child_dying_mid_batch_loses_none_of_the_batch(
         assert handle.result(timeout=60) is None
         info = handle.info()
         assert info is not None and info.attempts == 1, handle.id
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_running_means_started_not_claimed_ahead(
+    app: runq.App, broker_url: str, start_worker: StartWorker, pool: str, tmp_path: Path
+) -> None:
+    """Issue 19 part 6: a --concurrency 2 worker holds 4 claims (one prefetched per slot),
+    and the broker marks all 4 running; status and workers say 2 running, 2 prefetched."""
+    markers = [tmp_path / f"started-{i}" for i in range(4)]
+    handles = [app.enqueue("touch_then_sleep", args=[str(marker), 60]) for marker in markers]
+    start_worker(broker_url, "--pool", pool, "--concurrency", "2")
+    wait_until(lambda: sum(marker.exists() for marker in markers) == 2, timeout=30)
+    started = {handle.id for handle, marker in zip(handles, markers, strict=True) if marker.exists()}
+
+    def heartbeat() -> WorkerInfo | None:
+        live = app.workers()
+        return live[0] if live and len(live[0].current) + len(live[0].prefetched) == 4 else None
+
+    worker = wait_until(heartbeat, timeout=30)
+    assert set(worker.current) == started
+    assert set(worker.prefetched) == {handle.id for handle in handles} - started
+
+    runner = CliRunner()
+    status = json.loads(runner.invoke(main, ["status", "--json", "--url", broker_url]).stdout)
+    assert (status["queues"]["default"]["running"], status["prefetched"]) == (2, 2)
+    assert status["queues"]["default"]["pending"] == 0  # held by the worker, not in the queue
+    workers = json.loads(runner.invoke(main, ["workers", "--json", "--url", broker_url]).stdout)
+    assert [(len(w["current"]), len(w["prefetched"])) for w in workers] == [(2, 2)]
+    table = runner.invoke(main, ["status", "--url", broker_url]).stdout
+    assert "2 running, 2 prefetched" in table

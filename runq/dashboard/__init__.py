@@ -5,6 +5,6 @@ Install with ``pip install 'runq[dashboard]'``; run with ``runq dashboard APP``.
 
 from __future__ import annotations
 
-from runq.dashboard.server import check_bind, create_app, serve
+from runq.dashboard.server import check_bind, create_app, listen, serve
 
-__all__ = ["check_bind", "create_app", "serve"]
+__all__ = ["check_bind", "create_app", "listen", "serve"]

@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import hmac
 import ipaddress
+import logging
 import os
+import re
 import secrets
 import socket
 from importlib import resources
@@ -164,24 +166,57 @@ def check_bind(host: str, token: str | None, insecure: bool) -> None:
         )
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The dashboard's listening socket, bound before anything is printed: a port in use is an
+    ``OSError`` here, not a login URL followed by uvicorn's error. Port 0 picks a free one."""
+    [(family, kind, proto, _, address), *_] = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a restart is not "in use"
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class MaskToken(logging.Filter):
+    """Hides ``token=…`` in uvicorn's access log lines (``GET /?token=… 200``): a login URL in a
+    log would hand the dashboard to whoever reads the log."""
+
+    QUERY = re.compile(r"(?<=[?&])token=[^&\s]*")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.QUERY.sub("token=***", a) if isinstance(a, str) else a for a in record.args)
+        return True
+
+
 def serve(
     app: App,
     host: str = "127.0.0.1",
     port: int = 8000,
     token: str | None = None,
     allowed_hosts: tuple[str, ...] = (),
+    sock: socket.socket | None = None,
     **uvicorn: Any,
 ) -> None:
-    """Run the dashboard with uvicorn until interrupted (the caller has run :func:`check_bind`)."""
+    """Run the dashboard with uvicorn until interrupted (the caller has run :func:`check_bind`),
+    on ``sock`` if given (from :func:`listen`), else on a socket bound here."""
     import uvicorn as server
 
     token = token or os.environ.get(TOKEN_ENV) or None
+    sock = sock or listen(host, port)
     config = server.Config(
         create_app(app, token, hosts=(host, *allowed_hosts)),
         host=host,
-        port=port,
+        port=sock.getsockname()[1],
         timeout_graceful_shutdown=2,  # live-update streams never end by themselves
         **uvicorn,
     )
-    with contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl+C it handled cleanly
-        server.Server(config).run()
+    logging.getLogger("uvicorn.access").addFilter(MaskToken())  # after Config, which sets logging up
+    with sock, contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl+C it handled cleanly
+        server.Server(config).run(sockets=[sock])

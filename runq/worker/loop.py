@@ -437,8 +437,15 @@ class Worker:
                 self.pool.cancel(claim.id)
 
     def info(self) -> WorkerInfo:
+        """The heartbeat. ``current`` is what a user means by running: started in the pool.
+        A claim taken ahead for a free slot is ``prefetched``, though the broker already
+        marks it running (see :attr:`capacity`); one that ended and waits to be settled is
+        neither."""
+        started = self.pool.started()
         with self._cond:
-            current = tuple(self._inflight)
+            held = [task_id for task_id, entry in self._inflight.items() if not entry.done]
+        current = tuple(task_id for task_id in held if task_id in started)
+        prefetched = tuple(task_id for task_id in held if task_id not in started)
         return WorkerInfo(
             id=self.id,
             host=socket.gethostname(),
@@ -450,6 +457,7 @@ class Worker:
             counts=dict(self.counts),
             started_at=self.started_at,
             last_seen=time.time(),
+            prefetched=prefetched,
         )
 
     # -- broker outages -----------------------------------------------------------

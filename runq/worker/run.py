@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,7 @@ def run_job(app: App, job: Job, context: TaskContext | None = None) -> Finished 
     observers = app.observers
     ended: Finished | Failed
     error: BaseException | None
+    pid = os.getpid()
     token = _current.set(context)
     observers.start(context)
     try:
@@ -66,26 +68,28 @@ def run_job(app: App, job: Job, context: TaskContext | None = None) -> Finished 
         ended, error = finished(value)
     finally:
         _current.reset(token)
+        _end_if_forked(pid)
     return _end(observers, context, ended, error, started)
 
 
 async def arun_job(app: App, job: Job, context: TaskContext) -> Finished | Failed:
-    """Run a job on the running event loop; a sync task goes to a thread so it never blocks
-    the loop. ``asyncio.CancelledError`` propagates: the async pool owns cancellation."""
-    started = time.perf_counter()
+    """Run a job on the running event loop. A sync task runs whole in a thread (the loop never
+    blocks, and its exception never crosses into the loop, where a ``GeneratorExit`` would lose
+    its identity). ``asyncio.CancelledError`` propagates: the async pool owns cancellation."""
     task = app.tasks.get(job.name)
     if task is None:
         return unknown_task(app, job.name)
+    if not task.is_async:
+        return await asyncio.to_thread(run_job, app, job, context)
+    started = time.perf_counter()
     observers = app.observers
     ended: Finished | Failed
     error: BaseException | None
+    pid = os.getpid()
     token = _current.set(context)
     observers.start(context)
     try:
-        if task.is_async:
-            value = await _call_async(task.fn, job)
-        else:
-            value = await asyncio.to_thread(_call_in_context, context, task.fn, job)
+        value = await _call_async(task.fn, job)
     except asyncio.CancelledError as exc:
         observers.end(context, exc)
         raise
@@ -95,6 +99,7 @@ async def arun_job(app: App, job: Job, context: TaskContext) -> Finished | Faile
         ended, error = finished(value)
     finally:
         _current.reset(token)
+        _end_if_forked(pid)
     return _end(observers, context, ended, error, started)
 
 
@@ -111,12 +116,12 @@ def _end(
     )
 
 
-def _call_in_context(context: TaskContext, fn: Callable[..., Any], job: Job) -> Any:
-    token = _current.set(context)
-    try:
-        return fn(*job.args, **job.kwargs)
-    finally:
-        _current.reset(token)
+def _end_if_forked(pid: int) -> None:
+    """A task that forked and whose child returned: that child is a copy of the worker (or of
+    a pool child) sharing its pipes and broker connections, and must not report the run as
+    well. It exits at once, its buffers unflushed (they are its parent's)."""
+    if os.getpid() != pid:
+        os._exit(0)
 
 
 async def _call_async(fn: Callable[..., Awaitable[Any]], job: Job) -> Any:
@@ -132,10 +137,13 @@ def finished(value: Any) -> tuple[Finished | Failed, BaseException | None]:
     if value is None:
         return Finished("null"), None
     try:
-        return Finished(_JSON.encode(value)), None
-    except Exception as exc:  # TypeError, ValueError (NaN), RecursionError, a raising __str__...
+        text = _JSON.encode(value)
+    except Exception as exc:  # TypeError, ValueError (NaN), RecursionError, an int over the digit limit...
         message = f"task result is not JSON-serialisable: {safe_str(exc)}"
         return Failed(Error("TypeError", message), retryable=False), exc
+    if not text.isascii() and not _utf8(text):  # a lone surrogate: escaped, so a broker can store it
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    return Finished(text), None
 
 
 def failed(task: Task[Any, Any], exc: BaseException) -> Failed:
@@ -165,15 +173,28 @@ def error_type(exc: BaseException) -> str:
 
 
 def safe_str(exc: BaseException) -> str:
-    """``str(exc)``, which a task's own exception class may break: never raises."""
+    """``str(exc)``, which a task's own exception class may break: never raises, and always
+    valid UTF-8 (a broker must be able to store it)."""
     try:
-        return str(exc)
-    except BaseException as inner:
+        return _printable(str(exc))
+    except BaseException as inner:  # a broken __str__ is the task's bug, not ours
         return f"<{type(exc).__name__}: str() raised {type(inner).__name__}>"
 
 
-def _format(exc: BaseException) -> str | None:
+def _format(exc: BaseException) -> str:
     try:
-        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except BaseException:  # a traceback is a courtesy; the error is recorded anyway
-        return None
+        return _printable("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    except BaseException as failure:  # the record must be made regardless
+        return f"(no traceback: formatting it raised {type(failure).__name__})"
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    return text if _utf8(text) else text.encode("utf-8", "backslashreplace").decode()

@@ -99,6 +99,11 @@ class Pool(ABC):
     def _stop_running(self, task_id: str) -> None: ...
 
     @abstractmethod
+    def started(self) -> set[str]:
+        """The ids of the jobs running now: started, not finished (claimed ahead and still
+        queued here is not running)."""
+
+    @abstractmethod
     def terminate(self) -> None:
         """Stop everything now; runs still going are dropped without ``on_done``."""
 

@@ -43,7 +43,8 @@ class AsyncPool(Pool):
             context = job.context()
             task = asyncio.current_task()
             assert task is not None
-            self._tasks[job.id] = (task, context)
+            with self._lock:
+                self._tasks[job.id] = (task, context)
             ended: Ended
             try:
                 ended = await asyncio.wait_for(arun_job(self.app, job, context), job.timeout)
@@ -59,7 +60,8 @@ class AsyncPool(Pool):
                     error = Error("CancelledError", "the task raised asyncio.CancelledError")
                     ended = Failed(error, retryable=retries_on(retry_for, asyncio.CancelledError))
             finally:
-                self._tasks.pop(job.id, None)
+                with self._lock:
+                    self._tasks.pop(job.id, None)
         if not self._closed.is_set():
             self.on_done(job, Stopped() if context.cancelled else ended)
 
@@ -71,6 +73,10 @@ class AsyncPool(Pool):
                 entry[0].cancel()
 
         self._loop.call_soon_threadsafe(stop)
+
+    def started(self) -> set[str]:
+        with self._lock:
+            return set(self._tasks)
 
     def terminate(self) -> None:
         self._close()

@@ -186,6 +186,10 @@ class ProcessPool(Pool):
             with contextlib.suppress(ProcessLookupError):
                 proc.proc.kill()
 
+    def started(self) -> set[str]:
+        with self._lock:  # a batch's later jobs have not started: only each child's current one
+            return set(self._running.values())
+
     def terminate(self) -> None:
         self._close()
         with self._lock:

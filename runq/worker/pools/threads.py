@@ -81,6 +81,10 @@ class ThreadPool(Pool):
         if running is not None:
             running.context.cancel()
 
+    def started(self) -> set[str]:
+        with self._lock:
+            return set(self._running)
+
     def terminate(self) -> None:
         self._close()
         with self._lock:
