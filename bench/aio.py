@@ -32,7 +32,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import runq
-from runq.testing import RedisServer
+from tests.support.servers import RedisServer
 
 
 def make_app(url: str) -> tuple[runq.App, runq.Task[[], None]]:

@@ -157,7 +157,7 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="directory for py-spy raw profiles (and print summaries)")
     parser.add_argument("--pool", default="--pool thread --concurrency 8", help="worker pool arguments")
     args = parser.parse_args()
-    from runq.testing import RedisServer
+    from tests.support.servers import RedisServer
 
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
-"""The harness's private redis-server: :class:`runq.testing.RedisServer`, the one the tests use."""
+"""The harness's private redis-server: :class:`tests.support.servers.RedisServer`, the one the tests use."""
 
 from __future__ import annotations
 
-from runq.testing import RedisServer
+from tests.support.servers import RedisServer
 
 __all__ = ["RedisServer"]

@@ -26,7 +26,7 @@ import redis
 
 import runq
 from runq.brokers.redis import queue_keys
-from runq.testing import RedisCluster, RedisServer
+from tests.support.servers import RedisCluster, RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

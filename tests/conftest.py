@@ -16,7 +16,7 @@ import pytest
 
 import runq
 from runq.brokers import Broker
-from runq.testing import RedisCluster, RedisNotInstalled, RedisServer, add_acl_user
+from tests.support.servers import RedisCluster, RedisNotInstalled, RedisServer, add_acl_user
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKERS = ["sqlite", "redis"]

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from runq.bench import Latency, percentile
+from runq.cli.bench import Latency, percentile
 
 ROOT = Path(__file__).resolve().parent.parent
 

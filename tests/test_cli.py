@@ -23,7 +23,7 @@ import runq
 from runq.cli import main
 from runq.logs import JSONFormatter, TextFormatter
 from runq.settings import Settings
-from runq.testing import free_port
+from tests.support.servers import free_port
 from tests.conftest import ROOT, WITH_POSTGRES, WorkerProcess, wait_until
 
 BROKER_KINDS = WITH_POSTGRES  # every broker, PostgreSQL included

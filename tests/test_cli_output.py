@@ -25,7 +25,7 @@ import pytest
 import redis
 
 import runq
-from runq.testing import RedisServer, free_port
+from tests.support.servers import RedisServer, free_port
 from tests.conftest import ROOT, WorkerProcess, wait_until
 from tests.test_cli import cli, run_runq, user_error
 

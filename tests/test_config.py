@@ -173,7 +173,7 @@ def test_bench_refuses_a_database_that_holds_data(tmp_path: Path) -> None:
 
 
 def test_bench_refuses_a_redis_database_that_holds_keys(redis_server: object) -> None:
-    from runq.testing import RedisServer
+    from tests.support.servers import RedisServer
 
     assert isinstance(redis_server, RedisServer)
     redis_server.flush()

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from runq.testing import RedisNotInstalled, RedisServer, free_port
+from tests.support.servers import RedisNotInstalled, RedisServer, free_port
 from tests.conftest import ROOT, wait_until
 from tests.test_packaging import Built, built
 

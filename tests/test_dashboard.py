@@ -31,7 +31,7 @@ import runq
 from runq.dashboard import check_bind, create_app
 from runq.models import Outcome
 from runq.settings import Settings
-from runq.testing import free_port
+from tests.support.servers import free_port
 from tests.conftest import ROOT, WITH_POSTGRES, wait_until
 
 BROKER_KINDS = WITH_POSTGRES  # every broker, PostgreSQL included

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from runq.testing import free_port
+from tests.support.servers import free_port
 from tests.conftest import ROOT, wait_until
 
 EXAMPLES = ROOT / "examples"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import runq
-from runq.testing import NetnsPair
+from tests.support.servers import NetnsPair
 from tests.conftest import WorkerProcess, wait_until
 from tests.scale_tasks import run_counts
 

@@ -17,7 +17,7 @@ from redis.crc import key_slot
 import runq
 from runq.brokers.redis import queue_keys
 from runq.errors import BrokerUnavailable
-from runq.testing import RedisCluster
+from tests.support.servers import RedisCluster
 from tests import scale_tasks as tasks
 from tests.conftest import WorkerProcess, wait_until
 from tests.scale_tasks import run_counts

@@ -15,7 +15,7 @@ import redis
 
 from runq.brokers.redis.keys import ALL, FUNCTIONS, LAYOUTS, function_keys, lua_prologue
 from runq.brokers.redis.scripts import body, function_name, library
-from runq.testing import RedisServer
+from tests.support.servers import RedisServer
 
 LUA = resources.files("runq.brokers.redis").joinpath("lua")
 SOURCES = {path.name: path.read_text() for path in LUA.iterdir() if path.name.endswith(".lua")}

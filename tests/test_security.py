@@ -11,7 +11,7 @@ import pytest
 import redis
 
 import runq
-from runq.testing import REDIS_ACL, TLS, RedisNotInstalled, RedisServer, add_acl_user
+from tests.support.servers import REDIS_ACL, TLS, RedisNotInstalled, RedisServer, add_acl_user
 from tests.conftest import WorkerProcess
 
 

@@ -18,7 +18,7 @@ import runq
 from runq.brokers.redis import queue_keys
 from runq.brokers.redis.connection import parse
 from runq.errors import BrokerUnavailable
-from runq.testing import RedisNotInstalled, SentinelGroup
+from tests.support.servers import RedisNotInstalled, SentinelGroup
 from tests.conftest import WorkerProcess, wait_until
 from tests.scale_tasks import run_counts
 

@@ -11,7 +11,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any, TypeVar
 
-from runq.bench import SLEEP, count_completion
+from runq.cli.bench import SLEEP, count_completion
 
 __all__ = ["SLEEP", "AsyncPeer", "Peer", "Variant", "count_completion", "redis_url"]
 

@@ -1,6 +1,6 @@
-"""runq: ``runq worker runq.bench:app --pool thread`` (the thread pool's default concurrency, 8).
+"""runq: ``runq worker runq.cli.bench:app --pool thread`` (the thread pool's default concurrency, 8).
 
-The tasks live in :mod:`runq.bench` (shipped in the package, so ``runq bench`` has them too).
+The tasks live in :mod:`runq.cli.bench` (shipped in the package, so ``runq bench`` has them too).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ class RunqPeer(Peer):
     dist = "runq"
     has_bulk = True
     variants = (
-        Variant("", "`runq worker runq.bench:app --pool thread` x2 (concurrency 8 each; W4 50); `enqueue_many`"),
+        Variant("", "`runq worker runq.cli.bench:app --pool thread` x2 (concurrency 8 each; W4 50); `enqueue_many`"),
         Variant(
             "threads 64",
             "`--pool thread --concurrency 64` x2: more threads for tasks that wait on I/O (each"

@@ -1,4 +1,4 @@
-"""runq on its PostgreSQL broker: ``runq worker runq.bench:app --pool thread --url postgresql://...``.
+"""runq on its PostgreSQL broker: ``runq worker runq.cli.bench:app --pool thread --url postgresql://...``.
 
 The same adapter as ``runq_app`` (same tasks, same worker command, concurrency 8; W4 50),
 pointed at the private benchmark database (``BENCH_PG_URL``, set by ``python -m bench.postgres``).
@@ -23,7 +23,7 @@ class RunqPostgresPeer(RunqPeer):
     variants = (
         Variant(
             "",
-            "`runq worker runq.bench:app --pool thread --url postgresql://…` x2 (concurrency 8 each;"
+            "`runq worker runq.cli.bench:app --pool thread --url postgresql://…` x2 (concurrency 8 each;"
             " W4 50); `delay()` / `enqueue_many`; `result()` waits on LISTEN/NOTIFY",
         ),
     )

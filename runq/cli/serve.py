@@ -1,7 +1,7 @@
 """The ``runq`` commands that start something long-lived or heavy: ``demo``, ``dashboard``,
 ``bench`` and ``beat`` (``runq worker`` lives in :mod:`runq.cli` with the rest).
 
-They register themselves on :data:`runq.cli.main`, which imports this module last.
+They register themselves on the group in commands.py; runq/cli/__init__.py imports this module.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import sys
 
 import click
 
-from runq import console as out
-from runq.cli import _app_settings, _load, _settings, common, fail, main
+from runq.cli import console as out
+from runq.cli.commands import _app_settings, _load, _settings, common, fail, main
 from runq.logs import LEVELS, mask_url
 
 # -- demo --------------------------------------------------------------------------------
@@ -23,7 +23,7 @@ from runq.logs import LEVELS, mask_url
 @common
 def demo(keep: bool, url: str | None, as_json: bool) -> None:
     """End to end in ~15 s on a fresh temporary SQLite file (or an empty --url, emptied again after)."""
-    from runq.demo import check_empty, run_demo
+    from runq.cli.demo import check_empty, run_demo
 
     explicit = url or click.get_current_context().meta.get("runq.group_url")
     if explicit:
@@ -104,7 +104,7 @@ def bench(tasks: int, processes: int, round_trips: int, force: bool, url: str | 
 
     The side-by-side comparison with other task queues is `python -m bench` in runq's repository.
     """
-    from runq.bench import check_empty, smoke
+    from runq.cli.bench import check_empty, smoke
 
     explicit = url or click.get_current_context().meta.get("runq.group_url")
     if explicit:

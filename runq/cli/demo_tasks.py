@@ -1,6 +1,6 @@
 """The tasks ``runq demo`` runs: a small shop's background work, simulated with sleeps.
 
-They ship inside the package so ``runq worker runq.demo_tasks:app`` works anywhere
+They ship inside the package so ``runq worker runq.cli.demo_tasks:app`` works anywhere
 runq is installed. Failures are deterministic (by attempt number or argument), so
 the demo shows retries and the dead-letter set the same way every time.
 """

@@ -5,7 +5,7 @@ usage (click's own convention: bad flags, bad JSON, bad configuration), 1 for an
 operation that could not be done (unknown task id, broker unreachable, a failed
 task's result). Each command takes ``--url`` (else ``RUNQ_URL``) and ``--json``,
 whose output shapes the README's CLI reference pins; without ``--json`` a terminal
-gets rich tables and a pipe gets plain columns (see :mod:`runq.console`).
+gets rich tables and a pipe gets plain columns (see :mod:`runq.cli.console`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from runq import console as out
 from runq.app import App, load_app
+from runq.cli import console as out
 from runq.errors import BrokerUnavailable, RunqError
 from runq.logs import LEVELS, mask_url, password_of
 from runq.models import FINAL_STATUSES, QueueStats, Stats, Status, TaskInfo, WorkerInfo, queue_of, to_datetime
@@ -583,6 +583,3 @@ def _iso(timestamp: float | None) -> str | None:
 
 def _breakers_json(breakers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {name: {**state, "open_until": _iso(state.get("open_until"))} for name, state in breakers.items()}
-
-
-from runq import cli_serve  # noqa: E402, F401 - registers demo, dashboard, bench and beat on main

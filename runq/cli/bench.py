@@ -17,17 +17,17 @@ unless ``RUNQ_BENCH_COUNTER`` names a Redis URL: then every benchmark task also 
 ``INCR`` on :data:`COUNTER_KEY` there, the library-neutral count ``python -m bench`` uses
 for runq and for every peer alike (see :func:`count_completion`).
 
-Workers are real processes: ``python -m runq worker runq.bench:app --pool thread``.
+Workers are real processes: ``python -m runq worker runq.cli.bench:app --pool thread``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,15 +44,19 @@ COUNTER_ENV = "RUNQ_BENCH_COUNTER"
 SLEEP = 0.01
 BATCH = 1000
 POLL = 0.005
-WORKER_APP = "runq.bench:app"
+WORKER_APP = "runq.cli.bench:app"
 
 app = App()  # the worker's copy gets its URL from --url
 
 
 # -- the tasks (shared in spirit with every peer adapter) ----------------------------
 
-_counter: Any = None
-_counter_lock = threading.Lock()
+
+@functools.cache
+def _counter(url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(url)
 
 
 def count_completion() -> None:
@@ -61,17 +65,9 @@ def count_completion() -> None:
     Every library's benchmark task calls this, so each pays the same tiny cost and the
     harness counts completions the same way for all of them.
     """
-    global _counter
     url = os.environ.get(COUNTER_ENV)
-    if not url:
-        return
-    if _counter is None:
-        with _counter_lock:
-            if _counter is None:
-                import redis
-
-                _counter = redis.Redis.from_url(url)
-    _counter.incr(COUNTER_KEY)
+    if url:
+        _counter(url).incr(COUNTER_KEY)
 
 
 @app.task(name="bench.noop")

@@ -1,6 +1,6 @@
 """``runq demo``: runq end to end in about fifteen seconds, with nothing set up.
 
-It starts real ``runq worker`` processes on :mod:`runq.demo_tasks` (one async pool for
+It starts real ``runq worker`` processes on :mod:`runq.cli.demo_tasks` (one async pool for
 e-mail, one thread pool for the rest), enqueues a small shop's day of work — a
 newsletter batch through ``enqueue_many``, a high-priority password reset, delayed
 reports, an idempotent duplicate charge, flaky tasks that succeed on retry and one
@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runq import console as out
-from runq import demo_tasks
 from runq.app import App
 from runq.brokers.sqlite import sqlite_path
+from runq.cli import console as out
+from runq.cli import demo_tasks
 from runq.handles import Handle
 from runq.logs import mask_url
 from runq.models import Percentiles, Status, TaskInfo
@@ -160,7 +160,7 @@ def _workers(url: str, directory: Path) -> Iterator[list[subprocess.Popen[bytes]
     procs = []
     try:
         for index, (pool, queues, concurrency) in enumerate(WORKERS):
-            command = [sys.executable, "-m", "runq", "worker", "runq.demo_tasks:app", "--url", url]
+            command = [sys.executable, "-m", "runq", "worker", "runq.cli.demo_tasks:app", "--url", url]
             command += ["--pool", pool, "--queues", queues, "--concurrency", str(concurrency), "--grace", "5"]
             with open(directory / f"worker-{index}.log", "ab") as log:
                 procs.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT))
