@@ -48,7 +48,7 @@ class App:
         # asyncio producers: one adapter per event loop (redis.asyncio connections belong to one)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncBroker] = weakref.WeakKeyDictionary()
         # Middleware (SPEC §10): runq's own tracing first, when the otel extra is installed.
-        self._observers = Observers([tracing.Tracing(self)] if tracing.ENABLED else [])
+        self._observers = Observers([tracing.Tracing(self.tasks)] if tracing.ENABLED else [])
 
     def __repr__(self) -> str:
         return f"<runq.App {self.settings.url}>"

@@ -86,3 +86,32 @@ class Retry(RunqError):
         self.delay = delay
         self.reason = reason
         super().__init__(reason or (f"retry in {delay}s" if delay is not None else "retry"))
+
+
+def error_type(exc: BaseException) -> str:
+    """The name an error is recorded under: builtins bare, others with their module."""
+    kind = type(exc)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def safe_str(exc: BaseException) -> str:
+    """``str(exc)``, which a task's own exception class may break: never raises, and always
+    valid UTF-8 (a broker must be able to store it)."""
+    try:
+        return printable(str(exc))
+    except BaseException as inner:  # a broken __str__ is the task's bug, not ours
+        return f"<{type(exc).__name__}: str() raised {type(inner).__name__}>"
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8: a lone surrogate becomes its backslash escape."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
+def retries_on(retry_for: tuple[type[BaseException], ...], error_class: type[BaseException]) -> bool:
+    """Whether a task with this ``retry_for`` retries this error: every error when it names none."""
+    return not retry_for or issubclass(error_class, retry_for)

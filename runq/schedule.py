@@ -1,4 +1,5 @@
-"""Periodic tasks: ``@app.periodic(cron=...)`` / ``@app.periodic(every=...)`` and the beat loop.
+"""Periodic tasks: ``@app.periodic(cron=...)`` / ``@app.periodic(every=...)``; the beat that
+fires them is runq/worker/beat.py.
 
 Any number of beat processes may run (``runq beat APP``, or workers started with
 ``--beat``): each one computes the same ticks from the schedule, sleeps until the next
@@ -12,24 +13,12 @@ replayed: a starting beat looks only forward.
 
 from __future__ import annotations
 
-import logging
 import math
-import signal
-import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from types import FrameType
-from typing import TYPE_CHECKING
 
 from croniter import croniter
 
-from runq.errors import BrokerUnavailable
-
-if TYPE_CHECKING:
-    from runq.app import App
-
-log = logging.getLogger("runq.beat")
 MIN_TICK_TTL = 60.0  # a taken tick is remembered at least this long (beats with skewed clocks)
 
 
@@ -64,58 +53,3 @@ class Periodic:
     def ttl(self, tick: float) -> float:
         """How long the broker remembers a taken tick: two periods, at least a minute."""
         return max(MIN_TICK_TTL, 2 * (self.next_after(tick) - tick))
-
-
-class Beat:
-    """Enqueues an app's periodic tasks at their ticks, once per tick across all beats."""
-
-    def __init__(self, app: App) -> None:
-        self.app = app
-        self.entries = list(app.schedules)
-
-    def run(self, stop: threading.Event) -> None:
-        """Sleep until the next tick, fire what is due, repeat until ``stop`` is set."""
-        if not self.entries:
-            return
-        log.info("beat started: %s", ", ".join(f"{e.name} ({e.cron or f'every {e.every}s'})" for e in self.entries))
-        now = time.time()
-        due = {entry: entry.next_after(now) for entry in self.entries}
-        while not stop.wait(max(0.0, min(due.values()) - time.time())):
-            now = time.time()
-            for entry, tick in due.items():
-                if tick <= now:
-                    self.fire(entry, tick)
-                    due[entry] = entry.next_after(max(now, tick))  # missed ticks are skipped
-
-    def fire(self, entry: Periodic, tick: float) -> bool:
-        """Take the tick and enqueue the task; ``False`` when another beat had it (or no broker)."""
-        try:
-            if not self.app.broker.take_tick(entry.name, entry.tick_id(tick), entry.ttl(tick)):
-                return False
-            handle = self.app.enqueue(entry.name)
-        except BrokerUnavailable as exc:
-            log.warning("beat: tick of %s skipped, broker unavailable: %s", entry.name, exc)
-            return False
-        log.info("beat: enqueued %s (%s)", entry.name, handle.id)
-        return True
-
-
-def start_beat(app: App) -> threading.Event:
-    """Run the beat in a daemon thread (``runq worker --beat``); set the event to stop it."""
-    stop = threading.Event()
-    threading.Thread(target=Beat(app).run, args=(stop,), name="runq-beat", daemon=True).start()
-    return stop
-
-
-def run_beat(app: App) -> int:
-    """``runq beat APP``: run until SIGTERM/SIGINT; returns the exit code."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("%s: beat stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    Beat(app).run(stop)
-    return 0

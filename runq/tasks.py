@@ -173,11 +173,6 @@ class Signature:
         return await self.app.asend(self.name, self.args, self.kwargs, self.opts)
 
 
-def retries_on(retry_for: tuple[type[BaseException], ...], error_class: type[BaseException]) -> bool:
-    """Whether a task with this ``retry_for`` retries this error: every error when it names none."""
-    return not retry_for or issubclass(error_class, retry_for)
-
-
 class Task(Generic[P, R]):
     """A function registered with an App. Calling it runs it here; ``.delay()`` queues it."""
 

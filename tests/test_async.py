@@ -18,8 +18,8 @@ import redis
 import runq
 from runq.brokers.aio import ThreadedBroker
 from runq.models import Message, new_task_id
-from tests.support.servers import RedisCluster, RedisServer, free_port
 from tests.conftest import WITH_POSTGRES, WorkerProcess
+from tests.support.servers import RedisCluster, RedisServer, free_port
 from tests.test_security import make_ca, tls_server  # noqa: F401  (a TLS-only redis-server)
 
 BROKER_KINDS = WITH_POSTGRES

@@ -23,8 +23,8 @@ import runq
 from runq.cli import main
 from runq.logs import JSONFormatter, TextFormatter
 from runq.settings import Settings
-from tests.support.servers import free_port
 from tests.conftest import ROOT, WITH_POSTGRES, WorkerProcess, wait_until
+from tests.support.servers import free_port
 
 BROKER_KINDS = WITH_POSTGRES  # every broker, PostgreSQL included
 

@@ -25,8 +25,8 @@ import pytest
 import redis
 
 import runq
-from tests.support.servers import RedisServer, free_port
 from tests.conftest import ROOT, WorkerProcess, wait_until
+from tests.support.servers import RedisServer, free_port
 from tests.test_cli import cli, run_runq, user_error
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")

@@ -26,8 +26,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.support.servers import RedisNotInstalled, RedisServer, free_port
 from tests.conftest import ROOT, wait_until
+from tests.support.servers import RedisNotInstalled, RedisServer, free_port
 from tests.test_packaging import Built, built
 
 TOKEN_VAR = "RUNQ_DASHBOARD_TOKEN"

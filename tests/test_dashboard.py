@@ -31,8 +31,8 @@ import runq
 from runq.dashboard import check_bind, create_app
 from runq.models import Outcome
 from runq.settings import Settings
-from tests.support.servers import free_port
 from tests.conftest import ROOT, WITH_POSTGRES, wait_until
+from tests.support.servers import free_port
 
 BROKER_KINDS = WITH_POSTGRES  # every broker, PostgreSQL included
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.servers import free_port
 from tests.conftest import ROOT, wait_until
+from tests.support.servers import free_port
 
 EXAMPLES = ROOT / "examples"
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import runq
-from tests.support.servers import NetnsPair
 from tests.conftest import WorkerProcess, wait_until
 from tests.scale_tasks import run_counts
+from tests.support.servers import NetnsPair
 
 
 @pytest.fixture

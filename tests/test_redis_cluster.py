@@ -17,10 +17,10 @@ from redis.crc import key_slot
 import runq
 from runq.brokers.redis import queue_keys
 from runq.errors import BrokerUnavailable
-from tests.support.servers import RedisCluster
 from tests import scale_tasks as tasks
 from tests.conftest import WorkerProcess, wait_until
 from tests.scale_tasks import run_counts
+from tests.support.servers import RedisCluster
 
 
 def _spread(cluster: RedisCluster, count: int = 3) -> list[str]:

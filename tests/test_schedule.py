@@ -15,7 +15,8 @@ import pytest
 
 import runq
 from runq.models import Status
-from runq.schedule import Beat, Periodic
+from runq.schedule import Periodic
+from runq.worker.beat import Beat
 from tests.conftest import ROOT, WITH_POSTGRES, WorkerProcess, wait_until
 
 BROKER_KINDS = WITH_POSTGRES  # every broker, PostgreSQL included

@@ -11,8 +11,8 @@ import pytest
 import redis
 
 import runq
-from tests.support.servers import REDIS_ACL, TLS, RedisNotInstalled, RedisServer, add_acl_user
 from tests.conftest import WorkerProcess
+from tests.support.servers import REDIS_ACL, TLS, RedisNotInstalled, RedisServer, add_acl_user
 
 
 @pytest.mark.parametrize("pool", ["process", "thread"])

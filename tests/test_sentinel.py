@@ -18,9 +18,9 @@ import runq
 from runq.brokers.redis import queue_keys
 from runq.brokers.redis.connection import parse
 from runq.errors import BrokerUnavailable
-from tests.support.servers import RedisNotInstalled, SentinelGroup
 from tests.conftest import WorkerProcess, wait_until
 from tests.scale_tasks import run_counts
+from tests.support.servers import RedisNotInstalled, SentinelGroup
 
 
 def _group(directory: Path, down_after: int) -> Iterator[SentinelGroup]:

@@ -238,7 +238,7 @@ def worker(
     logs.configure(settings.log_level, settings.log_format)
     runner = Worker(app, app_path, settings)
     if beat:
-        from runq.schedule import start_beat
+        from runq.worker.beat import start_beat
 
         start_beat(app)
     sys.exit(runner.run())

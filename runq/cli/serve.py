@@ -130,7 +130,7 @@ def bench(tasks: int, processes: int, round_trips: int, force: bool, url: str | 
 def beat(app_path: str, log_level: str | None, url: str | None, as_json: bool) -> None:
     """Enqueue APP's periodic tasks at their ticks; run as many as you like (once per tick)."""
     from runq import logs
-    from runq.schedule import run_beat
+    from runq.worker.beat import run_beat
 
     overrides = dict(log_level=log_level, log_format="json" if as_json else None)
     _settings(url, **overrides)  # a bad RUNQ_* value or flag is a usage error before APP is imported

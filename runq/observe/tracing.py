@@ -29,6 +29,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from runq.context import TaskContext
+from runq.errors import Retry, error_type, retries_on, safe_str
 from runq.observe.middleware import Middleware
 
 try:
@@ -41,8 +42,8 @@ else:
     ENABLED = True
 
 if TYPE_CHECKING:
-    from runq.app import App
     from runq.models import Message
+    from runq.tasks import Task
 
 LINKS = "runq-links"  # carrier key: traceparents of a workflow step's parents, space-separated
 _REMEMBERED = 4096  # recent producer contexts / failed attempts kept per process for links
@@ -159,8 +160,8 @@ class Tracing(Middleware):
     a CONSUMER span per attempt around the task's body (``on_start`` → ``on_end``, where the
     task runs). The attempt's ids reach the worker's log lines as ``task.notes``."""
 
-    def __init__(self, app: App) -> None:
-        self._app = app
+    def __init__(self, tasks: Mapping[str, Task[Any, Any]]) -> None:
+        self._tasks = tasks  # the App's registry, read when an attempt fails (its retry_for)
         self._open: ContextVar[tuple[Span, object] | None] = ContextVar("runq_span", default=None)
 
     def on_enqueue(self, message: Message) -> Message | None:
@@ -202,11 +203,7 @@ class Tracing(Middleware):
         span.end()
 
     def _failed(self, span: Span, task: TaskContext, error: BaseException) -> None:
-        from runq.errors import Retry
-        from runq.tasks import retries_on
-        from runq.worker.run import error_type, safe_str
-
-        defined = self._app.tasks.get(task.name)
+        defined = self._tasks.get(task.name)
         retry_for = defined.retry_for if defined is not None else ()
         retryable = isinstance(error, Retry) or retries_on(retry_for, type(error))
         kind = "Retry" if isinstance(error, Retry) else error_type(error)

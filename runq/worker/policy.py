@@ -13,9 +13,8 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from runq.errors import ErrorKind
+from runq.errors import ErrorKind, retries_on
 from runq.models import Claim, Message, Outcome
-from runq.tasks import retries_on
 from runq.worker.ended import Crashed, Error, Failed, Finished, HandedBack, Held, Refused, Settled, TimedOut
 
 if TYPE_CHECKING:

@@ -20,8 +20,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from runq.context import TaskContext, _current
-from runq.errors import ErrorKind, Retry
-from runq.tasks import retries_on
+from runq.errors import ErrorKind, Retry, error_type, printable, retries_on, safe_str
 from runq.worker.ended import Error, Failed, Finished
 
 if TYPE_CHECKING:
@@ -167,34 +166,12 @@ def unknown_task(app: App, name: str) -> Failed:
     )
 
 
-def error_type(exc: BaseException) -> str:
-    kind = type(exc)
-    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-
-
-def safe_str(exc: BaseException) -> str:
-    """``str(exc)``, which a task's own exception class may break: never raises, and always
-    valid UTF-8 (a broker must be able to store it)."""
-    try:
-        return _printable(str(exc))
-    except BaseException as inner:  # a broken __str__ is the task's bug, not ours
-        return f"<{type(exc).__name__}: str() raised {type(inner).__name__}>"
-
-
 def _format(exc: BaseException) -> str:
     try:
-        return _printable("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+        return printable("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
     except BaseException as failure:  # the record must be made regardless
         return f"(no traceback: formatting it raised {type(failure).__name__})"
 
 
 def _utf8(text: str) -> bool:
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _printable(text: str) -> str:
-    return text if _utf8(text) else text.encode("utf-8", "backslashreplace").decode()
+    return printable(text) is text

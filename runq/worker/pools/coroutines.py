@@ -8,9 +8,9 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from runq.context import TaskContext
+from runq.errors import retries_on
 from runq.settings import Settings
 from runq.worker.ended import Ended, Error, Failed, Stopped, TimedOut
-from runq.worker.policy import retries_on
 from runq.worker.pools import OnDone, Pool
 from runq.worker.run import Job, arun_job
 
