@@ -11,13 +11,14 @@ import asyncio
 import json
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from runq import tracing
 from runq.context import TaskContext, _current
 from runq.errors import Retry
+from runq.options import unknown_name
 
 if TYPE_CHECKING:
     from runq.app import App
@@ -83,7 +84,7 @@ def run_job(app: App, job: Job, context: TaskContext | None = None) -> RunResult
 def _run_job(app: App, job: Job, context: TaskContext | None) -> RunResult:
     task = app.tasks.get(job.name)
     if task is None:
-        return unknown_task(job.name)
+        return unknown_task(job.name, app.tasks)
     token = _current.set(context or job.context())
     try:
         value: Any
@@ -115,7 +116,7 @@ async def arun_job(app: App, job: Job, context: TaskContext) -> RunResult:
 async def _arun_job(app: App, job: Job, context: TaskContext) -> RunResult:
     task = app.tasks.get(job.name)
     if task is None:
-        return unknown_task(job.name)
+        return unknown_task(job.name, app.tasks)
     token = _current.set(context)
     try:
         value: Any
@@ -175,8 +176,8 @@ def retryable_error(task: Task[Any, Any] | None, error_class: type[BaseException
     return task is None or not task.retry_for or issubclass(error_class, task.retry_for)
 
 
-def unknown_task(name: str) -> RunResult:
-    return RunResult.failure("UnknownTask", f"no task named {name!r} is registered at this worker", retryable=False)
+def unknown_task(name: str, known: Iterable[str] = ()) -> RunResult:
+    return RunResult.failure("UnknownTask", unknown_name(name, known, "at this worker"), retryable=False)
 
 
 def error_type(exc: BaseException) -> str:
