@@ -266,12 +266,13 @@ class App:
         name it does not know, suggesting the close ones; an App with none cannot know,
         and sends it for a worker to decide (runq/options.py has every rule).
         """
-        rules.check_task_name(name)
         if call.rate_limit is not None:
             raise TypeError("rate_limit is per task name, shared by every call: set it with @app.task(rate_limit=...)")
-        task = self.tasks.get(name)
-        if task is None and self.tasks:
-            raise ValueError(rules.unknown_name(name, self.tasks, "in this App"))
+        task = self.tasks.get(name) if isinstance(name, str) else None
+        if task is None:  # a registered name was checked when it was registered
+            rules.check_task_name(name)
+            if self.tasks:
+                raise ValueError(rules.unknown_name(name, self.tasks, "in this App"))
         opts = (task.defaults if task else NO_OPTIONS).merge(call)
         args_list = list(args) if args else []
         kwargs_dict = dict(kwargs) if kwargs else {}

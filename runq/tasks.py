@@ -201,6 +201,7 @@ class Task(Generic[P, R]):
         self.gated = self.rate is not None or self.breaker is not None
         self.is_async = inspect.iscoroutinefunction(fn)
         self.signature = _signature(fn)
+        self._arity = _plain_arity(self.signature)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -215,8 +216,8 @@ class Task(Generic[P, R]):
 
         ``leading`` arguments come later, in front of ``args``: a workflow step's parent result.
         """
-        if self.signature is None:
-            return
+        if self.signature is None or (not kwargs and leading + len(args) == self._arity):
+            return  # the common call (every argument positional, none optional): no bind() needed
         try:
             self.signature.bind(*([None] * leading), *args, **kwargs)
         except TypeError as exc:
@@ -248,6 +249,16 @@ def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
         return inspect.signature(fn)
     except (TypeError, ValueError):
         return None
+
+
+def _plain_arity(signature: inspect.Signature | None) -> int:
+    """How many arguments a function of only plain required parameters takes; -1 otherwise."""
+    if signature is None:
+        return -1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = signature.parameters.values()
+    plain = all(p.kind in kinds and p.default is inspect.Parameter.empty for p in params)
+    return len(signature.parameters) if plain else -1
 
 
 class BoundTask(Generic[P, R]):
