@@ -33,10 +33,17 @@ def main() -> int:
         print("emails:", [h.result(timeout=60) for h in emails])
         print("batch of 100, sum:", sum(h.result(timeout=60) for h in batch))
         print("idempotent duplicate returned the first task:", duplicate.id == first.id)
+        try:  # an App that registers tasks refuses a name it lacks, suggesting close ones
+            app.enqueue("send_email", args=["x@y.z"])
+        except ValueError as exc:
+            print("unknown name ->", exc)
+        bare = runq.App(app.settings.url)  # registers no task: it sends any name, the worker decides
         try:
-            app.enqueue("tasks.no_such_task").result(timeout=30)
+            bare.enqueue("tasks.no_such_task").result(timeout=30)
         except runq.TaskFailed as exc:
             print("unknown task ->", exc.type)
+        finally:
+            bare.close()
         print(f"done in {time.perf_counter() - started:.2f}s")
         stats = app.stats()
         print("counters:", stats.counters)

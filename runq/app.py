@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from runq import options as rules
 from runq.brokers import Broker, connect
 from runq.brokers.aio import AsyncBroker, ThreadedBroker, adapt
 from runq.handles import Handle
@@ -176,7 +177,7 @@ class App:
                 raise TypeError(f"retry_for must hold exception classes, got {kind!r}")
 
         def register(func: Callable[P, R]) -> Task[P, R]:
-            task_name = name or default_task_name(func)
+            task_name = rules.check_task_name(name or default_task_name(func))
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ValueError(f"a different task is already registered as {task_name!r}")
             task = Task(self, func, task_name, defaults, retry_types, breaker)
@@ -267,23 +268,40 @@ class App:
         return [Handle(self, task_id) for task_id in ids]
 
     def message(
-        self, name: str, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None, call: Options
+        self,
+        name: str,
+        args: Iterable[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        call: Options,
+        *,
+        leading: int = 0,
     ) -> Message:
-        """Validate one call against the task's defaults and the settings; build its Message."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"task name must be a non-empty string, got {name!r}")
+        """Validate one call against the task's defaults and the settings; build its Message.
+
+        By name, a task this App registered brings its own options (queue, priority...)
+        and its signature, which the arguments must fit (``leading`` more come in front
+        later: a workflow step's parent result). An App with tasks registered refuses a
+        name it does not know, suggesting the close ones; an App with none cannot know,
+        and sends it for a worker to decide (runq/options.py has every rule).
+        """
         if call.rate_limit is not None:
             raise TypeError("rate_limit is per task name, shared by every call: set it with @app.task(rate_limit=...)")
-        task = self.tasks.get(name)
+        task = self.tasks.get(name) if isinstance(name, str) else None
+        if task is None:  # a registered name was checked when it was registered
+            rules.check_task_name(name)
+            if self.tasks:
+                raise ValueError(rules.unknown_name(name, self.tasks, "in this App"))
         opts = (task.defaults if task else NO_OPTIONS).merge(call)
         args_list = list(args) if args else []
         kwargs_dict = dict(kwargs) if kwargs else {}
         for key in kwargs_dict:
             if not isinstance(key, str):
                 raise TypeError(f"keyword argument names must be strings, got {key!r}")
+        if task is not None:
+            task.check_call(args_list, kwargs_dict, leading)
         delay = opts.delay or 0.0
         if opts.eta is not None:
-            delay = max(0.0, (opts.eta - datetime.now(timezone.utc)).total_seconds())
+            delay = rules.check_delay(max(0.0, (rules.check_eta(opts.eta) - _now()).total_seconds()))
         queue = opts.queue or "default"
         message = Message(
             id=new_task_id(queue),
@@ -334,17 +352,23 @@ class App:
         return self.broker.retry(task_id)
 
     def list(self, status: Status | str | None = None, queue: str | None = None, limit: int = 20) -> list[TaskInfo]:
-        return self.broker.list(_status(status), queue, limit)
+        return self.broker.list(_status(status), None if queue is None else rules.check_queue(queue), limit)
 
     def purge(self, status: Status | str | None = Status.FAILED, queue: str | None = None) -> int:
-        """Delete tasks in ``status`` (default the dead-letter set); ``None``: every final task."""
-        return self.broker.purge(_status(status), queue)
+        """Delete finished tasks in ``status`` (default the dead-letter set); ``None``: every
+        final task. Any other status is a ``ValueError``: a task that may still run is never purged."""
+        chosen = rules.check_purge_status(status)
+        return self.broker.purge(chosen, None if queue is None else rules.check_queue(queue))
 
     def stats(self) -> Stats:
         return self.broker.stats()
 
     def workers(self) -> builtins.list[WorkerInfo]:
         return self.broker.workers()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 def _status(status: Status | str | None) -> Status | None:

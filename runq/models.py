@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import functools
 import json
+import math
 import os
 import re
 import time
@@ -20,7 +21,11 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # the rule: runq/options.py's check_queue
+# The range read timestamps are clamped to: a day inside datetime's own, so that showing
+# one in any local timezone (``astimezone()``) cannot overflow either.
+EARLIEST = datetime(1, 1, 2, tzinfo=timezone.utc)
+LATEST = datetime(9999, 12, 30, tzinfo=timezone.utc)
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -48,12 +53,6 @@ class Status(str, enum.Enum):
 FINAL_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELLED})
 
 
-def check_queue_name(queue: str) -> str:
-    if not isinstance(queue, str) or not QUEUE_NAME.match(queue):
-        raise ValueError(f"invalid queue name {queue!r}: use 1-64 characters from A-Z a-z 0-9 _ . -")
-    return queue
-
-
 def new_task_id(queue: str) -> str:
     """A URL-safe id that carries its queue: ``<queue>.<26 characters>``.
 
@@ -77,7 +76,20 @@ def queue_of(task_id: str) -> str:
 
 
 def to_datetime(timestamp: float | None) -> datetime | None:
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    """An epoch timestamp as an aware UTC datetime, for any float a broker may hold.
+
+    Total on purpose: a record written by an older runq or by hand (an eta in the year
+    33715) must not break listing, ``info`` or the dashboard. Times outside
+    :data:`EARLIEST` ... :data:`LATEST` (0001-01-02 ... 9999-12-30 UTC) read as that bound;
+    NaN reads as ``None`` (unknown).
+    """
+    if timestamp is None or math.isnan(timestamp):
+        return None
+    try:
+        moment = datetime.fromtimestamp(timestamp, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return LATEST if timestamp > 0 else EARLIEST
+    return min(max(moment, EARLIEST), LATEST)
 
 
 @dataclass(frozen=True)
@@ -226,39 +238,58 @@ def task_info(
 
     ``record`` has: id, queue, status, payload, attempts, result (JSON text or None),
     error (JSON text or None), worker, and the float timestamps enqueued_at,
-    started_at, finished_at, ready_at.
+    started_at, finished_at, ready_at. Whatever those hold (an older runq's values, a
+    hand's edit), the TaskInfo is built: out-of-range times are clamped (``to_datetime``),
+    a payload or result that does not parse is shown as what it is, never raised.
     """
     payload = record["payload"]
     try:
         message: Message | None = Message.decode(payload, record["id"], record["queue"])
     except ValueError:
         message = None
-    result_text = record.get("result")
-    error_text = record.get("error")
     status = Status(record["status"])
     ready_at = record.get("ready_at")
+    error = _json(record.get("error"))
     return TaskInfo(
         id=record["id"],
         name=message.name if message else str(record.get("name") or "?"),
         queue=record["queue"],
         status=status,
-        priority=message.priority if message else 0,
+        priority=message.priority if message and _is_int(message.priority) else 0,
         attempts=int(record.get("attempts") or 0),
         args=message.args if message else None,
         kwargs=message.kwargs if message else None,
-        result=json.loads(result_text) if result_text else None,
-        error=json.loads(error_text) if error_text else None,
+        result=_json(record.get("result")),
+        error=error if error is None or isinstance(error, dict) else {"type": "?", "message": str(error)},
         enqueued_at=to_datetime(_float(record.get("enqueued_at"))),
         started_at=to_datetime(_float(record.get("started_at"))),
         finished_at=to_datetime(_float(record.get("finished_at"))),
         worker=record.get("worker") or None,
-        key=message.key if message else None,
+        key=message.key if message and isinstance(message.key, str) else None,
         eta=to_datetime(_float(ready_at)) if status is Status.SCHEDULED else None,
     )
 
 
 def _float(value: Any) -> float | None:
-    return None if value in (None, "") else float(value)
+    if value in (None, ""):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan  # not a time at all: read as unknown
+
+
+def _json(text: str | bytes | None) -> Any:
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text if isinstance(text, str) else text.decode(errors="replace")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

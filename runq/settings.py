@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from runq.brokers import DEFAULT_URL
+from runq.options import check_queue, parse_queues
 
 POOLS = ("process", "thread", "async")
 LOG_FORMATS = ("text", "json")
@@ -58,6 +59,8 @@ class Settings:
             raise ValueError(f"max_payload must be > 0, got {self.max_payload}")
         if not self.queues:
             raise ValueError("at least one queue is needed")
+        for queue in self.queues:
+            check_queue(queue)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -97,9 +100,12 @@ class Settings:
 
 def _parse(name: str, raw: str) -> Any:
     kind = {spec.name: spec.type for spec in fields(Settings)}[name]
+    if name == "queues":
+        try:
+            return parse_queues(raw)
+        except ValueError as exc:
+            raise ValueError(f"RUNQ_QUEUES={raw!r}: {exc}") from None
     try:
-        if name == "queues":
-            return tuple(q.strip() for q in raw.split(",") if q.strip())
         if kind == "int":
             return int(raw)
         if kind == "float":

@@ -7,14 +7,14 @@ so a typo fails at the call site rather than in a worker hours later.
 from __future__ import annotations
 
 import inspect
-import math
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from runq.models import check_queue_name, queue_of
+from runq import options
+from runq.models import queue_of
+from runq.options import parse_rate_limit
 
 if TYPE_CHECKING:
     from runq.app import App
@@ -22,9 +22,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-PRIORITY_RANGE = range(-100, 101)
-RATE_LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
 
 
 @dataclass(frozen=True)
@@ -62,42 +59,13 @@ class Options:
         return options
 
     def validate(self) -> None:
-        if self.queue is not None:
-            check_queue_name(self.queue)
-        if self.priority is not None:
-            if not isinstance(self.priority, int) or isinstance(self.priority, bool):
-                raise TypeError(f"priority must be an int, got {type(self.priority).__name__}")
-            if self.priority not in PRIORITY_RANGE:
-                raise ValueError(f"priority must be between -100 and 100, got {self.priority}")
-        if self.delay is not None:
-            _check_number("delay", self.delay)
-            if self.delay < 0:
-                raise ValueError(f"delay must be >= 0 seconds, got {self.delay}")
-        if self.eta is not None:
-            if not isinstance(self.eta, datetime):
-                raise TypeError(f"eta must be a datetime, got {type(self.eta).__name__}")
-            if self.eta.tzinfo is None:
-                raise ValueError("eta must be timezone-aware (e.g. datetime.now(timezone.utc))")
+        """Each set field against runq.options, the rules the CLI and the HTTP API apply too."""
+        for spec in fields(self):
+            value = getattr(self, spec.name)
+            if value is not None and spec.name in _CHECKS:
+                _CHECKS[spec.name](value)
         if self.delay is not None and self.eta is not None:
             raise ValueError("give delay or eta, not both")
-        if self.key is not None and (not isinstance(self.key, str) or not 0 < len(self.key) <= 512):
-            raise ValueError("key must be a non-empty string of at most 512 characters")
-        if self.retries is not None and (not isinstance(self.retries, int) or self.retries < 0):
-            raise ValueError(f"retries must be an int >= 0, got {self.retries!r}")
-        for name in ("backoff", "backoff_max"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_number(name, value)
-                if value < 0:
-                    raise ValueError(f"{name} must be >= 0, got {value}")
-        for name in ("timeout", "result_ttl"):
-            value = getattr(self, name)
-            if value is not None:
-                _check_number(name, value)
-                if value <= 0:
-                    raise ValueError(f"{name} must be > 0 seconds, got {value}")
-        if self.rate_limit is not None:
-            parse_rate_limit(self.rate_limit)
         for parent in self.after or ():
             if not isinstance(parent, str):
                 raise TypeError(f"after takes handles or task ids, got {type(parent).__name__}")
@@ -117,19 +85,20 @@ class Options:
 
 
 NO_OPTIONS = Options()
-
-
-def _check_number(name: str, value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
-        raise TypeError(f"{name} must be a number of seconds, got {value!r}")
-
-
-def parse_rate_limit(text: str) -> tuple[float, float]:
-    """``"100/s"`` → (100 tokens, per 1 second); ``ValueError`` for anything else."""
-    match = RATE_LIMIT.match(text) if isinstance(text, str) else None
-    if not match or float(match.group(1)) <= 0:
-        raise ValueError(f"rate_limit must look like '10/s', '100/m' or '1000/h', got {text!r}")
-    return float(match.group(1)), {"s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "queue": options.check_queue,
+    "priority": options.check_priority,
+    "delay": options.check_delay,
+    "eta": options.check_eta,
+    "key": options.check_key,
+    "retries": options.check_retries,
+    "backoff": lambda value: options.check_seconds("backoff", value),
+    "backoff_max": lambda value: options.check_seconds("backoff_max", value),
+    "jitter": options.check_jitter,
+    "timeout": lambda value: options.check_seconds("timeout", value, zero=False),
+    "result_ttl": lambda value: options.check_seconds("result_ttl", value, zero=False),
+    "rate_limit": options.parse_rate_limit,
+}
 
 
 def check_breaker(breaker: tuple[int, float] | None) -> tuple[int, float] | None:
@@ -142,10 +111,7 @@ def check_breaker(breaker: tuple[int, float] | None) -> tuple[int, float] | None
         raise TypeError(f"breaker must be (failures, seconds), got {breaker!r}") from None
     if not isinstance(failures, int) or isinstance(failures, bool) or failures < 1:
         raise ValueError(f"breaker failures must be an int >= 1, got {failures!r}")
-    _check_number("breaker seconds", seconds)
-    if seconds <= 0:
-        raise ValueError(f"breaker seconds must be > 0, got {seconds}")
-    return failures, float(seconds)
+    return failures, options.check_seconds("breaker seconds", seconds, zero=False)
 
 
 @dataclass(frozen=True)
@@ -196,6 +162,8 @@ class Task(Generic[P, R]):
         self.breaker = check_breaker(breaker)
         self.gated = self.rate is not None or self.breaker is not None
         self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = _signature(fn)
+        self._arity = _plain_arity(self.signature)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -204,6 +172,18 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<runq.Task {self.name}>"
+
+    def check_call(self, args: list[Any], kwargs: dict[str, Any], leading: int = 0) -> None:
+        """``TypeError`` naming the task when the call cannot bind to its signature (SPEC §8).
+
+        ``leading`` arguments come later, in front of ``args``: a workflow step's parent result.
+        """
+        if self.signature is None or (not kwargs and leading + len(args) == self._arity):
+            return  # the common call (every argument positional, none optional): no bind() needed
+        try:
+            self.signature.bind(*([None] * leading), *args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {self.name!r}{self.signature} cannot take these arguments: {exc}") from None
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Handle[R]:
         return self.app.send(self.name, args, kwargs, NO_OPTIONS)
@@ -223,6 +203,24 @@ class Task(Generic[P, R]):
         from runq.contrib.django import delay_on_commit
 
         delay_on_commit(self.s(*args, **kwargs))
+
+
+def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
+    """The signature calls are checked against, or ``None`` (a builtin without one: not checked)."""
+    try:
+        return inspect.signature(fn)
+    except (TypeError, ValueError):
+        return None
+
+
+def _plain_arity(signature: inspect.Signature | None) -> int:
+    """How many arguments a function of only plain required parameters takes; -1 otherwise."""
+    if signature is None:
+        return -1
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    params = signature.parameters.values()
+    plain = all(p.kind in kinds and p.default is inspect.Parameter.empty for p in params)
+    return len(signature.parameters) if plain else -1
 
 
 class BoundTask(Generic[P, R]):

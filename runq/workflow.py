@@ -43,8 +43,9 @@ def _app_of(signatures: Iterable[Signature]) -> App:
     raise RuntimeError("a workflow needs at least one signature bound to an App (task.s(...))")
 
 
-def _message(app: App, signature: Signature) -> Message:
-    return app.message(signature.name, signature.args, signature.kwargs, signature.opts)
+def _message(app: App, signature: Signature, leading: int = 0) -> Message:
+    """``leading``: how many results the step gets in front of its arguments (checked against its signature)."""
+    return app.message(signature.name, signature.args, signature.kwargs, signature.opts, leading=leading)
 
 
 def _after(message: Message, parents: Iterable[str], pass_results: str) -> Message:
@@ -66,7 +67,7 @@ class Chain:
     def messages(self) -> list[Message]:
         messages: list[Message] = []
         for signature in self.signatures:
-            message = _message(self.app, signature)
+            message = _message(self.app, signature, 1 if messages else 0)
             if messages:
                 message = _after(message, [messages[-1].id], "first")
             messages.append(message)
@@ -115,7 +116,7 @@ class Chord:
         whose error names that member.
         """
         members = [_message(self.app, signature) for signature in self.header.signatures]
-        callback = _after(_message(self.app, self.callback), [m.id for m in members], "list")
+        callback = _after(_message(self.app, self.callback, 1), [m.id for m in members], "list")
         ids = self.app.broker.enqueue([*members, callback], self.app.settings.key_ttl)
         return Handle(self.app, ids[-1])
 

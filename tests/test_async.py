@@ -76,7 +76,7 @@ def test_validation_and_idempotency_match_the_sync_calls(app: runq.App) -> None:
         with pytest.raises(TypeError, match="JSON-serialisable"):
             await add.adelay(object(), 1)
         with pytest.raises(TypeError, match="JSON-serialisable"):
-            await app.aenqueue("add", [{1, 2}])
+            await app.aenqueue("add", [{1, 2}, 3])
         with pytest.raises(ValueError, match="priority"):
             await app.aenqueue("add", [1, 2], priority=101)
         with pytest.raises(TypeError, match="unknown task option"):

@@ -151,7 +151,9 @@ def test_submit_then_inspect_list_and_queue_depths(api: httpx.Client) -> None:
         ({"name": "t", "queue": "no spaces"}, 422, "queue"),
         ({"name": "t", "args": {"a": 1}}, 422, "args"),
         ({"name": "t", "bogus": 1}, 422, "bogus"),
-        ({"name": "t", "args": ["x" * (1024 * 1024 + 1)]}, 400, "max_payload"),
+        ({"name": "t", "args": ["x" * (1024 * 1024 + 1)]}, 422, "max_payload"),
+        ({"name": "t", "delay": 1e12}, 422, "10 years"),
+        ({"name": "\u001b[2J"}, 422, "control characters"),
     ],
 )
 def test_bad_submissions_get_a_clear_4xx(api: httpx.Client, body: dict[str, Any], status: int, says: str) -> None:
@@ -161,11 +163,11 @@ def test_bad_submissions_get_a_clear_4xx(api: httpx.Client, body: dict[str, Any]
     assert api.get("/api/stats").json()["counters"]["enqueued"] == 0
 
 
-def test_runq_refusals_are_400_with_runq_s_message(api: httpx.Client) -> None:
-    raw = b'{"name": "t", "args": [NaN]}'  # Python's json accepts NaN; runq refuses it
-    response = api.post("/api/tasks", content=raw, headers={"Content-Type": "application/json"})
-    assert response.status_code == 400
-    assert "JSON-serialisable" in response.json()["detail"]
+def test_runq_refusals_are_422_with_runq_s_message(api: httpx.Client) -> None:
+    for raw in (b'{"name": "t", "args": [NaN]}', b'{"name": "t", "delay": NaN}'):  # Python's json reads NaN
+        response = api.post("/api/tasks", content=raw, headers={"Content-Type": "application/json"})
+        assert response.status_code == 422, response.text
+    assert "JSON-serialisable" in response.text or "finite" in response.text
     response = api.post("/api/tasks", content=b"{not json", headers={"Content-Type": "application/json"})
     assert response.status_code == 422
 

@@ -24,6 +24,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from runq import options as rules
 from runq.app import App, load_app
 from runq.cli import console as out
 from runq.errors import BrokerUnavailable, RunqError
@@ -35,6 +36,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 STATUSES = [s.value for s in Status]
 FINAL = [s.value for s in Status if s in FINAL_STATUSES]
 STATE_COLUMNS = ("pending", "scheduled", "waiting", "running", "succeeded", "failed", "cancelled")
+
+
+def checked(check: Callable[[Any], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback applying a runq/options.py rule (the one Python and HTTP apply too):
+    a refusal is a usage error (exit 2) naming the option."""
+
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except (TypeError, ValueError) as exc:
+            raise click.BadParameter(str(exc), ctx, param) from None
+
+    return callback
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -205,7 +221,13 @@ def main(ctx: click.Context, url: str | None, as_json: bool) -> None:
 
 @main.command()
 @click.argument("app_path", metavar="APP")
-@click.option("--queues", "-Q", default=None, help="Comma-separated queues, drained in order [default].")
+@click.option(
+    "--queues",
+    "-Q",
+    callback=checked(rules.parse_queues),
+    default=None,
+    help="Comma-separated queues, drained in order [default].",
+)
 @click.option("--pool", type=click.Choice(POOLS, case_sensitive=False), default=None, help="Where tasks run [process].")
 @click.option("--concurrency", "-c", type=click.IntRange(min=1), default=None, help="Tasks run at once.")
 @click.option("--grace", type=click.FloatRange(min=0), default=None, help="Seconds to finish tasks at shutdown [30].")
@@ -218,7 +240,7 @@ def worker(
     app_path: str,
     url: str | None,
     as_json: bool,
-    queues: str | None,
+    queues: tuple[str, ...] | None,
     log_format: str | None,
     beat: bool,
     **flags: Any,
@@ -228,7 +250,7 @@ def worker(
     from runq.worker import Worker
 
     overrides = dict(
-        queues=tuple(q.strip() for q in queues.split(",") if q.strip()) if queues else None,
+        queues=queues,
         log_format="json" if as_json else log_format,
         **flags,
     )
@@ -279,17 +301,30 @@ def parse_arguments(text: str | None) -> tuple[list[Any], dict[str, Any]]:
 
 
 @main.command()
-@click.argument("name")
+@click.argument("name", callback=checked(rules.check_task_name))
 @click.argument("arguments", required=False, default=None)
-@click.option("--queue", "-q", default=None, help="Queue [the task's, else default].")
-@click.option("--priority", "-p", type=click.IntRange(-100, 100), default=None, help="-100..100, higher first [0].")
-@click.option("--delay", type=click.FloatRange(min=0), default=None, help="Seconds before it may start.")
-@click.option("--key", default=None, help="Idempotency key: a second enqueue returns the first task.")
+@click.option("--queue", "-q", callback=checked(rules.check_queue), help="Queue [the task's, else default].")
+@click.option("--priority", "-p", type=int, callback=checked(rules.check_priority), help="-100..100, higher first [0].")
+@click.option(
+    "--delay", type=float, callback=checked(rules.check_delay), help="Seconds before it may start (<= 10 years)."
+)
+@click.option(
+    "--key", callback=checked(rules.check_key), help="Idempotency key: a second enqueue returns the first task."
+)
+@click.option(
+    "--app", "app_path", metavar="APP", default=None, help="module:attribute: NAME gets its task's options and checks."
+)
 @common
-def enqueue(name: str, arguments: str | None, url: str | None, as_json: bool, **options: Any) -> None:
-    """Enqueue task NAME with ARGUMENTS: a JSON array (args) or object (kwargs)."""
+def enqueue(
+    name: str, arguments: str | None, app_path: str | None, url: str | None, as_json: bool, **options: Any
+) -> None:
+    """Enqueue task NAME with ARGUMENTS: a JSON array (args) or object (kwargs).
+
+    With --app, NAME must be one of APP's tasks (close names are suggested), takes its
+    queue and options, and ARGUMENTS must fit its signature; without, it is sent as given.
+    """
     args, kwargs = parse_arguments(arguments)
-    app = _app(url)
+    app = _producer(app_path, url)
     chosen = {option: value for option, value in options.items() if value is not None}
     try:
         handle = app.enqueue(name, args, kwargs, **chosen)
@@ -300,6 +335,16 @@ def enqueue(name: str, arguments: str | None, url: str | None, as_json: bool, **
         out.echo_json({"id": handle.id, "name": name, "status": info.status.value if info else None})
     else:
         click.echo(handle.id)
+
+
+def _producer(app_path: str | None, url: str | None) -> App:
+    """APP (its tasks known: by-name options and checks) on the resolved URL, else a bare App."""
+    if app_path is None:
+        return _app(url)
+    app = _load(app_path)
+    app.configure(_app_settings(app, url))
+    click.get_current_context().call_on_close(app.close)
+    return app
 
 
 # -- one task ----------------------------------------------------------------------------
@@ -439,7 +484,7 @@ def _brief(task: TaskInfo) -> str:
     show_default=True,
     help="Which final tasks; 'finished' is all three.",
 )
-@click.option("--queue", "-q", default=None, help="Only this queue.")
+@click.option("--queue", "-q", callback=checked(rules.check_queue), help="Only this queue.")
 @common
 def purge(status: str, queue: str | None, url: str | None, as_json: bool) -> None:
     """Delete finished tasks: by default the dead-letter set (failed)."""

@@ -4,30 +4,39 @@ Every route is a plain ``def`` so FastAPI runs it in its thread pool: the broker
 are synchronous, and a slow SQLite write must not stall the event loop that feeds
 the live page. Changes of state are POSTs only; GETs never change anything.
 
-Errors a client can fix get a 4xx with a readable ``detail``: pydantic rejects
-malformed bodies and parameters (422); runq's own ``ValueError``/``TypeError`` for
-options it refuses (an unknown queue name, a payload over ``max_payload``) become
-400; an unknown id is 404; a task in the wrong state for the action is 409.
+Errors a client can fix get a 4xx with a readable ``detail``: a body or parameter
+runq refuses is 422 in FastAPI's validation-error shape, whoever refused it: pydantic
+(a malformed body, a wrong JSON type), runq/options.py (the rules the CLI and Python
+apply to names and options: an empty or over-long name, a delay over 10 years, a
+priority out of range) or ``App.enqueue`` (an unknown task name, arguments that do not
+fit the task, a payload over ``max_payload``). An unknown id is 404; a task in the
+wrong state for the action is 409.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
 from starlette.concurrency import run_in_threadpool
 
+from runq import options as rules
 from runq.app import App
 from runq.errors import BrokerUnavailable
 from runq.models import QUEUE_NAME, Status, TaskInfo, WorkerInfo, queue_of
 
+log = logging.getLogger("runq.dashboard")
 DEAD_LETTER_LIMIT = 50
 RECENT_LIMIT = 12
 
@@ -36,18 +45,68 @@ class Error(BaseModel):
     detail: str
 
 
+def _rule(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """A runq/options.py check as a pydantic validator: every refusal a ValueError (a 422)."""
+
+    def validate(value: Any) -> Any:
+        if value is None:
+            return None
+        try:
+            return check(value)
+        except TypeError as exc:  # pydantic turns only ValueError into a 422
+            raise ValueError(str(exc)) from None
+
+    return validate
+
+
+def _schema(rule: Callable[[], dict[str, Any]]) -> Callable[[dict[str, Any]], None]:
+    """A field's JSON Schema constraints from runq/options.py, made when the OpenAPI document is."""
+
+    def extend(schema: dict[str, Any]) -> None:
+        schema.update(rule())
+
+    return extend
+
+
+def _queue_schema() -> dict[str, Any]:
+    return {"pattern": QUEUE_NAME.pattern}
+
+
 class TaskIn(BaseModel):
-    """A task to enqueue by name; the task's code need not be importable by the dashboard."""
+    """A task to enqueue by name. The limits are runq/options.py's, as for the CLI and Python;
+    a dashboard whose APP registers tasks refuses a name it does not know."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=200, examples=["send_email"])
+    name: StrictStr = Field(examples=["send_email"], json_schema_extra=_schema(rules.name_schema))
     args: list[Any] = Field(default_factory=list, examples=[["a@b.c"]])
     kwargs: dict[str, Any] = Field(default_factory=dict, examples=[{"subject": "hi"}])
-    queue: str | None = Field(default=None, pattern=QUEUE_NAME.pattern, examples=["default"])
-    priority: int | None = Field(default=None, ge=-100, le=100)
-    delay: float | None = Field(default=None, ge=0, le=10 * 365 * 86400, description="Seconds before it may run.")
-    key: str | None = Field(default=None, min_length=1, max_length=200, description="Idempotency key.")
+    queue: StrictStr | None = Field(default=None, examples=["default"], json_schema_extra=_schema(_queue_schema))
+    priority: StrictInt | None = Field(
+        default=None,
+        description="Higher runs sooner.",
+        json_schema_extra={"minimum": rules.PRIORITY_MIN, "maximum": rules.PRIORITY_MAX},
+    )
+    delay: StrictFloat | StrictInt | None = Field(
+        default=None,
+        description="Seconds before it may run.",
+        json_schema_extra={"minimum": 0, "maximum": rules.MAX_SECONDS},
+    )
+    key: StrictStr | None = Field(
+        default=None, description="Idempotency key.", json_schema_extra=_schema(rules.key_schema)
+    )
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _integral(cls, value: Any) -> Any:
+        """JSON has one number type: 5.0 is the integer 5 (as JSON Schema's "integer" says)."""
+        return int(value) if isinstance(value, float) and value.is_integer() else value
+
+    _name = field_validator("name")(_rule(rules.check_task_name))
+    _queue = field_validator("queue")(_rule(rules.check_queue))
+    _priority = field_validator("priority")(_rule(rules.check_priority))
+    _delay = field_validator("delay")(_rule(rules.check_delay))
+    _key = field_validator("key")(_rule(rules.check_key))
 
 
 class Enqueued(BaseModel):
@@ -117,7 +176,9 @@ class PurgeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     status: Literal["failed", "succeeded", "cancelled"] = "failed"
-    queue: str | None = Field(default=None, pattern=QUEUE_NAME.pattern)
+    queue: StrictStr | None = Field(default=None, json_schema_extra=_schema(_queue_schema))
+
+    _queue = field_validator("queue")(_rule(rules.check_queue))
 
 
 class Purged(BaseModel):
@@ -141,6 +202,23 @@ class Snapshot(BaseModel):
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such task."}}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Error, "description": "Not possible in its state."}}
+
+
+async def unprocessable(request: Request, exc: Exception) -> JSONResponse:
+    """FastAPI's 422, with the refused inputs made JSON (``NaN`` and ``Infinity`` arrive as
+    Python's json reads them, and its own handler cannot write them back: a 500)."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    return JSONResponse({"detail": jsonable_encoder(_finite(errors))}, status_code=422)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def task_out(info: TaskInfo) -> TaskOut:
@@ -182,14 +260,14 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
             raise HTTPException(404, f"no task with id {task_id}")
         return info
 
-    @router.post("/tasks", status_code=202, response_model=Enqueued, responses={400: {"model": Error}})
+    @router.post("/tasks", status_code=202, response_model=Enqueued)
     def submit(body: TaskIn) -> Enqueued:
         """Enqueue a task by name, as ``App.enqueue`` does; returns its id at once."""
         options = body.model_dump(include={"queue", "priority", "delay", "key"}, exclude_none=True)
         try:
             handle = app.enqueue(body.name, body.args, body.kwargs, **options)
         except (TypeError, ValueError) as exc:
-            raise HTTPException(400, str(exc)) from None
+            raise RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": str(exc)}]) from None
         info = app.info(handle.id)
         return Enqueued(id=handle.id, status=info.status if info else None)
 
@@ -289,4 +367,7 @@ async def _stream(request: Request, snapshot: Any, interval: float) -> AsyncIter
             yield f"event: snapshot\ndata: {data}\n\n"
         except BrokerUnavailable as exc:
             yield f"event: error\ndata: {json.dumps({'detail': f'broker unavailable: {exc}'})}\n\n"
+        except Exception as exc:  # one bad read must not end the live page's stream
+            log.exception("dashboard snapshot failed")
+            yield f"event: error\ndata: {json.dumps({'detail': f'snapshot failed: {type(exc).__name__}'})}\n\n"
         await asyncio.sleep(max(0.05, interval - (time.monotonic() - started)))

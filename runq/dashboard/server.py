@@ -28,6 +28,7 @@ from importlib import resources
 from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -35,7 +36,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runq.app import App
-from runq.dashboard.api import create_router
+from runq.dashboard.api import create_router, unprocessable
 from runq.dashboard.guard import Guard
 from runq.dashboard.metrics import create_registry
 from runq.errors import BrokerUnavailable
@@ -83,6 +84,7 @@ def create_app(app: App, token: str | None = None, *, interval: float = 1.0, hos
     )
     web.include_router(create_router(app, interval), dependencies=guard)
     web.add_exception_handler(BrokerUnavailable, _broker_unavailable)
+    web.add_exception_handler(RequestValidationError, unprocessable)
     registry = create_registry(app)
 
     @web.get("/metrics", dependencies=guard, response_class=Response, include_in_schema=False)

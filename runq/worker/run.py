@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from runq.context import TaskContext, _current
 from runq.errors import ErrorKind, Retry, error_type, printable, retries_on, safe_str
+from runq.options import unknown_name
 from runq.worker.ended import Error, Failed, Finished
 
 if TYPE_CHECKING:
@@ -155,15 +156,7 @@ def failed(task: Task[Any, Any], exc: BaseException) -> Failed:
 
 def unknown_task(app: App, name: str) -> Failed:
     """A name this worker has no task for; the message names the closest ones it has."""
-    import difflib
-
-    known = sorted(app.tasks)
-    close = [n for n in known if n.rpartition(".")[2] == name.rpartition(".")[2] and n != name]
-    close += [n for n in difflib.get_close_matches(name, known, n=3) if n not in close]
-    hint = f"; did you mean {', '.join(repr(n) for n in close[:3])}?" if close else ""
-    return Failed(
-        Error(ErrorKind.UNKNOWN_TASK, f"no task named {name!r} is registered at this worker{hint}"), retryable=False
-    )
+    return Failed(Error(ErrorKind.UNKNOWN_TASK, unknown_name(name, app.tasks, "at this worker")), retryable=False)
 
 
 def _format(exc: BaseException) -> str:
