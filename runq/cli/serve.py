@@ -12,7 +12,8 @@ import sys
 import click
 
 from runq.cli import console as out
-from runq.cli.commands import _app_settings, _load, _settings, common, fail, main
+from runq.cli.commands import _load
+from runq.cli.group import _app_settings, _settings, common, fail, main
 from runq.logs import LEVELS, mask_url
 
 # -- demo --------------------------------------------------------------------------------
