@@ -22,7 +22,7 @@ from runq.logs import mask_url
 from runq.models import Message, Stats, Status, TaskInfo, WorkerInfo, new_task_id, queue_of
 from runq.observe import Middleware, Observers, tracing
 from runq.settings import Settings
-from runq.tasks import NO_OPTIONS, Options, Signature, Task, check_breaker
+from runq.tasks import NO_OPTIONS, Hook, Hooks, Options, Signature, Task, check_breaker
 
 if TYPE_CHECKING:
     from runq.schedule import Periodic
@@ -149,6 +149,8 @@ class App:
         name: str | None = None,
         retry_for: Iterable[type[BaseException]] = (),
         breaker: tuple[int, float] | None = None,
+        on_success: Hook | None = None,
+        on_failure: Hook | None = None,
         **options: Any,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
@@ -160,6 +162,8 @@ class App:
         name: str | None = None,
         retry_for: Iterable[type[BaseException]] = (),
         breaker: tuple[int, float] | None = None,
+        on_success: Hook | None = None,
+        on_failure: Hook | None = None,
         **options: Any,
     ) -> Task[P, R] | Callable[[Callable[P, R]], Task[P, R]]:
         """Register a function (sync or ``async def``) as a task: ``@app.task`` or ``@app.task(...)``.
@@ -168,8 +172,11 @@ class App:
         once. Without it every exception is retried (``retries`` times).
         ``breaker=(failures, seconds)``: after that many failed attempts in a row (retried
         or final), new runs of the task are held for that long, then one probe runs.
+        ``on_success(task, outcome)`` / ``on_failure(task, outcome)`` run in the worker once the
+        task's outcome is final (not on a retry); one that raises is logged, nothing more.
         """
         defaults = Options.build(options)
+        hooks = Hooks(on_success, on_failure)
         check_breaker(breaker)
         retry_types = tuple(retry_for)
         for kind in retry_types:
@@ -180,7 +187,7 @@ class App:
             task_name = rules.check_task_name(name or default_task_name(func))
             if task_name in self.tasks and self.tasks[task_name].fn is not func:
                 raise ValueError(f"a different task is already registered as {task_name!r}")
-            task = Task(self, func, task_name, defaults, retry_types, breaker)
+            task = Task(self, func, task_name, defaults, retry_types, breaker, hooks)
             self.tasks[task_name] = task
             return task
 

@@ -13,7 +13,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from runq import options
+from runq.context import TaskContext
 from runq.models import queue_of
+from runq.observe.middleware import TaskOutcome
 from runq.options import parse_rate_limit
 
 if TYPE_CHECKING:
@@ -139,6 +141,23 @@ class Signature:
         return await self.app.asend(self.name, self.args, self.kwargs, self.opts)
 
 
+Hook = Callable[[TaskContext, TaskOutcome], Any]
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """A task's own hooks, called in the worker once its outcome is final (SPEC §10)."""
+
+    on_success: Hook | None = None
+    on_failure: Hook | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("on_success", "on_failure"):
+            hook = getattr(self, name)
+            if hook is not None and not callable(hook):
+                raise TypeError(f"{name} must be callable (task, outcome), got {hook!r}")
+
+
 class Task(Generic[P, R]):
     """A function registered with an App. Calling it runs it here; ``.delay()`` queues it."""
 
@@ -150,12 +169,14 @@ class Task(Generic[P, R]):
         defaults: Options,
         retry_for: tuple[type[BaseException], ...],
         breaker: tuple[int, float] | None = None,
+        hooks: Hooks = Hooks(),
     ) -> None:
         self.app = app
         self.fn = fn
         self.name = name
         self.defaults = defaults
         self.retry_for = retry_for
+        self.hooks = hooks
         # Flow control, per task name and shared through the broker; parsed once here so a
         # worker's start of a task without either costs one attribute check.
         self.rate = parse_rate_limit(defaults.rate_limit) if defaults.rate_limit else None

@@ -69,3 +69,26 @@ async def adouble(x: int) -> int:
 @app.task(name="boom", retries=0)
 def boom() -> None:
     raise ValueError("boom")
+
+
+def _hook(kind: str) -> Any:
+    def hook(task: runq.TaskContext, outcome: runq.TaskOutcome) -> None:
+        _record(kind, task, status=outcome.status, attempt=task.attempt)
+
+    return hook
+
+
+def _raising_hook(task: runq.TaskContext, outcome: runq.TaskOutcome) -> None:
+    raise RuntimeError("broken on_success hook")
+
+
+@app.task(name="hooked", retries=1, on_success=_hook("on_success"), on_failure=_hook("on_failure"))
+def hooked(fail_times: int) -> str:
+    if runq.current().attempt <= fail_times:
+        raise ValueError("not yet")
+    return "done"
+
+
+@app.task(name="badly_hooked", on_success=_raising_hook)
+def badly_hooked() -> int:
+    return 7

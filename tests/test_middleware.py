@@ -90,3 +90,24 @@ def test_a_subclass_overriding_nothing_costs_no_call() -> None:
 
     observers = Observers([runq.Middleware()])
     assert not observers.runs and not observers.finishes
+
+
+@pytest.mark.parametrize("pool", ["process", "thread"])
+def test_per_task_hooks_fire_once_on_the_final_outcome(
+    pool: str, sqlite_url: str, hooks: Path, start_worker: Callable[..., Any]
+) -> None:
+    from tests import middleware_tasks
+
+    middleware_tasks.app.configure(runq.Settings.from_env(url=sqlite_url))
+    worker = start_worker(sqlite_url, "--pool", pool, app="tests.middleware_tasks:app")
+    later = middleware_tasks.hooked.options(backoff=0.01, jitter=False).delay(1)  # fails once, then succeeds
+    never = middleware_tasks.hooked.options(backoff=0.01, jitter=False).delay(5)  # fails both attempts
+    bad = middleware_tasks.badly_hooked.delay()
+    assert later.result(timeout=30) == "done" and bad.result(timeout=30) == 7  # a raising hook changes nothing
+    with pytest.raises(TaskFailed):
+        never.result(timeout=30)
+    wait_until(lambda: {"on_success", "on_failure"} <= {line["hook"] for line in _lines(hooks)}, timeout=15)
+    fired = [(line["hook"], line["id"], line["attempt"]) for line in _lines(hooks) if line["hook"].startswith("on_")]
+    assert sorted(fired) == sorted([("on_success", later.id, 2), ("on_failure", never.id, 2)])
+    wait_until(lambda: "broken on_success hook" in worker.output(), timeout=15)
+    middleware_tasks.app.close()

@@ -41,6 +41,7 @@ from runq.logs import mask_url
 from runq.models import Claim, Message, Outcome, WorkerInfo
 from runq.observe import Observers, TaskOutcome
 from runq.observe.middleware import FinishStatus
+from runq.observe.task_hooks import TaskHooks
 from runq.observe.task_log import MALFORMED, TaskLog
 from runq.observe.task_metrics import TaskMetrics
 from runq.settings import Settings
@@ -101,7 +102,8 @@ class Worker:
         self.counts: Counter[str] = Counter()
         self.task_metrics = TaskMetrics(lambda name: name in app.tasks)  # flushed with heartbeats
         # Everyone who watches outcomes, users' middleware and runq's own, through one seam.
-        self.observers = Observers([*app.middleware, self.task_metrics, TaskLog(self.id)])
+        hooks = [TaskHooks(app.tasks)] if TaskHooks.wanted(app.tasks) else []
+        self.observers = Observers([*app.middleware, *hooks, self.task_metrics, TaskLog(self.id)])
         self.started_at = time.time()
         self._inflight: dict[str, InFlight] = {}
         self._cond = threading.Condition()
