@@ -25,9 +25,34 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import ClusterError, RedisClusterException
+
+from runq.errors import BrokerUnavailable
+from runq.logs import mask_url
 
 SINGLE_SCHEMES = {"redis", "rediss", "unix"}
 WAIT_OPTIONS = ("wait_replicas", "wait_timeout_ms")
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException)
+
+
+def pool_exhausted(exc: BaseException) -> bool:
+    """redis-py's "Too many connections": a client-side pool limit (a ``ConnectionError``
+    subclass), not an outage: it must not read as ``BrokerUnavailable``."""
+    return isinstance(exc, redis.ConnectionError) and str(exc) == "Too many connections"
+
+
+def unavailable(url: str, exc: BaseException) -> BaseException:
+    """``BrokerUnavailable`` naming the (masked) URL for a connection failure; any other error
+    (a pool limit, a refused command) as it is. A TLS verification failure says what to fix."""
+    if not isinstance(exc, UNAVAILABLE) or pool_exhausted(exc):
+        return exc
+    message = f"Redis at {mask_url(url)} is unavailable: {exc}"
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        message += (
+            " (TLS: the server's certificate was not accepted: for a private CA add"
+            " ?ssl_ca_certs=/path/ca.pem to the URL, and connect by a name the certificate holds)"
+        )
+    return BrokerUnavailable(message)
 
 
 class FunctionsCluster(RedisCluster):
@@ -244,9 +269,6 @@ class Replication:
         short = [(node, acked) for node, acked in self._acks(keys, lane) if acked < self.target.wait_replicas]
         if not short:
             return
-        from runq.errors import BrokerUnavailable
-        from runq.logs import mask_url
-
         where = ", ".join(f"{node}: {acked}" for node, acked in short)
         message = (
             f"Redis at {mask_url(url)}: the write is on the master but only ({where}) of wait_replicas="
@@ -258,7 +280,16 @@ class Replication:
         logging.getLogger("runq.broker").warning("%s", message)
 
 
-__all__ = ["FunctionsCluster", "Replication", "Target", "client", "parse"]
+__all__ = [
+    "UNAVAILABLE",
+    "FunctionsCluster",
+    "Replication",
+    "Target",
+    "client",
+    "parse",
+    "pool_exhausted",
+    "unavailable",
+]
 
 
 AsyncFunctionsCluster = _async_functions_cluster()
