@@ -21,7 +21,7 @@ import click
 from runq import console as out
 from runq.app import App, load_app
 from runq.errors import BrokerUnavailable, RunqError
-from runq.logs import LEVELS, mask_url, password_of
+from runq.logs import LEVELS, mask_url, scrub
 from runq.models import FINAL_STATUSES, QueueStats, Stats, Status, TaskInfo, WorkerInfo
 from runq.settings import LOG_FORMATS, POOLS, Settings
 
@@ -38,10 +38,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def broker_error(url: str, exc: BaseException) -> str:
     """Which broker failed and why, with its password masked (also inside the reason)."""
-    reason = str(exc) or type(exc).__name__
-    password = password_of(url)
-    if password:
-        reason = reason.replace(password, "***")
+    reason = scrub(str(exc) or type(exc).__name__, url)
     masked = mask_url(url)
     return reason if masked in reason else f"cannot reach the broker at {masked}: {reason}"
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
+import logging
 import threading
 import time
 from collections import Counter
@@ -38,9 +39,10 @@ from runq.brokers import postgres_inspect as inspect
 from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.postgres_flow import NOW, Notes
 from runq.brokers.postgres_listen import Listener
-from runq.brokers.postgres_setup import masked, migrate, postgres_conninfo
+from runq.brokers.postgres_setup import migrate, postgres_conninfo
 from runq.brokers.sqlite_flow import dependency_error
 from runq.errors import BrokerUnavailable
+from runq.logs import mask_url, scrub
 from runq.models import (
     FINAL_STATUSES,
     Claim,
@@ -64,7 +66,28 @@ CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
 _LENT: ContextVar[tuple[PostgresBroker, psycopg.Connection[Any]] | None] = ContextVar("runq_pg_lent", default=None)
 
 
+class _OwnPoolNoise(logging.Filter):
+    """psycopg_pool logs every failed connection attempt of a pool, raw (three lines before a
+    one-shot command gave up). For runq's own pools (named ``runq-<schema>``) runq reports the
+    failure itself, once, masked: ``BrokerUnavailable``, and the worker's back-off log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and args and str(args[0]).startswith("runq-"))
+
+
+logging.getLogger("psycopg.pool").addFilter(_OwnPoolNoise())
+
+
 class PostgresBroker(Broker):
+    """The Broker on PostgreSQL: thread-safe (a connection pool), connected on first use.
+
+    Like the Redis broker it connects lazily: building it never fails on an unreachable
+    server, so a worker started during an outage logs, backs off and resumes like any other
+    call; the first call connects once directly (failing fast with the server's own reason,
+    masked) and migrates the schema before the pool opens.
+    """
+
     def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
         self.url = url
         self.conninfo, self.schema = postgres_conninfo(url)
@@ -72,22 +95,42 @@ class PostgresBroker(Broker):
         self._connect_timeout = connect_timeout
         self._listener: Listener | None = None
         self._lock = threading.Lock()
+        self._opened = False
         self._last_cleanup = 0.0
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             self.conninfo,
             min_size=1,
             max_size=POOL_SIZE,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout))},
+            kwargs={"autocommit": True, "connect_timeout": self._timeout},
             timeout=connect_timeout,
             open=False,
             name=f"runq-{self.schema}",
         )
-        try:
-            self._pool.open(wait=True, timeout=connect_timeout)
-        except (psycopg.Error, PoolTimeout) as exc:
-            self._pool.close()
-            raise BrokerUnavailable(f"cannot connect to PostgreSQL at {masked(url)}: {exc}") from exc
-        self._run(lambda cur: migrate(cur, self.schema), transaction=False)
+
+    @property
+    def _timeout(self) -> int:
+        return max(1, round(self._connect_timeout))
+
+    def unavailable(self, exc: BaseException) -> BrokerUnavailable:
+        """``BrokerUnavailable`` naming the (masked) URL, with the driver's reason on one line."""
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        return BrokerUnavailable(f"PostgreSQL at {mask_url(self.url)} is unavailable: {scrub(reason, self.url)}")
+
+    def _open(self) -> None:
+        """Connect once (the reason of a failure is the server's, at once), migrate, open the pool."""
+        with self._lock:
+            if self._opened:
+                return
+            try:
+                with (
+                    psycopg.connect(self.conninfo, autocommit=True, connect_timeout=self._timeout) as conn,
+                    conn.cursor() as cur,
+                ):
+                    migrate(cur, self.schema)
+            except psycopg.OperationalError as exc:
+                raise self.unavailable(exc) from None
+            self._pool.open(wait=False)
+            self._opened = True
 
     # -- connections --------------------------------------------------------------
 
@@ -99,6 +142,8 @@ class PostgresBroker(Broker):
         unique, claims are fenced). Other operational errors become ``BrokerUnavailable``,
         so the worker backs off and retries instead of dying.
         """
+        if not self._opened:
+            self._open()
         for attempt in range(3):
             try:
                 with self._pool.connection() as conn:
@@ -115,7 +160,7 @@ class PostgresBroker(Broker):
             except psycopg.DataError as exc:  # e.g. a NUL character, which Postgres text cannot hold
                 raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
             except (psycopg.OperationalError, PoolTimeout) as exc:
-                raise BrokerUnavailable(f"PostgreSQL at {masked(self.url)} is unavailable: {exc}") from exc
+                raise self.unavailable(exc) from exc
         raise AssertionError("unreachable")
 
     def _listen(self) -> Listener:
@@ -181,6 +226,8 @@ class PostgresBroker(Broker):
             plain = all(m.key is None and not m.after for m in messages)
             return self._run(lambda cur: self._enqueue(cur, messages, key_ttl), transaction=not plain)
         connection = lent[1]
+        if not self._opened:  # the schema must exist before the caller's transaction uses it
+            self._open()
         if connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             if connection.autocommit:
                 raise RuntimeError(
@@ -194,7 +241,7 @@ class PostgresBroker(Broker):
             with connection.transaction(), connection.cursor() as cur:
                 return self._enqueue(cur, messages, key_ttl)
         except psycopg.OperationalError as exc:
-            raise BrokerUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+            raise self.unavailable(exc) from exc
 
     def _enqueue(self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float) -> list[str]:
         if all(m.key is None and not m.after for m in messages):
@@ -579,6 +626,7 @@ class PostgresBroker(Broker):
             listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        if listener is not None and self._opened:
             with contextlib.suppress(BrokerUnavailable):  # wake its thread now, not at its next timeout
                 self._run(lambda cur: cur.execute("SELECT pg_notify(%s, '')", (listener.work_channel,)), False)
         self._pool.close()

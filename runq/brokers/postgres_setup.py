@@ -14,6 +14,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from psycopg import Cursor
 
+from runq.logs import mask_url
+
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 
 
@@ -21,21 +23,13 @@ def postgres_conninfo(url: str) -> tuple[str, str]:
     """``(conninfo for libpq, schema)``: the ``schema`` query parameter is runq's, the rest libpq's."""
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError(f"not a PostgreSQL URL (expected postgresql://user@host/db): {url!r}")
+        raise ValueError(f"not a PostgreSQL URL (expected postgresql://user@host/db): {mask_url(url)!r}")
     query = parse_qsl(parts.query)
     schema = next((value for name, value in query if name == "schema"), "runq")
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ValueError(f"schema must be 1-48 of a-z 0-9 _ (not starting with a digit), got {schema!r}")
     rest = urlencode([(name, value) for name, value in query if name != "schema"])
     return urlunsplit(("postgresql", parts.netloc, parts.path, rest, "")), schema
-
-
-def masked(url: str) -> str:
-    """The URL with its password hidden, for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
 
 
 def migrations() -> list[tuple[int, str]]:

@@ -95,7 +95,7 @@ def _hosts(netloc: str, url: str) -> tuple[tuple[str, int], ...]:
     for part in netloc.rpartition("@")[2].split(","):
         host, _, port = part.strip().rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"{url!r}: each node must be host:port, got {part!r}")
+            raise ValueError(f"{mask_url(url)!r}: each node must be host:port, got {part!r}")
         hosts.append((host.strip("[]"), int(port)))
     return tuple(hosts)
 
@@ -106,9 +106,9 @@ def _wait_options(query: list[tuple[str, str]], url: str) -> tuple[int, int]:
         replicas = int(options.get("wait_replicas", "0"))
         timeout = int(options.get("wait_timeout_ms", "1000"))
     except ValueError:
-        raise ValueError(f"{url!r}: wait_replicas and wait_timeout_ms must be whole numbers") from None
+        raise ValueError(f"{mask_url(url)!r}: wait_replicas and wait_timeout_ms must be whole numbers") from None
     if replicas < 0 or timeout < 0:
-        raise ValueError(f"{url!r}: wait_replicas and wait_timeout_ms must be >= 0")
+        raise ValueError(f"{mask_url(url)!r}: wait_replicas and wait_timeout_ms must be >= 0")
     return replicas, timeout
 
 
@@ -131,12 +131,14 @@ def parse(url: str) -> Target:
     if scheme == "redis+sentinel":
         service, _, db = parts.path.strip("/").partition("/")
         if not service:
-            raise ValueError(f"{url!r}: name the master's service: redis+sentinel://host:port[,host:port]/service/db")
+            raise ValueError(
+                f"{mask_url(url)!r}: name the master's service: redis+sentinel://host:port[,host:port]/service/db"
+            )
         if db and not db.isdigit():
-            raise ValueError(f"{url!r}: the database must be a number, got {db!r}")
+            raise ValueError(f"{mask_url(url)!r}: the database must be a number, got {db!r}")
         hosts = _hosts(parts.netloc, url)
         return Target("sentinel", plain, hosts, service, int(db or 0), username, password, replicas, timeout)
-    raise ValueError(f"{url!r} is not a Redis URL")
+    raise ValueError(f"{mask_url(url)!r} is not a Redis URL")
 
 
 def client(target: Target, options: dict[str, Any]) -> Any:
