@@ -20,7 +20,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
-import logging
 import threading
 import time
 from collections import Counter
@@ -39,10 +38,9 @@ from runq.brokers import postgres_inspect as inspect
 from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.postgres_flow import NOW, Notes
 from runq.brokers.postgres_listen import Listener
-from runq.brokers.postgres_setup import migrate, postgres_conninfo
+from runq.brokers.postgres_setup import connect_and_migrate, postgres_conninfo, unavailable
 from runq.brokers.sqlite_flow import dependency_error
 from runq.errors import BrokerUnavailable
-from runq.logs import mask_url, scrub
 from runq.models import (
     FINAL_STATUSES,
     Claim,
@@ -66,19 +64,6 @@ CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
 _LENT: ContextVar[tuple[PostgresBroker, psycopg.Connection[Any]] | None] = ContextVar("runq_pg_lent", default=None)
 
 
-class _OwnPoolNoise(logging.Filter):
-    """psycopg_pool logs every failed connection attempt of a pool, raw (three lines before a
-    one-shot command gave up). For runq's own pools (named ``runq-<schema>``) runq reports the
-    failure itself, once, masked: ``BrokerUnavailable``, and the worker's back-off log line."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args
-        return not (isinstance(args, tuple) and args and str(args[0]).startswith("runq-"))
-
-
-logging.getLogger("psycopg.pool").addFilter(_OwnPoolNoise())
-
-
 class PostgresBroker(Broker):
     """The Broker on PostgreSQL: thread-safe (a connection pool), connected on first use.
 
@@ -93,6 +78,7 @@ class PostgresBroker(Broker):
         self.conninfo, self.schema = postgres_conninfo(url)
         self.s = f'"{self.schema}"'
         self._connect_timeout = connect_timeout
+        self._timeout = max(1, round(connect_timeout))  # libpq's connect_timeout: whole seconds
         self._listener: Listener | None = None
         self._lock = threading.Lock()
         self._opened = False
@@ -107,28 +93,15 @@ class PostgresBroker(Broker):
             name=f"runq-{self.schema}",
         )
 
-    @property
-    def _timeout(self) -> int:
-        return max(1, round(self._connect_timeout))
-
-    def unavailable(self, exc: BaseException) -> BrokerUnavailable:
-        """``BrokerUnavailable`` naming the (masked) URL, with the driver's reason on one line."""
-        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
-        return BrokerUnavailable(f"PostgreSQL at {mask_url(self.url)} is unavailable: {scrub(reason, self.url)}")
-
     def _open(self) -> None:
         """Connect once (the reason of a failure is the server's, at once), migrate, open the pool."""
         with self._lock:
             if self._opened:
                 return
             try:
-                with (
-                    psycopg.connect(self.conninfo, autocommit=True, connect_timeout=self._timeout) as conn,
-                    conn.cursor() as cur,
-                ):
-                    migrate(cur, self.schema)
+                connect_and_migrate(self.conninfo, self.schema, self._timeout)
             except psycopg.OperationalError as exc:
-                raise self.unavailable(exc) from None
+                raise unavailable(self.url, exc) from None
             self._pool.open(wait=False)
             self._opened = True
 
@@ -160,7 +133,7 @@ class PostgresBroker(Broker):
             except psycopg.DataError as exc:  # e.g. a NUL character, which Postgres text cannot hold
                 raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
             except (psycopg.OperationalError, PoolTimeout) as exc:
-                raise self.unavailable(exc) from exc
+                raise unavailable(self.url, exc) from exc
         raise AssertionError("unreachable")
 
     def _listen(self) -> Listener:
@@ -241,7 +214,7 @@ class PostgresBroker(Broker):
             with connection.transaction(), connection.cursor() as cur:
                 return self._enqueue(cur, messages, key_ttl)
         except psycopg.OperationalError as exc:
-            raise self.unavailable(exc) from exc
+            raise unavailable(self.url, exc) from exc
 
     def _enqueue(self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float) -> list[str]:
         if all(m.key is None and not m.after for m in messages):
@@ -449,7 +422,7 @@ class PostgresBroker(Broker):
             f" ready_at = CASE WHEN o.kind = 'retry' THEN {NOW} + greatest(0, o.delay)"
             f" WHEN o.kind = 'release' AND o.delay > 0 THEN {NOW} + o.delay ELSE t.ready_at END,"
             " attempts = t.attempts - CASE WHEN o.kind = 'release' AND o.uncount THEN 1 ELSE 0 END,"
-            " token = NULL, lease_until = NULL"
+            " lease_until = NULL"  # the token stays (it fences nothing once not running): see flow.repeats
             " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],"
             " %s::float8[], %s::bool[]) AS o(id, token, kind, result, error, delay, ttl, runtime, uncount)"
             " WHERE t.id = o.id AND t.token = o.token AND t.status = 'running'"
@@ -483,6 +456,7 @@ class PostgresBroker(Broker):
         counts["cancelled"] += notes.cancelled
         self._record(cur, dict(counts), notes)
         accepted = {row[0] for row in rows}
+        accepted |= flow.repeats(cur, s, [(x.id, x.token) for x in o if x.id not in accepted])
         return [x.id in accepted for x in o]
 
     # -- inspecting and steering --------------------------------------------------

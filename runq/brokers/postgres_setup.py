@@ -1,4 +1,5 @@
-"""Reaching the PostgreSQL broker's schema: the URL split for libpq, and the migrations.
+"""Reaching the PostgreSQL broker: the URL split for libpq, the first connection (failing
+fast, masked, without psycopg_pool's raw log lines), and the schema's migrations.
 
 ``postgres_schema.sql`` holds numbered migrations; :func:`migrate` applies the missing
 ones under an advisory lock, each in the transaction that bumps the version, so many
@@ -7,14 +8,17 @@ processes starting at once migrate exactly once and a half-applied step never sh
 
 from __future__ import annotations
 
+import logging
 import re
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import psycopg
 from psycopg import Cursor
 
-from runq.logs import mask_url
+from runq.errors import BrokerUnavailable
+from runq.logs import mask_url, scrub
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 
@@ -30,6 +34,32 @@ def postgres_conninfo(url: str) -> tuple[str, str]:
         raise ValueError(f"schema must be 1-48 of a-z 0-9 _ (not starting with a digit), got {schema!r}")
     rest = urlencode([(name, value) for name, value in query if name != "schema"])
     return urlunsplit(("postgresql", parts.netloc, parts.path, rest, "")), schema
+
+
+class _OwnPoolNoise(logging.Filter):
+    """psycopg_pool logs every failed connection attempt of a pool, raw (three lines before a
+    one-shot command gave up). For runq's own pools (named ``runq-<schema>``) runq reports the
+    failure itself, once, masked: ``BrokerUnavailable``, and the worker's back-off log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and args and str(args[0]).startswith("runq-"))
+
+
+logging.getLogger("psycopg.pool").addFilter(_OwnPoolNoise())
+
+
+def unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
+    """``BrokerUnavailable`` naming the (masked) URL, with the driver's reason on one line."""
+    reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return BrokerUnavailable(f"PostgreSQL at {mask_url(url)} is unavailable: {scrub(reason, url)}")
+
+
+def connect_and_migrate(conninfo: str, schema: str, timeout: int) -> None:
+    """One direct connection: an unreachable server or a missing database fails at once with
+    the server's own reason (a pool would retry for its whole timeout), then :func:`migrate`."""
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=timeout) as conn, conn.cursor() as cur:
+        migrate(cur, schema)
 
 
 def migrations() -> list[tuple[int, str]]:

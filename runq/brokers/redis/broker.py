@@ -300,6 +300,8 @@ class RedisBroker(Broker):
         ):
             for i, ok in zip(indexes, returned, strict=False):  # stops at the answers
                 answers[i] = bool(ok)
+                if ok == 2:  # settle.lua: a repeat of an applied outcome (the first reply was lost)
+                    log.debug("the outcome of %s was applied already (a settle sent again)", items[i].id)
             if len(returned) > len(indexes):  # settle: steps for dependents (outbox.py)
                 self.apply_steps(queue, returned[len(indexes) :])
         return answers
