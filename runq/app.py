@@ -40,7 +40,8 @@ class App:
 
     def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
         if url is not None and settings is not None and settings.url != url:
-            raise ValueError(f"App got url={url!r} and settings with url={settings.url!r}: give one")
+            given = f"url={mask_url(url)!r} and settings with url={mask_url(settings.url)!r}"
+            raise ValueError(f"App got {given}: give one")
         self._settings = settings or Settings.from_env(url=url)
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: list[Periodic] = []  # @app.periodic, run by `runq beat` / `worker --beat`
@@ -52,7 +53,7 @@ class App:
         self._observers = Observers([tracing.Tracing(self.tasks)] if tracing.ENABLED else [])
 
     def __repr__(self) -> str:
-        return f"<runq.App {self.settings.url}>"
+        return f"<runq.App {mask_url(self.settings.url)}>"
 
     @property
     def settings(self) -> Settings:

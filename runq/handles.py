@@ -7,6 +7,7 @@ with ``app.handle(task_id)``; every call asks the broker afresh.
 from __future__ import annotations
 
 import time
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from runq.errors import TaskCancelled, TaskFailed, TaskNotFound
@@ -51,14 +52,25 @@ class Handle(Generic[R]):
         Raises ``TaskFailed`` (with the remote error), ``TaskCancelled``,
         ``TaskNotFound``, or ``TimeoutError`` when ``timeout`` seconds pass first.
         """
+        waiting = self._waiting(timeout)
+        remaining = next(waiting)
+        while True:
+            try:
+                remaining = waiting.send(self.app.broker.wait(self.id, remaining))
+            except StopIteration as done:
+                return cast(R, done.value)
+
+    def _waiting(self, timeout: float | None) -> Generator[float, TaskInfo | None, Any]:
+        """The waiting loop of ``result()`` and ``aresult()`` without its I/O: yields how long
+        the next broker wait may block, is sent what it read, returns the value or raises."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             remaining = _FOREVER_SLICE if deadline is None else max(0.0, deadline - time.monotonic())
-            info = self.app.broker.wait(self.id, remaining)
+            info = yield remaining
             if info is None:
                 raise TaskNotFound(self.id)
             if info.status.final:
-                return cast(R, result_of(info))
+                return result_of(info)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"task {self.id} is still {info.status.value} after {timeout}s")
 
@@ -77,19 +89,17 @@ class Handle(Generic[R]):
         return await (await self.app.async_broker()).cancel(self.id)
 
     async def aresult(self, timeout: float | None = None) -> R:
-        """``result()`` for asyncio code, raising as it does; on Redis it waits on the task's
-        notification (BLPOP on redis.asyncio), never polling. Cancelling it is safe."""
+        """``result()`` for asyncio code, raising as it does; on Redis every ``aresult()`` of
+        the loop shares one connection blocked on their tasks' notifications, never polling.
+        Cancelling it is safe."""
         broker = await self.app.async_broker()
-        deadline = None if timeout is None else time.monotonic() + timeout
+        waiting = self._waiting(timeout)
+        remaining = next(waiting)
         while True:
-            remaining = _FOREVER_SLICE if deadline is None else max(0.0, deadline - time.monotonic())
-            info = await broker.wait(self.id, remaining)
-            if info is None:
-                raise TaskNotFound(self.id)
-            if info.status.final:
-                return cast(R, result_of(info))
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"task {self.id} is still {info.status.value} after {timeout}s")
+            try:
+                remaining = waiting.send(await broker.wait(self.id, remaining))
+            except StopIteration as done:
+                return cast(R, done.value)
 
 
 def result_of(info: TaskInfo) -> Any:

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import threading
+from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any, NamedTuple
+from urllib.parse import unquote, unquote_plus
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -52,6 +55,7 @@ class JSONFormatter(logging.Formatter):
         data.update(_extras(record))
         if record.exc_info:
             data["exc"] = self.formatException(record.exc_info)
+        data = {name: _scrub_hidden(value) if isinstance(value, str) else value for name, value in data.items()}
         return json.dumps(data, default=str, ensure_ascii=False)
 
 
@@ -64,7 +68,7 @@ class TextFormatter(logging.Formatter):
         extras = _extras(record)
         if extras:
             text += " " + " ".join(_pair(name, value) for name, value in extras.items() if value is not None)
-        return text
+        return _scrub_hidden(text)
 
 
 def _pair(name: str, value: Any) -> str:
@@ -84,29 +88,96 @@ def configure(level: str = "INFO", fmt: str = "text") -> None:
     root.propagate = False
 
 
+# -- secrets in URLs: the one masker ---------------------------------------------------------
+
+MASK = "***"
+_SECRET_PARAMETER = re.compile(r"pass", re.IGNORECASE)  # password, sslpassword, sentinel_password, passwd
+_HIDDEN: set[str] = set()  # the secrets of every broker URL this process connected to (see hide)
+_HIDDEN_LOCK = threading.Lock()
+
+
+class _URL(NamedTuple):
+    """A URL cut by plain string splitting, as urlsplit cuts it, but keeping every byte:
+    urlsplit drops the ``//`` of ``unix:///path`` and the empty netloc of ``sqlite:///``."""
+
+    head: str  # "scheme://" (empty for a string that is no URL)
+    userinfo: str  # before the netloc's last "@" ("" when there is no "@")
+    at: str  # "@" or ""
+    rest: str  # hosts, path
+    query: str  # after "?" (without it)
+    qmark: str  # "?" or ""
+    fragment: str  # "#..." or ""
+
+    @classmethod
+    def cut(cls, url: str) -> _URL:
+        scheme, sep, rest = url.partition("://")
+        head = scheme + sep if sep else ""
+        body = rest if sep else url
+        body, hash_, fragment = body.partition("#")
+        body, qmark, query = body.partition("?")
+        if not sep:
+            return cls(head, "", "", body, query, qmark, hash_ + fragment)
+        netloc, slash, path = body.partition("/")
+        userinfo, at, hosts = netloc.rpartition("@")
+        return cls(head, userinfo, at, hosts + slash + path, query, qmark, hash_ + fragment)
+
+
+def _query_pairs(query: str) -> list[tuple[str, str, str]]:
+    return [item.partition("=") for item in query.split("&")] if query else []
+
+
+def url_secrets(url: str) -> list[str]:
+    """The URL's passwords (in the user part, and any ``?...pass...=`` parameter) as written
+    and decoded, longest first: what an error message echoing them could contain."""
+    parts = _URL.cut(url)
+    found: set[str] = set()
+    if parts.at and ":" in parts.userinfo:
+        raw = parts.userinfo.partition(":")[2]
+        found |= {raw, unquote(raw)}
+    for name, eq, value in _query_pairs(parts.query):
+        if eq and _SECRET_PARAMETER.search(unquote_plus(name)):
+            found |= {value, unquote_plus(value), unquote(value)}
+    return sorted((secret for secret in found if secret), key=len, reverse=True)
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for banners and errors.
+    """The URL with every password replaced by ``***``: in the user part (``user:pw@``, ``:pw@``,
+    on every host list: cluster, Sentinel) and in ``?password=`` (or any ``...pass...``) parameters.
 
-    Works on the raw netloc so cluster URLs (``h1:1,h2:2``) and IPv6 hosts survive,
-    and masks a ``?password=`` query parameter too.
+    The one masker for banners, errors, logs and CLI output; it never parses what it cannot
+    (``unix:///path``, ``sqlite:////abs.db``, IPv6 hosts and odd netlocs pass through intact).
     """
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    userinfo, at, hostport = netloc.rpartition("@")
-    if at and ":" in userinfo:
-        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
-    query = parts.query
-    if "password=" in query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*")
-    if netloc == parts.netloc and query == parts.query:
-        return url
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
+    parts = _URL.cut(url)
+    userinfo = parts.userinfo
+    if parts.at and ":" in userinfo:
+        userinfo = f"{userinfo.partition(':')[0]}:{MASK}"
+    query = "&".join(
+        f"{name}={MASK}" if eq and _SECRET_PARAMETER.search(unquote_plus(name)) else name + eq + value
+        for name, eq, value in _query_pairs(parts.query)
+    )
+    masked = parts.head + userinfo + parts.at + parts.rest + parts.qmark + query + parts.fragment
+    return scrub(masked, secrets=url_secrets(url)) if parts.head else masked
 
 
-def password_of(url: str) -> str | None:
-    """The URL's password, so an error message that echoes it can be scrubbed."""
-    try:
-        return urlsplit(url).password or None
-    except ValueError:
-        return None
+def scrub(text: str, *urls: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` (an error message, a log line) with each of ``urls`` masked and every password
+    of them, and ``secrets``, replaced by ``***`` wherever it appears."""
+    for url in urls:
+        text = text.replace(url, mask_url(url))
+    hidden = {secret for url in urls for secret in url_secrets(url)} | set(secrets)
+    for secret in sorted(hidden, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def hide(url: str) -> None:
+    """Remember ``url``'s passwords so that every runq log line scrubs them (the formatters),
+    whatever echoed them: called for each broker URL this process connects to."""
+    found = url_secrets(url)
+    if found:
+        with _HIDDEN_LOCK:
+            _HIDDEN.update(found)
+
+
+def _scrub_hidden(text: str) -> str:
+    return scrub(text, secrets=tuple(_HIDDEN)) if _HIDDEN else text

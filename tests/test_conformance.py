@@ -6,6 +6,7 @@ worker would, so the rules are checked without timing-sensitive worker runs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from datetime import datetime, timedelta, timezone
@@ -186,7 +187,8 @@ def test_claim_marks_running_counts_attempt_and_fences(app: runq.App, broker: Br
     assert not succeed(broker, forged)
     assert succeed(broker, claim, 42)
     assert app.handle(task_id).result(timeout=1) == 42
-    assert not succeed(broker, claim)  # settled once only
+    assert succeed(broker, claim, 43)  # a repeat reads as applied (its reply may have been lost)...
+    assert app.handle(task_id).result(timeout=1) == 42  # ...and the task was settled once only
 
 
 def test_expired_lease_is_redelivered_and_the_late_result_rejected(app: runq.App, broker: Broker) -> None:
@@ -262,6 +264,26 @@ def test_settle_many_in_one_call(app: runq.App, broker: Broker) -> None:
     ]
     assert broker.settle(outcomes) == [True, True, True, False]
     assert [status(app, i) for i in ids] == [Status.SUCCEEDED, Status.SCHEDULED, Status.FAILED, Status.RUNNING]
+    counters = app.stats().counters
+    assert (counters["succeeded"], counters["retried"], counters["failed"]) == (1, 1, 1)
+
+
+def test_a_repeated_settle_reads_as_applied_and_changes_nothing(app: runq.App, broker: Broker) -> None:
+    """A settle sent again because its reply was lost (Redis paused past the socket timeout, a
+    PostgreSQL connection broken after the commit) was applied once: it is no "late outcome"."""
+    ids = [put(app) for _ in range(3)]
+    claims = take(broker, limit=3)
+    outcomes = [
+        Outcome(claims[0].id, claims[0].token, "succeeded", result="1", result_ttl=60),
+        Outcome(claims[1].id, claims[1].token, "retry", error={"type": "E", "message": ""}, delay=60),
+        Outcome(claims[2].id, claims[2].token, "failed", error={"type": "E", "message": ""}),
+    ]
+    assert broker.settle(outcomes) == [True, True, True]
+    again = [dataclasses.replace(outcomes[0], result="2"), *outcomes[1:]]
+    assert broker.settle(again) == [True, True, True]  # repeats: applied once, before
+    assert broker.settle([dataclasses.replace(outcomes[0], token="someone-else")]) == [False]  # fencing still holds
+    assert [status(app, i) for i in ids] == [Status.SUCCEEDED, Status.SCHEDULED, Status.FAILED]
+    assert app.handle(ids[0]).result(timeout=1) == 1
     counters = app.stats().counters
     assert (counters["succeeded"], counters["retried"], counters["failed"]) == (1, 1, 1)
 

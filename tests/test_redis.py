@@ -87,7 +87,8 @@ def test_every_script_call_stays_in_one_hash_slot(
     ok = [Outcome(c.id, c.token, "succeeded", result="1") for c in claims[:-1]]
     assert broker.settle([*ok, stale]) == [True, True, True, False]
     assert app.cancel(delayed.id) and app.retry(delayed.id)
-    assert broker.wait(delayed.id, 0.05) is not None  # pending: watch, block, unwatch
+    assert broker.wait(delayed.id, 0.05) is not None  # pending: watch, block...
+    wait_until(lambda: ("unwatch", [queue_keys("b").waiters]) in calls)  # ...and the shared waiter unwatches
     assert len(app.list()) == 4 and app.stats().counters["succeeded"] == 3
     assert app.purge(None) == 3
     parent = app.enqueue("add", args=[1, 2], queue="a")
@@ -235,8 +236,9 @@ def test_result_blocks_on_redis_without_polling(app: runq.App, broker: RedisBrok
     before = command_calls(client)
     with pytest.raises(TimeoutError):
         handle.result(timeout=1.0)
+    wait_until(lambda: not client.hexists(queue_keys("default").waiters, handle.id))
     after = command_calls(client)
-    assert after["blpop"] - before["blpop"] == 1
+    assert after["blpop"] - before["blpop"] == 1  # ended by the wake list when the wait gave up
     assert after["fcall"] - before["fcall"] == 2  # watch (pipelined with the BLPOP), unwatch
 
 
@@ -246,7 +248,10 @@ def test_result_wakes_as_soon_as_the_task_is_settled(app: runq.App, broker: Redi
     settled: list[float] = []
 
     def settle_later() -> None:
-        wait_until(lambda: int(broker._r.hget(queue_keys("default").waiters, handle.id) or 0) == 4)
+        # Four waiters in this process, counted once by Redis: the shared connection fans the token out.
+        book = broker._waits._book._awaited
+        wait_until(lambda: handle.id in book and len(book[handle.id].waiters) == 4 and book[handle.id].watched)
+        assert int(broker._r.hget(queue_keys("default").waiters, handle.id) or 0) == 1
         settled.append(time.monotonic())
         broker.settle([Outcome(claim.id, claim.token, "succeeded", result="3")])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from runq.brokers.base import Broker
+from runq.logs import hide, mask_url
 
 DEFAULT_URL = "sqlite:///runq.db"
 
@@ -10,6 +11,7 @@ DEFAULT_URL = "sqlite:///runq.db"
 def connect(url: str, connect_timeout: float = 5.0) -> Broker:
     """The broker for ``url``: ``sqlite://``, ``redis://``, ``rediss://``, ``redis+cluster://``,
     ``redis+sentinel://`` or ``postgresql://``."""
+    hide(url)  # its passwords never reach a log line, whatever echoes them
     scheme = url.partition("://")[0].lower()
     if scheme == "sqlite":
         from runq.brokers.sqlite import SQLiteBroker
@@ -29,7 +31,7 @@ def connect(url: str, connect_timeout: float = 5.0) -> Broker:
 
         return PostgresBroker(url, connect_timeout=connect_timeout)
     raise ValueError(
-        f"unsupported broker URL {url!r}: use sqlite:///file.db, redis://host:port/db,"
+        f"unsupported broker URL {mask_url(url)!r}: use sqlite:///file.db, redis://host:port/db,"
         " rediss://…, redis+cluster://host:port, redis+sentinel://host:port/service/db or postgresql://user@host/db"
     )
 

@@ -81,6 +81,9 @@ class Broker(ABC):
     def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
         """Apply outcomes in one round trip; ``False`` where the fencing token is stale.
 
+        A repeat of an outcome already applied (the same claim's token: a settle sent again
+        because its reply was lost) is ``True`` and changes nothing.
+
         ``succeeded`` stores the result for ``result_ttl``; ``retry`` schedules the
         task ``delay`` seconds from now; ``failed`` moves it to the dead-letter set
         (kept until purged); ``release`` returns it to ``pending`` (``scheduled`` in

@@ -37,7 +37,7 @@ from runq.brokers import postgres_inspect as inspect
 from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.postgres_flow import NOW, Notes
 from runq.brokers.postgres_listen import Listener
-from runq.brokers.postgres_setup import masked, migrate, postgres_conninfo
+from runq.brokers.postgres_setup import connect_and_migrate, postgres_conninfo, unavailable
 from runq.brokers.sqlite_flow import dependency_error
 from runq.errors import BrokerUnavailable
 from runq.models import (
@@ -65,29 +65,45 @@ _LENT: ContextVar[tuple[PostgresBroker, psycopg.Connection[Any]] | None] = Conte
 
 
 class PostgresBroker(Broker):
+    """The Broker on PostgreSQL: thread-safe (a connection pool), connected on first use.
+
+    Like the Redis broker it connects lazily: building it never fails on an unreachable
+    server, so a worker started during an outage logs, backs off and resumes like any other
+    call; the first call connects once directly (failing fast with the server's own reason,
+    masked) and migrates the schema before the pool opens.
+    """
+
     def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
         self.url = url
         self.conninfo, self.schema = postgres_conninfo(url)
         self.s = f'"{self.schema}"'
         self._connect_timeout = connect_timeout
+        self._timeout = max(1, round(connect_timeout))  # libpq's connect_timeout: whole seconds
         self._listener: Listener | None = None
         self._lock = threading.Lock()
+        self._opened = False
         self._last_cleanup = 0.0
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             self.conninfo,
             min_size=1,
             max_size=POOL_SIZE,
-            kwargs={"autocommit": True, "connect_timeout": max(1, round(connect_timeout))},
+            kwargs={"autocommit": True, "connect_timeout": self._timeout},
             timeout=connect_timeout,
             open=False,
             name=f"runq-{self.schema}",
         )
-        try:
-            self._pool.open(wait=True, timeout=connect_timeout)
-        except (psycopg.Error, PoolTimeout) as exc:
-            self._pool.close()
-            raise BrokerUnavailable(f"cannot connect to PostgreSQL at {masked(url)}: {exc}") from exc
-        self._run(lambda cur: migrate(cur, self.schema), transaction=False)
+
+    def _open(self) -> None:
+        """Connect once (the reason of a failure is the server's, at once), migrate, open the pool."""
+        with self._lock:
+            if self._opened:
+                return
+            try:
+                connect_and_migrate(self.conninfo, self.schema, self._timeout)
+            except psycopg.OperationalError as exc:
+                raise unavailable(self.url, exc) from None
+            self._pool.open(wait=False)
+            self._opened = True
 
     # -- connections --------------------------------------------------------------
 
@@ -99,6 +115,8 @@ class PostgresBroker(Broker):
         unique, claims are fenced). Other operational errors become ``BrokerUnavailable``,
         so the worker backs off and retries instead of dying.
         """
+        if not self._opened:
+            self._open()
         for attempt in range(3):
             try:
                 with self._pool.connection() as conn:
@@ -115,7 +133,7 @@ class PostgresBroker(Broker):
             except psycopg.DataError as exc:  # e.g. a NUL character, which Postgres text cannot hold
                 raise ValueError(f"PostgreSQL cannot store this value: {exc}") from None
             except (psycopg.OperationalError, PoolTimeout) as exc:
-                raise BrokerUnavailable(f"PostgreSQL at {masked(self.url)} is unavailable: {exc}") from exc
+                raise unavailable(self.url, exc) from exc
         raise AssertionError("unreachable")
 
     def _listen(self) -> Listener:
@@ -181,6 +199,8 @@ class PostgresBroker(Broker):
             plain = all(m.key is None and not m.after for m in messages)
             return self._run(lambda cur: self._enqueue(cur, messages, key_ttl), transaction=not plain)
         connection = lent[1]
+        if not self._opened:  # the schema must exist before the caller's transaction uses it
+            self._open()
         if connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
             if connection.autocommit:
                 raise RuntimeError(
@@ -194,7 +214,7 @@ class PostgresBroker(Broker):
             with connection.transaction(), connection.cursor() as cur:
                 return self._enqueue(cur, messages, key_ttl)
         except psycopg.OperationalError as exc:
-            raise BrokerUnavailable(f"PostgreSQL is unavailable: {exc}") from exc
+            raise unavailable(self.url, exc) from exc
 
     def _enqueue(self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float) -> list[str]:
         if all(m.key is None and not m.after for m in messages):
@@ -402,7 +422,7 @@ class PostgresBroker(Broker):
             f" ready_at = CASE WHEN o.kind = 'retry' THEN {NOW} + greatest(0, o.delay)"
             f" WHEN o.kind = 'release' AND o.delay > 0 THEN {NOW} + o.delay ELSE t.ready_at END,"
             " attempts = t.attempts - CASE WHEN o.kind = 'release' AND o.uncount THEN 1 ELSE 0 END,"
-            " token = NULL, lease_until = NULL"
+            " lease_until = NULL"  # the token stays (it fences nothing once not running): see flow.repeats
             " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],"
             " %s::float8[], %s::bool[]) AS o(id, token, kind, result, error, delay, ttl, runtime, uncount)"
             " WHERE t.id = o.id AND t.token = o.token AND t.status = 'running'"
@@ -436,6 +456,7 @@ class PostgresBroker(Broker):
         counts["cancelled"] += notes.cancelled
         self._record(cur, dict(counts), notes)
         accepted = {row[0] for row in rows}
+        accepted |= flow.repeats(cur, s, [(x.id, x.token) for x in o if x.id not in accepted])
         return [x.id in accepted for x in o]
 
     # -- inspecting and steering --------------------------------------------------
@@ -579,6 +600,7 @@ class PostgresBroker(Broker):
             listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()
+        if listener is not None and self._opened:
             with contextlib.suppress(BrokerUnavailable):  # wake its thread now, not at its next timeout
                 self._run(lambda cur: cur.execute("SELECT pg_notify(%s, '')", (listener.work_channel,)), False)
         self._pool.close()

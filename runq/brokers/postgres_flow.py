@@ -194,3 +194,17 @@ def breaker(cur: Cursor[Any], s: str, name: str, event: BreakerEvent, failures: 
 def breaker_states(cur: Cursor[Any], s: str) -> dict[str, dict[str, Any]]:
     rows = cur.execute(f"SELECT name, state, failures, open_until FROM {s}.breakers ORDER BY name").fetchall()
     return {row[0]: {"state": row[1], "failures": row[2], "open_until": row[3]} for row in rows}
+
+
+def repeats(cur: Cursor[Any], s: str, claims: list[tuple[str, str]]) -> set[str]:
+    """The ids among ``(id, token)`` settled already by that very claim (its token stays on the
+    task). A settle whose reply was lost (the connection broke after the commit) runs again: it
+    must read as applied, not as a late outcome "cancelled or taken over"."""
+    if not claims:
+        return set()
+    rows = cur.execute(
+        f"SELECT t.id FROM {s}.tasks t JOIN unnest(%s::text[], %s::text[]) AS m(id, token)"
+        " ON t.id = m.id AND t.token = m.token WHERE t.status <> 'running'",
+        ([task_id for task_id, _ in claims], [token for _, token in claims]),
+    ).fetchall()
+    return {row[0] for row in rows}

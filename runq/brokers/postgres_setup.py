@@ -1,4 +1,5 @@
-"""Reaching the PostgreSQL broker's schema: the URL split for libpq, and the migrations.
+"""Reaching the PostgreSQL broker: the URL split for libpq, the first connection (failing
+fast, masked, without psycopg_pool's raw log lines), and the schema's migrations.
 
 ``postgres_schema.sql`` holds numbered migrations; :func:`migrate` applies the missing
 ones under an advisory lock, each in the transaction that bumps the version, so many
@@ -7,12 +8,17 @@ processes starting at once migrate exactly once and a half-applied step never sh
 
 from __future__ import annotations
 
+import logging
 import re
 from importlib import resources
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import psycopg
 from psycopg import Cursor
+
+from runq.errors import BrokerUnavailable
+from runq.logs import mask_url, scrub
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 
@@ -21,7 +27,7 @@ def postgres_conninfo(url: str) -> tuple[str, str]:
     """``(conninfo for libpq, schema)``: the ``schema`` query parameter is runq's, the rest libpq's."""
     parts = urlsplit(url)
     if parts.scheme not in ("postgresql", "postgres"):
-        raise ValueError(f"not a PostgreSQL URL (expected postgresql://user@host/db): {url!r}")
+        raise ValueError(f"not a PostgreSQL URL (expected postgresql://user@host/db): {mask_url(url)!r}")
     query = parse_qsl(parts.query)
     schema = next((value for name, value in query if name == "schema"), "runq")
     if not _SCHEMA_NAME.fullmatch(schema):
@@ -30,12 +36,30 @@ def postgres_conninfo(url: str) -> tuple[str, str]:
     return urlunsplit(("postgresql", parts.netloc, parts.path, rest, "")), schema
 
 
-def masked(url: str) -> str:
-    """The URL with its password hidden, for error messages and logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")))
+class _OwnPoolNoise(logging.Filter):
+    """psycopg_pool logs every failed connection attempt of a pool, raw (three lines before a
+    one-shot command gave up). For runq's own pools (named ``runq-<schema>``) runq reports the
+    failure itself, once, masked: ``BrokerUnavailable``, and the worker's back-off log line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        return not (isinstance(args, tuple) and args and str(args[0]).startswith("runq-"))
+
+
+logging.getLogger("psycopg.pool").addFilter(_OwnPoolNoise())
+
+
+def unavailable(url: str, exc: BaseException) -> BrokerUnavailable:
+    """``BrokerUnavailable`` naming the (masked) URL, with the driver's reason on one line."""
+    reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return BrokerUnavailable(f"PostgreSQL at {mask_url(url)} is unavailable: {scrub(reason, url)}")
+
+
+def connect_and_migrate(conninfo: str, schema: str, timeout: int) -> None:
+    """One direct connection: an unreachable server or a missing database fails at once with
+    the server's own reason (a pool would retry for its whole timeout), then :func:`migrate`."""
+    with psycopg.connect(conninfo, autocommit=True, connect_timeout=timeout) as conn, conn.cursor() as cur:
+        migrate(cur, schema)
 
 
 def migrations() -> list[tuple[int, str]]:

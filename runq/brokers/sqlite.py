@@ -327,19 +327,28 @@ class SQLiteBroker(Broker):
             now = time.time()
             for outcome in outcomes:
                 sql, params, counter = self._settle_statement(outcome, now)
+                # The token stays (no longer 'running', it fences nothing): a repeat of this outcome is recognised.
                 cursor = db.execute(
-                    f"UPDATE runq_tasks SET {sql}, token = NULL, lease_until = NULL"
+                    f"UPDATE runq_tasks SET {sql}, lease_until = NULL"
                     " WHERE id = ? AND token = ? AND status = 'running'",
                     (*params, outcome.id, outcome.token),
                 )
                 ok = cursor.rowcount == 1
-                accepted.append(ok)
+                accepted.append(ok or self._repeat(db, outcome))
                 if ok and counter:
                     self._count(db, counter, 1)
                 if ok and outcome.kind in ("succeeded", "failed"):
                     error = None if outcome.kind == "succeeded" else flow.dependency_error(outcome.id, "failed")
                     self._count(db, "cancelled", flow.release_children(db, outcome.id, error, now))
         return accepted
+
+    @staticmethod
+    def _repeat(db: sqlite3.Connection, outcome: Outcome) -> bool:
+        """Whether ``outcome`` was applied already: its claim's token is the one that settled the task."""
+        found = db.execute(
+            "SELECT 1 FROM runq_tasks WHERE id = ? AND token = ? AND status != 'running'", (outcome.id, outcome.token)
+        ).fetchone()
+        return found is not None
 
     @staticmethod
     def _settle_statement(outcome: Outcome, now: float) -> tuple[str, tuple[Any, ...], str | None]:

@@ -21,7 +21,7 @@ import click
 
 from runq.app import App
 from runq.errors import BrokerUnavailable, RunqError
-from runq.logs import mask_url, password_of
+from runq.logs import mask_url, scrub
 from runq.models import FINAL_STATUSES, Status, TaskInfo
 from runq.settings import Settings
 
@@ -53,10 +53,7 @@ def fail(message: str, code: int = 1) -> NoReturn:
 
 def broker_error(url: str, exc: BaseException) -> str:
     """Which broker failed and why, with its password masked (also inside the reason)."""
-    reason = str(exc) or type(exc).__name__
-    password = password_of(url)
-    if password:
-        reason = reason.replace(password, "***")
+    reason = scrub(str(exc) or type(exc).__name__, url)
     masked = mask_url(url)
     return reason if masked in reason else f"cannot reach the broker at {masked}: {reason}"
 

@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from runq import options as rules
 from runq.app import App
 from runq.errors import BrokerUnavailable
+from runq.logs import mask_url
 from runq.models import QUEUE_NAME, Status, TaskInfo, WorkerInfo, queue_of
 
 log = logging.getLogger("runq.dashboard")
@@ -231,12 +232,7 @@ def worker_out(worker: WorkerInfo, now: float) -> WorkerOut:
 
 def public_url(url: str) -> str:
     """The broker URL without its password, fit to show to anyone who can see the page."""
-    scheme, sep, rest = url.partition("://")
-    credentials, at, host = rest.rpartition("@")
-    if not sep or not at:
-        return url
-    user = credentials.partition(":")[0]
-    return f"{scheme}://{user + ':***@' if user else '***@'}{host}"
+    return mask_url(url)
 
 
 # Answered by runq.dashboard.guard before any route: documented so clients expect them.

@@ -3,22 +3,21 @@
 Nothing here is a second definition: the calls are built by the synchronous broker's own
 helpers (``RedisBroker.enqueue_plan``, keys.py's layout), sent as the same ``FCALL`` of the
 same Functions library (scripts.py: its name and code hash, its ``EVALSHA`` fallback), and
-their answers decoded by ``RedisBroker._info``. Only the I/O is asynchronous. The rare
+their answers decoded by ``waits.info_of``. Only the I/O is asynchronous. The rare
 follow-up that crosses slots (an ``after`` parent or a cancelled task's dependents in
 another queue: outbox steps) is handed to the synchronous broker in a thread.
 
 Two clients, as in the synchronous broker: calls share a bounded pool (a burst of ten
 thousand ``adelay()`` waits for a free connection instead of opening ten thousand), while
-``aresult()`` blocks in ``BLPOP`` on connections of its own, so waiters never hold up
-producers. On ``redis+cluster://`` the client is ``redis.asyncio.cluster.RedisCluster``
-and, as in the synchronous broker, no function is pipelined: each call goes to the node
-that owns its slot.
+every ``aresult()`` of the loop shares one connection of its own, blocked in ``BLPOP`` on
+all their tasks at once (waits.py), so waiters never hold up producers. On
+``redis+cluster://`` the client is ``redis.asyncio.cluster.RedisCluster`` and, as in the
+synchronous broker, no function is pipelined: each call goes to the node that owns its slot.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
 
@@ -31,9 +30,11 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from runq.brokers.aio import AsyncBroker
 from runq.brokers.redis import connection
-from runq.brokers.redis.broker import BLOCK_SLICE, CANCELLED, UNAVAILABLE, RedisBroker, _ceil_ms, _unavailable
+from runq.brokers.redis.broker import CANCELLED, RedisBroker
+from runq.brokers.redis.connection import UNAVAILABLE, unavailable
 from runq.brokers.redis.keys import done_key, function_keys
 from runq.brokers.redis.scripts import Call, body, library
+from runq.brokers.redis.waits import BLOCK_SLICE, AsyncWaits, info_of
 from runq.models import Message, TaskInfo, queue_of
 
 T = TypeVar("T")
@@ -85,7 +86,7 @@ class AsyncFunctions:
             await self.load()
         return tuple(self.sync.command(call))
 
-    async def _recover(self, call: Call, error: BaseException) -> Any:
+    async def recover(self, call: Call, error: BaseException) -> Any:
         """Run ``call`` again after its code went missing (a Redis restart); else re-raise."""
         if _missing(error):
             await self.load()
@@ -100,7 +101,7 @@ class AsyncFunctions:
         try:
             return await self.client.execute_command(*command)
         except (ResponseError, NoScriptError) as exc:
-            return await self._recover(call, exc)
+            return await self.recover(call, exc)
 
     async def batch(self, calls: Sequence[Call], commands: Sequence[tuple[Any, ...]], atomic: bool) -> list[Any]:
         """``calls`` then plain ``commands``: one pipeline on a single Redis (MULTI/EXEC when
@@ -120,7 +121,7 @@ class AsyncFunctions:
             if isinstance(result, Exception):
                 if i >= len(calls):
                     raise result
-                results[i] = await self._recover(calls[i], result)
+                results[i] = await self.recover(calls[i], result)
         return results
 
 
@@ -138,6 +139,7 @@ class AsyncRedisBroker(AsyncBroker):
         self._blocking = self._client(options | {"socket_timeout": timeout + BLOCK_SLICE}, None)
         self.functions = AsyncFunctions(self._r, self.cluster, broker.functions)
         self._blocking_functions = AsyncFunctions(self._blocking, self.cluster, broker.functions)
+        self._waits = AsyncWaits(self)
 
     def _client(self, options: dict[str, Any], pool_size: int | None) -> Any:
         target = self.redis.target
@@ -159,7 +161,10 @@ class AsyncRedisBroker(AsyncBroker):
         try:
             return await work()
         except UNAVAILABLE as exc:
-            raise _unavailable(self.url, exc) from exc
+            error = unavailable(self.url, exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     async def _steps(self, queue: str, steps: Sequence[Any]) -> None:
         """Cross-slot workflow steps (rare): applied by the synchronous broker, in a thread."""
@@ -184,40 +189,13 @@ class AsyncRedisBroker(AsyncBroker):
 
     async def get(self, task_id: str) -> TaskInfo | None:
         call = Call("watch", function_keys("watch", queue_of(task_id)), [task_id, 0])
-        return RedisBroker._info(task_id, await self._guard(lambda: self.functions.run(call)))
+        return info_of(task_id, await self._guard(lambda: self.functions.run(call)))
 
     async def wait(self, task_id: str, timeout: float) -> TaskInfo | None:
-        return await self._guard(lambda: self._wait(task_id, timeout))
-
-    async def _wait(self, task_id: str, timeout: float) -> TaskInfo | None:
-        """As RedisBroker.wait: register with watch.lua and BLPOP the done list in one round trip."""
-        keys = function_keys("watch", queue_of(task_id))
+        """As RedisBroker.wait: every wait of this loop shares one blocking connection (waits.py)."""
         if timeout <= 0:
-            return RedisBroker._info(task_id, await self.functions.run(Call("watch", keys, [task_id, 0])))
-        done = done_key(task_id)
-        watch = Call("watch", [*keys, done], [task_id, 1])
-        block = _ceil_ms(min(timeout, BLOCK_SLICE))
-        if self.cluster:
-            found = await self._blocking_functions.run(watch)
-            popped = await self._blocking.blpop([done], block)
-        else:
-            pipe = self._blocking.pipeline(transaction=False)
-            pipe.execute_command(*await self._blocking_functions.command(watch))
-            pipe.blpop([done], block)
-            found, popped = await pipe.execute(raise_on_error=False)
-            if isinstance(found, ResponseError):  # its code went missing (a restart): load, read plainly
-                await self._blocking_functions.load()
-                return await self._wait(task_id, 0)
-            for reply in (found, popped):
-                if isinstance(reply, Exception):
-                    raise reply
-        if popped is None:  # the slice ran out: stop counting as a waiter
-            await self.functions.run(Call("unwatch", function_keys("unwatch", queue_of(task_id)), [task_id]))
-            return RedisBroker._info(task_id, found)
-        token = popped[1]
-        if token in (b"1", b"gone", "1", "gone"):  # a plain wake-up or gone: read the state
-            return await self._wait(task_id, 0)
-        return RedisBroker._info(task_id, json.loads(token))
+            return await self.get(task_id)
+        return await self._guard(lambda: self._waits.wait(task_id, timeout))
 
     async def cancel(self, task_id: str) -> bool:
         keys = [*function_keys("cancel", queue_of(task_id)), done_key(task_id)]
@@ -227,6 +205,7 @@ class AsyncRedisBroker(AsyncBroker):
         return bool(done)
 
     async def _release(self) -> None:
+        await self._waits.close()
         for client in (self._r, self._blocking):
             await client.aclose()
             for sentinel in getattr(client, "runq_sentinels", ()):  # connection.async_client

@@ -28,11 +28,11 @@ from typing import Any, ParamSpec, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import ClusterError, RedisClusterException
 from redis.retry import Retry
 
 from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.redis import connection
+from runq.brokers.redis.connection import UNAVAILABLE, unavailable
 from runq.brokers.redis.keys import (
     QUEUES_KEY,
     WORKERS_KEY,
@@ -45,7 +45,7 @@ from runq.brokers.redis.keys import (
 )
 from runq.brokers.redis.outbox import Flow
 from runq.brokers.redis.scripts import Call, Functions
-from runq.errors import BrokerUnavailable
+from runq.brokers.redis.waits import BLOCK_SLICE, CLUSTER_SLICE, ThreadWaits, ceil_ms, info_of
 from runq.logs import mask_url
 from runq.models import (
     COUNTERS,
@@ -60,7 +60,6 @@ from runq.models import (
     TaskInfo,
     WorkerInfo,
     queue_of,
-    task_info,
 )
 
 log = logging.getLogger("runq.broker")
@@ -69,11 +68,8 @@ T = TypeVar("T")
 
 STATUSES = tuple(Status)
 BATCH = 200  # tasks promoted, reclaimed or expired per claim, purged per purge call
-BLOCK_SLICE = 5.0  # longest single blocking call, so a lost connection is noticed
-CLUSTER_SLICE = 0.05  # per-queue blocking slice when the queues live in different slots
 CANCELLED = '{"type":"Cancelled","message":"cancelled"}'
 REGISTER_EVERY = 10.0
-UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException)
 
 
 def _text(value: bytes | str | None) -> str | None:
@@ -86,17 +82,6 @@ def _str(value: bytes | str | None) -> str:
     return _text(value) or ""
 
 
-def _unavailable(url: str, exc: Exception) -> BrokerUnavailable:
-    """``BrokerUnavailable`` naming the (masked) URL; a TLS verification failure says what to fix."""
-    message = f"Redis at {mask_url(url)} is unavailable: {exc}"
-    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-        message += (
-            " (TLS: the server's certificate was not accepted: for a private CA add"
-            " ?ssl_ca_certs=/path/ca.pem to the URL, and connect by a name the certificate holds)"
-        )
-    return BrokerUnavailable(message)
-
-
 def _guarded(method: Callable[P, T]) -> Callable[P, T]:
     """Turn redis-py's connection failures into ``BrokerUnavailable`` naming the (masked) URL."""
 
@@ -106,7 +91,10 @@ def _guarded(method: Callable[P, T]) -> Callable[P, T]:
             return method(*args, **kwargs)
         except UNAVAILABLE as exc:
             broker: RedisBroker = args[0]  # type: ignore[assignment]
-            raise _unavailable(broker.url, exc) from exc
+            error = unavailable(broker.url, exc)
+            if error is exc:
+                raise
+            raise error from exc
 
     return call
 
@@ -116,10 +104,11 @@ class RedisBroker(Broker):
 
     Blocking calls (BLPOP in ``wait_for_work`` and ``wait``) use their own client, so
     they never hold a connection another thread needs, and block at most
-    ``BLOCK_SLICE`` at a time. redis-py's automatic retry is off: a script that
-    timed out may have run, and running it again could enqueue twice; an outage
-    surfaces as ``BrokerUnavailable`` and the worker's own back-off retries. The
-    eviction-policy warning is given on the first ``claim``, which only workers make.
+    ``BLOCK_SLICE`` at a time; every ``wait`` of the process shares one (waits.py).
+    redis-py's automatic retry is off: a script that timed out may have run, and
+    running it again could enqueue twice; an outage surfaces as ``BrokerUnavailable``
+    and the worker's own back-off retries. The eviction-policy warning is given on the
+    first ``claim``, which only workers make.
     """
 
     def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
@@ -138,13 +127,14 @@ class RedisBroker(Broker):
         self.flow = Flow(self._r, self.functions)
         self._policy_checked = False
         self._registered: dict[str, float] = {}  # queue -> when this process last added it to QUEUES_KEY
+        self._waits = ThreadWaits(self)
 
     def _client(self, options: dict[str, Any]) -> Any:
         """A client for the URL (one Redis, a cluster, or the master Sentinel names: connection.py)."""
         try:
             return connection.client(self.target, options)
         except UNAVAILABLE as exc:
-            raise _unavailable(self.url, exc) from exc
+            raise unavailable(self.url, exc) from exc
 
     def _replicate(self, queues: Iterable[str], lane: bool, strict: bool) -> None:
         """``?wait_replicas=N``: ``WAIT`` until N replicas hold this connection's writes (connection.py)."""
@@ -259,12 +249,12 @@ class RedisBroker(Broker):
             return
         wake_keys = [queue_keys(queue).wake for queue in queues]
         if not self.cluster:
-            (reply,) = self._blocking_functions.send([("BLPOP", *wake_keys, _ceil_ms(wait))])
+            (reply,) = self._blocking_functions.send([("BLPOP", *wake_keys, ceil_ms(wait))])
             if isinstance(reply, Exception):
                 raise reply
             return
         if len(wake_keys) == 1:  # routed to the key's node
-            self._blocking.blpop(wake_keys, _ceil_ms(wait))
+            self._blocking.blpop(wake_keys, ceil_ms(wait))
             return
         # Cluster: the wake lists live in different slots, and one BLPOP reaches one slot.
         deadline = time.monotonic() + wait
@@ -310,6 +300,8 @@ class RedisBroker(Broker):
         ):
             for i, ok in zip(indexes, returned, strict=False):  # stops at the answers
                 answers[i] = bool(ok)
+                if ok == 2:  # settle.lua: a repeat of an applied outcome (the first reply was lost)
+                    log.debug("the outcome of %s was applied already (a settle sent again)", items[i].id)
             if len(returned) > len(indexes):  # settle: steps for dependents (outbox.py)
                 self.apply_steps(queue, returned[len(indexes) :])
         return answers
@@ -318,52 +310,15 @@ class RedisBroker(Broker):
 
     @_guarded
     def get(self, task_id: str) -> TaskInfo | None:
-        return self._info(task_id, self._run("watch", function_keys("watch", queue_of(task_id)), [task_id, 0]))
-
-    @staticmethod
-    def _info(task_id: str, found: Any) -> TaskInfo | None:
-        """A TaskInfo from watch.lua's answer ({record, payload} or nil)."""
-        if not found:
-            return None
-        record: dict[str, Any] = json.loads(found[0])
-        record.update(id=task_id, queue=queue_of(task_id), payload=_text(found[1]))
-        return task_info(record)
+        return info_of(task_id, self._run("watch", function_keys("watch", queue_of(task_id)), [task_id, 0]))
 
     @_guarded
     def wait(self, task_id: str, timeout: float) -> TaskInfo | None:
-        """Register and block in one round trip; the wake-up carries the final state.
-
-        watch.lua and BLPOP go in one pipeline: the script counts this client as a
-        waiter (or, for a task already final, pushes its state at once), and the state
-        change that finishes the task pushes that state to the done list, so the BLPOP
-        reply is the answer.
-        """
-        keys = function_keys("watch", queue_of(task_id))
+        """Block until the task is final or ``timeout`` passes, on the connection every waiting
+        thread of this process shares (waits.py); the wake-up carries the final state."""
         if timeout <= 0:
-            return self._info(task_id, self._run("watch", keys, [task_id, 0]))
-        done = done_key(task_id)
-        watch = Call("watch", [*keys, done], [task_id, 1])
-        block = _ceil_ms(min(timeout, BLOCK_SLICE))
-        if self.cluster:  # no pipelined functions: register, then block on the key's node
-            found = self._blocking_functions.run(*watch)
-            popped = self._blocking.blpop([done], block)
-        else:
-            found, popped = self._blocking_functions.send(
-                [self._blocking_functions.command(watch), ("BLPOP", done, block)]
-            )
-            if isinstance(found, redis.ResponseError):  # its code went missing (a restart): load, read plainly
-                self._blocking_functions.load()
-                return self._info(task_id, self._run("watch", keys, [task_id, 0]))
-            for reply in (found, popped):
-                if isinstance(reply, Exception):
-                    raise reply
-        if popped is None:  # the slice ran out: stop counting as a waiter
-            self._run("unwatch", function_keys("unwatch", queue_of(task_id)), [task_id])
-            return self._info(task_id, found)
-        token = popped[1]
-        if token in (b"1", b"gone", "1", "gone"):  # a plain wake-up (see outbox.py) or gone
-            return self._info(task_id, self._run("watch", keys, [task_id, 0]))
-        return self._info(task_id, json.loads(token))
+            return self.get(task_id)
+        return self._waits.wait(task_id, timeout)
 
     @_guarded
     def cancel(self, task_id: str) -> bool:
@@ -401,7 +356,7 @@ class RedisBroker(Broker):
                 calls.append(Call("watch", function_keys("watch", name), [task_id, 0]))
         listed: list[tuple[float, float, TaskInfo]] = []
         for (task_id, seq), answer in zip(hits, self.functions.batch(calls) if calls else [], strict=True):
-            info = self._info(task_id, answer)
+            info = info_of(task_id, answer)
             if info is not None and info.enqueued_at is not None and status in (None, info.status):
                 listed.append((info.enqueued_at.timestamp(), seq, info))
         listed.sort(key=lambda entry: entry[:2], reverse=True)
@@ -512,6 +467,7 @@ class RedisBroker(Broker):
         self._r.ping()
 
     def close(self) -> None:
+        self._waits.close()
         self.functions.close()
         self._blocking_functions.close()
         self._r.close()
@@ -554,11 +510,6 @@ def _stats(queues: list[str], results: list[Any], now: float) -> Stats:
                 runs.append(run)
         last_minute += sum(int(n) for second, n in next(found).items() if int(second) > now - 60)
     return Stats(counts, counters, Percentiles.of(waits), Percentiles.of(runs), last_minute / 60.0)
-
-
-def _ceil_ms(seconds: float) -> float:
-    """A positive blocking timeout rounded up to whole milliseconds (0 would block forever)."""
-    return max(0.001, math.ceil(seconds * 1000) / 1000)
 
 
 def _cycle(items: list[str]) -> Iterator[str]:

@@ -25,9 +25,34 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import ClusterError, RedisClusterException
+
+from runq.errors import BrokerUnavailable
+from runq.logs import mask_url
 
 SINGLE_SCHEMES = {"redis", "rediss", "unix"}
 WAIT_OPTIONS = ("wait_replicas", "wait_timeout_ms")
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, ClusterError, RedisClusterException)
+
+
+def pool_exhausted(exc: BaseException) -> bool:
+    """redis-py's "Too many connections": a client-side pool limit (a ``ConnectionError``
+    subclass), not an outage: it must not read as ``BrokerUnavailable``."""
+    return isinstance(exc, redis.ConnectionError) and str(exc) == "Too many connections"
+
+
+def unavailable(url: str, exc: BaseException) -> BaseException:
+    """``BrokerUnavailable`` naming the (masked) URL for a connection failure; any other error
+    (a pool limit, a refused command) as it is. A TLS verification failure says what to fix."""
+    if not isinstance(exc, UNAVAILABLE) or pool_exhausted(exc):
+        return exc
+    message = f"Redis at {mask_url(url)} is unavailable: {exc}"
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        message += (
+            " (TLS: the server's certificate was not accepted: for a private CA add"
+            " ?ssl_ca_certs=/path/ca.pem to the URL, and connect by a name the certificate holds)"
+        )
+    return BrokerUnavailable(message)
 
 
 class FunctionsCluster(RedisCluster):
@@ -70,7 +95,7 @@ def _hosts(netloc: str, url: str) -> tuple[tuple[str, int], ...]:
     for part in netloc.rpartition("@")[2].split(","):
         host, _, port = part.strip().rpartition(":")
         if not host or not port.isdigit():
-            raise ValueError(f"{url!r}: each node must be host:port, got {part!r}")
+            raise ValueError(f"{mask_url(url)!r}: each node must be host:port, got {part!r}")
         hosts.append((host.strip("[]"), int(port)))
     return tuple(hosts)
 
@@ -81,9 +106,9 @@ def _wait_options(query: list[tuple[str, str]], url: str) -> tuple[int, int]:
         replicas = int(options.get("wait_replicas", "0"))
         timeout = int(options.get("wait_timeout_ms", "1000"))
     except ValueError:
-        raise ValueError(f"{url!r}: wait_replicas and wait_timeout_ms must be whole numbers") from None
+        raise ValueError(f"{mask_url(url)!r}: wait_replicas and wait_timeout_ms must be whole numbers") from None
     if replicas < 0 or timeout < 0:
-        raise ValueError(f"{url!r}: wait_replicas and wait_timeout_ms must be >= 0")
+        raise ValueError(f"{mask_url(url)!r}: wait_replicas and wait_timeout_ms must be >= 0")
     return replicas, timeout
 
 
@@ -106,12 +131,14 @@ def parse(url: str) -> Target:
     if scheme == "redis+sentinel":
         service, _, db = parts.path.strip("/").partition("/")
         if not service:
-            raise ValueError(f"{url!r}: name the master's service: redis+sentinel://host:port[,host:port]/service/db")
+            raise ValueError(
+                f"{mask_url(url)!r}: name the master's service: redis+sentinel://host:port[,host:port]/service/db"
+            )
         if db and not db.isdigit():
-            raise ValueError(f"{url!r}: the database must be a number, got {db!r}")
+            raise ValueError(f"{mask_url(url)!r}: the database must be a number, got {db!r}")
         hosts = _hosts(parts.netloc, url)
         return Target("sentinel", plain, hosts, service, int(db or 0), username, password, replicas, timeout)
-    raise ValueError(f"{url!r} is not a Redis URL")
+    raise ValueError(f"{mask_url(url)!r} is not a Redis URL")
 
 
 def client(target: Target, options: dict[str, Any]) -> Any:
@@ -244,9 +271,6 @@ class Replication:
         short = [(node, acked) for node, acked in self._acks(keys, lane) if acked < self.target.wait_replicas]
         if not short:
             return
-        from runq.errors import BrokerUnavailable
-        from runq.logs import mask_url
-
         where = ", ".join(f"{node}: {acked}" for node, acked in short)
         message = (
             f"Redis at {mask_url(url)}: the write is on the master but only ({where}) of wait_replicas="
@@ -258,7 +282,16 @@ class Replication:
         logging.getLogger("runq.broker").warning("%s", message)
 
 
-__all__ = ["FunctionsCluster", "Replication", "Target", "client", "parse"]
+__all__ = [
+    "UNAVAILABLE",
+    "FunctionsCluster",
+    "Replication",
+    "Target",
+    "client",
+    "parse",
+    "pool_exhausted",
+    "unavailable",
+]
 
 
 AsyncFunctionsCluster = _async_functions_cluster()

@@ -28,6 +28,9 @@ a function touches exactly one cluster slot):
     runq:{q}:parents          hash    waiting id -> JSON list of its parents not ended yet
     runq:{q}:outbox           zset    JSON workflow step for another queue's slot -> posted at
     runq:{q}:done:<id>        list    wait() notification, expires after 10 s
+    runq:waits:<hub>          list    wakes one process's (or event loop's) shared waiting connection
+                                      (waits.py); on a cluster runq:{q}:waits:<hub>, in the slot it
+                                      blocks on; expires after 10 s
     runq:{q}:key:<key>        string  idempotency key -> id, expires after key_ttl
     runq:{q}:metrics          hash    "<series>:<task>" -> total: per-task metrics that
                                       workers add with their heartbeat (metrics.lua)
@@ -140,6 +143,11 @@ def function_keys(name: str, queue: str) -> tuple[str, ...]:
 
 def done_key(task_id: str) -> str:
     return f"runq:{{{queue_of(task_id)}}}:done:{task_id}"
+
+
+def waits_key(hub: str, queue: str | None) -> str:
+    """The wake list of one shared waiting connection (waits.py); ``queue`` on a cluster (its slot)."""
+    return f"runq:waits:{hub}" if queue is None else f"runq:{{{queue}}}:waits:{hub}"
 
 
 def idempotency_key(queue: str, key: str) -> str:

@@ -198,7 +198,7 @@ class Functions:
         self._shas[call.name] = sha
         return ("EVALSHA", sha, len(call.keys), *call.keys, *call.args)
 
-    def _recover(self, call: Call, error: BaseException) -> Any:
+    def recover(self, call: Call, error: BaseException) -> Any:
         """Run ``call`` again after its code went missing (a Redis restart); else re-raise."""
         if _missing(error):
             self.load()
@@ -213,11 +213,11 @@ class Functions:
         call = Call(name, keys, args)
         if not self.cluster:
             (reply,) = self.send([self._command(call)])
-            return self._recover(call, reply) if isinstance(reply, Exception) else reply
+            return self.recover(call, reply) if isinstance(reply, Exception) else reply
         try:
             return self.client.execute_command(*self._command(call))
         except (ResponseError, NoScriptError) as exc:
-            return self._recover(call, exc)
+            return self.recover(call, exc)
 
     def batch(self, calls: Sequence[Call], commands: Sequence[tuple[Any, ...]] = (), atomic: bool = False) -> list[Any]:
         """Run ``calls`` then plain keyed ``commands``; one round trip where Redis allows it.
@@ -246,7 +246,7 @@ class Functions:
             results = self.send([*(self._command(call) for call in calls), *commands])
         for i, result in enumerate(results):
             if isinstance(result, Exception):
-                results[i] = self._recover(calls[i], result) if i < len(calls) else _raise(result)
+                results[i] = self.recover(calls[i], result) if i < len(calls) else _raise(result)
         return results
 
     def command(self, call: Call) -> tuple[Any, ...]:

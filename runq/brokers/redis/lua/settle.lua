@@ -5,10 +5,14 @@
 -- ARGV         per outcome (keys.py SETTLE_ITEM): id, token, kind, result, error, delay (s), result_ttl (s), uncount,
 --              runtime (s the run took, measured by the worker; -1 when unknown)
 --              kind: succeeded | retry | failed | release; "" for no result / no error
--- Returns      1 per outcome when applied, 0 when the fencing token is stale; then the
---              outbox steps posted and waiters to wake for dependents (lib.lua)
+-- Returns      1 per outcome when applied, 2 when this very outcome was applied before (a
+--              repeat), 0 when the fencing token is stale; then the outbox steps posted and
+--              waiters to wake for dependents (lib.lua)
 -- Guarantees   an outcome applies only to a running task whose token matches, once: the
---              token is cleared. succeeded keeps the result for result_ttl (then the task
+--              token is cleared, and kept as `settled`. A repeat is answered 2 and changes
+--              nothing: a worker whose settle timed out (Redis paused past the socket timeout:
+--              the command was in Redis's buffer and ran on resume) sends it again, and that
+--              must not read as "cancelled or taken over" (it was answered 0 before). succeeded keeps the result for result_ttl (then the task
 --              is deleted); retry is scheduled delay s from now (pending at once for 0);
 --              failed is kept until purged; release goes back to its place in pending,
 --              giving its attempt back when uncount is "1" (scheduled delay s from now when
@@ -24,6 +28,7 @@ local samples, counts, woken = {}, {succeeded = 0, retried = 0, failed = 0}, 0
 
 local function apply(id, rec, i, n)
   local kind, result, err = ARGV[i + SET.kind], ARGV[i + SET.result], ARGV[i + SET.error]
+  rec.settled = ARGV[i + SET.token]
   local runtime = tonumber(ARGV[i + SET.runtime])
   if runtime >= 0 and kind ~= 'release' then  -- a prefetched task started after its claim
     rec.started_at = stamp(now - runtime)
@@ -84,6 +89,8 @@ for n, id in ipairs(ids) do
     saved[#saved + 1] = id
     saved[#saved + 1] = cjson.encode(rec)
     accepted[n] = 1
+  elseif rec and rec.settled == ARGV[i + SET.token] then
+    accepted[n] = 2
   else
     accepted[n] = 0
   end
