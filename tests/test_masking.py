@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 import runq
 from runq import logs
 from runq.logs import mask_url, scrub
-from runq.testing import free_port
 from tests.conftest import ROOT
+from tests.support.servers import free_port
 
 # Every URL form runq takes, with "{pw}" where a password goes, and its masked form.
 FORMS = [

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import runq
-from runq.testing import RedisNotInstalled, RedisServer
 from tests.conftest import WorkerProcess, wait_until
+from tests.support.servers import RedisNotInstalled, RedisServer
 
 StartWorker = Callable[..., WorkerProcess]
 
