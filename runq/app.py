@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from runq import options as rules
-from runq.brokers import Broker, connect
-from runq.brokers.aio import AsyncBroker, ThreadedBroker, adapt
+from runq.brokers import Broker, asynchronous, connect
+from runq.brokers.aio import AsyncBroker, ThreadedBroker
 from runq.handles import Handle
 from runq.logs import mask_url
 from runq.models import Message, Stats, Status, TaskInfo, WorkerInfo, new_task_id, queue_of
@@ -125,7 +125,7 @@ class App:
         found = self._async.get(loop)
         if found is not None and not found.closed:  # another coroutine got there while we connected
             return found
-        made = self._async[loop] = adapt(broker, self.settings.connect_timeout)
+        made = self._async[loop] = asynchronous(broker, self.settings.connect_timeout)
         await made.close_with_loop()
         return made
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from runq.brokers.aio import AsyncBroker, ThreadedBroker
 from runq.brokers.base import Broker
 from runq.logs import hide, mask_url
 
@@ -36,4 +37,16 @@ def connect(url: str, connect_timeout: float = 5.0) -> Broker:
     )
 
 
-__all__ = ["DEFAULT_URL", "Broker", "connect"]
+def asynchronous(broker: Broker, connect_timeout: float = 5.0) -> AsyncBroker:
+    """The asyncio edge of ``broker``: native redis.asyncio on Redis, a thread adapter for the
+    others. Builds no connection."""
+    if broker.kind == "redis":
+        from runq.brokers.redis.aio import AsyncRedisBroker
+        from runq.brokers.redis.broker import RedisBroker
+
+        assert isinstance(broker, RedisBroker)
+        return AsyncRedisBroker(broker, connect_timeout)
+    return ThreadedBroker(broker)
+
+
+__all__ = ["DEFAULT_URL", "Broker", "asynchronous", "connect"]

@@ -204,15 +204,4 @@ class ThreadedBroker(AsyncBroker):
             executor.shutdown(wait=True, cancel_futures=True)
 
 
-def adapt(broker: Broker, connect_timeout: float = 5.0) -> AsyncBroker:
-    """The async broker for ``broker``: native on Redis, threads elsewhere. Builds no connection."""
-    from runq.brokers.redis.broker import RedisBroker  # redis-py is a core dependency
-
-    if isinstance(broker, RedisBroker):
-        from runq.brokers.redis.aio import AsyncRedisBroker
-
-        return AsyncRedisBroker(broker, connect_timeout)
-    return ThreadedBroker(broker)
-
-
-__all__ = ["THREAD_SLICE", "AsyncBroker", "ThreadedBroker", "adapt"]
+__all__ = ["THREAD_SLICE", "AsyncBroker", "ThreadedBroker"]

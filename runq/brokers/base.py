@@ -34,6 +34,7 @@ class Broker(ABC):
     """
 
     url: str
+    kind: str  # "sqlite", "redis", "postgres", "memory": picks the asyncio edge (brokers.asynchronous)
 
     # -- producing --------------------------------------------------------------
 
@@ -135,7 +136,7 @@ class Broker(ABC):
     def stats(self) -> Stats:
         """Counts per queue and state, counters, and latency over the last five minutes."""
 
-    # -- flow control (issue 6) ----------------------------------------------------
+    # -- flow control: periodic ticks, rate limits, circuit breakers --------------
 
     @abstractmethod
     def take_tick(self, name: str, tick: str, ttl: float) -> bool:
@@ -160,7 +161,7 @@ class Broker(ABC):
         row, or a failed probe, opens it for ``seconds``. Both answer 0.
         """
 
-    # -- per-task metrics (issue 14) ------------------------------------------------
+    # -- per-task metrics: counted by workers, summed here --------------------------
 
     @abstractmethod
     def add_task_metrics(self, deltas: Mapping[str, Mapping[str, float]]) -> None:

@@ -111,6 +111,8 @@ class RedisBroker(Broker):
     first ``claim``, which only workers make.
     """
 
+    kind = "redis"
+
     def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
         self.url = url
         self.target = connection.parse(url)

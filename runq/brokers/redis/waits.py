@@ -35,7 +35,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from redis.exceptions import ResponseError
 
@@ -46,9 +46,31 @@ from runq.errors import BrokerUnavailable
 from runq.logs import mask_url
 from runq.models import TaskInfo, queue_of, task_info
 
-if TYPE_CHECKING:
-    from runq.brokers.redis.aio import AsyncRedisBroker
-    from runq.brokers.redis.broker import RedisBroker
+
+class SyncSource(Protocol):
+    """What the thread driver uses of ``RedisBroker`` (named structurally: this module sits
+    below both brokers and imports neither)."""
+
+    url: str
+    cluster: bool
+    _r: Any  # the shared client: registrations and wake pushes
+    _blocking: Any  # the blocking client: the BLPOP
+    _blocking_functions: Any
+
+    def get(self, task_id: str) -> TaskInfo | None: ...
+
+
+class AsyncSource(Protocol):
+    """What the event-loop driver uses of ``AsyncRedisBroker``."""
+
+    url: str
+    cluster: bool
+    _r: Any
+    _blocking: Any
+    _blocking_functions: Any
+
+    async def get(self, task_id: str) -> TaskInfo | None: ...
+
 
 BLOCK_SLICE = 5.0  # longest single blocking call, so a lost connection is noticed
 CLUSTER_SLICE = 0.05  # per-queue blocking slice when the queues live in different slots
@@ -286,7 +308,7 @@ class ThreadWaits:
     broker's blocking client (that thread's own connection); waiters push the wake list through
     the broker's shared client, one at a time."""
 
-    def __init__(self, broker: RedisBroker) -> None:
+    def __init__(self, broker: SyncSource) -> None:
         self._broker = broker
         self._reset()
 
@@ -421,7 +443,7 @@ class AsyncWaits:
     """The book's driver for one event loop: one task, started by the first ``aresult()``
     and ended after ``IDLE`` seconds with nothing to wait for, on one connection."""
 
-    def __init__(self, broker: AsyncRedisBroker) -> None:
+    def __init__(self, broker: AsyncSource) -> None:
         self._broker = broker
         self._book = WaitBook(broker.cluster)
         self._more = asyncio.Event()

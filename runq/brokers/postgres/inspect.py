@@ -10,8 +10,8 @@ from typing import Any
 
 from psycopg import Cursor
 
-from runq.brokers import postgres_flow as flow
-from runq.brokers.postgres_flow import NOW
+from runq.brokers.postgres import flow
+from runq.brokers.postgres.flow import NOW
 from runq.models import COUNTERS, Percentiles, QueueStats, Stats, Status
 
 TASK_COLUMNS = (

@@ -1,7 +1,7 @@
 """Reaching the PostgreSQL broker: the URL split for libpq, the first connection (failing
 fast, masked, without psycopg_pool's raw log lines), and the schema's migrations.
 
-``postgres_schema.sql`` holds numbered migrations; :func:`migrate` applies the missing
+``schema.sql`` holds numbered migrations; :func:`migrate` applies the missing
 ones under an advisory lock, each in the transaction that bumps the version, so many
 processes starting at once migrate exactly once and a half-applied step never shows.
 """
@@ -63,8 +63,8 @@ def connect_and_migrate(conninfo: str, schema: str, timeout: int) -> None:
 
 
 def migrations() -> list[tuple[int, str]]:
-    """The numbered migrations of ``postgres_schema.sql``, in order."""
-    text = resources.files("runq.brokers").joinpath("postgres_schema.sql").read_text()
+    """The numbered migrations of ``schema.sql``, in order."""
+    text = resources.files("runq.brokers.postgres").joinpath("schema.sql").read_text()
     chunks = re.split(r"^-- migration: (\d+)\s*$", text, flags=re.MULTILINE)
     return [(int(chunks[i]), chunks[i + 1]) for i in range(1, len(chunks), 2)]
 

@@ -2,12 +2,12 @@
 
 ``postgresql://user[:pass]@host[:port]/db[?schema=runq]`` (also ``postgres://``), via
 psycopg 3 and a ``psycopg_pool`` connection pool. Every table lives in one schema
-(default ``runq``), created and migrated on first use (``postgres_schema.sql``, with a
+(default ``runq``), created and migrated on first use (``schema.sql``, with a
 version table). The methods mirror ``sqlite.py`` one for one; what Postgres adds:
 
 - claims take rows with ``FOR UPDATE SKIP LOCKED``, in batches, from one partial index
   (priority, then ready time, then insertion order), so claimers never wait on each other;
-- idle workers and ``result()`` wake on ``LISTEN/NOTIFY`` (``postgres_listen.py``), delayed
+- idle workers and ``result()`` wake on ``LISTEN/NOTIFY`` (``listen.py``), delayed
   tasks and expiring leases by their due time: nothing polls;
 - :meth:`PostgresBroker.using` enqueues on the caller's own connection, inside its
   transaction: the task exists if and only if that transaction commits.
@@ -32,13 +32,12 @@ import psycopg
 from psycopg import Cursor
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from runq.brokers import postgres_flow as flow
-from runq.brokers import postgres_inspect as inspect
 from runq.brokers.base import BreakerEvent, Broker
-from runq.brokers.postgres_flow import NOW, Notes
-from runq.brokers.postgres_listen import Listener
-from runq.brokers.postgres_setup import connect_and_migrate, postgres_conninfo, unavailable
-from runq.brokers.sqlite_flow import dependency_error
+from runq.brokers.postgres import flow, inspect
+from runq.brokers.postgres.flow import NOW, Notes
+from runq.brokers.postgres.listen import Listener
+from runq.brokers.postgres.setup import connect_and_migrate, postgres_conninfo, unavailable
+from runq.brokers.rules import dependency_error
 from runq.errors import BrokerUnavailable
 from runq.models import (
     FINAL_STATUSES,
@@ -72,6 +71,8 @@ class PostgresBroker(Broker):
     call; the first call connects once directly (failing fast with the server's own reason,
     masked) and migrates the schema before the pool opens.
     """
+
+    kind = "postgres"
 
     def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
         self.url = url

@@ -2,7 +2,7 @@
 
 Each function runs inside the caller's transaction, so a parent's outcome and the release
 (or cancellation) of everything that waited on it commit together, whatever queue the
-dependents are in. The rules are those of ``sqlite_flow.py`` (and the Redis scripts); the
+dependents are in. The rules are those of ``rules.py`` (and the Redis scripts); the
 breaker's state machine is shared with it. What Postgres adds is row locks, because
 transactions run side by side:
 
@@ -25,7 +25,7 @@ from typing import Any
 from psycopg import Cursor
 
 from runq.brokers.base import BreakerEvent
-from runq.brokers.sqlite_flow import breaker_step, dependency_error
+from runq.brokers.rules import breaker_step, dependency_error
 from runq.models import Message
 
 NOW = "extract(epoch FROM statement_timestamp())::float8"
@@ -156,7 +156,7 @@ def take_tick(cur: Cursor[Any], s: str, name: str, tick: str, ttl: float) -> boo
 
 
 def acquire_rate(cur: Cursor[Any], s: str, name: str, rate: float, per: float) -> float:
-    """GCRA without burst, as ``sqlite_flow.acquire_rate``; the bucket's row is locked."""
+    """GCRA without burst, as the SQLite broker's ``flow.acquire_rate``; the bucket's row is locked."""
     interval = per / rate
     cur.execute(f"INSERT INTO {s}.rates (name, tat, tail) VALUES (%s, {NOW}, {NOW}) ON CONFLICT DO NOTHING", (name,))
     row = cur.execute(f"SELECT tat, tail, {NOW} FROM {s}.rates WHERE name = %s FOR UPDATE", (name,)).fetchone()

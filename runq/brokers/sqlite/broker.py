@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from runq.brokers import sqlite_flow as flow
 from runq.brokers.base import BreakerEvent, Broker
+from runq.brokers.rules import dependency_error
+from runq.brokers.sqlite import flow
 from runq.errors import BrokerUnavailable
 from runq.models import (
     COUNTERS,
@@ -64,6 +65,8 @@ def sqlite_path(url: str) -> tuple[str, dict[str, list[str]]]:
 
 
 class SQLiteBroker(Broker):
+    kind = "sqlite"
+
     def __init__(self, url: str, connect_timeout: float = 5.0) -> None:
         self.url = url
         path, query = sqlite_path(url)
@@ -77,7 +80,7 @@ class SQLiteBroker(Broker):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._last_cleanup = 0.0
-        schema = resources.files("runq.brokers").joinpath("schema.sql").read_text()
+        schema = resources.files("runq.brokers.sqlite").joinpath("schema.sql").read_text()
         try:
             self._connection().executescript(schema)
         except sqlite3.Error as exc:
@@ -338,7 +341,7 @@ class SQLiteBroker(Broker):
                 if ok and counter:
                     self._count(db, counter, 1)
                 if ok and outcome.kind in ("succeeded", "failed"):
-                    error = None if outcome.kind == "succeeded" else flow.dependency_error(outcome.id, "failed")
+                    error = None if outcome.kind == "succeeded" else dependency_error(outcome.id, "failed")
                     self._count(db, "cancelled", flow.release_children(db, outcome.id, error, now))
         return accepted
 
@@ -425,7 +428,7 @@ class SQLiteBroker(Broker):
             done = cursor.rowcount == 1
             if done:
                 db.execute("DELETE FROM runq_deps WHERE child = ?", (task_id,))
-                error = flow.dependency_error(task_id, "was cancelled")
+                error = dependency_error(task_id, "was cancelled")
                 self._count(db, "cancelled", 1 + flow.release_children(db, task_id, error, now))
         return done
 

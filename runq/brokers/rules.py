@@ -1,0 +1,40 @@
+"""Rules every broker applies the same way, whatever its storage: written once here (the
+Redis scripts follow the same rules in Lua; the conformance suites hold them all to it)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from runq.brokers.base import BreakerEvent
+from runq.errors import ErrorKind
+
+PROBE_POLL = 1.0  # longest hold while a half-open breaker's probe runs
+
+
+def dependency_error(parent: str, verb: str, cause: str | None = None) -> str:
+    """The error of a task cancelled because ``parent`` did not succeed (JSON text)."""
+    message = f"parent task {parent} {verb}" + (f" ({cause})" if cause else "")
+    return json.dumps({"type": ErrorKind.DEPENDENCY_FAILED.value, "message": message, "parent": parent})
+
+
+def breaker_step(state: dict[str, Any], event: BreakerEvent, failures: int, seconds: float, now: float) -> float:
+    """One event on a breaker's state (changed in place); the seconds to hold a run."""
+    if event == "success":
+        state.update(state="closed", failures=0)
+        return 0.0
+    if event == "failure":
+        state["failures"] += 1
+        if state["state"] == "half_open" or state["failures"] >= failures:
+            state.update(state="open", open_until=now + seconds)
+        return 0.0
+    if state["state"] == "open":
+        if now < state["open_until"]:
+            return float(state["open_until"] - now)
+        state.update(state="half_open", probe_until=now + seconds)
+        return 0.0
+    if state["state"] == "half_open":
+        if now < state["probe_until"]:
+            return float(min(PROBE_POLL, state["probe_until"] - now))
+        state["probe_until"] = now + seconds
+    return 0.0
