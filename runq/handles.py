@@ -8,20 +8,32 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from runq.errors import TaskCancelled, TaskFailed, TaskNotFound
 from runq.models import Status, TaskInfo
 
 if TYPE_CHECKING:
-    from runq.app import App
+    from runq.brokers.aio import AsyncBroker
+    from runq.brokers.base import Broker
+
+
+class Connected(Protocol):
+    """What a handle needs of its App: the broker, blocking and asyncio (the App is one; this
+    module sits below app.py and never imports it)."""
+
+    @property
+    def broker(self) -> Broker: ...
+
+    async def async_broker(self) -> AsyncBroker: ...
+
 
 R = TypeVar("R")
 _FOREVER_SLICE = 3600.0
 
 
 class Handle(Generic[R]):
-    def __init__(self, app: App, task_id: str) -> None:
+    def __init__(self, app: Connected, task_id: str) -> None:
         self.app = app
         self.id = task_id
 
@@ -114,7 +126,7 @@ def result_of(info: TaskInfo) -> Any:
 class GroupHandle:
     """The handles of a group's members, in member order (``runq.group(...).delay()``)."""
 
-    def __init__(self, app: App, handles: list[Handle[Any]]) -> None:
+    def __init__(self, app: Connected, handles: list[Handle[Any]]) -> None:
         self.app = app
         self.handles = handles
 

@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from runq.brokers import DEFAULT_URL
 from runq.options import check_queue, parse_queues
 
 POOLS = ("process", "thread", "async")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+DEFAULT_URL = "sqlite:///runq.db"  # the embedded default: a file in the current directory
 
 
 @dataclass(frozen=True)

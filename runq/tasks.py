@@ -7,10 +7,10 @@ so a typo fails at the call site rather than in a worker hours later.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
 
 from runq import options
 from runq.context import TaskContext
@@ -19,8 +19,11 @@ from runq.observe.middleware import TaskOutcome
 from runq.options import parse_rate_limit
 
 if TYPE_CHECKING:
-    from runq.app import App
+    from runq.brokers.aio import AsyncBroker
+    from runq.brokers.base import Broker
     from runq.handles import Handle
+    from runq.models import Message
+    from runq.settings import Settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -124,7 +127,7 @@ class Signature:
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     opts: Options = field(default_factory=Options)
-    app: App | None = field(default=None, compare=False, repr=False)
+    app: Producer | None = field(default=None, compare=False, repr=False)
 
     def options(self, **options: Any) -> Signature:
         return replace(self, opts=self.opts.merge(Options.build(options)))
@@ -142,6 +145,39 @@ class Signature:
 
 
 Hook = Callable[[TaskContext, TaskOutcome], Any]
+
+
+class Producer(Protocol):
+    """What tasks, signatures and workflows need of their App (the App is one; these modules
+    sit below app.py and never import it)."""
+
+    @property
+    def broker(self) -> Broker: ...
+
+    @property
+    def settings(self) -> Settings: ...
+
+    async def async_broker(self) -> AsyncBroker: ...
+
+    def message(
+        self,
+        name: str,
+        args: Iterable[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        call: Options,
+        *,
+        leading: int = 0,
+    ) -> Message: ...
+
+    def send(
+        self, name: str, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None, opts: Options
+    ) -> Handle[Any]: ...
+
+    async def asend(
+        self, name: str, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None, opts: Options
+    ) -> Handle[Any]: ...
+
+    def enqueue_many(self, signatures: Iterable[Signature]) -> list[Handle[Any]]: ...
 
 
 @dataclass(frozen=True)
@@ -163,7 +199,7 @@ class Task(Generic[P, R]):
 
     def __init__(
         self,
-        app: App,
+        app: Producer,
         fn: Callable[P, R],
         name: str,
         defaults: Options,

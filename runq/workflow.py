@@ -26,15 +26,15 @@ from runq.observe import tracing
 from runq.tasks import Signature
 
 if TYPE_CHECKING:
-    from runq.app import App
     from runq.brokers import Broker
+    from runq.tasks import Producer
 
 
 class DependencyError(LookupError):
     """A step's parents cannot give it their results (gone, or not succeeded)."""
 
 
-def _app_of(signatures: Iterable[Signature]) -> App:
+def _app_of(signatures: Iterable[Signature]) -> Producer:
     for signature in signatures:
         if not isinstance(signature, Signature):
             raise TypeError(f"workflows take signatures (task.s(...)), got {type(signature).__name__}")
@@ -43,7 +43,7 @@ def _app_of(signatures: Iterable[Signature]) -> App:
     raise RuntimeError("a workflow needs at least one signature bound to an App (task.s(...))")
 
 
-def _message(app: App, signature: Signature, leading: int = 0) -> Message:
+def _message(app: Producer, signature: Signature, leading: int = 0) -> Message:
     """``leading``: how many results the step gets in front of its arguments (checked against its signature)."""
     return app.message(signature.name, signature.args, signature.kwargs, signature.opts, leading=leading)
 

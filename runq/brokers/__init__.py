@@ -5,8 +5,7 @@ from __future__ import annotations
 from runq.brokers.aio import AsyncBroker, ThreadedBroker
 from runq.brokers.base import Broker
 from runq.logs import hide, mask_url
-
-DEFAULT_URL = "sqlite:///runq.db"
+from runq.settings import DEFAULT_URL
 
 
 def connect(url: str, connect_timeout: float = 5.0) -> Broker:

@@ -4,6 +4,7 @@ Redis scripts follow the same rules in Lua; the conformance suites hold them all
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from runq.brokers.base import BreakerEvent
@@ -38,3 +39,19 @@ def breaker_step(state: dict[str, Any], event: BreakerEvent, failures: int, seco
             return float(min(PROBE_POLL, state["probe_until"] - now))
         state["probe_until"] = now + seconds
     return 0.0
+
+
+# -- per-task metrics: the stored form every broker keeps (runq/observe/task_metrics.py) --
+
+
+def metric_rows(deltas: Mapping[str, Mapping[str, float]]) -> list[tuple[str, str, float]]:
+    """``(queue, field, amount)`` in one fixed order, so concurrent flushes take row locks in
+    the same order (no deadlock between two workers' upserts on PostgreSQL)."""
+    return sorted((queue, name, float(amount)) for queue, series in deltas.items() for name, amount in series.items())
+
+
+def metric_totals(found: list[tuple[str, str, float]]) -> dict[str, dict[str, float]]:
+    result: dict[str, dict[str, float]] = {}
+    for queue, name, value in found:
+        result.setdefault(queue, {})[name] = float(value)
+    return result

@@ -175,16 +175,3 @@ def read(totals: Mapping[str, Mapping[str, float]]) -> list[TaskSeries]:
             running += amount
             target.buckets[i] = running
     return [found[key] for key in sorted(found)]
-
-
-def rows(deltas: Mapping[str, Mapping[str, float]]) -> list[tuple[str, str, float]]:
-    """``(queue, field, amount)`` in one fixed order, so concurrent flushes take row locks in
-    the same order (no deadlock between two workers' upserts on PostgreSQL)."""
-    return sorted((queue, name, float(amount)) for queue, series in deltas.items() for name, amount in series.items())
-
-
-def totals(found: list[tuple[str, str, float]]) -> dict[str, dict[str, float]]:
-    result: dict[str, dict[str, float]] = {}
-    for queue, name, value in found:
-        result.setdefault(queue, {})[name] = float(value)
-    return result

@@ -32,6 +32,7 @@ import psycopg
 from psycopg import Cursor
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from runq.brokers import rules
 from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.postgres import flow, inspect
 from runq.brokers.postgres.flow import NOW, Notes
@@ -50,7 +51,6 @@ from runq.models import (
     WorkerInfo,
     task_info,
 )
-from runq.observe import task_metrics
 
 T = TypeVar("T")
 CLEANUP_INTERVAL = 1.0
@@ -563,7 +563,7 @@ class PostgresBroker(Broker):
             f"INSERT INTO {self.s}.task_metrics (queue, field, value) VALUES (%s, %s, %s)"
             " ON CONFLICT (queue, field) DO UPDATE SET value = task_metrics.value + excluded.value"
         )
-        found = task_metrics.rows(deltas)
+        found = rules.metric_rows(deltas)
         self._run(lambda cur: cur.executemany(sql, found))
 
     def task_metrics(self) -> dict[str, dict[str, float]]:
@@ -571,7 +571,7 @@ class PostgresBroker(Broker):
             lambda cur: cur.execute(f"SELECT queue, field, value FROM {self.s}.task_metrics").fetchall(),
             transaction=False,
         )
-        return task_metrics.totals([tuple(row) for row in found])
+        return rules.metric_totals([tuple(row) for row in found])
 
     def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
         def work(cur: Cursor[Any]) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from runq.brokers import rules
 from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.rules import dependency_error
 from runq.brokers.sqlite import flow
@@ -41,7 +42,6 @@ from runq.models import (
     WorkerInfo,
     task_info,
 )
-from runq.observe import task_metrics
 
 POLL_INTERVAL = 0.025
 CLEANUP_INTERVAL = 1.0
@@ -516,12 +516,12 @@ class SQLiteBroker(Broker):
             db.executemany(
                 "INSERT INTO runq_task_metrics (queue, field, value) VALUES (?, ?, ?)"
                 " ON CONFLICT (queue, field) DO UPDATE SET value = value + excluded.value",
-                task_metrics.rows(deltas),
+                rules.metric_rows(deltas),
             )
 
     def task_metrics(self) -> dict[str, dict[str, float]]:
         found = self._read().execute("SELECT queue, field, value FROM runq_task_metrics").fetchall()
-        return task_metrics.totals([tuple(row) for row in found])
+        return rules.metric_totals([tuple(row) for row in found])
 
     def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
         with self._write() as db:
