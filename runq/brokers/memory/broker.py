@@ -110,9 +110,9 @@ class MemoryBroker(Broker):
         return min(found, default=None)
 
     def queues(self) -> builtins.list[str]:
-        """Every queue that holds a task, by name."""
+        """Every queue that has held a task, by name."""
         with self._cond:
-            return sorted({record.queue for record in self._tables.tasks.values()})
+            return sorted(self._tables.running)  # place() files every task under its queue there
 
     def _change(self, change: Callable[[Tables, float], T]) -> T:
         """Apply one state change under the lock and wake whoever waits on the broker."""

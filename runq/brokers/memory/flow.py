@@ -51,10 +51,11 @@ def unlink(tables: Tables, child: str) -> None:
 def release_children(tables: Tables, parent: str, error: str | None, now: float) -> int:
     """``parent`` just ended: release (``error`` None) or cancel its waiting children.
 
-    Cancellation cascades to the children's own dependents. Returns the number cancelled.
+    Cancellation cascades to the children's own dependents (a child reached twice is
+    cancelled by whichever path comes first). Returns the number cancelled.
     """
     cancelled = 0
-    for child in tables.children.pop(parent, {}):
+    for child in sorted(tables.children.pop(parent, {})):  # in id order, as SQLite's key reads them
         waiting_for = tables.parents.get(child, {})
         waiting_for.pop(parent, None)
         record = tables.tasks.get(child)
