@@ -182,6 +182,26 @@ def test_a_held_task_waits_for_its_rate_limit_on_the_broker_clock(app: runq.App)
     assert all(info.attempts == 1 for info in app.list("succeeded"))  # a hold uses no attempt
 
 
+def test_an_open_breaker_holds_runs_until_the_clock_reaches_its_probe(app: runq.App) -> None:
+    calls: list[int] = []
+
+    @app.task(breaker=(1, 60), retries=0)
+    def fragile(n: int) -> int:
+        calls.append(n)
+        if n == 0:
+            raise ConnectionError("down")
+        return n
+
+    first = fragile.delay(0)
+    second = fragile.delay(1)
+    assert app.drain() == drained(failed=1)  # the failure opens the breaker: the second is held
+    assert (first.status(), second.status(), calls) == (Status.FAILED, Status.SCHEDULED, [0])
+    assert app.stats().breakers[fragile.name]["state"] == "open"
+    assert app.drain(scheduled=True) == drained(succeeded=1)  # 60 s later on the broker's clock: the probe
+    assert second.result(timeout=0) == 1 and calls == [0, 1]
+    assert app.stats().breakers[fragile.name]["state"] == "closed"
+
+
 def test_drain_from_inside_a_running_event_loop(app: runq.App) -> None:
     @app.task
     async def double(x: int) -> int:

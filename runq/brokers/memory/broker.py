@@ -6,7 +6,8 @@ same rules as SQLite's (the conformance suites run on it), on dicts and heaps be
 lock. A :class:`threading.Condition` on that lock wakes ``wait`` and ``wait_for_work``.
 
 Each instance is its own broker: ``runq.App("memory://")`` gets a fresh, empty one, and
-nothing is shared between Apps or processes (so ``runq worker`` refuses the URL).
+nothing is shared between Apps or processes (so ``runq worker`` refuses the URL). Its state
+lives as long as the App's broker: after ``app.close()`` the App starts an empty one.
 
 Two things only a broker in the test's own process can offer:
 
