@@ -19,7 +19,7 @@ from runq.brokers import Broker, asynchronous, connect
 from runq.brokers.aio import AsyncBroker, ThreadedBroker
 from runq.handles import Handle
 from runq.logs import mask_url
-from runq.models import Message, Stats, Status, TaskInfo, WorkerInfo, new_task_id, queue_of
+from runq.models import DrainResult, Message, Stats, Status, TaskInfo, WorkerInfo, new_task_id, queue_of
 from runq.observe import Middleware, Observers, tracing
 from runq.settings import Settings
 from runq.tasks import NO_OPTIONS, Hook, Hooks, Options, Signature, Task, check_breaker
@@ -373,6 +373,22 @@ class App:
 
     def workers(self) -> builtins.list[WorkerInfo]:
         return self.broker.workers()
+
+    # -- testing (SPEC §12) --------------------------------------------------------
+
+    def drain(self, queues: Iterable[str] | str | None = None, scheduled: bool = False) -> DrainResult:
+        """Run every ready task of ``queues`` (default: every queue) in this thread, until none
+        is ready, and say what happened: sync and ``async def`` tasks, retries, workflows and
+        ``after`` alike, with the worker's own run, retry policy and middleware hooks.
+
+        ``scheduled=True`` also runs delayed tasks and retry back-offs at once, in eta order,
+        by moving the broker's clock forward (``memory://`` only). Meant for tests on
+        ``runq.App("memory://")``; on another broker it competes with its workers.
+        """
+        from runq.worker.drain import drain
+
+        chosen = None if queues is None else [queues] if isinstance(queues, str) else list(queues)
+        return drain(self, chosen, scheduled)
 
 
 def _now() -> datetime:

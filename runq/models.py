@@ -366,3 +366,15 @@ class WorkerInfo:
         data["current"] = tuple(data["current"])
         data["prefetched"] = tuple(data.get("prefetched", ()))  # absent from an older worker's
         return cls(**data)
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    """What ``app.drain()`` did: how far the broker's counters moved while it ran
+    (``retried`` includes attempts lost to ``memory://?redeliver``; ``cancelled``, the
+    dependents a failed workflow step cancelled)."""
+
+    succeeded: int = 0
+    failed: int = 0
+    retried: int = 0
+    cancelled: int = 0

@@ -26,6 +26,8 @@ EVERY_BROKER = [*BROKERS, "postgres", "redis-cluster"]
 # The CLI, dashboard, schedule and asyncio suites: every broker but the cluster (its code paths are
 # the broker suites' business; these test what sits on top of the Broker interface).
 WITH_POSTGRES = [*BROKERS, "postgres"]
+# The suites that define the broker semantics run on the in-process memory:// broker too (SPEC §12).
+CONFORMANCE = [*EVERY_BROKER, "memory"]
 # The server the private test database is created on (trust auth); .ci/run starts it.
 POSTGRES_ADMIN_URL = os.environ.get("RUNQ_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -106,6 +108,8 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     schema in the private PostgreSQL database (created on first use by the broker)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'runq.db'}"
+    elif request.param == "memory":
+        yield "memory://"  # every App on it gets a broker of its own
     elif request.param == "redis-cluster":
         cluster: RedisCluster = request.getfixturevalue("redis_cluster")
         cluster.flush()

@@ -20,6 +20,7 @@ def test_public_names_are_pinned() -> None:
     assert runq.__all__ == [
         "App",
         "BrokerUnavailable",
+        "DrainResult",
         "GroupHandle",
         "Handle",
         "Middleware",

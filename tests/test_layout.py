@@ -19,6 +19,11 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("producer API", ("runq.handles", "runq.tasks", "runq.schedule", "runq.observe", "runq.app", "runq.workflow")),
     ("runtime and edges", ("runq.worker", "runq.cli", "runq.dashboard", "runq.contrib", "runq")),
 ]
+# The one import against the layers, and why it makes no circle.
+ALLOWED_UPWARD = {
+    ("runq.app", "runq.worker.drain"): "app.drain() (SPEC §12) runs the worker's own algorithm in the caller's"
+    " thread; the runtime names what it needs of the App as protocols and never imports app.py",
+}
 BACKENDS = ("runq.brokers.sqlite", "runq.brokers.postgres", "runq.brokers.redis", "runq.brokers.memory")
 
 
@@ -74,13 +79,15 @@ def test_every_module_has_a_layer() -> None:
     assert [m for m in modules() if _layer(m) < 0] == []
 
 
-@pytest.mark.xfail(strict=True, reason="Task.delay_on_commit imports runq.contrib.django: moving into contrib (issue 25)")
+@pytest.mark.xfail(
+    strict=True, reason="Task.delay_on_commit imports runq.contrib.django: moving into contrib (issue 25)"
+)
 def test_layers_import_only_downwards() -> None:
     upward = [
         f"{module} ({LAYERS[_layer(module)][0]}) imports {target} ({LAYERS[_layer(target)][0]})"
         for module in sorted(modules())
         for target in sorted(imports(module))
-        if _layer(target) > _layer(module)
+        if _layer(target) > _layer(module) and (module, target) not in ALLOWED_UPWARD
     ]
     assert upward == []
 
@@ -99,7 +106,9 @@ def test_no_backend_imports_another() -> None:
     assert crossing == []
 
 
-@pytest.mark.xfail(strict=True, reason="Task.delay_on_commit imports runq.contrib.django: moving into contrib (issue 25)")
+@pytest.mark.xfail(
+    strict=True, reason="Task.delay_on_commit imports runq.contrib.django: moving into contrib (issue 25)"
+)
 def test_no_import_circle() -> None:
     """Tarjan's strongly connected components over every import, type-only ones included."""
     index: dict[str, int] = {}

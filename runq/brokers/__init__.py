@@ -10,9 +10,13 @@ from runq.settings import DEFAULT_URL
 
 def connect(url: str, connect_timeout: float = 5.0) -> Broker:
     """The broker for ``url``: ``sqlite://``, ``redis://``, ``rediss://``, ``redis+cluster://``,
-    ``redis+sentinel://`` or ``postgresql://``."""
+    ``redis+sentinel://``, ``postgresql://`` or ``memory://`` (one process's own, for tests)."""
     hide(url)  # its passwords never reach a log line, whatever echoes them
     scheme = url.partition("://")[0].lower()
+    if scheme == "memory":
+        from runq.brokers.memory import MemoryBroker
+
+        return MemoryBroker(url)
     if scheme == "sqlite":
         from runq.brokers.sqlite import SQLiteBroker
 
@@ -32,7 +36,8 @@ def connect(url: str, connect_timeout: float = 5.0) -> Broker:
         return PostgresBroker(url, connect_timeout=connect_timeout)
     raise ValueError(
         f"unsupported broker URL {mask_url(url)!r}: use sqlite:///file.db, redis://host:port/db,"
-        " rediss://…, redis+cluster://host:port, redis+sentinel://host:port/service/db or postgresql://user@host/db"
+        " rediss://…, redis+cluster://host:port, redis+sentinel://host:port/service/db, postgresql://user@host/db"
+        " or memory:// (tests, one process)"
     )
 
 

@@ -57,6 +57,11 @@ def worker(
     _settings(url, **overrides)  # a bad RUNQ_* value or flag is a usage error before APP is imported
     app = _load(app_path)
     settings = _app_settings(app, url, **overrides)
+    if settings.url.partition("://")[0].lower() == "memory":
+        raise click.UsageError(
+            "memory:// lives inside one process, so a worker cannot see its tasks: run them there with"
+            " app.drain(), or give the worker a sqlite:///, redis:// or postgresql:// URL"
+        )
     logs.configure(settings.log_level, settings.log_format)
     runner = Worker(app, app_path, settings)
     if beat:

@@ -40,7 +40,6 @@ from runq.errors import BrokerUnavailable
 from runq.logs import mask_url
 from runq.models import Claim, Message, Outcome, WorkerInfo
 from runq.observe import Observers, TaskOutcome
-from runq.observe.middleware import FinishStatus
 from runq.observe.task_hooks import TaskHooks
 from runq.observe.task_log import MALFORMED, TaskLog
 from runq.observe.task_metrics import TaskMetrics
@@ -48,10 +47,10 @@ from runq.settings import Settings
 from runq.tasks import Task
 from runq.worker import policy
 from runq.worker.ended import Ended, Failed, Finished, HandedBack, Held, Refused, Settled, Stopped
-from runq.worker.policy import Policy, decide
+from runq.worker.gate import gate
+from runq.worker.policy import Policy, decide, task_outcome
 from runq.worker.pools import Pool, create_pool
 from runq.worker.run import Job
-from runq.workflow import DependencyError, parent_results
 
 log = logging.getLogger("runq.worker")
 T = TypeVar("T")
@@ -279,33 +278,16 @@ class Worker:
         )
 
     def _prepare(self, entry: InFlight, message: Message, task: Task[Any, Any] | None) -> list[Any] | Refused | Held:
-        """Flow control before a run (never on the plain path): the task's circuit breaker and
-        rate limit may hold it back, and a workflow step gets its parents' results in front of
-        its arguments.
-
-        A held task goes back to the broker as ``scheduled`` for the time it must wait, its
-        attempt given back, so it never fails for it and the rest of its queue keeps flowing.
-        """
+        """Flow control before a run (never on the plain path): see :func:`runq.worker.gate.gate`.
+        A broker outage holds the task back rather than failing it."""
         try:
-            hold = self._hold(task) if task is not None and task.gated else 0.0
-            if hold > 0:
-                return Held(hold)
-            args = parent_results(self.broker, message) if message.pass_results is not None else message.args
-        except DependencyError as exc:
-            return policy.dependency_failed(str(exc))
+            prepared = gate(self.broker, message, task)
         except BrokerUnavailable as exc:
             log.warning("broker unavailable before starting %s: %s", entry.claim.id, exc)
             return Held(IDLE_WAIT)
-        entry.breaker = task.breaker if task is not None else None
-        return args
-
-    def _hold(self, task: Task[Any, Any]) -> float:
-        """Seconds the task must wait for its breaker (open) or its rate limit; 0 to run now."""
-        if task.breaker is not None:
-            hold = self.broker.breaker(task.name, "allow", *task.breaker)
-            if hold > 0:
-                return hold
-        return self.broker.acquire_rate(task.name, *task.rate) if task.rate is not None else 0.0
+        if isinstance(prepared, list):
+            entry.breaker = task.breaker if task is not None else None
+        return prepared
 
     def _end(self, entry: InFlight, ended: Settled) -> None:
         """Settle how a claim ended, as :func:`~runq.worker.policy.decide` says."""
@@ -388,7 +370,7 @@ class Worker:
                 log.debug("deferred", extra={"task": fields})
             return
         if self.observers.finishes:
-            self.observers.finish(self._context(entry), _task_outcome(outcome, self._wait(entry, outcome)))
+            self.observers.finish(self._context(entry), task_outcome(outcome, self._wait(entry, outcome)))
 
     def _context(self, entry: InFlight) -> TaskContext:
         message, claim = entry.message, entry.claim
@@ -498,16 +480,3 @@ def _decode_error(claim: Claim) -> str:
 
 
 _COUNTED = {"succeeded": "succeeded", "retry": "retried", "failed": "failed", "release": "deferred"}
-_FINISHED: dict[str, FinishStatus] = {"succeeded": "succeeded", "retry": "retrying", "failed": "failed"}
-
-
-def _task_outcome(outcome: Outcome, wait: float | None) -> TaskOutcome:
-    """A settled outcome as middleware sees it."""
-    return TaskOutcome(
-        _FINISHED[outcome.kind],
-        result_json=outcome.result,
-        error=outcome.error,
-        duration=outcome.runtime,
-        wait=wait,
-        retry_in=outcome.delay if outcome.kind == "retry" else None,
-    )

@@ -15,12 +15,22 @@ from typing import TYPE_CHECKING, Any
 
 from runq.errors import ErrorKind, retries_on
 from runq.models import Claim, Message, Outcome
+from runq.observe.middleware import FinishStatus, TaskOutcome
 from runq.worker.ended import Crashed, Error, Failed, Finished, HandedBack, Held, Refused, Settled, TimedOut
 
 if TYPE_CHECKING:
     from runq.tasks import Task
 
-__all__ = ["Policy", "admit", "backoff_delay", "decide", "dependency_failed", "malformed", "retries_on"]
+__all__ = [
+    "Policy",
+    "admit",
+    "backoff_delay",
+    "decide",
+    "dependency_failed",
+    "malformed",
+    "retries_on",
+    "task_outcome",
+]
 
 
 @dataclass(frozen=True)
@@ -114,3 +124,18 @@ def malformed(claim: Claim, reason: str) -> Refused:
 
 def dependency_failed(reason: str) -> Refused:
     return Refused(Error(ErrorKind.DEPENDENCY_FAILED, reason))
+
+
+_FINISHED: dict[str, FinishStatus] = {"succeeded": "succeeded", "retry": "retrying", "failed": "failed"}
+
+
+def task_outcome(outcome: Outcome, wait: float | None) -> TaskOutcome:
+    """A settled outcome (not a release) as middleware sees it."""
+    return TaskOutcome(
+        _FINISHED[outcome.kind],
+        result_json=outcome.result,
+        error=outcome.error,
+        duration=outcome.runtime,
+        wait=wait,
+        retry_in=outcome.delay if outcome.kind == "retry" else None,
+    )

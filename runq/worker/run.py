@@ -17,7 +17,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from runq.context import TaskContext, _current
 from runq.errors import ErrorKind, Retry, error_type, printable, retries_on, safe_str
@@ -25,9 +25,18 @@ from runq.options import unknown_name
 from runq.worker.ended import Error, Failed, Finished
 
 if TYPE_CHECKING:
-    from runq.app import App
     from runq.observe import Observers
     from runq.tasks import Task
+
+
+class Registry(Protocol):
+    """What running a task needs of its App: the tasks and the middleware (the App is one;
+    the runtime never imports app.py, so ``app.drain()`` can use it)."""
+
+    tasks: dict[str, Task[Any, Any]]
+
+    @property
+    def observers(self) -> Observers: ...
 
 
 @dataclass(frozen=True)
@@ -47,7 +56,7 @@ class Job:
         return TaskContext(self.id, self.name, self.queue, self.attempt, self.trace)
 
 
-def run_job(app: App, job: Job, context: TaskContext | None = None) -> Finished | Failed:
+def run_job(app: Registry, job: Job, context: TaskContext | None = None) -> Finished | Failed:
     """Run a job in this thread (an ``async def`` task gets an event loop of its own)."""
     started = time.perf_counter()
     context = context or job.context()
@@ -72,7 +81,7 @@ def run_job(app: App, job: Job, context: TaskContext | None = None) -> Finished 
     return _end(observers, context, ended, error, started)
 
 
-async def arun_job(app: App, job: Job, context: TaskContext) -> Finished | Failed:
+async def arun_job(app: Registry, job: Job, context: TaskContext) -> Finished | Failed:
     """Run a job on the running event loop. A sync task runs whole in a thread (the loop never
     blocks, and its exception never crosses into the loop, where a ``GeneratorExit`` would lose
     its identity). ``asyncio.CancelledError`` propagates: the async pool owns cancellation."""
@@ -154,7 +163,7 @@ def failed(task: Task[Any, Any], exc: BaseException) -> Failed:
     return Failed(error, retryable=retries_on(task.retry_for, type(exc)))
 
 
-def unknown_task(app: App, name: str) -> Failed:
+def unknown_task(app: Registry, name: str) -> Failed:
     """A name this worker has no task for; the message names the closest ones it has."""
     return Failed(Error(ErrorKind.UNKNOWN_TASK, unknown_name(name, app.tasks, "at this worker")), retryable=False)
 

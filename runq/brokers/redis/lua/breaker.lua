@@ -4,7 +4,7 @@
 --              (failed attempts in a row), open_until, probe_until
 -- ARGV         event (allow|success|failure), failures (threshold), seconds (hold)
 -- Returns      seconds to hold the run, as a string ("0": go); success and failure give "0"
--- Guarantees   the same rules as sqlite_flow.breaker_step: the threshold-th failure in a
+-- Guarantees   the same rules as brokers/rules.py breaker_step: the threshold-th failure in a
 --              row (or a failed probe) opens it for `seconds`; once they pass, exactly one
 --              caller runs as the probe (half_open) until it reports or `seconds` pass again;
 --              a success closes it.

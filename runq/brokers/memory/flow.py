@@ -1,0 +1,130 @@
+"""Flow control for the memory broker: dependencies (``after``), ticks, rate limits, breakers.
+
+The rules are SQLite's (runq/brokers/sqlite/flow.py) on dicts instead of tables, and reuse
+its error text and breaker state machine, so every broker cancels, releases and holds alike.
+Each function runs under the broker's lock, inside the state change that caused it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from runq.brokers.base import BreakerEvent
+from runq.brokers.memory.tables import Record, Tables
+from runq.brokers.rules import breaker_step, dependency_error
+from runq.models import Status
+
+
+def link(tables: Tables, record: Record, after: tuple[str, ...], now: float) -> None:
+    """A task with ``after`` starts waiting; parents already final release or cancel it now.
+
+    A parent that already succeeded needs no link; one that failed, was cancelled or is
+    gone (unknown, or expired after its ``result_ttl``) cancels the task at once.
+    """
+    error = None
+    for parent in dict.fromkeys(after):
+        found = tables.tasks.get(parent)
+        status = found.status if found is not None and found.visible(now) else None
+        if status is Status.SUCCEEDED:
+            continue
+        if status in (None, Status.FAILED, Status.CANCELLED):
+            verb = {None: "not found", Status.FAILED: "failed"}.get(status, "was cancelled")
+            error = dependency_error(parent, verb)
+            break
+        tables.children.setdefault(parent, {})[record.id] = None
+        tables.parents.setdefault(record.id, {})[parent] = None
+    if error is not None:
+        unlink(tables, record.id)
+        tables.count("cancelled", cancel_waiting(tables, record, error, now))
+    elif not tables.parents.get(record.id):
+        tables.parents.pop(record.id, None)
+        _release(tables, record, now)
+
+
+def unlink(tables: Tables, child: str) -> None:
+    """Forget the parents ``child`` still waits for."""
+    for parent in tables.parents.pop(child, {}):
+        tables.children.get(parent, {}).pop(child, None)
+
+
+def release_children(tables: Tables, parent: str, error: str | None, now: float) -> int:
+    """``parent`` just ended: release (``error`` None) or cancel its waiting children.
+
+    Cancellation cascades to the children's own dependents (a child reached twice is
+    cancelled by whichever path comes first). Returns the number cancelled.
+    """
+    cancelled = 0
+    for child in sorted(tables.children.pop(parent, {})):  # in id order, as SQLite's key reads them
+        waiting_for = tables.parents.get(child, {})
+        waiting_for.pop(parent, None)
+        record = tables.tasks.get(child)
+        if record is None:
+            continue
+        if error is not None:
+            cancelled += cancel_waiting(tables, record, error, now)
+        elif not waiting_for:
+            tables.parents.pop(child, None)
+            _release(tables, record, now)
+    return cancelled
+
+
+def cancel_waiting(tables: Tables, record: Record, error: str, now: float) -> int:
+    """Cancel a waiting task because a parent did not succeed, and its dependents after it."""
+    if record.status is not Status.WAITING:
+        return 0
+    record.status, record.error, record.finished_at = Status.CANCELLED, error, now
+    record.expires_at = now + record.result_ttl
+    tables.place(record)
+    unlink(tables, record.id)
+    cause = json.loads(error)["message"]
+    return 1 + release_children(tables, record.id, dependency_error(record.id, "was cancelled", cause), now)
+
+
+def _release(tables: Tables, record: Record, now: float) -> None:
+    """A waiting task whose parents all succeeded: pending, or scheduled until its own eta."""
+    if record.status is not Status.WAITING:
+        return
+    record.status = Status.SCHEDULED if record.ready_at > now else Status.PENDING
+    record.ready_at = max(record.ready_at, now)
+    tables.place(record)
+
+
+def take_tick(tables: Tables, name: str, tick: str, ttl: float, now: float) -> bool:
+    for held, expires_at in list(tables.ticks.items()):
+        if expires_at < now:
+            del tables.ticks[held]
+    if (name, tick) in tables.ticks:
+        return False
+    tables.ticks[(name, tick)] = now + ttl
+    return True
+
+
+def acquire_rate(tables: Tables, name: str, rate: float, per: float, now: float) -> float:
+    """GCRA without burst, as the SQLite broker's flow.acquire_rate: runs start at least ``per / rate``
+    apart, and a caller told to wait gets the slot after the last one handed out."""
+    interval = per / rate
+    tat, tail = tables.rates.get(name, (now, now))
+    if tat <= now:
+        tat, wait = now + interval, 0.0
+    else:
+        slot = max(tail, tat)
+        tail, wait = slot + interval, slot - now
+    tables.rates[name] = (tat, tail)
+    return wait
+
+
+def breaker(tables: Tables, name: str, event: BreakerEvent, failures: int, seconds: float, now: float) -> float:
+    found = tables.breakers.get(name)
+    state: dict[str, Any] = (
+        dict(found) if found else {"state": "closed", "failures": 0, "open_until": 0.0, "probe_until": 0.0}
+    )
+    hold = breaker_step(state, event, failures, seconds, now)
+    if found or state["state"] != "closed" or state["failures"]:
+        tables.breakers[name] = state
+    return hold
+
+
+def breaker_states(tables: Tables) -> dict[str, dict[str, Any]]:
+    shown = ("state", "failures", "open_until")
+    return {name: {k: state[k] for k in shown} for name, state in sorted(tables.breakers.items())}

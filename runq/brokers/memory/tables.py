@@ -1,0 +1,145 @@
+"""The memory broker's state: plain dicts and heaps, one instance per broker, no I/O.
+
+Every task is one :class:`Record` (the fields of the SQLite row, same names). The heaps
+are indexes with lazy deletion: an entry carries the record's ``version`` when it was
+pushed, and is stale (skipped when popped) once the record moved on. :meth:`Tables.place`
+is the one place a record's indexes are updated after a change of status.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any
+
+from runq.models import Status, TaskInfo, task_info
+
+
+@dataclass(eq=False)
+class Record:
+    """One task, as SQLite's ``runq_tasks`` row has it (see runq/brokers/schema.sql)."""
+
+    seq: int
+    id: str
+    queue: str
+    name: str
+    status: Status
+    priority: int
+    ready_at: float  # when it became (or becomes) ready to run
+    payload: str
+    result_ttl: float
+    enqueued_at: float
+    attempts: int = 0
+    key: str | None = None
+    key_expires_at: float | None = None
+    token: str | None = None
+    lease_until: float | None = None
+    worker: str | None = None
+    result: str | None = None  # JSON text
+    error: str | None = None  # JSON text {type, message, traceback}
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None  # gone after this; None keeps it (failed tasks)
+    version: int = 0  # bumped by every place(): older heap entries are stale
+    redelivered: bool = False  # this delivery is a crash's redelivery (memory://?redeliver=p)
+
+    def visible(self, now: float) -> bool:
+        return self.expires_at is None or self.expires_at > now
+
+    def info(self) -> TaskInfo:
+        return task_info(vars(self))
+
+
+@dataclass
+class Tables:
+    """Everything one memory broker holds. Callers hold the broker's lock."""
+
+    tasks: dict[str, Record] = field(default_factory=dict)  # insertion order is seq order
+    ready: dict[str, list[tuple[int, float, int, int, str]]] = field(default_factory=dict)  # -prio, ready_at, seq
+    due: dict[str, list[tuple[float, int, int, str]]] = field(default_factory=dict)  # ready_at, seq
+    running: dict[str, dict[str, None]] = field(default_factory=dict)  # queue -> ids
+    expiring: list[tuple[float, str]] = field(default_factory=list)
+    keys: dict[tuple[str, str], str] = field(default_factory=dict)  # (queue, key) -> id
+    children: dict[str, dict[str, None]] = field(default_factory=dict)  # parent -> waiting children
+    parents: dict[str, dict[str, None]] = field(default_factory=dict)  # waiting child -> unresolved parents
+    counters: dict[str, int] = field(default_factory=dict)
+    ticks: dict[tuple[str, str], float] = field(default_factory=dict)
+    rates: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (tat, tail)
+    breakers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task_metrics: dict[tuple[str, str], float] = field(default_factory=dict)
+    workers: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> (encoded info, expires_at)
+    seq: int = 0
+
+    def count(self, name: str, amount: int = 1) -> None:
+        if amount:
+            self.counters[name] = self.counters.get(name, 0) + amount
+
+    def place(self, record: Record) -> None:
+        """Index a record after its status (or ready time, or expiry) changed."""
+        record.version += 1
+        if record.status is Status.PENDING:
+            entry = (-record.priority, record.ready_at, record.seq, record.version, record.id)
+            heapq.heappush(self.ready.setdefault(record.queue, []), entry)
+        elif record.status is Status.SCHEDULED:
+            heapq.heappush(
+                self.due.setdefault(record.queue, []), (record.ready_at, record.seq, record.version, record.id)
+            )
+        running = self.running.setdefault(record.queue, {})
+        if record.status is Status.RUNNING:
+            running[record.id] = None
+        else:
+            running.pop(record.id, None)
+        if record.expires_at is not None:
+            heapq.heappush(self.expiring, (record.expires_at, record.id))
+
+    def current(self, task_id: str, version: int, status: Status) -> Record | None:
+        """The record a heap entry points at, if that entry is still its latest."""
+        record = self.tasks.get(task_id)
+        if record is None or record.version != version or record.status is not status:
+            return None
+        return record
+
+    def pop_ready(self, queue: str) -> Record | None:
+        heap = self.ready.get(queue)
+        while heap:
+            _, _, _, version, task_id = heapq.heappop(heap)
+            record = self.current(task_id, version, Status.PENDING)
+            if record is not None:
+                return record
+        return None
+
+    def has_ready(self, queue: str) -> bool:
+        heap = self.ready.get(queue)
+        while heap:
+            _, _, _, version, task_id = heap[0]
+            if self.current(task_id, version, Status.PENDING) is not None:
+                return True
+            heapq.heappop(heap)
+        return False
+
+    def next_due(self, queue: str) -> Record | None:
+        """The scheduled task of ``queue`` with the earliest eta (left in place)."""
+        heap = self.due.get(queue)
+        while heap:
+            _, _, version, task_id = heap[0]
+            record = self.current(task_id, version, Status.SCHEDULED)
+            if record is not None:
+                return record
+            heapq.heappop(heap)
+        return None
+
+    def delete(self, record: Record) -> None:
+        """Forget a task (purged or expired); its stale heap entries are skipped later."""
+        self.tasks.pop(record.id, None)
+        self.running.get(record.queue, {}).pop(record.id, None)
+        if record.key is not None and self.keys.get((record.queue, record.key)) == record.id:
+            del self.keys[(record.queue, record.key)]
+        for parent in self.parents.pop(record.id, {}):
+            self.children.get(parent, {}).pop(record.id, None)
+
+    def delete_expired(self, now: float) -> None:
+        while self.expiring and self.expiring[0][0] < now:
+            expires_at, task_id = heapq.heappop(self.expiring)
+            record = self.tasks.get(task_id)
+            if record is not None and record.expires_at == expires_at:
+                self.delete(record)

@@ -1,0 +1,44 @@
+"""Flow control before a run: what the worker and ``app.drain()`` ask the broker first.
+
+A task's circuit breaker and rate limit may hold it back, and a workflow step gets its
+parents' results in front of its arguments. One definition for both, so a drained task
+is held, refused or fed its parents' results exactly as a worker's would be.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from runq.worker import policy
+from runq.worker.ended import Held, Refused
+from runq.workflow import DependencyError, parent_results
+
+if TYPE_CHECKING:
+    from runq.brokers import Broker
+    from runq.models import Message
+    from runq.tasks import Task
+
+
+def gate(broker: Broker, message: Message, task: Task[Any, Any] | None) -> list[Any] | Refused | Held:
+    """The arguments to run ``message`` with, or why it does not run now.
+
+    A held task goes back to the broker as ``scheduled`` for the time it must wait, its
+    attempt given back, so it never fails for it and the rest of its queue keeps flowing.
+    Broker errors propagate: the caller decides what an outage means.
+    """
+    try:
+        hold = _hold(broker, task) if task is not None and task.gated else 0.0
+        if hold > 0:
+            return Held(hold)
+        return parent_results(broker, message) if message.pass_results is not None else message.args
+    except DependencyError as exc:
+        return policy.dependency_failed(str(exc))
+
+
+def _hold(broker: Broker, task: Task[Any, Any]) -> float:
+    """Seconds the task must wait for its breaker (open) or its rate limit; 0 to run now."""
+    if task.breaker is not None:
+        hold = broker.breaker(task.name, "allow", *task.breaker)
+        if hold > 0:
+            return hold
+    return broker.acquire_rate(task.name, *task.rate) if task.rate is not None else 0.0
