@@ -272,10 +272,17 @@ class MemoryBroker(Broker):
                     record = None
                 if record is not None:
                     self._apply(tables, record, outcome, error, now)
-                accepted.append(record is not None)
+                accepted.append(record is not None or self._repeat(tables, outcome))
             return accepted
 
         return self._change(change)
+
+    @staticmethod
+    def _repeat(tables: Tables, outcome: Outcome) -> bool:
+        """Whether ``outcome`` was applied already: its claim's token is the one that settled the
+        task (a settle sent again after its reply was lost reads as applied, as on every broker)."""
+        record = tables.tasks.get(outcome.id)
+        return record is not None and record.token == outcome.token and record.status is not Status.RUNNING
 
     def _crashes(self, record: Record) -> bool:
         """Whether this attempt's worker dies before settling it (``?redeliver=p``)."""
@@ -288,8 +295,9 @@ class MemoryBroker(Broker):
 
     @staticmethod
     def _apply(tables: Tables, record: Record, outcome: Outcome, error: str | None, now: float) -> None:
-        """One accepted outcome, with SQLite's meaning (``SQLiteBroker._settle_statement``)."""
-        record.token = record.lease_until = None
+        """One accepted outcome, with SQLite's meaning (``SQLiteBroker._settle_statement``). The
+        token stays (no longer running, it fences nothing): a repeat of this outcome is recognised."""
+        record.lease_until = None
         started = None if outcome.runtime is None else now - outcome.runtime
         if outcome.kind in ("succeeded", "failed"):
             succeeded = outcome.kind == "succeeded"
