@@ -12,6 +12,13 @@ from runq.errors import ErrorKind
 
 PROBE_POLL = 1.0  # longest hold while a half-open breaker's probe runs
 
+# The error an expired lease leaves on its task (JSON text); the Redis scripts get this same
+# text from keys.py's generated prologue, so every broker records the same thing.
+WORKER_LOST = json.dumps(
+    {"type": ErrorKind.WORKER_LOST.value, "message": "lease expired: the worker died or stalled"},
+    separators=(",", ":"),
+)
+
 
 def dependency_error(parent: str, verb: str, cause: str | None = None) -> str:
     """The error of a task cancelled because ``parent`` did not succeed (JSON text)."""

@@ -229,7 +229,14 @@ class Worker:
             with self._cond:
                 for entry in entries:
                     self._inflight[entry.claim.id] = entry
-            self.pool.submit_many([job for entry in entries if (job := self._start(entry)) is not None])
+            jobs = []
+            for entry in entries:
+                begun = self._start(entry)
+                if isinstance(begun, Job):
+                    jobs.append(begun)
+                else:
+                    self._end(entry, begun)  # never run: refused or held back
+            self.pool.submit_many(jobs)
             if len(claims) < free:  # the queues ran dry: block until a wake-up, not claim again
                 self._idle(queues)
 
@@ -245,24 +252,21 @@ class Worker:
             return InFlight(claim, None, Policy(), time.monotonic())
         return InFlight(claim, message, Policy.resolve(message, self.app.tasks.get(message.name)), time.monotonic())
 
-    def _start(self, entry: InFlight) -> Job | None:
-        """The job to run for a claim, or ``None`` when the claim ended without a run."""
+    def _start(self, entry: InFlight) -> Job | Refused | Held:
+        """The job to run for a claim, or why it does not run (now)."""
         claim, message = entry.claim, entry.message
         if message is None:
             log.error("malformed message %s moved to failed", claim.id, extra={"task": {"id": claim.id}})
-            self._end(entry, policy.malformed(claim, _decode_error(claim)))
-            return None
+            return policy.malformed(claim, _decode_error(claim))
         refused = policy.admit(claim, entry.policy)
         if refused is not None:
-            self._end(entry, refused)
-            return None
+            return refused
         task = self.app.tasks.get(message.name)
         args = message.args
         if (task is not None and task.gated) or message.pass_results is not None:
             prepared = self._prepare(entry, message, task)
             if not isinstance(prepared, list):
-                self._end(entry, prepared)
-                return None
+                return prepared
             args = prepared
         if log.isEnabledFor(logging.DEBUG):
             log.debug("started", extra={"task": {"task_id": claim.id, "task": message.name, "worker": self.id}})

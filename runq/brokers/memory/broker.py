@@ -41,8 +41,7 @@ from runq.brokers import rules
 from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.memory import flow
 from runq.brokers.memory.tables import Record, Tables
-from runq.brokers.rules import dependency_error
-from runq.errors import ErrorKind
+from runq.brokers.rules import WORKER_LOST, dependency_error
 from runq.models import (
     COUNTERS,
     FINAL_STATUSES,
@@ -58,7 +57,6 @@ from runq.models import (
 )
 
 T = TypeVar("T")
-WORKER_LOST = json.dumps({"type": ErrorKind.WORKER_LOST.value, "message": "lease expired: the worker died or stalled"})
 CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
 
 

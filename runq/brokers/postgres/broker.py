@@ -38,7 +38,7 @@ from runq.brokers.postgres import flow, inspect
 from runq.brokers.postgres.flow import NOW, Notes
 from runq.brokers.postgres.listen import Listener
 from runq.brokers.postgres.setup import connect_and_migrate, postgres_conninfo, unavailable
-from runq.brokers.rules import dependency_error
+from runq.brokers.rules import WORKER_LOST, dependency_error
 from runq.errors import BrokerUnavailable
 from runq.models import (
     FINAL_STATUSES,
@@ -57,7 +57,6 @@ CLEANUP_INTERVAL = 1.0
 CLEANUP_BATCH = 1000
 NOTIFY_CHUNK = 7000  # bytes of task ids per NOTIFY payload (the limit is 8000)
 POOL_SIZE = 10
-WORKER_LOST = json.dumps({"type": "WorkerLost", "message": "lease expired: the worker died or stalled"})
 CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
 # The connection a producer lent with PostgresBroker.using(conn), and which broker it is for.
 _LENT: ContextVar[tuple[PostgresBroker, psycopg.Connection[Any]] | None] = ContextVar("runq_pg_lent", default=None)

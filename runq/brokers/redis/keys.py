@@ -45,8 +45,10 @@ a function touches exactly one cluster slot):
 from __future__ import annotations
 
 import functools
+import json
 from typing import NamedTuple
 
+from runq.brokers.rules import WORKER_LOST
 from runq.models import Status, queue_of
 
 QUEUES_KEY = "runq:queues"
@@ -191,8 +193,9 @@ def lua_keys(name: str, declare: bool = True) -> str:
 
 
 def lua_layouts() -> str:
-    """One table per per-item argument layout: field -> offset, and the item's size."""
-    lines = []
+    """One table per per-item argument layout: field -> offset, and the item's size; and the
+    constants the scripts share with the other brokers (brokers/rules.py)."""
+    lines = [f"local WORKER_LOST = {json.dumps(WORKER_LOST)}"]
     for table, layout in LAYOUTS.items():
         entries = ", ".join(f"{field} = {i}" for i, field in enumerate(layout))
         lines.append(f"local {table}, {table}_N = {{{entries}}}, {len(layout)}")

@@ -25,7 +25,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from runq.brokers import rules
 from runq.brokers.base import BreakerEvent, Broker
-from runq.brokers.rules import dependency_error
+from runq.brokers.rules import WORKER_LOST, dependency_error
 from runq.brokers.sqlite import flow
 from runq.errors import BrokerUnavailable
 from runq.models import (
@@ -46,7 +46,6 @@ from runq.models import (
 POLL_INTERVAL = 0.025
 CLEANUP_INTERVAL = 1.0
 CLEANUP_BATCH = 1000
-WORKER_LOST = json.dumps({"type": "WorkerLost", "message": "lease expired: the worker died or stalled"})
 CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
 _TASK_COLUMNS = (
     "id, queue, name, status, payload, attempts, result, error, worker, enqueued_at, started_at, finished_at, ready_at"

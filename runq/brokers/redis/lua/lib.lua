@@ -20,7 +20,6 @@
 local WAKE_CAP = 32
 local SAMPLE_CAP = 4096
 local TWO_44 = 17592186044416
-local WORKER_LOST = '{"type":"WorkerLost","message":"lease expired: the worker died or stalled"}'
 local OUTBOX_GRACE = 5  -- seconds before claim hands an unapplied outbox step to its worker
 local DEFAULT_RESULT_TTL = 86400  -- runq.models.Message.result_ttl
 
