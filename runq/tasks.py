@@ -223,12 +223,6 @@ class Task(Generic[P, R]):
     def options(self, **options: Any) -> BoundTask[P, R]:
         return BoundTask(self, Options.build(options))
 
-    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        """``delay()`` once the surrounding Django transaction commits (runq.contrib.django)."""
-        from runq.contrib.django import delay_on_commit
-
-        delay_on_commit(self.s(*args, **kwargs))
-
 
 class BoundTask(Generic[P, R]):
     """A task with per-call options: ``add.options(priority=9).delay(2, 3)``."""
@@ -248,9 +242,3 @@ class BoundTask(Generic[P, R]):
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         return Signature(self.task.name, args, kwargs, self.opts, self.task.app)
-
-    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        """``delay()`` once the surrounding Django transaction commits (runq.contrib.django)."""
-        from runq.contrib.django import delay_on_commit
-
-        delay_on_commit(self.s(*args, **kwargs))
