@@ -247,3 +247,24 @@ def test_retry_outside_a_worker_raises_the_error() -> None:
         tasks.fetch("x", 1)  # called directly: Celery raises exc instead of retrying
     assert tasks.add(2, 2) == 4
     assert isinstance(tasks.app, runq.App)  # so `runq worker tests.celery_tasks:app` takes it
+
+
+def test_include_and_autodiscover_import_task_modules_when_a_worker_loads_the_app(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "billing").mkdir()
+    (tmp_path / "billing" / "__init__.py").write_text("")
+    shared = "from runq.contrib.celery import shared_task\n\n@shared_task\ndef {0}():\n    return '{0}'\n"
+    (tmp_path / "billing" / "tasks.py").write_text(shared.format("charge"))
+    (tmp_path / "reports.py").write_text(shared.format("report"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    app = Celery("proj", broker=f"sqlite:///{tmp_path / 'x.db'}", include=["reports"], set_as_current=False)
+    app.autodiscover_tasks(["billing", "not_installed_anywhere"])
+    try:
+        assert not {"reports.report", "billing.tasks.charge"} & set(app.tasks)  # lazy, as in Celery
+        app.configure(app.settings)  # what `runq worker` and each process-pool child do
+        assert {"reports.report", "billing.tasks.charge"} <= set(app.tasks)
+        assert "tests.celery_tasks.urgent" not in app.tasks  # an @app.task stays on its own app
+        assert tasks.app.tasks["tests.celery_tasks.urgent"].rate == (100.0, 1.0)  # rate_limit="100/s"
+    finally:
+        app.close()
