@@ -255,12 +255,6 @@ class Task(Generic[P, R]):
     def options(self, **options: Any) -> BoundTask[P, R]:
         return BoundTask(self, Options.build(options))
 
-    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        """``delay()`` once the surrounding Django transaction commits (runq.contrib.django)."""
-        from runq.contrib.django import delay_on_commit
-
-        delay_on_commit(self.s(*args, **kwargs))
-
 
 def _signature(fn: Callable[..., Any]) -> inspect.Signature | None:
     """The signature calls are checked against, or ``None`` (a builtin without one: not checked)."""
@@ -298,9 +292,3 @@ class BoundTask(Generic[P, R]):
 
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         return Signature(self.task.name, args, kwargs, self.opts, self.task.app)
-
-    def delay_on_commit(self, *args: P.args, **kwargs: P.kwargs) -> None:
-        """``delay()`` once the surrounding Django transaction commits (runq.contrib.django)."""
-        from runq.contrib.django import delay_on_commit
-
-        delay_on_commit(self.s(*args, **kwargs))

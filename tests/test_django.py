@@ -10,6 +10,7 @@ database and runq's broker are two files in one private directory, shared with
 
 from __future__ import annotations
 
+import ast
 import atexit
 import os
 import shutil
@@ -27,7 +28,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import transaction
 
 from runq.models import Status, TaskInfo
-from tests.conftest import wait_until
+from runq.tasks import BoundTask, Task
+from tests.conftest import ROOT, wait_until
 
 PROJECT = Path(__file__).resolve().parent / "django_project"
 DATA = tempfile.mkdtemp(prefix="runq-django-")
@@ -45,7 +47,7 @@ finally:
 from shop.models import Order  # noqa: E402  (needs Django set up)
 from shop.tasks import mark_paid  # noqa: E402
 
-from runq.contrib.django import get_app, runq_settings  # noqa: E402
+from runq.contrib.django import delay_on_commit, get_app, runq_settings  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,9 +56,9 @@ def _close_app() -> Iterator[None]:
     get_app().close()
 
 
-def manage(*args: str, log: Path, cwd: Path = PROJECT) -> subprocess.Popen[bytes]:
-    """``python .../manage.py ARGS``, as an operator would run it."""
-    env = {**os.environ, **ENV, "PYTHONUNBUFFERED": "1"}
+def manage(*args: str, log: Path, cwd: Path = PROJECT, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``python .../manage.py ARGS``, as an operator would run it (``env``: more variables)."""
+    env = {**os.environ, **ENV, **(env or {}), "PYTHONUNBUFFERED": "1"}
     env.pop("PYTHONPATH", None)
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -108,8 +110,9 @@ def test_rolled_back_transaction_enqueues_nothing() -> None:
     ref = uuid.uuid4().hex
     with pytest.raises(RuntimeError, match="payment declined"), transaction.atomic():
         Order.objects.create(ref=ref)
-        mark_paid.delay_on_commit(ref)
-        mark_paid.options(priority=5).delay_on_commit(ref)
+        delay_on_commit(mark_paid, ref)
+        delay_on_commit(mark_paid.options(priority=5), ref)
+        delay_on_commit(mark_paid.s(ref), using="default")
         raise RuntimeError("payment declined")
     assert not Order.objects.filter(ref=ref).exists()
     assert tasks_for(ref) == []
@@ -118,7 +121,30 @@ def test_rolled_back_transaction_enqueues_nothing() -> None:
 @pytest.mark.django_db(transaction=True)
 def test_bad_arguments_fail_at_the_call_not_at_commit() -> None:
     with pytest.raises(TypeError, match="JSON-serialisable"), transaction.atomic():
-        mark_paid.delay_on_commit(object())  # type: ignore[arg-type]
+        delay_on_commit(mark_paid, object())
+
+
+def test_delay_on_commit_refuses_what_it_cannot_send() -> None:
+    with pytest.raises(TypeError, match="takes no task arguments"):
+        delay_on_commit(mark_paid.s("x"), "y")
+    with pytest.raises(TypeError, match="takes a runq task"):
+        delay_on_commit(print, "x")  # type: ignore[arg-type]
+
+
+def test_core_runq_never_imports_a_framework() -> None:
+    """Django (or Celery) code lives in runq.contrib only: a core method that imported it would
+    raise ModuleNotFoundError for users without that framework (Task.delay_on_commit did)."""
+    core = [p for p in (ROOT / "runq").rglob("*.py") if "contrib" not in p.relative_to(ROOT / "runq").parts]
+    offenders = []
+    for path in core:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in ("django", "celery")]
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.startswith("runq.contrib")]
+    assert offenders == []
+    assert not hasattr(Task, "delay_on_commit") and not hasattr(BoundTask, "delay_on_commit")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -130,7 +156,7 @@ def test_committed_task_runs_on_a_manage_py_worker(tmp_path: Path) -> None:
         ref = uuid.uuid4().hex
         with transaction.atomic():
             Order.objects.create(ref=ref)
-            mark_paid.delay_on_commit(ref)
+            delay_on_commit(mark_paid, ref)
             assert tasks_for(ref) == [], "enqueued before the transaction committed"
         [task] = tasks_for(ref)
         info = wait_until(lambda: (t := get_app().info(task.id)) and t.status.final and t, timeout=60)
@@ -142,7 +168,7 @@ def test_committed_task_runs_on_a_manage_py_worker(tmp_path: Path) -> None:
             assert get_app().enqueue("shop.tasks.fresh_connection").result(timeout=60) is True
         assert get_app().enqueue("shop.tasks.nested_in_transaction").result(timeout=60) is True
         # Outside a transaction (autocommit) it is enqueued at once, with its options.
-        mark_paid.options(priority=7).delay_on_commit(ref)
+        delay_on_commit(mark_paid.options(priority=7), ref)
         assert sorted(t.priority for t in tasks_for(ref)) == [0, 7]
     finally:
         stop(worker, log)

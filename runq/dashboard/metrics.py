@@ -11,6 +11,8 @@ Per task name (issue 14): ``runq_tasks_total{queue,task,outcome}`` and the histo
 fleet-wide totals the workers add to the broker with their heartbeats
 (runq/observe/task_metrics.py). The broker's last-5-minute quantiles stay available as the gauges
 ``runq_recent_run_seconds`` / ``runq_recent_wait_seconds`` (label ``percentile``).
+
+For autoscaling (issue 25): ``runq_queue_load{queue}``, see :func:`queue_load`.
 """
 
 from __future__ import annotations
@@ -81,6 +83,7 @@ class RunqCollector(Collector):
         yield throughput
 
         yield from _worker_metrics(workers)
+        yield queue_load(stats.queues, workers)
 
 
 def _task_metrics(series: list[TaskSeries]) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:
@@ -134,6 +137,27 @@ def _worker_metrics(live: list[WorkerInfo]) -> Iterator[GaugeMetricFamily]:
         oldest = GaugeMetricFamily("runq_worker_heartbeat_age_max_seconds", "Age of the stalest live heartbeat.")
         oldest.add_metric([], max(0.0, time.time() - min(w.last_seen for w in live)))
         yield oldest
+
+
+def queue_load(queues: dict[str, QueueStats], live: list[WorkerInfo]) -> GaugeMetricFamily:
+    """``runq_queue_load{queue}``: (running + ready) tasks over the slots of the live workers
+    that drain the queue, the figure an autoscaler targets (keda-celery-scaler's): it moves as
+    soon as the workers are busy, before a backlog forms. 1 means every slot is taken; above 1,
+    tasks wait. With no worker on a queue the denominator is 1, so the load is the count
+    itself and a scaler at zero replicas still sees work arrive (deploy/keda/)."""
+    family = GaugeMetricFamily(
+        "runq_queue_load",
+        "Running plus ready tasks per worker slot on the queue (slots: live workers that drain it; at least 1).",
+        labels=["queue"],
+    )
+    slots: dict[str, int] = {}
+    for worker in live:
+        for queue in worker.queues:
+            slots[queue] = slots.get(queue, 0) + worker.concurrency
+    for queue in sorted(set(queues) | set(slots)):
+        counts = queues.get(queue, QueueStats())
+        family.add_metric([queue], (counts.running + counts.pending) / max(1, slots.get(queue, 0)))
+    return family
 
 
 def create_registry(app: App) -> CollectorRegistry:

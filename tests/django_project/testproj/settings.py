@@ -16,6 +16,7 @@ DEBUG = False
 USE_TZ = True
 INSTALLED_APPS = [
     "django.contrib.contenttypes",  # an app without tasks.py: autodiscovery must skip it
+    "django_tasks",  # the backport of Django 6's django.tasks (Django 6.0 needs no app)
     "runq.contrib.django",
     "shop",
 ]
@@ -28,4 +29,14 @@ DATABASES = {
     }
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-RUNQ = {"url": f"sqlite:///{DATA / 'runq.db'}", "result_ttl": 3600, "lease": 10}
+# TESTPROJ_RUNQ_URL: the Redis of tests/test_django_tasks.py's Redis runs.
+RUNQ = {"url": os.environ.get("TESTPROJ_RUNQ_URL", f"sqlite:///{DATA / 'runq.db'}"), "result_ttl": 3600, "lease": 10}
+# Django's Tasks framework on runq: "on_commit" sends a task when the transaction commits.
+TASKS = {
+    "default": {
+        "BACKEND": "runq.contrib.django.RunqBackend",
+        "QUEUES": ["default", "mail", "prio"],
+        "OPTIONS": {"timeout": 60},
+    },
+    "on_commit": {"BACKEND": "runq.contrib.django.RunqBackend", "QUEUES": [], "ENQUEUE_ON_COMMIT": True},
+}

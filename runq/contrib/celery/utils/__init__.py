@@ -1,0 +1,1 @@
+"""``celery.utils``: only what task modules commonly import (``utils.log.get_task_logger``)."""
