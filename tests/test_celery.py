@@ -22,11 +22,12 @@ import pytest
 
 import runq
 from runq.contrib.celery import Celery, current_app, shared_task, states
+from runq.contrib.celery.config import Current
 from runq.contrib.celery.exceptions import TaskRevokedError, TimeoutError
 from runq.contrib.celery.result import AsyncResult
-from runq.testing import RedisServer
 from tests import celery_tasks as tasks
 from tests.conftest import ROOT, wait_until
+from tests.support.servers import RedisServer
 
 QUEUES = "default,hipri,feeds"
 
@@ -239,7 +240,7 @@ def test_current_app_and_shared_tasks_follow_the_app(tmp_path: Path) -> None:
         assert app.info(later.delay().id).name == "later.shared"  # sent through the current app
     finally:
         app.close()
-        Celery._current = tasks.app
+        Current.app = tasks.app
 
 
 def test_retry_outside_a_worker_raises_the_error() -> None:

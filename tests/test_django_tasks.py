@@ -29,8 +29,8 @@ from django_tasks.base import TaskResult, TaskResultStatus
 from django_tasks.exceptions import InvalidTaskError, TaskResultDoesNotExist
 
 from runq.contrib.django import RunqBackend, get_app, project_config
-from runq.testing import RedisServer
 from tests.conftest import wait_until
+from tests.support.servers import RedisServer
 from tests.test_django import ENV, PROJECT, manage, stop
 
 from shop.models import Order  # isort: skip  (the test project, importable once test_django set it up)

@@ -23,8 +23,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 import runq
-from runq.testing import free_port
 from tests.conftest import ROOT, wait_until
+from tests.support.servers import free_port
 
 KEDA = ROOT / "deploy" / "keda"
 # The prometheus scaler's metadata keys, from KEDA v2.20.2 pkg/scalers/prometheus_scaler.go.

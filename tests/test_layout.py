@@ -79,9 +79,6 @@ def test_every_module_has_a_layer() -> None:
     assert [m for m in modules() if _layer(m) < 0] == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Task.delay_on_commit imports runq.contrib.django: moving into contrib (issue 25)"
-)
 def test_layers_import_only_downwards() -> None:
     upward = [
         f"{module} ({LAYERS[_layer(module)][0]}) imports {target} ({LAYERS[_layer(target)][0]})"
@@ -106,9 +103,6 @@ def test_no_backend_imports_another() -> None:
     assert crossing == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="Task.delay_on_commit imports runq.contrib.django: moving into contrib (issue 25)"
-)
 def test_no_import_circle() -> None:
     """Tarjan's strongly connected components over every import, type-only ones included."""
     index: dict[str, int] = {}

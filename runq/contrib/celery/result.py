@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from runq.context import current
 from runq.contrib.celery import states
+from runq.contrib.celery.config import Current
 from runq.contrib.celery.exceptions import TaskRevokedError, TimeoutError
 from runq.errors import TaskCancelled, TaskFailed
 from runq.models import Status, TaskInfo, queue_of
@@ -29,10 +30,8 @@ class AsyncResult:
     """``AsyncResult(task_id)`` (the current app) or ``app.AsyncResult(task_id)``."""
 
     def __init__(self, id: str, app: App | None = None) -> None:
-        from runq.contrib.celery.app import current_app
-
         self.id = id
-        self.app: App = app if app is not None else current_app._get_current_object()
+        self.app: App = app if app is not None else Current.get()
 
     def __repr__(self) -> str:
         return f"<AsyncResult: {self.id}>"

@@ -18,8 +18,10 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from runq.context import current
+from runq.contrib.celery.config import SEND_NO_OPS, SEND_REFUSED, Current, conf_of
 from runq.contrib.celery.exceptions import MaxRetriesExceededError, Retry
 from runq.contrib.celery.result import AsyncResult
+from runq.options import MAX_RETRIES
 from runq.tasks import Options, Signature
 
 if TYPE_CHECKING:
@@ -43,7 +45,7 @@ REFUSED_OPTIONS = {
     "use time_limit, runq's hard `timeout`",
     "base": "runq has no Task subclasses: watch tasks with runq.Middleware",
 }
-RETRIES_FOREVER = 1_000_000  # max_retries=None: runq's retries are a number
+RETRIES_FOREVER = MAX_RETRIES  # max_retries=None: runq's retries are a number, at most this
 
 
 @dataclass(frozen=True)
@@ -149,9 +151,7 @@ class Task:
 
     @property
     def app(self) -> App:
-        from runq.contrib.celery.app import current_app
-
-        return self._app if self._app is not None else current_app._get_current_object()
+        return self._app if self._app is not None else Current.get()
 
     @property
     def request(self) -> Request:
@@ -287,8 +287,6 @@ def runner(task: Task) -> Callable[..., Any]:
 
 def call_options(app: App, name: str, options: Mapping[str, Any], config: TaskConfig | None) -> Options:
     """``apply_async``'s options (and the app's routes and defaults) → runq options for one call."""
-    from runq.contrib.celery.app import SEND_NO_OPS, SEND_REFUSED, conf_of
-
     values = dict(options)
     for key in [k for k in values if k in SEND_NO_OPS]:
         if key == "serializer" and values[key] != "json":

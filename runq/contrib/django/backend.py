@@ -26,7 +26,8 @@ from django.db import DEFAULT_DB_ALIAS, transaction
 from django.utils.module_loading import import_string
 
 from runq.context import current
-from runq.models import Message, Status, TaskInfo, check_queue_name, queue_of
+from runq.models import Message, Status, TaskInfo, queue_of
+from runq.options import check_queue
 from runq.tasks import Options
 
 if TYPE_CHECKING:
@@ -110,7 +111,7 @@ class RunqBackend(BaseTaskBackend):
         """The framework's checks, runq's queue-name rule, then the task is known to runq."""
         super().validate_task(task)
         try:
-            check_queue_name(task.queue_name)
+            check_queue(task.queue_name)
         except ValueError as exc:
             raise InvalidTask(str(exc)) from None
         self._register(task)
