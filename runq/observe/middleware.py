@@ -86,15 +86,8 @@ class Observers:
         self._start = [m for m in found if _overrides(m, "on_start")]
         self._end = [m for m in found if _overrides(m, "on_end")]
         self._finish = [m for m in found if _overrides(m, "on_finish")]
-
-    @property
-    def runs(self) -> bool:
-        """Whether anyone watches runs (on_start / on_end)."""
-        return bool(self._start or self._end)
-
-    @property
-    def finishes(self) -> bool:
-        return bool(self._finish)
+        self.runs = bool(self._start or self._end)  # whether anyone watches runs (on_start / on_end)
+        self.finishes = bool(self._finish)
 
     def enqueue(self, message: Message) -> Message:
         for middleware in self._enqueue:
