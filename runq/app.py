@@ -375,6 +375,23 @@ class App:
     def workers(self) -> builtins.list[WorkerInfo]:
         return self.broker.workers()
 
+    # -- inspecting from asyncio: a web app's status pages, without blocking the loop -----
+
+    async def alist(
+        self, status: Status | str | None = None, queue: str | None = None, limit: int = 20
+    ) -> builtins.list[TaskInfo]:
+        """``list()`` for asyncio code: the same arguments, checked before any I/O."""
+        chosen, queue = _status(status), None if queue is None else rules.check_queue(queue)
+        return await (await self.async_broker()).list(chosen, queue, limit)
+
+    async def astats(self) -> Stats:
+        """``stats()`` for asyncio code."""
+        return await (await self.async_broker()).stats()
+
+    async def aworkers(self) -> builtins.list[WorkerInfo]:
+        """``workers()`` for asyncio code."""
+        return await (await self.async_broker()).workers()
+
     # -- testing (SPEC §12) --------------------------------------------------------
 
     def drain(self, queues: Iterable[str] | str | None = None, scheduled: bool = False) -> DrainResult:
