@@ -142,6 +142,7 @@ def test_the_user_s_own_auth_instead_of_a_token(serve: Callable[..., Served]) ->
 
 
 def test_it_is_never_built_open(app: runq.App) -> None:
-    for options in ({}, {"token": ""}, {"token": None, "dependencies": []}):
+    choices: list[dict[str, Any]] = [{}, {"token": ""}, {"token": None, "dependencies": []}]
+    for options in choices:
         with pytest.raises(ValueError, match="token"):
             api_app(app, **options)

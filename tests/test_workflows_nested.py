@@ -167,7 +167,7 @@ def test_a_chain_inside_a_group_gives_its_last_result(mem: runq.App) -> None:
 
 
 def test_a_chord_header_of_chains_and_groups(mem: runq.App) -> None:
-    header = [runq.chain(tag(mem, 1), tag(mem, 2)), runq.group(tag(mem, 3), runq.group(tag(mem, 4)))]
+    header: list[Any] = [runq.chain(tag(mem, 1), tag(mem, 2)), runq.group(tag(mem, 3), runq.group(tag(mem, 4)))]
     handle = runq.chord(header, tag(mem, 5)).delay()
     mem.drain()
     assert handle.result(timeout=0) == [[[[1], 2], [[3], [[4]]]], 5]
@@ -234,7 +234,7 @@ def test_nested_workflows_with_a_real_worker(app: runq.App, broker_url: str, sta
         runq.group(s(app, "add", 1, 1, queue="b"), s(app, "add", 2, 2)),
     )
     assert parts.delay().results(timeout=30) == [13, 10, [2, 4]]
-    header = [runq.chain(s(app, "add", 1, 1), s(app, "add", 1, queue="b")), runq.group(s(app, "add", 2, 2))]
+    header: list[Any] = [runq.chain(s(app, "add", 1, 1), s(app, "add", 1, queue="b")), runq.group(s(app, "add", 2, 2))]
     chord = runq.chord(header, runq.chain(s(app, "echo"), s(app, "echo", queue="b"))).delay()
     assert chord.result(timeout=30) == {"args": [{"args": [[3, [4]]], "kwargs": {}}], "kwargs": {}}
 
