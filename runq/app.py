@@ -23,6 +23,7 @@ from runq.models import DrainResult, Message, Stats, Status, TaskInfo, WorkerInf
 from runq.observe import Middleware, Observers, tracing
 from runq.settings import Settings
 from runq.tasks import NO_OPTIONS, Hook, Hooks, Options, Signature, Task, check_breaker
+from runq.workflow import COLLECT
 
 if TYPE_CHECKING:
     from runq.schedule import Periodic
@@ -297,7 +298,7 @@ class App:
         task = self.tasks.get(name) if isinstance(name, str) else None
         if task is None:  # a registered name was checked when it was registered
             rules.check_task_name(name)
-            if self.tasks:
+            if self.tasks and name != COLLECT:  # a workflow's collector step is every worker's
                 raise ValueError(rules.unknown_name(name, self.tasks, "in this App"))
         opts = (task.defaults if task else NO_OPTIONS).merge(call)
         args_list = list(args) if args else []
@@ -373,6 +374,23 @@ class App:
 
     def workers(self) -> builtins.list[WorkerInfo]:
         return self.broker.workers()
+
+    # -- inspecting from asyncio: a web app's status pages, without blocking the loop -----
+
+    async def alist(
+        self, status: Status | str | None = None, queue: str | None = None, limit: int = 20
+    ) -> builtins.list[TaskInfo]:
+        """``list()`` for asyncio code: the same arguments, checked before any I/O."""
+        chosen, queue = _status(status), None if queue is None else rules.check_queue(queue)
+        return await (await self.async_broker()).list(chosen, queue, limit)
+
+    async def astats(self) -> Stats:
+        """``stats()`` for asyncio code."""
+        return await (await self.async_broker()).stats()
+
+    async def aworkers(self) -> builtins.list[WorkerInfo]:
+        """``workers()`` for asyncio code."""
+        return await (await self.async_broker()).workers()
 
     # -- testing (SPEC §12) --------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Workflows: chain, group, chord, built on one broker feature, ``after`` (SPEC §2, §3).
+"""Workflows: chain, group, chord, built on one broker feature, ``after`` (SPEC §2, §3, §11).
 
 A workflow is enqueued whole, in one ``enqueue`` call: later steps are ``waiting`` tasks
 whose ``after`` lists the steps they wait for. The broker releases a waiting task when
@@ -9,38 +9,65 @@ polling. Passing results is the worker's job: a step whose message says
 so the broker never rewrites a payload.
 
 * ``chain(a, b, c)``: b waits for a and gets a's result first; c likewise after b.
-* ``group(sigs)``: independent tasks, one batch; a :class:`GroupHandle` collects results.
+* ``group(members)``: independent tasks, one batch; a :class:`GroupHandle` collects results.
 * ``chord(group, callback)``: the callback waits for every member and gets the list of
   their results, in member order; a member that fails cancels it, naming that member.
+
+Any member may be a chain, group or chord itself, to any depth (:class:`_Plan` flattens
+the tree). Each part of the tree leaves one task whose result is the part's (a chain's
+last step, a chord's callback), except a group, which leaves its members: the step after
+a group waits for them all and gets their list (``pass_results="list"``). Where a group
+must be *one* value (a member of a group or of a chord's header, or the end of the
+workflow whose handle the caller gets), a collector step (:data:`COLLECT`) waits for its
+members and ends with their list. It runs no code: the worker settles it when it
+claims it (runq/worker/gate.py), so nesting needs nothing new from any broker.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 from runq.handles import GroupHandle, Handle
-from runq.models import Message, Status, TaskInfo
+from runq.models import Message, Status, TaskInfo, queue_of
 from runq.observe import tracing
-from runq.tasks import Signature
+from runq.tasks import Options, Signature
 
 if TYPE_CHECKING:
     from runq.brokers import Broker
     from runq.tasks import Producer
+
+COLLECT = "runq.collect"
+"""A collector step's task name. Its one argument says whether it keeps its parents' results
+(a nested group's list) or only waits for them (an empty group: ``[]`` after the step before)."""
+
+PassResults: TypeAlias = Literal["first", "list"]
 
 
 class DependencyError(LookupError):
     """A step's parents cannot give it their results (gone, or not succeeded)."""
 
 
-def _app_of(signatures: Iterable[Signature]) -> Producer:
-    for signature in signatures:
-        if not isinstance(signature, Signature):
-            raise TypeError(f"workflows take signatures (task.s(...)), got {type(signature).__name__}")
-        if signature.app is not None:
-            return signature.app
-    raise RuntimeError("a workflow needs at least one signature bound to an App (task.s(...))")
+def _app_of(members: Iterable[object]) -> Producer | None:
+    """The App of a workflow's members (the first bound one; ``None`` for, say, an empty group,
+    which a larger workflow may still hold); ``TypeError`` for a member that is not a
+    signature or a workflow, so a mistake fails where the workflow is written."""
+    found: Producer | None = None
+    for member in members:
+        if not isinstance(member, (Signature, Chain, Group, Chord)):
+            raise TypeError(
+                f"workflows take signatures (task.s(...)) or chain/group/chord, got {type(member).__name__}"
+            )
+        found = found or member.app
+    return found
+
+
+def _plan(app: Producer | None) -> _Plan:
+    if app is None:
+        raise RuntimeError("a workflow needs at least one signature bound to an App (task.s(...)) to enqueue")
+    return _Plan(app)
 
 
 def _message(app: Producer, signature: Signature, leading: int = 0) -> Message:
@@ -48,66 +75,54 @@ def _message(app: Producer, signature: Signature, leading: int = 0) -> Message:
     return app.message(signature.name, signature.args, signature.kwargs, signature.opts, leading=leading)
 
 
-def _after(message: Message, parents: Iterable[str], pass_results: str) -> Message:
+def _after(message: Message, parents: Iterable[str], pass_results: PassResults) -> Message:
     """The message waiting on ``parents`` (before its own ``after``) and taking their results."""
+    parents = tuple(parents)
     after = (*parents, *(p for p in message.after if p not in parents))
-    step = dataclasses.replace(message, after=after, pass_results=pass_results)  # type: ignore[arg-type]
+    step = dataclasses.replace(message, after=after, pass_results=pass_results)
     return tracing.with_parents(step)
 
 
 class Chain:
-    """``chain(a, b, c)``: run in order, each step's result the next one's first argument."""
+    """``chain(a, b, c)``: run in order, each member's result the next one's first argument."""
 
-    def __init__(self, *signatures: Signature) -> None:
-        if not signatures:
+    def __init__(self, *members: Workflow) -> None:
+        if not members:
             raise ValueError("chain() needs at least one signature")
-        self.app = _app_of(signatures)
-        self.signatures = signatures
-
-    def messages(self) -> list[Message]:
-        messages: list[Message] = []
-        for signature in self.signatures:
-            message = _message(self.app, signature, 1 if messages else 0)
-            if messages:
-                message = _after(message, [messages[-1].id], "first")
-            messages.append(message)
-        return messages
+        self.app = _app_of(members)
+        self.members = members
 
     def delay(self) -> Handle[Any]:
-        """Enqueue every step at once (one broker call); the handle of the last step.
+        """Enqueue every step at once (one broker call); the handle of the last step (of a
+        collector step, when the chain ends in a group: its result is the group's list).
 
         A step that fails (after its retries) or is cancelled cancels the steps after it,
         so ``result()`` on this handle raises ``TaskCancelled`` naming the failed step.
         """
-        ids = self.app.broker.enqueue(self.messages(), self.app.settings.key_ttl)
-        return Handle(self.app, ids[-1])
+        plan = _plan(self.app)
+        return Handle(plan.app, plan.enqueue(plan.one(plan.add(self, None)))[0])
 
 
 class Group:
-    """``group(sigs)``: run in parallel; results in member order."""
+    """``group(members)``: run in parallel; results in member order."""
 
-    def __init__(self, signatures: Iterable[Signature]) -> None:
-        self.signatures = list(signatures)
-        self.app = _app_of(self.signatures) if self.signatures else None
-
-    def messages(self) -> list[Message]:
-        if self.app is None:
-            return []
-        return [_message(self.app, signature) for signature in self.signatures]
+    def __init__(self, members: Iterable[Workflow]) -> None:
+        self.members = tuple(members)
+        self.app = _app_of(self.members)
 
     def delay(self) -> GroupHandle:
-        if self.app is None:
-            raise RuntimeError("an empty group has no App to enqueue on")
-        return GroupHandle(self.app, self.app.enqueue_many(self.signatures))
+        """One handle per member: a nested group's is a collector step's, whose result is its list."""
+        plan = _plan(self.app)
+        return GroupHandle(plan.app, [Handle(plan.app, task_id) for task_id in plan.enqueue(plan.add(self, None))])
 
 
 class Chord:
-    """``chord(group, callback)``: the callback runs once, on the list of every member's result."""
+    """``chord(header, callback)``: the callback runs once, on the list of every member's result."""
 
-    def __init__(self, header: Group | Iterable[Signature], callback: Signature) -> None:
+    def __init__(self, header: Group | Iterable[Workflow], callback: Workflow) -> None:
         self.header = header if isinstance(header, Group) else Group(header)
         self.callback = callback
-        self.app = _app_of([callback, *self.header.signatures])
+        self.app = _app_of([callback, *self.header.members])
 
     def delay(self) -> Handle[Any]:
         """Enqueue the members and the callback at once; the callback's handle.
@@ -115,25 +130,97 @@ class Chord:
         A member that fails (after its retries) or is cancelled cancels the callback,
         whose error names that member.
         """
-        members = [_message(self.app, signature) for signature in self.header.signatures]
-        callback = _after(_message(self.app, self.callback, 1), [m.id for m in members], "list")
-        ids = self.app.broker.enqueue([*members, callback], self.app.settings.key_ttl)
-        return Handle(self.app, ids[-1])
+        plan = _plan(self.app)
+        return Handle(plan.app, plan.enqueue(plan.one(plan.add(self, None)))[0])
 
 
-def chain(*signatures: Signature) -> Chain:
-    return Chain(*signatures)
+Workflow: TypeAlias = Signature | Chain | Group | Chord
+"""What a chain, group or chord takes as a member: a signature, or a workflow itself."""
+
+_WORKFLOWS = (Signature, Chain, Group, Chord)
 
 
-def group(*signatures: Signature | Iterable[Signature]) -> Group:
-    """``group(a, b)`` or ``group(sig for ...)``."""
-    if len(signatures) == 1 and not isinstance(signatures[0], Signature):
-        return Group(signatures[0])
-    return Group(cast("tuple[Signature, ...]", signatures))  # Group checks each one
+def chain(*members: Workflow) -> Chain:
+    return Chain(*members)
 
 
-def chord(header: Group | Iterable[Signature], callback: Signature) -> Chord:
+def group(*members: Workflow | Iterable[Workflow]) -> Group:
+    """``group(a, b)`` or ``group(sig for ...)``; a member may be a workflow itself."""
+    if len(members) == 1 and not isinstance(members[0], _WORKFLOWS):
+        return Group(members[0])
+    return Group(cast("tuple[Workflow, ...]", members))  # Group checks each one
+
+
+def chord(header: Group | Iterable[Workflow], callback: Workflow) -> Chord:
     return Chord(header, callback)
+
+
+@dataclass(frozen=True)
+class _Tail:
+    """What a planned workflow leaves for the step after it: the one task whose result is the
+    workflow's, or (``many``) a group's member tasks, whose results the next step gets as a list."""
+
+    ids: tuple[str, ...]
+    many: bool = False
+
+
+class _Plan:
+    """A workflow tree as messages, each after the ones it waits for: one ``enqueue`` call.
+
+    ``add(node, before)`` plans ``node`` so that its first steps wait for ``before`` (the
+    tail of what ran before it) and get its result (``"first"``) or list (``"list"``).
+    """
+
+    def __init__(self, app: Producer) -> None:
+        self.app = app
+        self.messages: list[Message] = []
+        self._priority: dict[str, int] = {}
+
+    def add(self, node: Workflow, before: _Tail | None) -> _Tail:
+        if isinstance(node, Signature):
+            message = _message(self.app, node, 0 if before is None else 1)
+            return self._add(message if before is None else _after(message, before.ids, _passes(before)))
+        if isinstance(node, Chain):
+            tail = self.add(node.members[0], before)
+            for member in node.members[1:]:
+                tail = self.add(member, tail)
+            return tail
+        if isinstance(node, Group):
+            return self._group(node.members, before)
+        return self.add(node.callback, self._group(node.header.members, before))
+
+    def one(self, tail: _Tail) -> _Tail:
+        """The tail as one task: a group's results gathered by a collector step."""
+        return self._collect(tail.ids, keep=True) if tail.many else tail
+
+    def enqueue(self, tail: _Tail) -> list[str]:
+        """Enqueue every planned message; the ids of ``tail`` as the broker gave them (an
+        idempotency key may answer with an earlier task's id)."""
+        ids = self.app.broker.enqueue(self.messages, self.app.settings.key_ttl)
+        given = dict(zip((message.id for message in self.messages), ids, strict=True))
+        return [given[task_id] for task_id in tail.ids]
+
+    def _group(self, members: tuple[Workflow, ...], before: _Tail | None) -> _Tail:
+        if not members and before is not None and before.ids:
+            return self._collect(before.ids, keep=False)  # an empty list, once the step before ran
+        return _Tail(tuple(self.one(self.add(member, before)).ids[0] for member in members), many=True)
+
+    def _collect(self, parents: tuple[str, ...], keep: bool) -> _Tail:
+        """A collector step: on the queue and at the priority of the step it follows (without
+        one, of the workflow's first step), so the workers that ran that step settle it."""
+        follows = parents[0] if parents else self.messages[0].id if self.messages else None
+        opts = Options() if follows is None else Options(queue=queue_of(follows), priority=self._priority[follows])
+        message = self.app.message(COLLECT, [keep], None, opts)
+        return self._add(_after(message, parents, "list"))
+
+    def _add(self, message: Message) -> _Tail:
+        self.messages.append(message)
+        self._priority[message.id] = message.priority
+        return _Tail((message.id,))
+
+
+def _passes(before: _Tail) -> PassResults:
+    return "list" if before.many else "first"
 
 
 def parent_results(broker: Broker, message: Message) -> list[Any]:
@@ -153,3 +240,10 @@ def parent_results(broker: Broker, message: Message) -> list[Any]:
     if message.pass_results == "first":
         return [infos[0].result if infos else None, *message.args]
     return [[info.result for info in infos], *message.args]
+
+
+def collected(broker: Broker, message: Message) -> Any:
+    """A collector step's result: its parents' results, or ``[]`` when it only waited for them.
+    Raises :class:`DependencyError` as :func:`parent_results` does."""
+    results, *args = parent_results(broker, message)
+    return results if not args or args[0] is not False else []

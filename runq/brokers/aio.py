@@ -2,8 +2,10 @@
 
 The brokers stay synchronous (one definition of every state change); this module adapts
 them to a running event loop without blocking it. :class:`AsyncBroker` is the small
-producer's subset of :class:`~runq.brokers.base.Broker` (enqueue, read, wait, cancel).
-Two implementations:
+producer's subset of :class:`~runq.brokers.base.Broker` (enqueue, read, wait, cancel),
+plus the readings a web app's status pages make (stats, workers, list), which run the
+synchronous broker's own in a thread on every broker: they read every queue, a page
+load's worth, never a hot path. Two implementations:
 
 - :class:`ThreadedBroker`, for any broker (SQLite, PostgreSQL): each call runs the
   synchronous method in a thread of small executors of its own, so a burst of
@@ -27,6 +29,7 @@ its own id, key and options; a broker error reaches every caller of the batch it
 from __future__ import annotations
 
 import asyncio
+import builtins
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +37,7 @@ from functools import partial
 from typing import TypeVar
 
 from runq.brokers.base import Broker
-from runq.models import Message, TaskInfo
+from runq.models import Message, Stats, Status, TaskInfo, WorkerInfo
 
 T = TypeVar("T")
 THREAD_SLICE = 1.0  # longest wait one thread makes for an aresult() before the loop looks again
@@ -146,6 +149,22 @@ class AsyncBroker(ABC):
     async def cancel(self, task_id: str) -> bool:
         """As :meth:`Broker.cancel`."""
 
+    async def stats(self) -> Stats:
+        """As :meth:`Broker.stats`."""
+        return await self._in_thread(self.broker.stats)
+
+    async def workers(self) -> builtins.list[WorkerInfo]:
+        """As :meth:`Broker.workers`."""
+        return await self._in_thread(self.broker.workers)
+
+    async def list(self, status: Status | None, queue: str | None, limit: int) -> builtins.list[TaskInfo]:
+        """As :meth:`Broker.list`."""
+        return await self._in_thread(partial(self.broker.list, status, queue, limit))
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        """Run a synchronous broker call without blocking the loop."""
+        return await asyncio.to_thread(fn)
+
     @abstractmethod
     async def _release(self) -> None:
         """Close this adapter's own connections or threads (once)."""
@@ -182,6 +201,9 @@ class ThreadedBroker(AsyncBroker):
 
     async def _call(self, fn: Callable[[], T], executor: ThreadPoolExecutor | None = None) -> T:
         return await asyncio.get_running_loop().run_in_executor(executor or self._calls, fn)
+
+    async def _in_thread(self, fn: Callable[[], T]) -> T:
+        return await self._call(fn)  # this adapter's own threads, which closing waits for
 
     async def enqueue(self, messages: Sequence[Message], key_ttl: float) -> list[str]:
         return await self._call(partial(self.broker.enqueue, messages, key_ttl))

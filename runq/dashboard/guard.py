@@ -67,9 +67,12 @@ def own_names(hosts: Iterable[str]) -> frozenset[str]:
 class Guard:
     """ASGI middleware enforcing the rules above in front of ``app``."""
 
-    def __init__(self, app: Any, hosts: Iterable[str] = ()) -> None:
+    def __init__(
+        self, app: Any, hosts: Iterable[str] = (), hint: str = "start it with --allowed-host NAME to serve that name"
+    ) -> None:
         self.app = app
         self.names = own_names(hosts)
+        self.hint = hint  # how this dashboard is told another name (the CLI's flag, a mount's argument)
 
     def allowed_host(self, host: str) -> bool:
         return is_loopback_name(host) or host in self.names
@@ -107,10 +110,7 @@ class Guard:
         host_header = headers.get("host", "")
         host, port = split_host(host_header)
         if not self.allowed_host(host):
-            return 400, (
-                f"Host {host_header!r} is not one of this dashboard's names"
-                " (start it with --allowed-host NAME to serve that name)"
-            )
+            return 400, f"Host {host_header!r} is not one of this dashboard's names ({self.hint})"
         if method.upper() in SAFE_METHODS:
             return None
         fetch_site = headers.get("sec-fetch-site")

@@ -83,7 +83,7 @@ def create_app(app: App, token: str | None = None, *, interval: float = 1.0, hos
         redoc_url=None,
     )
     web.include_router(create_router(app, interval), dependencies=guard)
-    web.add_exception_handler(BrokerUnavailable, _broker_unavailable)
+    web.add_exception_handler(BrokerUnavailable, broker_unavailable)
     web.add_exception_handler(RequestValidationError, unprocessable)
     registry = create_registry(app)
 
@@ -114,7 +114,7 @@ def create_app(app: App, token: str | None = None, *, interval: float = 1.0, hos
     return web
 
 
-async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
+async def broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
     """An outage is the broker's fault, not the dashboard's: 503, so clients retry later."""
     return JSONResponse({"detail": f"broker unavailable: {exc}"}, status_code=503, headers={"Retry-After": "5"})
 

@@ -29,7 +29,7 @@ from runq.models import Claim, DrainResult, Message, Outcome
 from runq.observe.task_log import MALFORMED
 from runq.options import check_queue
 from runq.worker import policy
-from runq.worker.ended import Failed, Finished, Held, Refused, Settled
+from runq.worker.ended import Failed, Finished, Settled
 from runq.worker.gate import gate
 from runq.worker.policy import Policy, decide, task_outcome
 from runq.worker.run import Job, Registry, run_job
@@ -118,8 +118,8 @@ def _run(app: Drainable, broker: Broker, claim: Claim) -> None:
 
 def _start(app: Drainable, broker: Broker, claim: Claim, message: Message, task: Task[Any, Any] | None) -> Settled:
     args = gate(broker, message, task)
-    if isinstance(args, Refused | Held):
-        return args
+    if not isinstance(args, list):
+        return args  # refused, held back, or a collector step that ended without running
     job = Job(claim.id, message.name, claim.queue, claim.attempt, args, message.kwargs, None, message.trace)
     return _run_job(app, job)
 

@@ -1,8 +1,9 @@
 """Flow control before a run: what the worker and ``app.drain()`` ask the broker first.
 
 A task's circuit breaker and rate limit may hold it back, and a workflow step gets its
-parents' results in front of its arguments. One definition for both, so a drained task
-is held, refused or fed its parents' results exactly as a worker's would be.
+parents' results in front of its arguments; a workflow's collector step ends right here,
+with its parents' results, without running anything. One definition for both, so a
+drained task is held, refused or fed its parents' results exactly as a worker's would be.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from runq.worker import policy
-from runq.worker.ended import Held, Refused
-from runq.workflow import DependencyError, parent_results
+from runq.worker.ended import Failed, Finished, Held, Refused
+from runq.worker.run import finished
+from runq.workflow import COLLECT, DependencyError, collected, parent_results
 
 if TYPE_CHECKING:
     from runq.brokers import Broker
@@ -19,8 +21,11 @@ if TYPE_CHECKING:
     from runq.tasks import Task
 
 
-def gate(broker: Broker, message: Message, task: Task[Any, Any] | None) -> list[Any] | Refused | Held:
-    """The arguments to run ``message`` with, or why it does not run now.
+def gate(
+    broker: Broker, message: Message, task: Task[Any, Any] | None
+) -> list[Any] | Refused | Held | Finished | Failed:
+    """The arguments to run ``message`` with, or why it does not run now, or (a collector
+    step) how it ended.
 
     A held task goes back to the broker as ``scheduled`` for the time it must wait, its
     attempt given back, so it never fails for it and the rest of its queue keeps flowing.
@@ -30,6 +35,8 @@ def gate(broker: Broker, message: Message, task: Task[Any, Any] | None) -> list[
         hold = _hold(broker, task) if task is not None and task.gated else 0.0
         if hold > 0:
             return Held(hold)
+        if message.name == COLLECT and message.pass_results == "list":
+            return finished(collected(broker, message))[0]
         return parent_results(broker, message) if message.pass_results is not None else message.args
     except DependencyError as exc:
         return policy.dependency_failed(str(exc))

@@ -252,7 +252,7 @@ class Worker:
             return InFlight(claim, None, Policy(), time.monotonic())
         return InFlight(claim, message, Policy.resolve(message, self.app.tasks.get(message.name)), time.monotonic())
 
-    def _start(self, entry: InFlight) -> Job | Refused | Held:
+    def _start(self, entry: InFlight) -> Job | Refused | Held | Finished | Failed:
         """The job to run for a claim, or why it does not run (now)."""
         claim, message = entry.claim, entry.message
         if message is None:
@@ -281,7 +281,9 @@ class Worker:
             message.trace,
         )
 
-    def _prepare(self, entry: InFlight, message: Message, task: Task[Any, Any] | None) -> list[Any] | Refused | Held:
+    def _prepare(
+        self, entry: InFlight, message: Message, task: Task[Any, Any] | None
+    ) -> list[Any] | Refused | Held | Finished | Failed:
         """Flow control before a run (never on the plain path): see :func:`runq.worker.gate.gate`.
         A broker outage holds the task back rather than failing it."""
         try:
