@@ -7,8 +7,8 @@ result), no reply reaches the wrong caller (``result()`` never returns another t
 no worker hangs (each one works on after the faults and exits 0 on SIGTERM), and only an
 enqueue that *raised* may have been stored anyway (so only an un-keyed retry can double a task).
 
-``RUNQ_PROXY_TRIPS`` sets the round trips of the random-cut test (default 10,000 on Redis and
-2,000 on PostgreSQL, ~15 s each here); the longer run is README's "Faults on the wire".
+``RUNQ_PROXY_TRIPS`` sets the round trips of the random-cut test (default 10,000 on Redis, 2,000
+on Valkey and PostgreSQL: ~25 s and ~10 s each here); the longer run is in README's "Reliability".
 """
 
 from __future__ import annotations
@@ -58,10 +58,10 @@ class Wire:
         return self.through(self.producers)
 
 
-@pytest.fixture(params=["redis", "postgres"])
+@pytest.fixture(params=["redis", "valkey", "postgres"])
 def wire(request: pytest.FixtureRequest) -> Iterator[Wire]:
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
+    if request.param in ("redis", "valkey"):
+        server: RedisServer = request.getfixturevalue(f"{request.param}_server")
         server.flush()
         url = server.url
     else:
@@ -70,7 +70,7 @@ def wire(request: pytest.FixtureRequest) -> Iterator[Wire]:
         database: str = request.getfixturevalue("postgres_database")
         url = f"{database}?schema=t_{secrets.token_hex(6)}"
     upstream = urlsplit(url)
-    address = (upstream.hostname or "127.0.0.1", upstream.port or (6379 if request.param == "redis" else 5432))
+    address = (upstream.hostname or "127.0.0.1", upstream.port or 5432)
     workers, producers = Proxy(address, seed=1), Proxy(address, seed=2)
     yield Wire(request.param, url, workers, producers)
     workers.close()
@@ -96,7 +96,7 @@ def test_round_trips_through_random_cuts(wire: Wire, start_worker: StartWorker) 
     """Every chunk, either way, on the workers' and the producers' connections, has a 0.1%
     chance of being cut instead of relayed: enqueues, claims, settles, renewals and blocking
     waits are cut mid-call, hundreds of times."""
-    trips = int(os.environ.get("RUNQ_PROXY_TRIPS", "10000" if wire.kind == "redis" else "2000"))
+    trips = int(os.environ.get("RUNQ_PROXY_TRIPS", "10000" if wire.kind == "redis" else "2000"))  # CI time
     worker_args = ("--pool", "thread", "--concurrency", "8", "--lease", "2", "--queues", "keyed,plain")
     worker = start_worker(wire.worker_url, *worker_args)
     app = runq.App(wire.producer_url)

@@ -133,6 +133,7 @@ def test_worker_with_keys_runs_only_what_they_verify(
     assert tampered_info is not None and tampered_info.error is not None
     assert str(marks["tampered"]) in tampered_info.error["raw"]
     wait_until(lambda: "BadSignature" in worker.output(), timeout=10)
+    assert f"key ids {key_id(NEW)}, {key_id(OLD)}" in worker.output()  # says which keys, by id
     for key in (NEW, OLD):
         assert key not in worker.output()
     for app in producers.values():

@@ -138,6 +138,8 @@ class Worker:
             self.settings.pool,
             self.concurrency,
         )
+        if self.signer is not None:  # key ids only: which keys, never the keys
+            log.info("worker %s runs only signed messages (%r)", self.id, self.signer)
         while not self._stopping.wait(0.2):
             pass
         threads[0].join()
