@@ -9,12 +9,13 @@ import os
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from runq import options as rules
+from runq import signing
 from runq.brokers import Broker, asynchronous, connect
 from runq.brokers.aio import AsyncBroker, ThreadedBroker
 from runq.handles import Handle
@@ -39,11 +40,18 @@ class App:
     and a worker process can import the same module its producers use.
     """
 
-    def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
+    def __init__(
+        self, url: str | None = None, *, settings: Settings | None = None, signing_keys: Sequence[str] | None = None
+    ) -> None:
+        """``signing_keys``: sign every message with the first, and have this App's workers
+        run only messages one of them verifies (runq/signing.py); else ``RUNQ_SIGNING_KEYS``."""
         if url is not None and settings is not None and settings.url != url:
             given = f"url={mask_url(url)!r} and settings with url={mask_url(settings.url)!r}"
             raise ValueError(f"App got {given}: give one")
-        self._settings = settings or Settings.from_env(url=url)
+        keys = None if signing_keys is None else signing.check_keys(signing_keys)
+        self._settings = (
+            settings.with_(signing_keys=keys) if settings else Settings.from_env(url=url, signing_keys=keys)
+        )
         self.tasks: dict[str, Task[Any, Any]] = {}
         self.schedules: list[Periodic] = []  # @app.periodic, run by `runq beat` / `worker --beat`
         self._broker: Broker | None = None
@@ -328,6 +336,7 @@ class App:
             timeout=opts.timeout,
             result_ttl=opts.result_ttl or self.settings.result_ttl,
             after=opts.after or (),
+            sealer=signing.signer(self.settings.signing_keys),
         )
         message = self._observers.enqueue(message)
         try:

@@ -31,6 +31,7 @@ class ErrorKind(str, enum.Enum):
     TIMEOUT = "TimeoutError"  # the task overran its hard timeout and was stopped
     UNKNOWN_TASK = "UnknownTask"  # no task of that name at the worker
     MALFORMED_MESSAGE = "MalformedMessage"  # a payload that is not runq JSON (the raw text is kept)
+    BAD_SIGNATURE = "BadSignature"  # a worker with signing keys refused it, never ran it (raw text kept)
     DEPENDENCY_FAILED = "DependencyFailed"  # a workflow step's parent did not succeed
     RETRY = "Retry"  # the task raised runq.Retry
 

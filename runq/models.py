@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # the rule: runq/options.py's check_queue
 # The range read timestamps are clamped to: a day inside datetime's own, so that showing
@@ -92,6 +92,12 @@ def to_datetime(timestamp: float | None) -> datetime | None:
     return min(max(moment, EARLIEST), LATEST)
 
 
+class Sealer(Protocol):
+    """Seals a payload for one task id (runq/signing.py's ``Signer``: an HMAC at its end)."""
+
+    def seal(self, task_id: str, body: str) -> str: ...
+
+
 @dataclass(frozen=True)
 class Message:
     """One task as enqueued: everything a worker needs to run it and apply its policy."""
@@ -117,6 +123,9 @@ class Message:
     pass_results: Literal["first", "list"] | None = None
     # OpenTelemetry (runq/observe/tracing.py): the producer span's W3C trace context; written only when set.
     trace: dict[str, str] | None = None
+    # The producer's signing keys (App(signing_keys=...)): never in the payload, but carried by
+    # dataclasses.replace, so a workflow step or a traced message is signed as its App signs.
+    sealer: Sealer | None = field(default=None, repr=False, compare=False)
 
     @functools.cached_property
     def payload(self) -> str:
@@ -132,7 +141,8 @@ class Message:
             value = getattr(self, name)
             if value != default:
                 data[name] = list(value) if name == "after" else value
-        return _JSON.encode(data)
+        body = _JSON.encode(data)
+        return body if self.sealer is None else self.sealer.seal(self.id, body)
 
     @classmethod
     def decode(cls, raw: str | bytes, id: str, queue: str) -> Message:
@@ -143,6 +153,9 @@ class Message:
             raise ValueError(f"payload is not JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError("payload is not a JSON object")
+        data.pop("sig", None)  # a signed payload's signature: the worker checked it (runq/signing.py)
+        if "sealer" in data:
+            raise ValueError("payload has wrong fields: sealer")
         if "after" in data:
             data["after"] = tuple(data["after"])
         try:
@@ -159,7 +172,7 @@ class Message:
 _PAYLOAD_DEFAULTS = tuple(
     (spec.name, spec.default_factory() if callable(spec.default_factory) else spec.default)
     for spec in fields(Message)
-    if spec.name not in ("id", "queue", "name")
+    if spec.name not in ("id", "queue", "name", "sealer")
 )
 
 

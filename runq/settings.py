@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from runq.options import check_queue, parse_queues
+from runq.signing import check_keys
 
 POOLS = ("process", "thread", "async")
 LOG_FORMATS = ("text", "json")
@@ -37,12 +38,15 @@ class Settings:
     connect_timeout: float = 5.0
     log_level: str = "INFO"
     log_format: str = "text"
+    # HMAC keys for signed messages (runq/signing.py): the first signs, all verify. Never shown.
+    signing_keys: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         # Flags and variables are case-insensitive (--log-level debug, RUNQ_POOL=Thread).
         object.__setattr__(self, "log_level", str(self.log_level).upper())
         object.__setattr__(self, "pool", str(self.pool).lower())
         object.__setattr__(self, "log_format", str(self.log_format).lower())
+        object.__setattr__(self, "signing_keys", check_keys(self.signing_keys))
         if self.pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, got {self.pool!r}")
         if self.log_format not in LOG_FORMATS:
@@ -90,6 +94,7 @@ class Settings:
     def from_dict(cls, data: Mapping[str, Any]) -> Settings:
         values = dict(data)
         values["queues"] = tuple(values.get("queues", ("default",)))
+        values["signing_keys"] = tuple(values.get("signing_keys", ()))
         return cls(**values)
 
     @property
@@ -106,6 +111,11 @@ def _parse(name: str, raw: str) -> Any:
             return parse_queues(raw)
         except ValueError as exc:
             raise ValueError(f"RUNQ_QUEUES={raw!r}: {exc}") from None
+    if name == "signing_keys":  # comma-separated; an error names the variable, never its value
+        try:
+            return check_keys([key.strip() for key in raw.split(",") if key.strip()])
+        except ValueError as exc:
+            raise ValueError(f"RUNQ_SIGNING_KEYS: {exc}") from None
     try:
         if kind == "int":
             return int(raw)

