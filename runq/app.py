@@ -307,6 +307,8 @@ class App:
                 raise TypeError(f"keyword argument names must be strings, got {key!r}")
         if task is not None:
             task.check_call(args_list, kwargs_dict, leading)
+        if opts.soft_timeout is not None:  # against the timeout the call and the task's defaults make together
+            rules.check_soft_timeout(opts.soft_timeout, opts.timeout)
         delay = opts.delay or 0.0
         if opts.eta is not None:
             delay = rules.check_delay(max(0.0, (rules.check_eta(opts.eta) - _now()).total_seconds()))
@@ -326,6 +328,7 @@ class App:
             jitter=opts.jitter,
             timeout=opts.timeout,
             result_ttl=opts.result_ttl or self.settings.result_ttl,
+            soft_timeout=opts.soft_timeout,
             after=opts.after or (),
         )
         message = self._observers.enqueue(message)

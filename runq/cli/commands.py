@@ -117,6 +117,14 @@ def parse_arguments(text: str | None) -> tuple[list[Any], dict[str, Any]]:
     "--key", callback=checked(rules.check_key), help="Idempotency key: a second enqueue returns the first task."
 )
 @click.option(
+    "--timeout", type=float, callback=checked(lambda v: rules.check_seconds("timeout", v, zero=False)),
+    help="Seconds before the run is stopped.",
+)  # fmt: skip
+@click.option(
+    "--soft-timeout", type=float, callback=checked(rules.check_soft_timeout),
+    help="Seconds before runq.SoftTimeout is raised inside the task (< --timeout).",
+)  # fmt: skip
+@click.option(
     "--app", "app_path", metavar="APP", default=None, help="module:attribute: NAME gets its task's options and checks."
 )
 @common

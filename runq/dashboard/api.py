@@ -96,6 +96,16 @@ class TaskIn(BaseModel):
     key: StrictStr | None = Field(
         default=None, description="Idempotency key.", json_schema_extra=_schema(rules.key_schema)
     )
+    timeout: StrictFloat | StrictInt | None = Field(
+        default=None,
+        description="Seconds before the run is stopped.",
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": rules.MAX_SECONDS},
+    )
+    soft_timeout: StrictFloat | StrictInt | None = Field(
+        default=None,
+        description="Seconds before runq.SoftTimeout is raised inside the task; less than timeout.",
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": rules.MAX_SECONDS},
+    )
 
     @field_validator("priority", mode="before")
     @classmethod
@@ -108,6 +118,11 @@ class TaskIn(BaseModel):
     _priority = field_validator("priority")(_rule(rules.check_priority))
     _delay = field_validator("delay")(_rule(rules.check_delay))
     _key = field_validator("key")(_rule(rules.check_key))
+    _timeout = field_validator("timeout")(_rule(lambda value: rules.check_seconds("timeout", value, zero=False)))
+    _soft_timeout = field_validator("soft_timeout")(_rule(rules.check_soft_timeout))
+
+
+SUBMITTED_OPTIONS = {"queue", "priority", "delay", "key", "timeout", "soft_timeout"}
 
 
 class Enqueued(BaseModel):
@@ -259,7 +274,9 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
     @router.post("/tasks", status_code=202, response_model=Enqueued)
     def submit(body: TaskIn) -> Enqueued:
         """Enqueue a task by name, as ``App.enqueue`` does; returns its id at once."""
-        options = body.model_dump(include={"queue", "priority", "delay", "key"}, exclude_none=True)
+        options = body.model_dump(
+            include={"queue", "priority", "delay", "key", "timeout", "soft_timeout"}, exclude_none=True
+        )
         try:
             handle = app.enqueue(body.name, body.args, body.kwargs, **options)
         except (TypeError, ValueError) as exc:

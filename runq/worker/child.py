@@ -39,10 +39,12 @@ def main(argv: list[str]) -> int:
 
     from runq.app import load_app
     from runq.settings import Settings
+    from runq.worker import soft
     from runq.worker.ended import to_frame
     from runq.worker.frames import Frame, FrameReader, write_frame
     from runq.worker.run import Job, run_job
 
+    soft.use_signals()  # this main thread runs one task at a time: a soft timeout can be a signal
     reader = FrameReader(read_fd)
     settings = reader.read()
     if not isinstance(settings, Frame):

@@ -275,6 +275,7 @@ class Worker:
             message.kwargs,
             entry.policy.timeout,
             message.trace,
+            entry.policy.soft_timeout,
         )
 
     def _prepare(self, entry: InFlight, message: Message, task: Task[Any, Any] | None) -> list[Any] | Refused | Held:
