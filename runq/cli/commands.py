@@ -34,6 +34,14 @@ from runq.settings import LOG_FORMATS, POOLS
 @click.option("--lease", type=click.FloatRange(min=0.1), default=None, help="Seconds a claim is held unrenewed [30].")
 @click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default=None, help="[INFO]")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS, case_sensitive=False), default=None, help="[text]")
+@click.option(
+    "--max-tasks-per-child", type=click.IntRange(min=0), default=None,
+    help="Process pool: replace a child after this many tasks [0: never].",
+)  # fmt: skip
+@click.option(
+    "--max-memory-per-child", type=click.IntRange(min=0), default=None, metavar="MIB",
+    help="Process pool: replace a child once its memory peaked at MIB [0: never].",
+)  # fmt: skip
 @click.option("--beat", is_flag=True, help="Also enqueue APP's periodic tasks (as `runq beat`).")
 @common
 def worker(
