@@ -9,8 +9,10 @@ by minute), with no sleeping. Real beats firing a schedule with arguments close 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -23,6 +25,8 @@ from runq.models import Status
 from runq.schedule import Periodic
 from runq.worker.beat import Beat
 from tests.conftest import WorkerProcess, wait_until
+from tests.test_dashboard import Dashboard
+from tests.test_dashboard import browser as browser  # the fixture, shared
 
 ZONES = ["America/New_York", "Europe/Paris", "Australia/Lord_Howe"]
 # Crons that tick at least daily (the brute force scans minute by minute up to the next tick),
@@ -237,3 +241,47 @@ def test_a_worker_s_beat_runs_the_periodic_task_with_its_arguments(
     start_worker(broker_url, "--pool", "thread", "--queues", "beat", "--beat", app="tests.cron_tasks:app")
     done = wait_until(lambda: app.list(status=Status.SUCCEEDED, queue="beat"), 30)
     assert done[0].result == {"args": ["a", 1], "kwargs": {"flag": True}}
+
+
+# -- the dashboard lists them ----------------------------------------------------------------------
+
+
+def test_the_dashboard_lists_periodic_tasks_with_their_next_run(sqlite_url: str, browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    app = runq.App(sqlite_url)
+
+    @app.periodic(cron="0 9 * * *", tz="Europe/Paris", args=["daily"], kwargs={"to": "ops"}, name="report")
+    def report(kind: str, to: str) -> None: ...
+
+    @app.periodic(every=30, name="cleanup")
+    def cleanup() -> None: ...
+
+    dashboard = Dashboard(app)
+    try:
+        with dashboard.client() as client:
+            before = time.time()
+            rows = {row["name"]: row for row in client.get("/api/periodic").json()}
+            snapshot = client.get("/api/snapshot").json()["periodic"]
+            after = time.time()
+        assert rows["report"] | {"next_run": None} == {
+            "name": "report", "schedule": "0 9 * * * (Europe/Paris)", "cron": "0 9 * * *", "every": None,
+            "tz": "Europe/Paris", "args": ["daily"], "kwargs": {"to": "ops"}, "next_run": None,
+        }  # fmt: skip
+        for entry in app.schedules:
+            shown = datetime.fromisoformat(rows[entry.name]["next_run"]).timestamp()
+            assert entry.next_after(before) <= shown <= entry.next_after(after)
+        assert sorted(row["name"] for row in snapshot) == ["cleanup", "report"]
+
+        page = browser.new_page()
+        page.goto(dashboard.url)
+        expect(page.locator("#periodic tr")).to_have_count(2)
+        row = page.locator('#periodic tr[data-periodic="report"]')
+        expect(row).to_contain_text("0 9 * * * (Europe/Paris)")
+        expect(row).to_contain_text('"daily", to="ops"')
+        expect(row).to_contain_text("(in ")
+        expect(page.locator("#periodic-empty")).to_be_hidden()
+        page.close()
+    finally:
+        dashboard.stop()
+        app.close()

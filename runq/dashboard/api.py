@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -206,6 +206,19 @@ class Health(BaseModel):
     broker: str
 
 
+class PeriodicOut(BaseModel):
+    """One of APP's periodic tasks (``@app.periodic``) and its next tick."""
+
+    name: str
+    schedule: str = Field(examples=["0 9 * * * (Europe/Paris)", "every 30s"])
+    cron: str | None
+    every: float | None
+    tz: str = Field(description="The IANA zone its cron is read in.")
+    args: list[Any]
+    kwargs: dict[str, Any]
+    next_run: datetime = Field(description="The next tick, UTC.")
+
+
 class Snapshot(BaseModel):
     """Everything the page shows, in one document: one SSE event, or one poll."""
 
@@ -214,6 +227,7 @@ class Snapshot(BaseModel):
     workers: list[WorkerOut]
     dead: list[TaskOut]
     recent: list[TaskOut]
+    periodic: list[PeriodicOut] = Field(description="APP's periodic tasks, soonest first.")
 
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such task."}}
@@ -243,6 +257,24 @@ def task_out(info: TaskInfo) -> TaskOut:
 
 def worker_out(worker: WorkerInfo, now: float) -> WorkerOut:
     return WorkerOut(**vars(worker), heartbeat_age=max(0.0, now - worker.last_seen))
+
+
+def periodic_out(app: App, now: float) -> list[PeriodicOut]:
+    """APP's schedules with their next tick after ``now``, soonest first."""
+    rows = [
+        PeriodicOut(
+            name=entry.name,
+            schedule=entry.schedule,
+            cron=entry.cron,
+            every=entry.every,
+            tz=entry.tz or "UTC",
+            args=list(entry.args),
+            kwargs=dict(entry.kwargs),
+            next_run=datetime.fromtimestamp(entry.next_after(now), timezone.utc),
+        )
+        for entry in app.schedules
+    ]
+    return sorted(rows, key=lambda row: (row.next_run, row.name))
 
 
 def public_url(url: str) -> str:
@@ -351,7 +383,13 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
             workers=[worker_out(w, now) for w in app.workers()],
             dead=[task_out(t) for t in app.list(Status.FAILED, None, DEAD_LETTER_LIMIT)],
             recent=[task_out(t) for t in app.list(None, None, RECENT_LIMIT)],
+            periodic=periodic_out(app, now),
         )
+
+    @router.get("/periodic", response_model=list[PeriodicOut])
+    def periodic() -> list[PeriodicOut]:
+        """APP's periodic tasks and when each runs next (what ``runq beat`` fires)."""
+        return periodic_out(app, time.time())
 
     @router.get("/snapshot", response_model=Snapshot)
     def get_snapshot() -> Snapshot:
