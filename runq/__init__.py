@@ -2,7 +2,15 @@
 
 from runq.app import App
 from runq.context import TaskContext, current
-from runq.errors import BrokerUnavailable, Retry, RunqError, TaskCancelled, TaskFailed, TaskNotFound
+from runq.errors import (
+    BrokerUnavailable,
+    Retry,
+    RunqError,
+    SoftTimeout,
+    TaskCancelled,
+    TaskFailed,
+    TaskNotFound,
+)
 from runq.handles import GroupHandle, Handle
 from runq.models import DrainResult, Stats, Status, TaskInfo, WorkerInfo
 from runq.observe import Middleware, TaskOutcome
@@ -21,6 +29,7 @@ __all__ = [
     "RunqError",
     "Settings",
     "Signature",
+    "SoftTimeout",
     "Stats",
     "Status",
     "Task",

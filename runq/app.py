@@ -10,6 +10,7 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -204,22 +205,39 @@ class App:
         return register(fn) if fn is not None else register
 
     def periodic(
-        self, *, cron: str | None = None, every: float | None = None, name: str | None = None, **options: Any
-    ) -> Callable[[Callable[[], R]], Task[[], R]]:
-        """Register a task enqueued (without arguments) at every tick of a schedule.
+        self,
+        *,
+        cron: str | None = None,
+        every: float | None = None,
+        tz: str | None = None,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> Callable[[Callable[..., R]], Task[..., R]]:
+        """Register a task enqueued with ``args`` and ``kwargs`` at every tick of a schedule.
 
-        ``cron="*/5 * * * *"`` (UTC) or ``every=seconds``; the other keywords are task
-        options. Ticks are fired by ``runq beat APP`` or ``runq worker APP --beat``, once
-        per tick however many of them run (see runq/schedule.py).
+        ``cron="0 9 * * *"`` read in the IANA zone ``tz`` (default UTC; across a DST change a
+        repeated time fires once, a skipped one at the end of the gap), or ``every=seconds``;
+        the other keywords are task options. Ticks are fired by ``runq beat APP`` or ``runq
+        worker APP --beat``, once per tick however many of them run (see runq/schedule.py).
         """
         from runq.schedule import Periodic
 
-        def register(func: Callable[[], R]) -> Task[[], R]:
+        schedule = Periodic("check", cron=cron, every=every, tz=tz, args=args, kwargs=kwargs or {})  # fails here
+
+        def register(func: Callable[..., R]) -> Task[..., R]:
+            known = set(self.tasks)
             task = self.task(name=name, **options)(func)
-            self.schedules.append(Periodic(task.name, cron=cron, every=every))
+            try:
+                task.check_call(list(schedule.args), dict(schedule.kwargs))
+            except TypeError:
+                if task.name not in known:
+                    del self.tasks[task.name]
+                raise
+            self.schedules.append(replace(schedule, name=task.name))
             return task
 
-        Periodic("check", cron=cron, every=every)  # a bad schedule fails at decoration
         return register
 
     # -- producing --------------------------------------------------------------
@@ -316,6 +334,8 @@ class App:
                 raise TypeError(f"keyword argument names must be strings, got {key!r}")
         if task is not None:
             task.check_call(args_list, kwargs_dict, leading)
+        if opts.soft_timeout is not None:  # against the timeout the call and the task's defaults make together
+            rules.check_soft_timeout(opts.soft_timeout, opts.timeout)
         delay = opts.delay or 0.0
         if opts.eta is not None:
             delay = rules.check_delay(max(0.0, (rules.check_eta(opts.eta) - _now()).total_seconds()))
@@ -335,6 +355,7 @@ class App:
             jitter=opts.jitter,
             timeout=opts.timeout,
             result_ttl=opts.result_ttl or self.settings.result_ttl,
+            soft_timeout=opts.soft_timeout,
             after=opts.after or (),
             sealer=signing.signer(self.settings.signing_keys),
         )

@@ -7,6 +7,8 @@
     ├── TaskNotFound           an id the broker does not know (expired, purged or never existed)
     └── Retry                  raised *inside* a task to ask for another attempt
 
+    SoftTimeout                raised by runq *inside* a task at its ``soft_timeout``
+
     TimeoutError (the builtin) is raised by Handle.result() when the wait runs out,
     and is the error type recorded for an attempt killed by its hard timeout.
 
@@ -34,6 +36,7 @@ class ErrorKind(str, enum.Enum):
     BAD_SIGNATURE = "BadSignature"  # a worker with signing keys refused it, never ran it (raw text kept)
     DEPENDENCY_FAILED = "DependencyFailed"  # a workflow step's parent did not succeed
     RETRY = "Retry"  # the task raised runq.Retry
+    SOFT_TIMEOUT = "SoftTimeout"  # the task reached its soft_timeout and did not catch runq.SoftTimeout
 
     def __str__(self) -> str:
         return self.value
@@ -87,6 +90,19 @@ class Retry(RunqError):
         self.delay = delay
         self.reason = reason
         super().__init__(reason or (f"retry in {delay}s" if delay is not None else "retry"))
+
+
+class SoftTimeout(Exception):
+    """Raised inside a running task when it reaches its ``soft_timeout``: caught, the task may
+    clean up and return before its hard ``timeout``; uncaught, the attempt fails (and is
+    retried like any other failure).
+
+    Not a :class:`RunqError`, so a task's ``except runq.RunqError`` around its own broker calls
+    does not swallow it.
+    """
+
+    def __init__(self, message: str = "the task reached its soft_timeout") -> None:
+        super().__init__(message)
 
 
 def error_type(exc: BaseException) -> str:

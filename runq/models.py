@@ -117,6 +117,7 @@ class Message:
     jitter: bool | None = None
     timeout: float | None = None
     result_ttl: float = 86400.0
+    soft_timeout: float | None = None  # SoftTimeout raised inside the task; written only when set
     after: tuple[str, ...] = ()
     # Workflow steps: "first" prepends the result of after[0] to args (chain), "list"
     # prepends the list of the results of every task in after (chord callback).

@@ -16,6 +16,8 @@ The limits, stated once (the README's "Limits" table repeats them):
 - ``delay`` and every other duration (``backoff``, ``backoff_max``, ``timeout``,
   ``result_ttl``): a finite number of seconds, at most 10 years; ``eta``: an aware
   datetime at most 10 years ahead (a past one means now);
+- ``soft_timeout``: a duration > 0, less than ``timeout`` when both are set (at the call
+  or by the task's decorator);
 - ``retries``: an int from 0 to 10,000; ``jitter``: a bool; ``rate_limit``: ``"N/s"``,
   ``"N/m"`` or ``"N/h"``.
 """
@@ -158,6 +160,18 @@ def check_seconds(name: str, value: Any, *, zero: bool = True) -> float:
     if value > MAX_SECONDS:
         raise ValueError(f"{name} must be at most 10 years ({MAX_SECONDS} seconds), got {_shown(value)}")
     return float(value)
+
+
+def check_soft_timeout(soft_timeout: Any, timeout: float | None = None) -> float:
+    """A soft time limit: a duration > 0 that must leave the task time before its hard ``timeout``
+    (a soft limit at or after the hard one could never be seen)."""
+    seconds = check_seconds("soft_timeout", soft_timeout, zero=False)
+    if timeout is not None and seconds >= timeout:
+        raise ValueError(
+            f"soft_timeout ({_shown(soft_timeout)}s) must be less than timeout ({_shown(timeout)}s):"
+            " the hard timeout stops the task first"
+        )
+    return seconds
 
 
 def check_delay(delay: Any) -> float:

@@ -40,6 +40,10 @@ class Settings:
     log_format: str = "text"
     # HMAC keys for signed messages (runq/signing.py): the first signs, all verify. Never shown.
     signing_keys: tuple[str, ...] = field(default=(), repr=False)
+    # Process pool: replace a child after the task during which it ran this many tasks, or its
+    # peak memory reached this many MiB (0: no limit). See runq/worker/pools/processes.py.
+    max_tasks_per_child: int = 0
+    max_memory_per_child: int = 0
 
     def __post_init__(self) -> None:
         # Flags and variables are case-insensitive (--log-level debug, RUNQ_POOL=Thread).
@@ -53,8 +57,9 @@ class Settings:
             raise ValueError(f"log format must be text or json, got {self.log_format!r}")
         if self.log_level not in LOG_LEVELS:
             raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}")
-        if self.concurrency < 0:
-            raise ValueError(f"concurrency must be >= 0, got {self.concurrency}")
+        for name in ("concurrency", "max_tasks_per_child", "max_memory_per_child"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lease", "result_ttl", "key_ttl", "connect_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -96,6 +101,11 @@ class Settings:
         values["queues"] = tuple(values.get("queues", ("default",)))
         values["signing_keys"] = tuple(values.get("signing_keys", ()))
         return cls(**values)
+
+    @property
+    def recycles(self) -> bool:
+        """Whether process-pool children are replaced at a limit."""
+        return bool(self.max_tasks_per_child or self.max_memory_per_child)
 
     @property
     def effective_concurrency(self) -> int:

@@ -43,6 +43,7 @@ class Options:
     backoff_max: float | None = None
     jitter: bool | None = None
     timeout: float | None = None
+    soft_timeout: float | None = None
     rate_limit: str | None = None
     result_ttl: float | None = None
     after: tuple[str, ...] | None = None
@@ -71,6 +72,8 @@ class Options:
                 _CHECKS[spec.name](value)
         if self.delay is not None and self.eta is not None:
             raise ValueError("give delay or eta, not both")
+        if self.soft_timeout is not None:
+            options.check_soft_timeout(self.soft_timeout, self.timeout)
         for parent in self.after or ():
             if not isinstance(parent, str):
                 raise TypeError(f"after takes handles or task ids, got {type(parent).__name__}")
@@ -101,6 +104,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "backoff_max": lambda value: options.check_seconds("backoff_max", value),
     "jitter": options.check_jitter,
     "timeout": lambda value: options.check_seconds("timeout", value, zero=False),
+    "soft_timeout": options.check_soft_timeout,
     "result_ttl": lambda value: options.check_seconds("result_ttl", value, zero=False),
     "rate_limit": options.parse_rate_limit,
 }

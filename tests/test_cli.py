@@ -225,6 +225,8 @@ def test_every_setting_is_read_from_the_environment_and_documented() -> None:
         "RUNQ_LOG_LEVEL": "debug",
         "RUNQ_LOG_FORMAT": "JSON",
         "RUNQ_SIGNING_KEYS": "new-0123456789abcdef,old-0123456789abcdef",
+        "RUNQ_MAX_TASKS_PER_CHILD": "100",
+        "RUNQ_MAX_MEMORY_PER_CHILD": "512",
     }
     assert set(env) == {f"RUNQ_{spec.name.upper()}" for spec in fields(Settings)}
     settings = Settings.from_env(env)
@@ -238,6 +240,7 @@ def test_every_setting_is_read_from_the_environment_and_documented() -> None:
     assert (settings.result_ttl, settings.key_ttl, settings.max_payload, settings.connect_timeout) == (60, 120, 2048, 2)
     assert (settings.log_level, settings.log_format) == ("DEBUG", "json")
     assert settings.signing_keys == ("new-0123456789abcdef", "old-0123456789abcdef")
+    assert (settings.max_tasks_per_child, settings.max_memory_per_child) == (100, 512)
     flags = Settings.from_env(env, pool="thread", concurrency=5, log_level="warning", queues="a, b")
     assert (flags.pool, flags.concurrency, flags.log_level, flags.queues) == ("thread", 5, "WARNING", ("a", "b"))
     with pytest.raises(ValueError, match="log level"):

@@ -34,6 +34,14 @@ from runq.settings import LOG_FORMATS, POOLS
 @click.option("--lease", type=click.FloatRange(min=0.1), default=None, help="Seconds a claim is held unrenewed [30].")
 @click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False), default=None, help="[INFO]")
 @click.option("--log-format", type=click.Choice(LOG_FORMATS, case_sensitive=False), default=None, help="[text]")
+@click.option(
+    "--max-tasks-per-child", type=click.IntRange(min=0), default=None,
+    help="Process pool: replace a child after this many tasks [0: never].",
+)  # fmt: skip
+@click.option(
+    "--max-memory-per-child", type=click.IntRange(min=0), default=None, metavar="MIB",
+    help="Process pool: replace a child once its memory peaked at MIB [0: never].",
+)  # fmt: skip
 @click.option("--beat", is_flag=True, help="Also enqueue APP's periodic tasks (as `runq beat`).")
 @common
 def worker(
@@ -116,6 +124,14 @@ def parse_arguments(text: str | None) -> tuple[list[Any], dict[str, Any]]:
 @click.option(
     "--key", callback=checked(rules.check_key), help="Idempotency key: a second enqueue returns the first task."
 )
+@click.option(
+    "--timeout", type=float, callback=checked(lambda v: rules.check_seconds("timeout", v, zero=False)),
+    help="Seconds before the run is stopped.",
+)  # fmt: skip
+@click.option(
+    "--soft-timeout", type=float, callback=checked(rules.check_soft_timeout),
+    help="Seconds before runq.SoftTimeout is raised inside the task (< --timeout).",
+)  # fmt: skip
 @click.option(
     "--app", "app_path", metavar="APP", default=None, help="module:attribute: NAME gets its task's options and checks."
 )

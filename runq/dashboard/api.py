@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
@@ -96,6 +96,16 @@ class TaskIn(BaseModel):
     key: StrictStr | None = Field(
         default=None, description="Idempotency key.", json_schema_extra=_schema(rules.key_schema)
     )
+    timeout: StrictFloat | StrictInt | None = Field(
+        default=None,
+        description="Seconds before the run is stopped.",
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": rules.MAX_SECONDS},
+    )
+    soft_timeout: StrictFloat | StrictInt | None = Field(
+        default=None,
+        description="Seconds before runq.SoftTimeout is raised inside the task; less than timeout.",
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": rules.MAX_SECONDS},
+    )
 
     @field_validator("priority", mode="before")
     @classmethod
@@ -108,6 +118,11 @@ class TaskIn(BaseModel):
     _priority = field_validator("priority")(_rule(rules.check_priority))
     _delay = field_validator("delay")(_rule(rules.check_delay))
     _key = field_validator("key")(_rule(rules.check_key))
+    _timeout = field_validator("timeout")(_rule(lambda value: rules.check_seconds("timeout", value, zero=False)))
+    _soft_timeout = field_validator("soft_timeout")(_rule(rules.check_soft_timeout))
+
+
+SUBMITTED_OPTIONS = {"queue", "priority", "delay", "key", "timeout", "soft_timeout"}
 
 
 class Enqueued(BaseModel):
@@ -191,6 +206,19 @@ class Health(BaseModel):
     broker: str
 
 
+class PeriodicOut(BaseModel):
+    """One of APP's periodic tasks (``@app.periodic``) and its next tick."""
+
+    name: str
+    schedule: str = Field(examples=["0 9 * * * (Europe/Paris)", "every 30s"])
+    cron: str | None
+    every: float | None
+    tz: str = Field(description="The IANA zone its cron is read in.")
+    args: list[Any]
+    kwargs: dict[str, Any]
+    next_run: datetime = Field(description="The next tick, UTC.")
+
+
 class Snapshot(BaseModel):
     """Everything the page shows, in one document: one SSE event, or one poll."""
 
@@ -199,6 +227,7 @@ class Snapshot(BaseModel):
     workers: list[WorkerOut]
     dead: list[TaskOut]
     recent: list[TaskOut]
+    periodic: list[PeriodicOut] = Field(description="APP's periodic tasks, soonest first.")
 
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such task."}}
@@ -230,6 +259,24 @@ def worker_out(worker: WorkerInfo, now: float) -> WorkerOut:
     return WorkerOut(**vars(worker), heartbeat_age=max(0.0, now - worker.last_seen))
 
 
+def periodic_out(app: App, now: float) -> list[PeriodicOut]:
+    """APP's schedules with their next tick after ``now``, soonest first."""
+    rows = [
+        PeriodicOut(
+            name=entry.name,
+            schedule=entry.schedule,
+            cron=entry.cron,
+            every=entry.every,
+            tz=entry.tz or "UTC",
+            args=list(entry.args),
+            kwargs=dict(entry.kwargs),
+            next_run=datetime.fromtimestamp(entry.next_after(now), timezone.utc),
+        )
+        for entry in app.schedules
+    ]
+    return sorted(rows, key=lambda row: (row.next_run, row.name))
+
+
 def public_url(url: str) -> str:
     """The broker URL without its password, fit to show to anyone who can see the page."""
     return mask_url(url)
@@ -259,7 +306,9 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
     @router.post("/tasks", status_code=202, response_model=Enqueued)
     def submit(body: TaskIn) -> Enqueued:
         """Enqueue a task by name, as ``App.enqueue`` does; returns its id at once."""
-        options = body.model_dump(include={"queue", "priority", "delay", "key"}, exclude_none=True)
+        options = body.model_dump(
+            include={"queue", "priority", "delay", "key", "timeout", "soft_timeout"}, exclude_none=True
+        )
         try:
             handle = app.enqueue(body.name, body.args, body.kwargs, **options)
         except (TypeError, ValueError) as exc:
@@ -334,7 +383,13 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
             workers=[worker_out(w, now) for w in app.workers()],
             dead=[task_out(t) for t in app.list(Status.FAILED, None, DEAD_LETTER_LIMIT)],
             recent=[task_out(t) for t in app.list(None, None, RECENT_LIMIT)],
+            periodic=periodic_out(app, now),
         )
+
+    @router.get("/periodic", response_model=list[PeriodicOut])
+    def periodic() -> list[PeriodicOut]:
+        """APP's periodic tasks and when each runs next (what ``runq beat`` fires)."""
+        return periodic_out(app, time.time())
 
     @router.get("/snapshot", response_model=Snapshot)
     def get_snapshot() -> Snapshot:

@@ -27,7 +27,7 @@ class Beat:
         """Sleep until the next tick, fire what is due, repeat until ``stop`` is set."""
         if not self.entries:
             return
-        log.info("beat started: %s", ", ".join(f"{e.name} ({e.cron or f'every {e.every}s'})" for e in self.entries))
+        log.info("beat started: %s", ", ".join(f"{e.name} ({e.schedule})" for e in self.entries))
         now = time.time()
         due = {entry: entry.next_after(now) for entry in self.entries}
         while not stop.wait(max(0.0, min(due.values()) - time.time())):
@@ -42,7 +42,7 @@ class Beat:
         try:
             if not self.app.broker.take_tick(entry.name, entry.tick_id(tick), entry.ttl(tick)):
                 return False
-            handle = self.app.enqueue(entry.name)
+            handle = self.app.enqueue(entry.name, list(entry.args), dict(entry.kwargs))
         except BrokerUnavailable as exc:
             log.warning("beat: tick of %s skipped, broker unavailable: %s", entry.name, exc)
             return False

@@ -3,15 +3,19 @@
 Its first frame is the worker's settings, which the app adopts (so a task that
 enqueues a task uses the worker's broker, whatever the environment says); then it
 runs jobs one at a time, as they come in batches (``{"jobs": [...]}``), answering each
-as it ends (:mod:`runq.worker.frames`). It dies with its parent: on Linux the kernel
-sends it SIGKILL when the worker exits (``PR_SET_PDEATHSIG``); elsewhere it exits at
-EOF on its pipe.
+as it ends (:mod:`runq.worker.frames`). With ``max_memory_per_child``, the answer of the
+task during which its memory peaked at the limit says ``"recycle"``, and the child runs no
+more of its batch: the worker starts its replacement, then closes the pipe (EOF: exit 0).
+
+It dies with its parent: on Linux the kernel sends it SIGKILL when the worker exits
+(``PR_SET_PDEATHSIG``); elsewhere it exits at EOF on its pipe.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import sys
 
@@ -39,20 +43,34 @@ def main(argv: list[str]) -> int:
 
     from runq.app import load_app
     from runq.settings import Settings
+    from runq.worker import soft
     from runq.worker.ended import to_frame
     from runq.worker.frames import Frame, FrameReader, write_frame
     from runq.worker.run import Job, run_job
 
+    soft.use_signals()  # this main thread runs one task at a time: a soft timeout can be a signal
     reader = FrameReader(read_fd)
     settings = reader.read()
     if not isinstance(settings, Frame):
         return 0  # the worker went away before it said anything
     app = load_app(app_path)
-    app.configure(Settings.from_dict(settings.data))  # never the environment's: the worker's URL, always
+    worker_settings = Settings.from_dict(settings.data)
+    app.configure(worker_settings)  # never the environment's: the worker's URL, always
+    limit = worker_settings.max_memory_per_child * 1024  # KiB, as ru_maxrss counts
     while isinstance(frame := reader.read(), Frame):
         for job in frame.data["jobs"]:  # a batch of short jobs, run back to back; each answered as it ends
-            write_frame(write_fd, to_frame(run_job(app, Job(**job))))
+            answer = to_frame(run_job(app, Job(**job)))
+            if limit and _peak_kib() >= limit:
+                write_frame(write_fd, {**answer, "recycle": True})
+                break  # the rest of the batch goes back to the worker's queue
+            write_frame(write_fd, answer)
     return 0
+
+
+def _peak_kib() -> int:
+    """This process's peak resident memory, KiB (one getrusage: only with a memory limit)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak  # macOS counts bytes
 
 
 if __name__ == "__main__":

@@ -94,6 +94,12 @@ class Worker:
                 mask_url(self.settings.url),
             )
         app.configure(self.settings)  # a task that enqueues from inside a task uses the worker's broker
+        if self.settings.recycles and self.settings.pool != "process":
+            log.warning(
+                "max_tasks_per_child and max_memory_per_child apply to the process pool only: the %s pool has no"
+                " children to replace",
+                self.settings.pool,
+            )
         self.app_path = app_path
         self.concurrency = self.settings.effective_concurrency
         self._runtime = 2 * SHORT_TASK  # running average of how long a task runs; starts "long"
@@ -292,6 +298,7 @@ class Worker:
             message.kwargs,
             entry.policy.timeout,
             message.trace,
+            entry.policy.soft_timeout,
         )
 
     def _prepare(

@@ -48,6 +48,7 @@ class Policy:
     backoff_max: float = 3600.0
     jitter: bool = True
     timeout: float | None = None
+    soft_timeout: float | None = None  # runq.SoftTimeout raised inside the task (runq/worker/soft.py)
     retry_for: tuple[type[BaseException], ...] = ()  # empty: every error is retried
     result_ttl: float = 86400.0
 
@@ -56,7 +57,7 @@ class Policy:
         values: dict[str, Any] = {"result_ttl": message.result_ttl}
         if task is not None:
             values["retry_for"] = task.retry_for
-        for name in ("retries", "backoff", "backoff_max", "jitter", "timeout"):
+        for name in ("retries", "backoff", "backoff_max", "jitter", "timeout", "soft_timeout"):
             value = getattr(message, name)
             if value is None and task is not None:
                 value = getattr(task.defaults, name)

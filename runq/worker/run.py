@@ -21,8 +21,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from runq.context import TaskContext, _current
-from runq.errors import ErrorKind, Retry, error_type, printable, retries_on, safe_str
+from runq.errors import ErrorKind, Retry, SoftTimeout, error_type, printable, retries_on, safe_str
 from runq.options import unknown_name
+from runq.worker import soft
 from runq.worker.ended import Error, Failed, Finished
 
 if TYPE_CHECKING:
@@ -52,6 +53,7 @@ class Job:
     kwargs: dict[str, Any]
     timeout: float | None = None
     trace: dict[str, str] | None = None  # the message's trace context (runq/observe/tracing.py)
+    soft_timeout: float | None = None  # runq.SoftTimeout raised inside the task then (runq/worker/soft.py)
 
     def context(self) -> TaskContext:
         return TaskContext(self.id, self.name, self.queue, self.attempt, self.trace)
@@ -72,7 +74,10 @@ def run_job(app: Registry, job: Job, context: TaskContext | None = None) -> Fini
     if observers.runs:
         observers.start(context)
     try:
-        value = asyncio.run(_call_async(task.fn, job)) if task.is_async else task.fn(*job.args, **job.kwargs)
+        if job.soft_timeout is not None:
+            value = _call_soft(task, job, job.soft_timeout)
+        else:
+            value = asyncio.run(_call_async(task.fn, job)) if task.is_async else task.fn(*job.args, **job.kwargs)
     except BaseException as exc:  # any exception of the task is its attempt's error
         ended, error = failed(task, exc), exc
     else:
@@ -101,7 +106,10 @@ async def arun_job(app: Registry, job: Job, context: TaskContext) -> Finished | 
     if observers.runs:
         observers.start(context)
     try:
-        value = await _call_async(task.fn, job)
+        if job.soft_timeout is not None:
+            value = await soft.within(_call_async(task.fn, job), job.soft_timeout)
+        else:
+            value = await _call_async(task.fn, job)
     except asyncio.CancelledError as exc:
         observers.end(context, exc)
         raise
@@ -140,6 +148,15 @@ def _end_if_forked(pid: int) -> None:
         os._exit(0)
 
 
+def _call_soft(task: Task[Any, Any], job: Job, seconds: float) -> Any:
+    """The body under its soft timeout: a coroutine's own loop turns its cancellation into
+    ``SoftTimeout``; a function gets it from a signal or an asynchronous exception."""
+    if task.is_async:
+        return asyncio.run(soft.within(_call_async(task.fn, job), seconds))
+    with soft.limit(seconds):
+        return task.fn(*job.args, **job.kwargs)
+
+
 async def _call_async(fn: Callable[..., Awaitable[Any]], job: Job) -> Any:
     return await fn(*job.args, **job.kwargs)
 
@@ -166,6 +183,9 @@ def failed(task: Task[Any, Any], exc: BaseException) -> Failed:
     """An exception raised by ``task`` as its attempt's error."""
     if isinstance(exc, Retry):
         return Failed(Error(ErrorKind.RETRY, safe_str(exc)), retryable=True, retry_delay=exc.delay)
+    if isinstance(exc, SoftTimeout):  # recorded bare, as runq's own (its traceback: where the task was)
+        error = Error(ErrorKind.SOFT_TIMEOUT, safe_str(exc), _format(exc))
+        return Failed(error, retryable=retries_on(task.retry_for, SoftTimeout))
     error = Error(error_type(exc), safe_str(exc), _format(exc))
     return Failed(error, retryable=retries_on(task.retry_for, type(exc)))
 

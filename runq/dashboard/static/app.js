@@ -120,6 +120,7 @@ function render(snap) {
     el("tr", {}, el("th", {}, name), ...STATES.map((s) => el("td", { class: q[s] ? "n st-" + s : "n zero" }, q[s])))));
 
   renderWorkers(snap);
+  renderPeriodic(snap);
   renderDead(snap);
   fill($("recent"), snap.recent.map((t) => el("tr", {},
     el("td", {}, taskLink(t.id)), el("td", {}, t.name), el("td", {}, t.queue), el("td", {}, pill(t.status)),
@@ -146,6 +147,19 @@ function renderWorkers(snap) {
       el("td", { class: "chips" }, ...(w.current.length ? w.current.map(taskLink) : [el("span", { class: "muted" }, "idle")])),
       el("td", { class: "n" }, Object.values(w.counts).reduce((a, b) => a + b, 0)),
       el("td", { class: stale ? "bad" : "" }, seconds(w.heartbeat_age) + " ago"));
+  }));
+}
+
+function renderPeriodic(snap) {
+  const rows = snap.periodic || [];
+  $("periodic-count").textContent = rows.length;
+  $("periodic-empty").hidden = rows.length > 0;
+  fill($("periodic"), rows.map((p) => {
+    const args = [...p.args.map((a) => JSON.stringify(a)), ...Object.entries(p.kwargs).map(([k, v]) => `${k}=${JSON.stringify(v)}`)];
+    const due = Math.max(0, Date.parse(p.next_run) / 1000 - snap.time);
+    return el("tr", { "data-periodic": p.name },
+      el("td", {}, p.name), el("td", {}, el("code", {}, p.schedule)), el("td", { class: "muted" }, args.join(", ")),
+      el("td", { title: p.next_run }, new Date(p.next_run).toLocaleString() + " (in " + seconds(due) + ")"));
   }));
 }
 

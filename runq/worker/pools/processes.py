@@ -1,6 +1,12 @@
 """The process pool (the default): each slot is a child process (``runq.worker.child``)
 that runs jobs sent over its own pipe pair; a timeout or a cancel kills the child and a
-new one takes its slot."""
+new one takes its slot.
+
+Recycling (``max_tasks_per_child``, ``max_memory_per_child``): a child is replaced after the
+task during which it reached its limit. Its replacement is started first (for a task count,
+as soon as the last batch is handed over, so it imports the app while that batch runs); the
+old child, idle, is then let go by closing its pipe, and exits on its own.
+Without limits none of this costs a syscall."""
 
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ if TYPE_CHECKING:
 
 BATCH_BELOW = 0.005  # seconds: jobs this short on average go to a child several at a time...
 BATCH_MAX = 16  # ...at most this many per message
+EXIT_GRACE = 10.0  # seconds a recycled child has to exit after its pipe closes, before SIGKILL
 
 
 class _Child:
@@ -38,6 +45,8 @@ class _Child:
         os.close(to_child_r)
         os.close(from_child_w)
         self.reader = frames.FrameReader(self.from_child)
+        self.ran = 0  # jobs it answered
+        self.spent = False  # its memory peaked at the limit: it runs nothing more
         # The first frame is the worker's settings (never argv: `ps` would show the URL's password).
         frames.write_frame(self.to_child, settings.to_dict())
 
@@ -48,6 +57,9 @@ class _Child:
             return TimedOut(job.timeout or 0.0)
         if isinstance(answer, frames.Eof):
             return Crashed(self.proc.poll())
+        self.ran += 1
+        if answer.data.get("recycle"):
+            self.spent = True
         return from_frame(answer.data)
 
     def kill(self) -> None:
@@ -55,6 +67,16 @@ class _Child:
             self.proc.kill()
         self.proc.wait()
         os.close(self.to_child)
+        os.close(self.from_child)
+
+    def close(self) -> None:
+        """Let an idle child go: EOF on its pipe ends it (exit 0, its atexit handlers run)."""
+        os.close(self.to_child)
+        try:
+            self.proc.wait(EXIT_GRACE)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         os.close(self.from_child)
 
 
@@ -97,31 +119,64 @@ class ProcessPool(Pool):
                 self._children.remove(proc)
         proc.kill()
 
-    def _next_batch(self) -> list[Job]:
+    def _next_batch(self, most: int = BATCH_MAX) -> list[Job]:
         """The oldest queued jobs, blocking; empty once the pool is closed. Several only
-        while jobs are short (≤ 5 ms on average), and never more than a fair share."""
+        while jobs are short (≤ 5 ms on average), never more than a fair share nor ``most``."""
         first = self._next_job()
         if first is None:
             return []
         batch = [first]
         if self._runtime < BATCH_BELOW:
             with self._lock:
-                share = min(BATCH_MAX, -(-len(self._queued) // self.concurrency))
+                share = min(BATCH_MAX, most, -(-len(self._queued) // self.concurrency))
                 while len(batch) < share and self._queued:
                     batch.append(self._queued.pop(next(iter(self._queued))))
         return batch
 
     def _serve(self) -> None:
-        proc = self._new_child()
-        while batch := self._next_batch():
-            if not self._run_batch(proc, batch):
-                self._retire(proc)
-                if self._closed.is_set():
-                    return
-                proc = self._new_child()
+        proc, spare = self._new_child(), None
+        while batch := self._next_batch(self._budget(proc)):
+            if spare is None and self._last_batch(proc, batch):
+                spare = self._new_child()  # imports the app while ``proc`` runs its last batch
+            healthy = self._run_batch(proc, batch)
             if self._closed.is_set():
                 return
+            if healthy and not self._spent(proc):
+                continue
+            replacement, spare = spare or self._new_child(), None  # started before the old child goes
+            if healthy:
+                self._let_go(proc)
+            else:
+                self._retire(proc)
+            proc = replacement
         self._retire(proc)
+        if spare is not None:
+            self._retire(spare)
+
+    def _budget(self, proc: _Child) -> int:
+        """How many more jobs ``proc`` may be given."""
+        limit = self.settings.max_tasks_per_child
+        return limit - proc.ran if limit else BATCH_MAX
+
+    def _last_batch(self, proc: _Child, batch: list[Job]) -> bool:
+        limit = self.settings.max_tasks_per_child
+        return bool(limit) and proc.ran + len(batch) >= limit
+
+    def _spent(self, proc: _Child) -> bool:
+        """Whether ``proc`` reached a limit during its last batch."""
+        limit = self.settings.max_tasks_per_child
+        return proc.spent or (bool(limit) and proc.ran >= limit)
+
+    def _let_go(self, proc: _Child) -> None:
+        """Close a recycled child's pipe and reap it in the background: its slot goes on at once."""
+
+        def reap() -> None:
+            proc.close()
+            with self._lock:
+                if proc in self._children:
+                    self._children.remove(proc)
+
+        threading.Thread(target=reap, name="runq-child-exit", daemon=True).start()
 
     def _run_batch(self, proc: _Child, batch: list[Job]) -> bool:
         """Run ``batch`` in ``proc`` and report each job; ``False`` when the child must go."""
@@ -138,6 +193,9 @@ class ProcessPool(Pool):
             if isinstance(ended, (Finished, Failed)):
                 self._runtime += 0.2 * (ended.duration - self._runtime)
                 self._done(job, ended)
+                if proc.spent:  # at its memory limit: it ran its last job; the rest go back
+                    self._requeue(batch[index + 1 :])
+                    break
                 continue
             # The job overran, was cancelled, or its child died: the child goes, and the
             # jobs it had not started go back to the front of the queue.
