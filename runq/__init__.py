@@ -4,7 +4,7 @@ from runq.app import App
 from runq.context import TaskContext, current
 from runq.errors import BrokerUnavailable, Retry, RunqError, TaskCancelled, TaskFailed, TaskNotFound
 from runq.handles import GroupHandle, Handle
-from runq.models import DrainResult, Stats, Status, TaskInfo, WorkerInfo
+from runq.models import DrainResult, Event, Progress, Stats, Status, TaskInfo, WorkerInfo
 from runq.observe import Middleware, TaskOutcome
 from runq.settings import Settings
 from runq.tasks import Signature, Task
@@ -14,9 +14,11 @@ __all__ = [
     "App",
     "BrokerUnavailable",
     "DrainResult",
+    "Event",
     "GroupHandle",
     "Handle",
     "Middleware",
+    "Progress",
     "Retry",
     "RunqError",
     "Settings",

@@ -279,6 +279,7 @@ class Worker:
             message.kwargs,
             entry.policy.timeout,
             message.trace,
+            claim.token,
         )
 
     def _prepare(self, entry: InFlight, message: Message, task: Task[Any, Any] | None) -> list[Any] | Refused | Held:

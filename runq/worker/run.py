@@ -24,19 +24,26 @@ from runq.errors import ErrorKind, Retry, error_type, printable, retries_on, saf
 from runq.options import unknown_name
 from runq.worker.ended import Error, Failed, Finished
 
+from runq.worker.progress import reporting
+
 if TYPE_CHECKING:
+    from runq.brokers.base import Broker
     from runq.observe import Observers
     from runq.tasks import Task
 
 
 class Registry(Protocol):
-    """What running a task needs of its App: the tasks and the middleware (the App is one;
-    the runtime never imports app.py, so ``app.drain()`` can use it)."""
+    """What running a task needs of its App: the tasks, the middleware, and the broker its
+    progress goes to (the App is one; the runtime never imports app.py, so ``app.drain()``
+    can use it)."""
 
     tasks: dict[str, Task[Any, Any]]
 
     @property
     def observers(self) -> Observers: ...
+
+    @property
+    def broker(self) -> Broker: ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,7 @@ class Job:
     kwargs: dict[str, Any]
     timeout: float | None = None
     trace: dict[str, str] | None = None  # the message's trace context (runq/observe/tracing.py)
+    token: str | None = None  # the claim's fencing token: its progress reports carry it
 
     def context(self) -> TaskContext:
         return TaskContext(self.id, self.name, self.queue, self.attempt, self.trace)
@@ -67,6 +75,7 @@ def run_job(app: Registry, job: Job, context: TaskContext | None = None) -> Fini
     ended: Finished | Failed
     error: BaseException | None
     pid = os.getpid()
+    progress = reporting(app, job.id, job.token, context)
     token = _current.set(context)
     observers.start(context)
     try:
@@ -78,6 +87,8 @@ def run_job(app: Registry, job: Job, context: TaskContext | None = None) -> Fini
     finally:
         _current.reset(token)
         _end_if_forked(pid)
+    if progress is not None and progress.owed:
+        progress.flush()
     return _end(observers, context, ended, error, started)
 
 
@@ -95,6 +106,7 @@ async def arun_job(app: Registry, job: Job, context: TaskContext) -> Finished | 
     ended: Finished | Failed
     error: BaseException | None
     pid = os.getpid()
+    progress = reporting(app, job.id, job.token, context)
     token = _current.set(context)
     observers.start(context)
     try:
@@ -109,6 +121,8 @@ async def arun_job(app: Registry, job: Job, context: TaskContext) -> Finished | 
     finally:
         _current.reset(token)
         _end_if_forked(pid)
+    if progress is not None and progress.owed:
+        await asyncio.to_thread(progress.flush)  # the loop never waits on the broker
     return _end(observers, context, ended, error, started)
 
 
