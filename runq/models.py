@@ -295,9 +295,7 @@ def progress_of(raw: Any) -> Progress | None:
     value, message, at = raw.get("value"), raw.get("message"), to_datetime(_float(raw.get("at")))
     if at is None or (value is not None and not isinstance(value, (int, float))) or isinstance(value, bool):
         return None
-    return Progress(
-        None if value is None else float(value), message if isinstance(message, str) else None, at
-    )
+    return Progress(None if value is None else float(value), message if isinstance(message, str) else None, at)
 
 
 def change_event(status: Any, progress: Any, at: Any) -> Event | None:

@@ -162,6 +162,7 @@ class AsyncFeed(ABC):
     def __init__(self, task_id: str, first: TaskInfo | None) -> None:
         self.task_id = task_id
         self.first = first
+        self.closed = False
 
     @abstractmethod
     async def next(self, timeout: float) -> list[Event]:
@@ -169,6 +170,7 @@ class AsyncFeed(ABC):
 
     async def aclose(self) -> None:
         """Stop following."""
+        self.closed = True
 
 
 def _resolve(
@@ -239,6 +241,7 @@ class ThreadedFeed(AsyncFeed):
         return await self._adapter._call(partial(self._feed.next, min(timeout, THREAD_SLICE)), self._adapter._waits)
 
     async def aclose(self) -> None:
+        await super().aclose()
         await self._adapter._call(self._feed.close)
 
 

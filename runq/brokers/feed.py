@@ -49,6 +49,7 @@ class Feed(ABC):
     def __init__(self, task_id: str, first: TaskInfo | None) -> None:
         self.task_id = task_id
         self.first = first  # the task when the feed opened; None: there is no such task
+        self.closed = False
 
     @abstractmethod
     def next(self, timeout: float) -> list[Event]:
@@ -57,6 +58,7 @@ class Feed(ABC):
 
     def close(self) -> None:
         """Stop following (the broker may forget what it kept for this feed)."""
+        self.closed = True
 
 
 class Order:
@@ -150,6 +152,7 @@ class Pushed(Feed):
         return events
 
     def close(self) -> None:
+        super().close()
         self._release(self)
 
 

@@ -120,7 +120,9 @@ def _start(app: Drainable, broker: Broker, claim: Claim, message: Message, task:
     args = gate(broker, message, task)
     if isinstance(args, Refused | Held):
         return args
-    job = Job(claim.id, message.name, claim.queue, claim.attempt, args, message.kwargs, None, message.trace, claim.token)
+    job = Job(
+        claim.id, message.name, claim.queue, claim.attempt, args, message.kwargs, None, message.trace, claim.token
+    )
     return _run_job(app, job)
 
 

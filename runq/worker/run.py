@@ -23,7 +23,6 @@ from runq.context import TaskContext, _current
 from runq.errors import ErrorKind, Retry, error_type, printable, retries_on, safe_str
 from runq.options import unknown_name
 from runq.worker.ended import Error, Failed, Finished
-
 from runq.worker.progress import reporting
 
 if TYPE_CHECKING:

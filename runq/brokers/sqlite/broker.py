@@ -25,8 +25,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from runq.brokers import rules
 from runq.brokers.base import BreakerEvent, Broker
-from runq.brokers.rules import WORKER_LOST, dependency_error
 from runq.brokers.feed import Feed
+from runq.brokers.rules import WORKER_LOST, dependency_error
 from runq.brokers.sqlite import flow, follow
 from runq.errors import BrokerUnavailable
 from runq.models import (
