@@ -332,7 +332,7 @@ class MemoryBroker(Broker):
         return self._change(lambda tables, now: [follow.report(tables, report, now) for report in reports])
 
     def follow(self, task_id: str) -> Feed:
-        return follow.MemoryFeed(self, self._cond, self._tables, task_id)
+        return follow.MemoryFeed(self.now, self._cond, self._tables, task_id)
 
     # -- inspecting and steering --------------------------------------------------
 

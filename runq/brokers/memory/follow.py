@@ -6,6 +6,7 @@ condition."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from runq.brokers.feed import Feed
@@ -13,7 +14,6 @@ from runq.errors import TaskNotFound
 from runq.models import Event, ProgressReport, Status, change_event
 
 if TYPE_CHECKING:
-    from runq.brokers.memory.broker import MemoryBroker
     from runq.brokers.memory.tables import Record, Tables
 
 
@@ -29,11 +29,11 @@ def report(tables: Tables, report: ProgressReport, now: float) -> bool:
 
 
 class MemoryFeed(Feed):
-    def __init__(self, broker: MemoryBroker, cond: threading.Condition, tables: Tables, task_id: str) -> None:
-        self._broker, self._cond, self._tables = broker, cond, tables
+    def __init__(self, now: Callable[[], float], cond: threading.Condition, tables: Tables, task_id: str) -> None:
+        self._cond, self._tables = cond, tables
         with cond:
             record = tables.tasks.get(task_id)
-            if record is not None and not record.visible(broker.now()):
+            if record is not None and not record.visible(now()):
                 record = None
             if record is not None and record.changes is None:
                 record.changes, record.shown = [], record.status

@@ -141,7 +141,7 @@ class AsyncRedisBroker(AsyncBroker):
         self.functions = AsyncFunctions(self._r, self.cluster, broker.functions)
         self._blocking_functions = AsyncFunctions(self._blocking, self.cluster, broker.functions)
         self._waits = AsyncWaits(self)
-        self._events = AsyncEvents(self)
+        self._events = AsyncEvents(self, broker.target)
 
     def _client(self, options: dict[str, Any], pool_size: int | None) -> Any:
         target = self.redis.target

@@ -133,7 +133,7 @@ class RedisBroker(Broker):
         self._policy_checked = False
         self._registered: dict[str, float] = {}  # queue -> when this process last added it to QUEUES_KEY
         self._waits = ThreadWaits(self)
-        self._events = ThreadEvents(self)
+        self._events = ThreadEvents(self, self.target)
 
     def _client(self, options: dict[str, Any]) -> Any:
         """A client for the URL (one Redis, a cluster, or the master Sentinel names: connection.py)."""

@@ -25,7 +25,7 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import redis
 
@@ -39,9 +39,14 @@ from runq.errors import BrokerUnavailable, TaskNotFound
 from runq.logs import mask_url
 from runq.models import Event, TaskInfo, change_event, queue_of
 
-if TYPE_CHECKING:
-    from runq.brokers.redis.aio import AsyncRedisBroker
-    from runq.brokers.redis.broker import RedisBroker
+
+class Source(Protocol):
+    """What a hub uses of ``RedisBroker`` / ``AsyncRedisBroker`` (named structurally: this
+    module sits below both and imports neither)."""
+
+    url: str
+    functions: Any  # runs follow.lua / watch.lua (sync or async)
+    _r: Any  # the shared client: its pubsub() is the subscriber on one Redis or a Sentinel master
 
 log = logging.getLogger("runq.broker")
 LISTEN_SLICE = 1.0  # longest single read of the subscriber, so a closed hub is noticed
@@ -140,8 +145,9 @@ class _Book:
 class ThreadEvents:
     """One subscriber connection and one listening thread per broker and process."""
 
-    def __init__(self, broker: RedisBroker) -> None:
+    def __init__(self, broker: Source, target: Target) -> None:
         self._broker = broker
+        self._target = target
         self._cond = threading.Condition()
         self._book = _Book()
         self._pubsub: Any = None
@@ -177,7 +183,7 @@ class ThreadEvents:
         return read_answer(task_id, self._broker.functions.run(*follow_call(task_id, watch)))
 
     def _subscriber(self) -> Any:
-        where = subscriber_options(self._broker.target)
+        where = subscriber_options(self._target)
         if where is None:
             return self._broker._r.pubsub()
         host, port, auth = where
@@ -278,8 +284,9 @@ class AsyncPushed(AsyncFeed):
 class AsyncEvents:
     """One subscriber connection and one listening task per event loop."""
 
-    def __init__(self, broker: AsyncRedisBroker) -> None:
+    def __init__(self, broker: Source, target: Target) -> None:
         self._broker = broker
+        self._target = target
         self._book = _Book()
         self._pubsub: Any = None
         self._listener: asyncio.Task[None] | None = None
@@ -341,7 +348,7 @@ class AsyncEvents:
         return read_answer(task_id, await self._broker.functions.run(follow_call(task_id, watch)))
 
     def _subscriber(self) -> Any:
-        where = subscriber_options(self._broker.redis.target)
+        where = subscriber_options(self._target)
         if where is None:
             return self._broker._r.pubsub()
         import redis.asyncio
