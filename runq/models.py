@@ -245,9 +245,9 @@ class Progress:
     def to_dict(self) -> dict[str, Any]:
         return {"value": self.value, "message": self.message, "at": self.at.isoformat()}
 
-    def encode(self) -> str:
-        """The JSON text a broker keeps (``at`` as epoch seconds)."""
-        return _JSON.encode({"value": self.value, "message": self.message, "at": self.at.timestamp()})
+    def __str__(self) -> str:
+        """``40% · copying files``: how ``runq info`` shows it."""
+        return " · ".join(part for part in (None if self.value is None else f"{self.value:.0%}", self.message) if part)
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ class Source(Protocol):
     functions: Any  # runs follow.lua / watch.lua (sync or async)
     _r: Any  # the shared client: its pubsub() is the subscriber on one Redis or a Sentinel master
 
+
 log = logging.getLogger("runq.broker")
 LISTEN_SLICE = 1.0  # longest single read of the subscriber, so a closed hub is noticed
 CONFIRM = 10.0  # seconds to wait for Redis to confirm a subscription
