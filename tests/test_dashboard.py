@@ -126,6 +126,7 @@ def test_submit_then_inspect_list_and_queue_depths(api: httpx.Client) -> None:
         "id": task_id, "name": "send_email", "queue": "emails", "status": "pending", "priority": 5,
         "attempts": 0, "args": ["a@b.c"], "kwargs": {"subject": "hi"}, "result": None, "error": None,
         "enqueued_at": None, "started_at": None, "finished_at": None, "worker": None, "key": None, "eta": None,
+        "progress": None,
     }  # fmt: skip
     later = api.post("/api/tasks", json={"name": "send_email", "delay": 3600}).json()
     assert later["status"] == "scheduled"
