@@ -111,7 +111,7 @@ def test_event_stream_reports_status_changes_and_progress_and_ends(client: httpx
     progress = [data["progress"] for kind, data in events if kind == "progress"]
     assert progress and all(data is not None for data in progress)  # the rows, as the task reported them
     values = [data["value"] for data in progress]
-    assert values == sorted(values) and progress[-1]["message"] == "row 10 of 10"
+    assert values == sorted(values)  # (the last may come with the final status: see "done")
     done = {"value": 1.0, "message": "row 10 of 10"}
     assert events[-1] == (
         "done",

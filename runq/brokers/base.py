@@ -113,9 +113,9 @@ class Broker(ABC):
     def follow(self, task_id: str) -> Feed:
         """Start following a task's changes (status and progress): see runq/brokers/feed.py.
 
-        Marks the task watched (from then on its changes are recorded or published) and reads
-        it, in this order, so no change after the read is missed. ``feed.first`` is ``None``
-        for an unknown task. Close the feed when done.
+        Reads the task (``feed.first``; ``None`` for an unknown task) so that no change after
+        that read is missed: where changes are pushed, the task is marked followed (only then
+        are its changes published) after the listener is ready. Close the feed when done.
         """
 
     # -- inspecting and steering ------------------------------------------------

@@ -2,24 +2,22 @@
 
 :meth:`Broker.follow <runq.brokers.base.Broker.follow>` opens a :class:`Feed`: the task's
 state at that moment (``first``), then, call after call of :meth:`Feed.next`, each change
-of its status or progress since, in order. Opening one marks the task *watched* in the
-broker; only a watched task's changes are recorded or published, so following costs
-nothing to the tasks nobody follows (no extra broker call or Redis command on the claim
-and settle path).
+of its status or progress since, in order. Following costs nothing to the tasks nobody
+follows: no extra broker call, nor Redis command, on the claim and settle path.
 
-How a broker hands the changes over differs; what a change is does not. Each is numbered by
-the task (its *version*), so a feed that opened (subscribed, then read the task) skips the
-changes its first read already included, and no change is seen twice:
+How a broker hands the changes over differs:
 
-- memory:// and SQLite keep a log of a watched task's changes (the memory broker's
-  record, SQLite's ``runq_events`` table filled by a trigger) that a feed reads from its
-  position: the memory broker wakes it through its condition, SQLite by a short poll of
-  ``PRAGMA data_version``;
-- Redis publishes each change (``PUBLISH``) and PostgreSQL notifies it (``NOTIFY``, from a
-  trigger); one connection per process (or event loop) listens for all the feeds there and
-  pushes each change to the feeds of its task (:class:`Pushed`). A lost connection, or a
-  long silence (:data:`RECHECK`), reads the task again: a change missed meanwhile shows as
-  one event with the state read.
+- memory:// keeps a log of a followed task's changes on its record, which a feed reads from
+  its position, woken by the broker's condition;
+- Redis publishes each change of a followed task (``PUBLISH``) and PostgreSQL notifies it
+  (``NOTIFY``, from a trigger); one connection per process (or event loop) listens for all
+  the feeds there and pushes each change to the feeds of its task (:class:`Pushed`). Each
+  change is numbered by the task (its *version*), so a feed that opened (subscribed, then
+  read the task) skips the changes its first read already included. A lost connection, or
+  a long silence (:data:`RECHECK`), reads the task again: a change missed meanwhile shows as
+  one event with the state read;
+- SQLite polls: a feed reads the task when ``PRAGMA data_version`` says another connection
+  committed (checked every 25 ms), so states closer together than that show as the latest.
 """
 
 from __future__ import annotations

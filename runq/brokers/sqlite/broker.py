@@ -402,14 +402,8 @@ class SQLiteBroker(Broker):
             return follow.report(db, reports, time.time())
 
     def follow(self, task_id: str) -> Feed:
-        with self._write() as db:
-            now = time.time()
-            position = follow.watch(db, task_id, now)
-            row = db.execute(
-                f"SELECT {_TASK_COLUMNS} FROM runq_tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
-                (task_id, now),
-            ).fetchone()
-        return follow.SQLiteFeed(task_id, task_info(dict(row)) if row else None, position, self._read)
+        """A feed that polls the task (follow.py): nothing is written for a follower."""
+        return follow.SQLiteFeed(task_id, self.get(task_id), self._read)
 
     # -- inspecting and steering --------------------------------------------------
 
