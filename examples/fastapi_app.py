@@ -9,12 +9,14 @@ Run it (two terminals, same RUNQ_URL; the SQLite default works on one machine)::
     curl -si -X POST localhost:8000/reports -H 'content-type: application/json' -d '{"rows": 5}'
     curl -s localhost:8000/tasks/<id>                  # poll: status, result when done
     curl -s 'localhost:8000/tasks/<id>/result?timeout=10'   # wait up to 10 s
-    curl -sN localhost:8000/tasks/<id>/events          # server-sent status changes until it ends
+    curl -sN localhost:8000/tasks/<id>/events          # server-sent status and progress until it ends
 
-Every runq call here is the asyncio one (``adelay``, ``aresult``, ``ainfo``, ``acancel``), so
-no request ever blocks the event loop on the broker. The event stream reports the task's
-status changes (pending → running → succeeded/failed/cancelled) and then its result; runq
-has no per-task progress reporting yet, so a long task's steps are not streamed.
+Every runq call here is the asyncio one (``adelay``, ``aresult``, ``ainfo``, ``acancel``,
+``aevents``), so no request ever blocks the event loop on the broker. The task reports its
+progress row by row (``runq.current().progress``); the event stream relays ``Handle.aevents()``:
+a ``status`` event per status change (pending → running → succeeded/failed/cancelled), a
+``progress`` event per progress update, then ``done`` with the outcome. It is woken by the
+broker (Redis pub/sub, PostgreSQL ``LISTEN``; SQLite: a short poll), never by a polling loop here.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ async def build_report(rows: int, seconds_per_row: float = 0.2) -> dict[str, int
     for row in range(rows):
         await asyncio.sleep(seconds_per_row)
         total += row
+        runq.current().progress((row + 1) / rows, f"row {row + 1} of {rows}")
     return {"rows": rows, "total": total}
 
 
@@ -60,6 +63,8 @@ class ReportRequest(BaseModel):
 
 def describe(info: runq.TaskInfo) -> dict[str, Any]:
     body: dict[str, Any] = {"id": info.id, "status": info.status.value}
+    if info.progress is not None:
+        body["progress"] = {"value": info.progress.value, "message": info.progress.message}
     if info.status is runq.Status.SUCCEEDED:
         body["result"] = info.result
     elif info.error is not None:
@@ -116,28 +121,23 @@ async def cancel_task(task_id: str) -> dict[str, bool]:
 
 @api.get("/tasks/{task_id}/events")
 async def task_events(task_id: str) -> StreamingResponse:
-    """Server-sent events: one ``status`` event per status change, then ``done`` with the outcome."""
+    """Server-sent events: ``status`` per status change, ``progress`` per update, then ``done``."""
     await found(task_id)
     return StreamingResponse(status_events(queue.handle(task_id)), media_type="text/event-stream")
 
 
-async def status_events(handle: runq.Handle[Any], every: float = 0.5) -> AsyncIterator[str]:
+async def status_events(handle: runq.Handle[Any]) -> AsyncIterator[str]:
     last = None
-    while True:
-        info = await handle.ainfo()
-        if info is None:
-            yield sse("done", {"id": handle.id, "status": "gone"})
-            return
-        if info.status is not last:
-            last = info.status
-            yield sse("status", {"id": info.id, "status": info.status.value})
-        if info.status.final:
-            yield sse("done", describe(info))
-            return
-        yield ": waiting\n\n"  # a comment: keeps proxies from closing an idle stream
-        # Returns as soon as the task ends (on Redis without polling), else after ``every``.
-        with contextlib.suppress(TimeoutError, runq.TaskFailed, runq.TaskCancelled):
-            await handle.aresult(timeout=every)
+    try:
+        async for event in handle.aevents():  # the status now, then each change, until the final one
+            kind = "progress" if event.status is last else "status"
+            last = event.status
+            yield sse(kind, {"id": handle.id, **event.to_dict()})
+    except runq.TaskNotFound:  # purged meanwhile
+        yield sse("done", {"id": handle.id, "status": "gone"})
+        return
+    info = await handle.ainfo()
+    yield sse("done", describe(info) if info is not None else {"id": handle.id, "status": "gone"})
 
 
 def sse(event: str, data: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ from runq.errors import (
     TaskNotFound,
 )
 from runq.handles import GroupHandle, Handle
-from runq.models import DrainResult, Stats, Status, TaskInfo, WorkerInfo
+from runq.models import DrainResult, Event, Progress, Stats, Status, TaskInfo, WorkerInfo
 from runq.observe import Middleware, TaskOutcome
 from runq.settings import Settings
 from runq.tasks import Signature, Task
@@ -22,9 +22,11 @@ __all__ = [
     "App",
     "BrokerUnavailable",
     "DrainResult",
+    "Event",
     "GroupHandle",
     "Handle",
     "Middleware",
+    "Progress",
     "Retry",
     "RunqError",
     "Settings",

@@ -7,11 +7,12 @@ with ``app.handle(task_id)``; every call asks the broker afresh.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator
+from collections.abc import AsyncIterator, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
+from runq.brokers.feed import snapshot
 from runq.errors import TaskCancelled, TaskFailed, TaskNotFound
-from runq.models import Status, TaskInfo
+from runq.models import Event, Status, TaskInfo
 
 if TYPE_CHECKING:
     from runq.brokers.aio import AsyncBroker
@@ -86,7 +87,53 @@ class Handle(Generic[R]):
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"task {self.id} is still {info.status.value} after {timeout}s")
 
+    def events(self, timeout: float | None = None) -> Iterator[Event]:
+        """The task's status now, then each change of its status or progress, in order, as
+        :class:`runq.Event` values; ends after the final status.
+
+        Woken by the broker (Redis pub/sub, PostgreSQL ``LISTEN``, the memory broker's
+        condition; SQLite: a short poll of its change counter). Raises ``TaskNotFound`` for
+        an unknown (or purged) task and ``TimeoutError`` when ``timeout`` seconds pass before
+        the end. Closing the iterator (``break``) stops following at once.
+        """
+        feed = self.app.broker.follow(self.id)
+        try:
+            if feed.first is None:
+                raise TaskNotFound(self.id)
+            yield snapshot(feed.first)
+            if feed.first.status.final:
+                return
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                for event in feed.next(_left(deadline)):
+                    yield event
+                    if event.status.final:
+                        return
+                _check(self.id, deadline, timeout)
+        finally:
+            feed.close()
+
     # -- the same, for asyncio code: never blocks the event loop (runq/brokers/aio.py) --------
+
+    async def aevents(self, timeout: float | None = None) -> AsyncIterator[Event]:
+        """``events()`` for asyncio code. On Redis the streams of one event loop share one
+        connection (pub/sub), however many are open."""
+        feed = await (await self.app.async_broker()).follow(self.id)
+        try:
+            if feed.first is None:
+                raise TaskNotFound(self.id)
+            yield snapshot(feed.first)
+            if feed.first.status.final:
+                return
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                for event in await feed.next(_left(deadline)):
+                    yield event
+                    if event.status.final:
+                        return
+                _check(self.id, deadline, timeout)
+        finally:
+            await feed.aclose()
 
     async def ainfo(self) -> TaskInfo | None:
         return await (await self.app.async_broker()).get(self.id)
@@ -112,6 +159,15 @@ class Handle(Generic[R]):
                 remaining = waiting.send(await broker.wait(self.id, remaining))
             except StopIteration as done:
                 return cast(R, done.value)
+
+
+def _left(deadline: float | None) -> float:
+    return _FOREVER_SLICE if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _check(task_id: str, deadline: float | None, timeout: float | None) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise TimeoutError(f"task {task_id} did not end within {timeout}s")
 
 
 def result_of(info: TaskInfo) -> Any:

@@ -234,6 +234,7 @@ class TaskInfo:
     worker: str | None
     key: str | None = None
     eta: datetime | None = None
+    progress: Progress | None = None  # the latest runq.current().progress() of a run, if any
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (datetimes as ISO 8601) for the CLI and the HTTP API."""
@@ -242,7 +243,83 @@ class TaskInfo:
         for name in ("enqueued_at", "started_at", "finished_at", "eta"):
             value = data[name]
             data[name] = value.isoformat() if value else None
+        data["progress"] = self.progress.to_dict() if self.progress is not None else None
         return data
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a running task says it is (``runq.current().progress()``): ``value`` from 0.0
+    to 1.0 and/or a short ``message``; ``at`` is when the broker stored it (its clock)."""
+
+    value: float | None
+    message: str | None
+    at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "message": self.message, "at": self.at.isoformat()}
+
+    def __str__(self) -> str:
+        """``40% · copying files``: how ``runq info`` shows it."""
+        return " · ".join(part for part in (None if self.value is None else f"{self.value:.0%}", self.message) if part)
+
+
+@dataclass(frozen=True)
+class ProgressReport:
+    """One run's latest progress, for :meth:`Broker.progress`: applied only while ``token`` is
+    the task's current claim (a stale attempt never overwrites a newer one's)."""
+
+    id: str
+    token: str
+    value: float | None
+    message: str | None
+
+    def encode(self, at: float) -> str:
+        """The stored JSON text, stamped ``at`` (the broker's clock)."""
+        return _JSON.encode({"value": self.value, "message": self.message, "at": at})
+
+
+@dataclass(frozen=True)
+class Event:
+    """One step of ``Handle.events()``: the task's status and progress at ``at`` (a change of
+    either, or, for the first event of a stream, the state when the stream was opened)."""
+
+    status: Status
+    progress: Progress | None
+    at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status.value,
+            "progress": self.progress.to_dict() if self.progress is not None else None,
+            "at": self.at.isoformat(),
+        }
+
+
+def progress_of(raw: Any) -> Progress | None:
+    """A broker's stored progress (JSON text, or the object a Redis record holds) as a
+    :class:`Progress`; anything that does not read as one is ``None``, never an error."""
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    if not isinstance(raw, dict):
+        return None
+    value, message, at = raw.get("value"), raw.get("message"), to_datetime(_float(raw.get("at")))
+    if at is None or (value is not None and not isinstance(value, (int, float))) or isinstance(value, bool):
+        return None
+    return Progress(None if value is None else float(value), message if isinstance(message, str) else None, at)
+
+
+def change_event(status: Any, progress: Any, at: Any) -> Event | None:
+    """An :class:`Event` from a broker's record of one change; ``None`` for one that does not
+    read (an unknown status), so a bad entry is skipped rather than ending a stream."""
+    try:
+        known = Status(status.decode() if isinstance(status, bytes) else status)
+    except ValueError:
+        return None
+    return Event(known, progress_of(progress), to_datetime(_float(at)) or datetime.now(timezone.utc))
 
 
 def task_info(
@@ -281,6 +358,7 @@ def task_info(
         worker=record.get("worker") or None,
         key=message.key if message and isinstance(message.key, str) else None,
         eta=to_datetime(_float(ready_at)) if status is Status.SCHEDULED else None,
+        progress=progress_of(record.get("progress")),
     )
 
 

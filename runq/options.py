@@ -18,6 +18,8 @@ The limits, stated once (the README's "Limits" table repeats them):
   datetime at most 10 years ahead (a past one means now);
 - ``soft_timeout``: a duration > 0, less than ``timeout`` when both are set (at the call
   or by the task's decorator);
+- progress (``runq.current().progress()``): a ``value`` from 0.0 to 1.0, a ``message`` of
+  1-1000 characters without control characters;
 - ``retries``: an int from 0 to 10,000; ``jitter``: a bool; ``rate_limit``: ``"N/s"``,
   ``"N/m"`` or ``"N/h"``.
 """
@@ -38,6 +40,7 @@ from runq.models import FINAL_STATUSES, QUEUE_NAME, Status
 
 MAX_NAME = 200
 MAX_KEY = 512
+MAX_PROGRESS_MESSAGE = 1000
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 MAX_RETRIES = 10_000
 MAX_SECONDS = 10 * 365 * 86400  # 315,360,000 s: the longest delay, eta ahead, or duration
@@ -145,6 +148,20 @@ def check_priority(priority: Any) -> int:
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         raise ValueError(f"priority must be between {PRIORITY_MIN} and {PRIORITY_MAX}, got {_shown(priority)}")
     return priority
+
+
+def check_progress(value: Any, message: Any) -> tuple[float | None, str | None]:
+    """A progress report: ``value`` a number from 0.0 to 1.0 (or ``None``), ``message`` a short
+    printable string (or ``None``)."""
+    if value is not None:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError(f"progress value must be a number from 0.0 to 1.0, got {type(value).__name__}")
+        if not 0.0 <= value <= 1.0:  # also refuses NaN
+            raise ValueError(f"progress value must be from 0.0 to 1.0, got {_shown(value)}")
+        value = float(value)
+    if message is not None:
+        message = _text("progress message", message, MAX_PROGRESS_MESSAGE)
+    return value, message
 
 
 def check_seconds(name: str, value: Any, *, zero: bool = True) -> float:

@@ -126,6 +126,7 @@ def test_submit_then_inspect_list_and_queue_depths(api: httpx.Client) -> None:
         "id": task_id, "name": "send_email", "queue": "emails", "status": "pending", "priority": 5,
         "attempts": 0, "args": ["a@b.c"], "kwargs": {"subject": "hi"}, "result": None, "error": None,
         "enqueued_at": None, "started_at": None, "finished_at": None, "worker": None, "key": None, "eta": None,
+        "progress": None,
     }  # fmt: skip
     later = api.post("/api/tasks", json={"name": "send_email", "delay": 3600}).json()
     assert later["status"] == "scheduled"
@@ -685,3 +686,57 @@ def test_screenshot_with_work_in_every_state(
         expect(page.get_by_test_id(f"count-{state}")).to_have_text(str(count))
     expect(page.locator("#workers .chips .id")).to_have_count(3)  # the next heartbeat shows them
     page.screenshot(path=os.environ["RUNQ_DASHBOARD_SCREENSHOT"], full_page=True)
+
+
+# -- one task's progress and live events (SPEC §10) --------------------------------------------
+
+
+def claim_and_report(app: runq.App, task_id: str, value: float, message: str) -> Any:
+    """Be the worker: claim the task and store a progress report; the claim, to settle later."""
+    from runq.models import ProgressReport
+
+    [claim] = app.broker.claim(["default"], "test-worker", 1, 30.0)
+    assert claim.id == task_id
+    assert app.broker.progress([ProgressReport(claim.id, claim.token, value, message)]) == [True]
+    return claim
+
+
+def test_task_json_and_task_events_carry_progress(app: runq.App, api: httpx.Client) -> None:
+    task_id = app.enqueue("t").id
+    assert api.get(f"/api/tasks/{task_id}").json()["progress"] is None
+    assert api.get("/api/tasks/default.0123456789abcdef0123456789abcdef/events").status_code == 404
+    seen: list[dict[str, Any]] = []
+    with api.stream("GET", f"/api/tasks/{task_id}/events") as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():  # ends when the server ends the stream: after the final status
+            if not line.startswith("data: "):
+                continue
+            seen.append(json.loads(line.removeprefix("data: ")))
+            if len(seen) == 1:
+                claim = claim_and_report(app, task_id, 0.5, "half")
+                body = api.get(f"/api/tasks/{task_id}").json()
+                assert (body["progress"]["value"], body["progress"]["message"]) == (0.5, "half")
+            elif (seen[-1]["progress"] or {}).get("message") == "half" and seen[-1]["status"] == "running":
+                app.broker.settle([Outcome(claim.id, claim.token, "succeeded", result="7")])
+    shown = [(e["status"], (e["progress"] or {}).get("message")) for e in seen]
+    assert shown[0] == ("pending", None) and shown[-1] == ("succeeded", "half")
+    assert ("running", "half") in shown and set(shown[1:-1]) <= {("running", None), ("running", "half")}
+
+
+def test_task_view_shows_live_progress(app: runq.App, serve: Callable[..., Dashboard], browser: Any) -> None:
+    from playwright.sync_api import expect
+
+    dashboard = serve()
+    task_id = app.enqueue("t").id
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.set_default_timeout(30_000)
+    page.goto(f"{dashboard.url}/#{task_id}")
+    detail = page.locator("#detail")
+    expect(detail).to_contain_text("pending")
+    claim = claim_and_report(app, task_id, 0.4, "copying files")
+    expect(page.locator("#detail-progress")).to_contain_text("40% · copying files")
+    expect(page.locator("#detail-progress progress")).to_have_attribute("value", "0.4")
+    app.broker.settle([Outcome(claim.id, claim.token, "succeeded", result='{"copied": 3}')])
+    expect(page.locator("#detail-title")).to_contain_text("succeeded")
+    expect(detail).to_contain_text('"copied": 3')  # the final status fetched the task again: its result
+    page.close()

@@ -72,7 +72,12 @@ def test_submit_then_await_the_result(client: httpx.Client) -> None:
 
     done = client.get(f"/tasks/{task_id}/result", params={"timeout": 30})
     assert done.status_code == 200, done.text
-    assert done.json() == {"id": task_id, "status": "succeeded", "result": {"rows": 4, "total": 6}}
+    assert done.json() == {
+        "id": task_id,
+        "status": "succeeded",
+        "progress": {"value": 1.0, "message": "row 4 of 4"},
+        "result": {"rows": 4, "total": 6},
+    }
     assert client.get(f"/tasks/{task_id}").json()["status"] == "succeeded"
 
 
@@ -89,7 +94,7 @@ def test_await_with_timeout_poll_and_cancel(client: httpx.Client) -> None:
     assert client.post("/reports", json={"rows": -1}).status_code == 422
 
 
-def test_event_stream_reports_status_changes_and_ends(client: httpx.Client) -> None:
+def test_event_stream_reports_status_changes_and_progress_and_ends(client: httpx.Client) -> None:
     task_id = client.post("/reports", json={"rows": 10, "seconds_per_row": 0.1}).json()["id"]
     events: list[tuple[str, dict[str, object]]] = []
     with client.stream("GET", f"/tasks/{task_id}/events") as stream:
@@ -103,4 +108,12 @@ def test_event_stream_reports_status_changes_and_ends(client: httpx.Client) -> N
     statuses = [data["status"] for kind, data in events if kind == "status"]
     assert statuses[-1] == "succeeded"
     assert statuses == sorted(set(statuses), key=["pending", "running", "succeeded"].index)  # in order, no repeats
-    assert events[-1] == ("done", {"id": task_id, "status": "succeeded", "result": {"rows": 10, "total": 45}})
+    progress = [data["progress"] for kind, data in events if kind == "progress"]
+    assert progress and all(data is not None for data in progress)  # the rows, as the task reported them
+    values = [data["value"] for data in progress]
+    assert values == sorted(values)  # (the last may come with the final status: see "done")
+    done = {"value": 1.0, "message": "row 10 of 10"}
+    assert events[-1] == (
+        "done",
+        {"id": task_id, "status": "succeeded", "progress": done, "result": {"rows": 10, "total": 45}},
+    )

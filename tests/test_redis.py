@@ -22,7 +22,7 @@ import runq
 from runq.brokers.redis import BATCH, RedisBroker, queue_keys
 from runq.brokers.redis.keys import FUNCTIONS
 from runq.brokers.redis.scripts import Call, Functions
-from runq.models import Outcome, Status, new_task_id
+from runq.models import Outcome, ProgressReport, Status, new_task_id
 from tests.conftest import RedisServer, WorkerProcess, wait_until
 
 StartWorker = Callable[..., WorkerProcess]
@@ -83,6 +83,8 @@ def test_every_script_call_stays_in_one_hash_slot(
     claims = broker.claim(("a", "b", "c"), "w", 10, 30)
     claims += wait_until(lambda: broker.claim(("b",), "w", 10, 30))
     assert len(claims) == 4 and all(broker.renew(claims, 30))
+    assert broker.progress([ProgressReport(c.id, c.token, 0.5, "half") for c in claims]) == [True] * 4
+    broker.follow(claims[0].id).close()  # follow.lua (and a subscription)
     stale = Outcome(claims[-1].id, "stale", "succeeded", result="1")
     ok = [Outcome(c.id, c.token, "succeeded", result="1") for c in claims[:-1]]
     assert broker.settle([*ok, stale]) == [True, True, True, False]

@@ -147,3 +147,28 @@ def test_wait_replicas_confirms_the_replica_has_the_task(sentinel: SentinelGroup
         assert app.stats().queues["default"].pending == 2  # the second task is enqueued on the master
     finally:
         app.close()
+
+
+def test_events_follow_a_task_through_the_master_the_sentinels_name(sentinel: SentinelGroup) -> None:
+    """h.events() and h.aevents() subscribe on the master the sentinels name (events.py)."""
+    from runq.models import Outcome
+
+    app = runq.App(sentinel.url)
+    try:
+        handle = app.enqueue("add", args=[1, 2])
+        events = handle.events(timeout=30)
+        assert next(events).status is runq.Status.PENDING
+        [claim] = app.broker.claim(("default",), "w", 1, 30.0)
+        assert next(events).status is runq.Status.RUNNING
+
+        async def follow() -> list[str]:
+            try:
+                return [e.status.value async for e in handle.aevents(timeout=30)]
+            finally:
+                await app.aclose()
+
+        app.broker.settle([Outcome(claim.id, claim.token, "succeeded", result="3")])
+        assert [e.status for e in events] == [runq.Status.SUCCEEDED]
+        assert asyncio.run(follow()) == ["succeeded"]
+    finally:
+        app.close()

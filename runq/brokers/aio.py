@@ -37,7 +37,8 @@ from functools import partial
 from typing import TypeVar
 
 from runq.brokers.base import Broker
-from runq.models import Message, Stats, Status, TaskInfo, WorkerInfo
+from runq.brokers.feed import Feed
+from runq.models import Event, Message, Stats, Status, TaskInfo, WorkerInfo
 
 T = TypeVar("T")
 THREAD_SLICE = 1.0  # longest wait one thread makes for an aresult() before the loop looks again
@@ -166,8 +167,29 @@ class AsyncBroker(ABC):
         return await asyncio.to_thread(fn)
 
     @abstractmethod
+    async def follow(self, task_id: str) -> AsyncFeed:
+        """As :meth:`Broker.follow`, for ``Handle.aevents()``."""
+
+    @abstractmethod
     async def _release(self) -> None:
         """Close this adapter's own connections or threads (once)."""
+
+
+class AsyncFeed(ABC):
+    """:class:`~runq.brokers.feed.Feed` for asyncio code: the same changes, awaited."""
+
+    def __init__(self, task_id: str, first: TaskInfo | None) -> None:
+        self.task_id = task_id
+        self.first = first
+        self.closed = False
+
+    @abstractmethod
+    async def next(self, timeout: float) -> list[Event]:
+        """As :meth:`Feed.next`; may return ``[]`` before ``timeout`` (callers loop to their deadline)."""
+
+    async def aclose(self) -> None:
+        """Stop following."""
+        self.closed = True
 
 
 def _resolve(
@@ -217,6 +239,9 @@ class ThreadedBroker(AsyncBroker):
     async def cancel(self, task_id: str) -> bool:
         return await self._call(partial(self.broker.cancel, task_id))
 
+    async def follow(self, task_id: str) -> AsyncFeed:
+        return ThreadedFeed(self, await self._call(partial(self.broker.follow, task_id)))
+
     async def _release(self) -> None:
         await asyncio.to_thread(self.stop_threads)
 
@@ -226,4 +251,20 @@ class ThreadedBroker(AsyncBroker):
             executor.shutdown(wait=True, cancel_futures=True)
 
 
-__all__ = ["THREAD_SLICE", "AsyncBroker", "ThreadedBroker"]
+class ThreadedFeed(AsyncFeed):
+    """A broker's own feed, waited on in a thread of the adapter's waits, a slice at a time."""
+
+    def __init__(self, adapter: ThreadedBroker, feed: Feed) -> None:
+        super().__init__(feed.task_id, feed.first)
+        self._adapter = adapter
+        self._feed = feed
+
+    async def next(self, timeout: float) -> list[Event]:
+        return await self._adapter._call(partial(self._feed.next, min(timeout, THREAD_SLICE)), self._adapter._waits)
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        await self._adapter._call(self._feed.close)
+
+
+__all__ = ["THREAD_SLICE", "AsyncBroker", "AsyncFeed", "ThreadedBroker", "ThreadedFeed"]

@@ -20,7 +20,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-from runq.models import Claim, Message, Outcome, Stats, Status, TaskInfo, WorkerInfo
+from runq.brokers.feed import Feed
+from runq.models import Claim, Message, Outcome, ProgressReport, Stats, Status, TaskInfo, WorkerInfo
 
 BreakerEvent = Literal["allow", "success", "failure"]
 
@@ -95,6 +96,26 @@ class Broker(ABC):
         waiting dependents, and theirs, with an error naming it. That happens in the
         same atomic step for dependents in the same queue, and right after it, by a
         repeatable call that survives a crash in between, for dependents elsewhere.
+        """
+
+    # -- progress and events (SPEC §10) -------------------------------------------
+
+    @abstractmethod
+    def progress(self, reports: Sequence[ProgressReport]) -> builtins.list[bool]:
+        """Store the latest progress of running claims, stamped with the broker's clock, in one
+        round trip; ``False`` where the claim is no longer the task's (its token is stale, or
+        the task is not running): a stale attempt never overwrites a newer one's progress. A
+        watched task's followers see each stored report as a change. Off the hot path: only
+        tasks that call ``runq.current().progress()`` make it, coalesced (runq/worker/progress.py).
+        """
+
+    @abstractmethod
+    def follow(self, task_id: str) -> Feed:
+        """Start following a task's changes (status and progress): see runq/brokers/feed.py.
+
+        Reads the task (``feed.first``; ``None`` for an unknown task) so that no change after
+        that read is missed: where changes are pushed, the task is marked followed (only then
+        are its changes published) after the listener is ready. Close the feed when done.
         """
 
     # -- inspecting and steering ------------------------------------------------

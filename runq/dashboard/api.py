@@ -33,7 +33,8 @@ from starlette.concurrency import run_in_threadpool
 
 from runq import options as rules
 from runq.app import App
-from runq.errors import BrokerUnavailable
+from runq.errors import BrokerUnavailable, TaskNotFound
+from runq.handles import Handle
 from runq.logs import mask_url
 from runq.models import QUEUE_NAME, Status, TaskInfo, WorkerInfo, queue_of
 
@@ -130,6 +131,20 @@ class Enqueued(BaseModel):
     status: Status | None
 
 
+class ProgressOut(BaseModel):
+    value: float | None = Field(description="From 0.0 to 1.0, as the task reported it.")
+    message: str | None
+    at: datetime = Field(description="When the broker stored it.")
+
+
+class EventOut(BaseModel):
+    """One event of ``GET /api/tasks/{id}/events``: the task's status and progress."""
+
+    status: Status
+    progress: ProgressOut | None
+    at: datetime
+
+
 class TaskOut(BaseModel):
     id: str
     name: str
@@ -147,6 +162,7 @@ class TaskOut(BaseModel):
     worker: str | None
     key: str | None = None
     eta: datetime | None = None
+    progress: ProgressOut | None = Field(default=None, description="The latest runq.current().progress().")
 
 
 class QueueOut(BaseModel):
@@ -329,6 +345,21 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
     def get_task(task_id: str) -> TaskOut:
         return task_out(find(task_id))
 
+    @router.get(
+        "/tasks/{task_id}/events",
+        response_class=StreamingResponse,
+        responses={**NOT_FOUND, 200: {"content": {"text/event-stream": {}}, "model": EventOut}},
+    )
+    async def task_events(task_id: str) -> StreamingResponse:
+        """Server-sent events of one task (``Handle.aevents()``): a ``task`` event with its status
+        and progress now, then one per change, until its final status; then the stream ends."""
+        await run_in_threadpool(find, task_id)
+        return StreamingResponse(
+            _task_stream(app.handle(task_id)),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
     @router.post("/tasks/{task_id}/cancel", response_model=TaskOut, responses={**NOT_FOUND, **CONFLICT})
     def cancel_task(task_id: str) -> TaskOut:
         """Cancel a task that has not finished; 409 when it already has."""
@@ -406,6 +437,15 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
         )
 
     return router
+
+
+async def _task_stream(handle: Handle[Any]) -> AsyncIterator[str]:
+    """One task's events; an outage (or the task purged meanwhile) ends it with an ``error`` event."""
+    try:
+        async for event in handle.aevents():
+            yield f"event: task\ndata: {EventOut.model_validate(event.to_dict()).model_dump_json()}\n\n"
+    except (BrokerUnavailable, TaskNotFound) as exc:
+        yield f"event: error\ndata: {json.dumps({'detail': str(exc)})}\n\n"
 
 
 async def _stream(request: Request, snapshot: Any, interval: float) -> AsyncIterator[str]:

@@ -120,7 +120,9 @@ def _start(app: Drainable, broker: Broker, claim: Claim, message: Message, task:
     args = gate(broker, message, task)
     if not isinstance(args, list):
         return args  # refused, held back, or a collector step that ended without running
-    job = Job(claim.id, message.name, claim.queue, claim.attempt, args, message.kwargs, None, message.trace)
+    job = Job(
+        claim.id, message.name, claim.queue, claim.attempt, args, message.kwargs, None, message.trace, token=claim.token
+    )
     return _run_job(app, job)
 
 

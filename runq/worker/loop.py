@@ -299,6 +299,7 @@ class Worker:
             entry.policy.timeout,
             message.trace,
             entry.policy.soft_timeout,
+            claim.token,
         )
 
     def _prepare(

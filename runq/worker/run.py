@@ -25,20 +25,26 @@ from runq.errors import ErrorKind, Retry, SoftTimeout, error_type, printable, re
 from runq.options import unknown_name
 from runq.worker import soft
 from runq.worker.ended import Error, Failed, Finished
+from runq.worker.progress import reporting
 
 if TYPE_CHECKING:
+    from runq.brokers.base import Broker
     from runq.observe import Observers
     from runq.tasks import Task
 
 
 class Registry(Protocol):
-    """What running a task needs of its App: the tasks and the middleware (the App is one;
-    the runtime never imports app.py, so ``app.drain()`` can use it)."""
+    """What running a task needs of its App: the tasks, the middleware, and the broker its
+    progress goes to (the App is one; the runtime never imports app.py, so ``app.drain()``
+    can use it)."""
 
     tasks: dict[str, Task[Any, Any]]
 
     @property
     def observers(self) -> Observers: ...
+
+    @property
+    def broker(self) -> Broker: ...
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class Job:
     timeout: float | None = None
     trace: dict[str, str] | None = None  # the message's trace context (runq/observe/tracing.py)
     soft_timeout: float | None = None  # runq.SoftTimeout raised inside the task then (runq/worker/soft.py)
+    token: str | None = None  # the claim's fencing token: its progress reports carry it
 
     def context(self) -> TaskContext:
         return TaskContext(self.id, self.name, self.queue, self.attempt, self.trace)
@@ -70,6 +77,7 @@ def run_job(app: Registry, job: Job, context: TaskContext | None = None) -> Fini
     ended: Finished | Failed
     error: BaseException | None
     pid = os.getpid()
+    progress = reporting(app, job.id, job.token, context)
     token = _current.set(context)
     if observers.runs:
         observers.start(context)
@@ -85,6 +93,8 @@ def run_job(app: Registry, job: Job, context: TaskContext | None = None) -> Fini
     finally:
         _current.reset(token)
         _end_if_forked(pid)
+    if progress is not None and progress.owed:
+        progress.flush()
     return _end(observers, context, ended, error, started)
 
 
@@ -102,6 +112,7 @@ async def arun_job(app: Registry, job: Job, context: TaskContext) -> Finished | 
     ended: Finished | Failed
     error: BaseException | None
     pid = os.getpid()
+    progress = reporting(app, job.id, job.token, context)
     token = _current.set(context)
     if observers.runs:
         observers.start(context)
@@ -120,6 +131,8 @@ async def arun_job(app: Registry, job: Job, context: TaskContext) -> Finished | 
     finally:
         _current.reset(token)
         _end_if_forked(pid)
+    if progress is not None and progress.owed:
+        await asyncio.to_thread(progress.flush)  # the loop never waits on the broker
     return _end(observers, context, ended, error, started)
 
 

@@ -520,10 +520,10 @@ class NetnsPair:
 # The least a runq user needs on Redis (README, "Running Redis in production"); the conformance
 # suite runs as a user made with exactly these rules, and a test checks the README shows them.
 REDIS_ACL = (
-    "resetkeys ~runq:* resetchannels -@all +ping +time +select +multi +exec +fcall +function|load"
+    "resetkeys ~runq:* resetchannels &runq:* -@all +ping +time +select +multi +exec +fcall +function|load"
     " +blpop +get +set +del +hget +hgetall +hmget +hset +hdel +hexists +hincrby +hincrbyfloat +hkeys +hlen +lpush"
     " +rpush +lrange +ltrim +pexpire +incr +incrby +sadd +smembers +srem +zadd +zcard +zrange +zrangebyscore"
-    " +zrevrange +zrem +zscore"
+    " +zrevrange +zrem +zscore +publish +subscribe +unsubscribe"
 )
 
 

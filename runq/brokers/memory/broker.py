@@ -39,7 +39,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from runq.brokers import rules
 from runq.brokers.base import BreakerEvent, Broker
-from runq.brokers.memory import flow
+from runq.brokers.feed import Feed
+from runq.brokers.memory import flow, follow
 from runq.brokers.memory.tables import Record, Tables
 from runq.brokers.rules import WORKER_LOST, dependency_error
 from runq.models import (
@@ -49,6 +50,7 @@ from runq.models import (
     Message,
     Outcome,
     Percentiles,
+    ProgressReport,
     QueueStats,
     Stats,
     Status,
@@ -118,7 +120,8 @@ class MemoryBroker(Broker):
     def _change(self, change: Callable[[Tables, float], T]) -> T:
         """Apply one state change under the lock and wake whoever waits on the broker."""
         with self._cond:
-            done = change(self._tables, self.now())
+            now = self._tables.now = self.now()
+            done = change(self._tables, now)
             self._cond.notify_all()
             return done
 
@@ -322,6 +325,14 @@ class MemoryBroker(Broker):
             record.started_at = None
             record.attempts -= 1 if outcome.uncount else 0
             tables.place(record)
+
+    # -- progress and events --------------------------------------------------------
+
+    def progress(self, reports: Sequence[ProgressReport]) -> builtins.list[bool]:
+        return self._change(lambda tables, now: [follow.report(tables, report, now) for report in reports])
+
+    def follow(self, task_id: str) -> Feed:
+        return follow.MemoryFeed(self.now, self._cond, self._tables, task_id)
 
     # -- inspecting and steering --------------------------------------------------
 

@@ -42,6 +42,9 @@ class Record:
     expires_at: float | None = None  # gone after this; None keeps it (failed tasks)
     version: int = 0  # bumped by every place(): older heap entries are stale
     redelivered: bool = False  # this delivery is a crash's redelivery (memory://?redeliver=p)
+    progress: str | None = None  # JSON {value, message, at}: the latest progress report
+    changes: list[tuple[Status, str | None, float]] | None = None  # watched: its log (follow.py)
+    shown: Status | None = None  # watched: the status its log last recorded
 
     def visible(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now
@@ -69,6 +72,7 @@ class Tables:
     task_metrics: dict[tuple[str, str], float] = field(default_factory=dict)
     workers: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> (encoded info, expires_at)
     seq: int = 0
+    now: float = 0.0  # the broker's clock during the current change (dates a watched task's log)
 
     def count(self, name: str, amount: int = 1) -> None:
         if amount:
@@ -91,6 +95,9 @@ class Tables:
             running.pop(record.id, None)
         if record.expires_at is not None:
             heapq.heappush(self.expiring, (record.expires_at, record.id))
+        if record.changes is not None and record.status is not record.shown:  # watched (follow.py)
+            record.shown = record.status
+            record.changes.append((record.status, record.progress, self.now))
 
     def current(self, task_id: str, version: int, status: Status) -> Record | None:
         """The record a heap entry points at, if that entry is still its latest."""

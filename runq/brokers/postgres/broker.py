@@ -34,7 +34,8 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from runq.brokers import rules
 from runq.brokers.base import BreakerEvent, Broker
-from runq.brokers.postgres import flow, inspect
+from runq.brokers.feed import Feed, Pushed
+from runq.brokers.postgres import flow, follow, inspect
 from runq.brokers.postgres.flow import NOW, Notes
 from runq.brokers.postgres.listen import Listener
 from runq.brokers.postgres.setup import connect_and_migrate, postgres_conninfo, unavailable
@@ -45,6 +46,7 @@ from runq.models import (
     Claim,
     Message,
     Outcome,
+    ProgressReport,
     Stats,
     Status,
     TaskInfo,
@@ -140,7 +142,11 @@ class PostgresBroker(Broker):
         with self._lock:
             if self._listener is None or self._listener.closed:
                 self._listener = Listener(
-                    self.conninfo, f"{self.schema}_work", f"{self.schema}_done", self._connect_timeout
+                    self.conninfo,
+                    f"{self.schema}_work",
+                    f"{self.schema}_done",
+                    self._connect_timeout,
+                    f"{self.schema}_events",
                 )
             listener = self._listener
         listener.ready(self._connect_timeout)
@@ -458,6 +464,29 @@ class PostgresBroker(Broker):
         accepted = {row[0] for row in rows}
         accepted |= flow.repeats(cur, s, [(x.id, x.token) for x in o if x.id not in accepted])
         return [x.id in accepted for x in o]
+
+    # -- progress and events (follow.py) --------------------------------------------
+
+    def progress(self, reports: Sequence[ProgressReport]) -> builtins.list[bool]:
+        if not reports:
+            return []
+        return self._run(lambda cur: follow.report(cur, self.s, reports), transaction=False)
+
+    def follow(self, task_id: str) -> Feed:
+        """Listening first, then marking and reading the task: no change after the read is missed."""
+        listener = self._listen()
+
+        def read(watch: bool) -> tuple[TaskInfo | None, int]:
+            return self._run(lambda cur: follow.read(cur, self.s, task_id, watch), transaction=False)
+
+        feed = Pushed(task_id, lambda: read(False), listener.unfollow)
+        listener.follow(feed)
+        try:
+            feed.opened(*read(True))
+        except BaseException:
+            listener.unfollow(feed)
+            raise
+        return feed
 
     # -- inspecting and steering --------------------------------------------------
 

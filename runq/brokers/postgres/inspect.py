@@ -15,7 +15,8 @@ from runq.brokers.postgres.flow import NOW
 from runq.models import COUNTERS, Percentiles, QueueStats, Stats, Status
 
 TASK_COLUMNS = (
-    "id, queue, name, status, payload, attempts, result, error, worker, enqueued_at, started_at, finished_at, ready_at"
+    "id, queue, name, status, payload, attempts, result, error, worker, enqueued_at, started_at, finished_at, ready_at,"
+    " progress"
 )
 FIELDS = tuple(column.strip() for column in TASK_COLUMNS.split(","))
 

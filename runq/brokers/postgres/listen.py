@@ -1,8 +1,9 @@
 """``LISTEN/NOTIFY`` for the PostgreSQL broker: idle workers and ``result()`` wake on a push.
 
-One thread per broker holds one autocommit connection that listens on two channels:
-``<schema>_work`` (payload: a queue that may have work, or whose next due time changed)
-and ``<schema>_done`` (payload: comma-separated ids of tasks that became final). Waiters
+One thread per broker holds one autocommit connection that listens on three channels:
+``<schema>_work`` (payload: a queue that may have work, or whose next due time changed),
+``<schema>_done`` (payload: comma-separated ids of tasks that became final) and
+``<schema>_events`` (a followed task's change, as JSON: follow.py). Waiters
 block on a condition variable; nothing polls the database. When the connection drops
 (server restart, ``pg_terminate_backend``) notifications may have been missed, so a
 reconnect bumps ``epoch`` and wakes every waiter to look again.
@@ -14,18 +15,28 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg import sql
+
+from runq.brokers.postgres.follow import change_of
+
+if TYPE_CHECKING:
+    from runq.brokers.feed import Pushed
 
 RECONNECT_DELAY = 0.5
 
 
 class Listener:
-    def __init__(self, conninfo: str, work_channel: str, done_channel: str, connect_timeout: float) -> None:
+    def __init__(
+        self, conninfo: str, work_channel: str, done_channel: str, connect_timeout: float, events_channel: str = ""
+    ) -> None:
         self._conninfo = conninfo
         self.work_channel = work_channel
         self.done_channel = done_channel
+        self.events_channel = events_channel
+        self._followers: dict[str, set[Pushed]] = {}  # task id -> its open feeds
         self._connect_timeout = connect_timeout
         self._cond = threading.Condition()
         self._work: dict[str, int] = {}
@@ -73,6 +84,18 @@ class Listener:
                     del self._watchers[task_id]
                     self._done.pop(task_id, None)
 
+    def follow(self, feed: Pushed) -> None:
+        """Push the changes of ``feed``'s task to it from now on."""
+        with self._cond:
+            self._followers.setdefault(feed.task_id, set()).add(feed)
+
+    def unfollow(self, feed: Pushed) -> None:
+        with self._cond:
+            feeds = self._followers.get(feed.task_id, set())
+            feeds.discard(feed)
+            if not feeds:
+                self._followers.pop(feed.task_id, None)
+
     def _done_mark(self, task_id: str) -> tuple[int, int]:
         return self.epoch, self._done.get(task_id, 0)
 
@@ -93,8 +116,9 @@ class Listener:
                 with psycopg.connect(
                     self._conninfo, autocommit=True, connect_timeout=max(1, int(self._connect_timeout))
                 ) as conn:
-                    for channel in (self.work_channel, self.done_channel):
-                        conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    for channel in (self.work_channel, self.done_channel, self.events_channel):
+                        if channel:
+                            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     with self._cond:
                         self._connected = True
                         self.epoch += 1
@@ -111,10 +135,16 @@ class Listener:
                     self._connected = False
                     self.epoch += 1
                     self._cond.notify_all()
+                followers = [feed for feeds in self._followers.values() for feed in feeds]
+            for feed in followers:  # changes may have been missed: each reads its task again
+                feed.lost()
             if not self._closed:
                 time.sleep(RECONNECT_DELAY)  # back-off between reconnects, not synchronisation
 
     def _deliver(self, channel: str, payload: str) -> None:
+        if channel == self.events_channel:
+            self._deliver_change(payload)
+            return
         with self._cond:
             if channel == self.work_channel:
                 self._work[payload] = self._work.get(payload, 0) + 1
@@ -123,6 +153,16 @@ class Listener:
                     if task_id in self._watchers:
                         self._done[task_id] = self._done.get(task_id, 0) + 1
             self._cond.notify_all()
+
+    def _deliver_change(self, payload: str) -> None:
+        task_id, change = change_of(payload)
+        with self._cond:
+            feeds = list(self._followers.get(task_id, ()))
+        for feed in feeds:
+            if change is None:
+                feed.lost()
+            else:
+                feed.push(change)
 
 
 class Watch:

@@ -104,3 +104,30 @@ CREATE TABLE {schema}.task_metrics (
     value float8 NOT NULL,
     PRIMARY KEY (queue, field)
 );
+
+-- migration: 3
+-- Progress and followers (runq/brokers/postgres/follow.py): a task's latest progress (JSON),
+-- and `watched`, NULL until someone follows the task, then the number of its changes since.
+-- The trigger's WHEN is false for a task nobody follows: claim and settle write nothing more.
+ALTER TABLE {schema}.tasks ADD COLUMN progress text, ADD COLUMN watched bigint;
+
+-- A payload NOTIFY cannot carry (over 8000 bytes) goes without the progress: followers read it.
+CREATE FUNCTION {schema}.task_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    payload text;
+BEGIN
+    NEW.watched := OLD.watched + 1;
+    payload := json_build_object('id', NEW.id, 'v', NEW.watched, 'status', NEW.status,
+        'progress', NEW.progress, 'at', extract(epoch FROM clock_timestamp()))::text;
+    IF octet_length(payload) > 7900 THEN
+        payload := json_build_object('id', NEW.id, 'v', NEW.watched, 'status', NEW.status, 'reread', true)::text;
+    END IF;
+    PERFORM pg_notify(TG_TABLE_SCHEMA || '_events', payload);
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER task_changed BEFORE UPDATE OF status, progress ON {schema}.tasks
+    FOR EACH ROW WHEN (OLD.watched IS NOT NULL
+        AND (OLD.status IS DISTINCT FROM NEW.status OR OLD.progress IS DISTINCT FROM NEW.progress))
+    EXECUTE FUNCTION {schema}.task_changed();

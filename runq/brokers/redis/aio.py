@@ -28,10 +28,11 @@ from redis.connection import HiredisRespSerializer
 from redis.exceptions import NoScriptError, ResponseError
 from redis.utils import HIREDIS_AVAILABLE
 
-from runq.brokers.aio import AsyncBroker
+from runq.brokers.aio import AsyncBroker, AsyncFeed
 from runq.brokers.redis import connection
 from runq.brokers.redis.broker import CANCELLED, RedisBroker
 from runq.brokers.redis.connection import UNAVAILABLE, unavailable
+from runq.brokers.redis.events import AsyncEvents
 from runq.brokers.redis.keys import done_key, function_keys
 from runq.brokers.redis.scripts import Call, body, library
 from runq.brokers.redis.waits import BLOCK_SLICE, AsyncWaits, info_of
@@ -140,6 +141,7 @@ class AsyncRedisBroker(AsyncBroker):
         self.functions = AsyncFunctions(self._r, self.cluster, broker.functions)
         self._blocking_functions = AsyncFunctions(self._blocking, self.cluster, broker.functions)
         self._waits = AsyncWaits(self)
+        self._events = AsyncEvents(self, broker.target)
 
     def _client(self, options: dict[str, Any], pool_size: int | None) -> Any:
         target = self.redis.target
@@ -204,7 +206,12 @@ class AsyncRedisBroker(AsyncBroker):
         await self._steps(queue_of(task_id), steps)
         return bool(done)
 
+    async def follow(self, task_id: str) -> AsyncFeed:
+        """As RedisBroker.follow: every feed of this loop shares one subscriber (events.py)."""
+        return await self._guard(lambda: self._events.follow(task_id))
+
     async def _release(self) -> None:
+        await self._events.close()
         await self._waits.close()
         for client in (self._r, self._blocking):
             await client.aclose()

@@ -31,8 +31,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from runq.brokers.base import BreakerEvent, Broker
+from runq.brokers.feed import Feed
 from runq.brokers.redis import connection
 from runq.brokers.redis.connection import UNAVAILABLE, unavailable
+from runq.brokers.redis.events import ThreadEvents
 from runq.brokers.redis.keys import (
     QUEUES_KEY,
     WORKERS_KEY,
@@ -54,6 +56,7 @@ from runq.models import (
     Message,
     Outcome,
     Percentiles,
+    ProgressReport,
     QueueStats,
     Stats,
     Status,
@@ -130,6 +133,7 @@ class RedisBroker(Broker):
         self._policy_checked = False
         self._registered: dict[str, float] = {}  # queue -> when this process last added it to QUEUES_KEY
         self._waits = ThreadWaits(self)
+        self._events = ThreadEvents(self, self.target)
 
     def _client(self, options: dict[str, Any]) -> Any:
         """A client for the URL (one Redis, a cluster, or the master Sentinel names: connection.py)."""
@@ -278,7 +282,7 @@ class RedisBroker(Broker):
     def _per_queue(
         self,
         name: str,
-        items: Sequence[Claim | Outcome],
+        items: Sequence[Claim | Outcome | ProgressReport],
         item_args: Callable[[Any], list[Any]],
         head: list[Any],
         with_done: bool,
@@ -307,6 +311,17 @@ class RedisBroker(Broker):
             if len(returned) > len(indexes):  # settle: steps for dependents (outbox.py)
                 self.apply_steps(queue, returned[len(indexes) :])
         return answers
+
+    # -- progress and events (follow.lua, progress.lua, events.py) ------------------
+
+    @_guarded
+    def progress(self, reports: Sequence[ProgressReport]) -> list[bool]:
+        return self._per_queue("progress", reports, _progress_args, [], with_done=False)
+
+    @_guarded
+    def follow(self, task_id: str) -> Feed:
+        """Subscribed to the task's channel (shared by the process: events.py), then read."""
+        return self._events.follow(task_id)
 
     # -- inspecting and steering --------------------------------------------------
 
@@ -469,11 +484,16 @@ class RedisBroker(Broker):
         self._r.ping()
 
     def close(self) -> None:
+        self._events.close()
         self._waits.close()
         self.functions.close()
         self._blocking_functions.close()
         self._r.close()
         self._blocking.close()
+
+
+def _progress_args(report: ProgressReport) -> list[Any]:
+    return [report.id, report.token, json.dumps({"value": report.value, "message": report.message})]
 
 
 def _outcome_args(outcome: Outcome) -> list[Any]:

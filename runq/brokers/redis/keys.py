@@ -32,6 +32,7 @@ a function touches exactly one cluster slot):
                                       (waits.py); on a cluster runq:{q}:waits:<hub>, in the slot it
                                       blocks on; expires after 10 s
     runq:{q}:key:<key>        string  idempotency key -> id, expires after key_ttl
+    runq:{q}:events:<id>      channel (pub/sub, not a key) a followed task's changes (follow.lua, events.py)
     runq:{q}:metrics          hash    "<series>:<task>" -> total: per-task metrics that
                                       workers add with their heartbeat (metrics.lua)
     runq:queues               set     every queue ever used
@@ -93,7 +94,9 @@ READY = ("tasks", "payloads", "pending", "seq", "counters", "wake")  # enqueue o
 ENQUEUE_ITEM = ("id", "payload", "priority", "delay", "result_ttl", "has_key", "after")
 SETTLE_ITEM = ("id", "token", "kind", "result", "error", "delay", "result_ttl", "uncount", "runtime")
 RENEW_ITEM = ("id", "token")
-LAYOUTS = {"ENQ": ENQUEUE_ITEM, "SET": SETTLE_ITEM, "REN": RENEW_ITEM}
+PROGRESS_ITEM = ("id", "token", "progress")
+LAYOUTS = {"ENQ": ENQUEUE_ITEM, "SET": SETTLE_ITEM, "REN": RENEW_ITEM, "PRO": PROGRESS_ITEM}
+EVENTS = "runq:{%s}:events:%s"  # a task's channel, from its queue and id (lib.lua: changed)
 
 
 class Function(NamedTuple):
@@ -119,6 +122,8 @@ FUNCTIONS = {
     "trim": Function("trim"),
     "due": Function("due", ("scheduled", "running")),
     "watch": Function("watch", ("tasks", "pending", "payloads", "waiters")),
+    "follow": Function("follow", ("tasks", "pending", "payloads")),
+    "progress": Function("progress", ("tasks",)),
     "unwatch": Function("unwatch", ("waiters",)),
     "link": Function("link"),
     "resolve": Function("resolve"),
@@ -145,6 +150,12 @@ def function_keys(name: str, queue: str) -> tuple[str, ...]:
 
 def done_key(task_id: str) -> str:
     return f"runq:{{{queue_of(task_id)}}}:done:{task_id}"
+
+
+def events_channel(task_id: str) -> str:
+    """The pub/sub channel a followed task's changes are published on (a channel, not a key:
+    on a cluster every node relays it)."""
+    return EVENTS % (queue_of(task_id), task_id)
 
 
 def waits_key(hub: str, queue: str | None) -> str:
@@ -195,7 +206,7 @@ def lua_keys(name: str, declare: bool = True) -> str:
 def lua_layouts() -> str:
     """One table per per-item argument layout: field -> offset, and the item's size; and the
     constants the scripts share with the other brokers (brokers/rules.py)."""
-    lines = [f"local WORKER_LOST = {json.dumps(WORKER_LOST)}"]
+    lines = [f"local WORKER_LOST = {json.dumps(WORKER_LOST)}", f"local EVENTS = {json.dumps(EVENTS)}"]
     for table, layout in LAYOUTS.items():
         entries = ", ".join(f"{field} = {i}" for i, field in enumerate(layout))
         lines.append(f"local {table}, {table}_N = {{{entries}}}, {len(layout)}")

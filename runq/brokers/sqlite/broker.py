@@ -25,8 +25,9 @@ from urllib.parse import parse_qs, urlsplit
 
 from runq.brokers import rules
 from runq.brokers.base import BreakerEvent, Broker
+from runq.brokers.feed import Feed
 from runq.brokers.rules import WORKER_LOST, dependency_error
-from runq.brokers.sqlite import flow
+from runq.brokers.sqlite import flow, follow
 from runq.errors import BrokerUnavailable
 from runq.models import (
     COUNTERS,
@@ -35,6 +36,7 @@ from runq.models import (
     Message,
     Outcome,
     Percentiles,
+    ProgressReport,
     QueueStats,
     Stats,
     Status,
@@ -48,7 +50,8 @@ CLEANUP_INTERVAL = 1.0
 CLEANUP_BATCH = 1000
 CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
 _TASK_COLUMNS = (
-    "id, queue, name, status, payload, attempts, result, error, worker, enqueued_at, started_at, finished_at, ready_at"
+    "id, queue, name, status, payload, attempts, result, error, worker, enqueued_at, started_at, finished_at, ready_at,"
+    " progress"
 )
 
 
@@ -82,6 +85,7 @@ class SQLiteBroker(Broker):
         schema = resources.files("runq.brokers.sqlite").joinpath("schema.sql").read_text()
         try:
             self._connection().executescript(schema)
+            follow.ensure(self._connection())
         except sqlite3.Error as exc:
             raise BrokerUnavailable(f"cannot set up SQLite database {self.path!r}: {exc}") from exc
 
@@ -388,6 +392,18 @@ class SQLiteBroker(Broker):
             (1 if outcome.uncount else 0,),
             None,
         )
+
+    # -- progress and events (follow.py) --------------------------------------------
+
+    def progress(self, reports: Sequence[ProgressReport]) -> builtins.list[bool]:
+        if not reports:
+            return []
+        with self._write() as db:
+            return follow.report(db, reports, time.time())
+
+    def follow(self, task_id: str) -> Feed:
+        """A feed that polls the task (follow.py): nothing is written for a follower."""
+        return follow.SQLiteFeed(task_id, self.get(task_id), self._read)
 
     # -- inspecting and steering --------------------------------------------------
 

@@ -290,6 +290,33 @@ $("purge").addEventListener("click", async () => {
 });
 
 // -- task detail (search and links) -------------------------------------------------------
+const FINAL = ["succeeded", "failed", "cancelled"];
+let following = null; // the event stream of the task shown, while it is not final
+
+function progressOf(p) {
+  if (!p) return [];
+  const text = [p.value !== null ? `${Math.round(p.value * 100)}%` : null, p.message].filter((x) => x).join(" · ");
+  return [el("progress", { max: 1, value: p.value }), el("span", {}, text)]; // no value: an indeterminate bar
+}
+
+function follow(task) {
+  if (following) following.close();
+  following = null;
+  if (FINAL.includes(task.status) || !window.EventSource) return;
+  const source = new EventSource(withToken(`/api/tasks/${encodeURIComponent(task.id)}/events`));
+  following = source;
+  source.addEventListener("task", (e) => {
+    const change = JSON.parse(e.data);
+    $("detail-title").replaceChildren(el("span", {}, task.name + " "), pill(change.status));
+    $("detail-progress").replaceChildren(...progressOf(change.progress));
+    if (FINAL.includes(change.status)) showTask(task.id); // the result or the error, and the stream ends
+  });
+  source.addEventListener("error", () => { // ended, or the broker is down: no reconnect loop
+    source.close();
+    if (following === source) following = null;
+  });
+}
+
 async function showTask(id) {
   const dialog = $("detail");
   let task;
@@ -303,7 +330,8 @@ async function showTask(id) {
   const rows = [["id", task.id], ["queue", task.queue], ["priority", task.priority], ["attempts", task.attempts],
     ["worker", task.worker], ["key", task.key], ["eta", task.eta], ["enqueued", task.enqueued_at],
     ["started", task.started_at], ["finished", task.finished_at]].filter(([, v]) => v !== null && v !== undefined);
-  const blocks = [el("dl", {}, ...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]))];
+  const blocks = [el("dl", {}, ...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)])),
+    el("div", { id: "detail-progress", class: "progress" }, ...progressOf(task.progress))];
   blocks.push(el("h3", {}, "arguments"), el("pre", {}, JSON.stringify({ args: task.args, kwargs: task.kwargs }, null, 2)));
   if (task.status === "succeeded") blocks.push(el("h3", {}, "result"), el("pre", {}, JSON.stringify(task.result, null, 2)));
   if (task.error) {
@@ -317,7 +345,13 @@ async function showTask(id) {
   $("detail-retry").onclick = async () => { await retry(task.id); showTask(task.id); };
   $("detail-cancel").onclick = async () => { await cancel(task.id); showTask(task.id); };
   if (!dialog.open) dialog.showModal();
+  follow(task);
 }
+
+$("detail").addEventListener("close", () => {
+  if (following) following.close();
+  following = null;
+});
 
 $("search").addEventListener("submit", (e) => {
   e.preventDefault();

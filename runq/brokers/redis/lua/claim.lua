@@ -51,6 +51,9 @@ if #found > 0 then
     rec.attempts = rec.attempts + 1
     rec.token, rec.worker, rec.started_at, rec.lease_until = prefix .. i, worker, stamp(now), until_
     rec.status = 'running'
+    if rec.watched then
+      changed(id, rec)
+    end
     running[#running + 1] = until_
     running[#running + 1] = id
     saved[#saved + 1] = id

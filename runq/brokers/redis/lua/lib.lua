@@ -65,6 +65,15 @@ local function live(rec, now)
   return rec ~= nil and (rec.expires_at == nil or tonumber(rec.expires_at) > now)
 end
 
+-- A followed task (follow.lua set rec.watched) publishes each change of its status or
+-- progress, numbered by rec.v, on its channel (keys.py: EVENTS); the caller saves rec.
+-- For a task nobody follows this is one field test: no command.
+local function changed(id, rec)
+  rec.v = (rec.v or 0) + 1
+  local change = {v = rec.v, status = rec.status, progress = rec.progress, at = stamp(clock())}
+  redis.call('PUBLISH', string.format(EVENTS, QUEUE, id), cjson.encode(change))
+end
+
 -- Move a task to `status`, placed at `score` in that state's ordering zset.
 local function enter(id, rec, status, score)
   local old = rec.status
@@ -82,6 +91,9 @@ local function enter(id, rec, status, score)
   end
   if PLACE[status] then
     redis.call('ZADD', PLACE[status], score, id)
+  end
+  if rec.watched and old ~= status then
+    changed(id, rec)
   end
 end
 
