@@ -6,17 +6,19 @@ with ``app.handle(task_id)``; every call asks the broker afresh.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Generator, Iterator
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from runq.brokers.feed import snapshot
-from runq.errors import TaskCancelled, TaskFailed, TaskNotFound
+from runq.errors import BrokerUnavailable, TaskCancelled, TaskFailed, TaskNotFound
 from runq.models import Event, Status, TaskInfo
 
 if TYPE_CHECKING:
     from runq.brokers.aio import AsyncBroker
     from runq.brokers.base import Broker
+    from runq.settings import Settings
 
 
 class Connected(Protocol):
@@ -25,6 +27,9 @@ class Connected(Protocol):
 
     @property
     def broker(self) -> Broker: ...
+
+    @property
+    def settings(self) -> Settings: ...
 
     async def async_broker(self) -> AsyncBroker: ...
 
@@ -67,9 +72,16 @@ class Handle(Generic[R]):
         """
         waiting = self._waiting(timeout)
         remaining = next(waiting)
+        cut = _Cut(self.app.settings.connect_timeout)
         while True:
             try:
-                remaining = waiting.send(self.app.broker.wait(self.id, remaining))
+                info = self.app.broker.wait(self.id, remaining)
+            except BrokerUnavailable as exc:
+                time.sleep(cut.pause(exc))
+                continue
+            cut.mended()
+            try:
+                remaining = waiting.send(info)
             except StopIteration as done:
                 return cast(R, done.value)
 
@@ -154,11 +166,42 @@ class Handle(Generic[R]):
         broker = await self.app.async_broker()
         waiting = self._waiting(timeout)
         remaining = next(waiting)
+        cut = _Cut(self.app.settings.connect_timeout)
         while True:
             try:
-                remaining = waiting.send(await broker.wait(self.id, remaining))
+                info = await broker.wait(self.id, remaining)
+            except BrokerUnavailable as exc:
+                await asyncio.sleep(cut.pause(exc))
+                continue
+            cut.mended()
+            try:
+                remaining = waiting.send(info)
             except StopIteration as done:
                 return cast(R, done.value)
+
+
+class _Cut:
+    """A wait whose connection broke is simply waited again: it only reads, so that is safe,
+    and the broker may well be up (a cut connection, a failover). Only when the broker stays
+    unreachable for ``connect_timeout`` does the error reach the caller (SPEC §3, §8)."""
+
+    def __init__(self, patience: float) -> None:
+        self.patience = patience
+        self.since: float | None = None
+        self.next_pause = 0.0
+
+    def pause(self, error: BrokerUnavailable) -> float:
+        """How long to pause before waiting again; raises ``error`` once patience ran out."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+        if now - self.since >= self.patience:
+            raise error
+        pause, self.next_pause = self.next_pause, min(1.0, max(0.05, 2 * self.next_pause))
+        return pause
+
+    def mended(self) -> None:
+        self.since, self.next_pause = None, 0.0
 
 
 def _left(deadline: float | None) -> float:

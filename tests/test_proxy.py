@@ -172,8 +172,8 @@ def test_a_stall_past_the_lease_hands_the_task_over_and_the_worker_goes_on(
 
 def test_cut_during_blocking_waits(wire: Wire, start_worker: StartWorker) -> None:
     """Every connection is reset while the producer waits on a result and the idle worker
-    waits for work: both come back on their own (result() raises BrokerUnavailable once,
-    and is safe to call again)."""
+    waits for work: both come back on their own (result() waits again after the cut, never
+    raising while the broker is up)."""
     app = runq.App(wire.producer_url)
     worker = start_worker(wire.worker_url, "--pool", "thread")
     wait_until(lambda: app.workers(), timeout=30)
@@ -188,6 +188,7 @@ def test_cut_during_blocking_waits(wire: Wire, start_worker: StartWorker) -> Non
     wire.producers.cut()
     waiter.join(60)
     assert outcome == [21]
+    assert raised["result"] == 0  # a cut wait is waited again (SPEC §8)
     assert app.enqueue("add", [1, 1]).result(timeout=30) == 2  # the worker claims after the cut
     stopped_cleanly(worker)
     app.close()
