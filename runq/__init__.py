@@ -6,6 +6,7 @@ from runq.errors import BrokerUnavailable, Retry, RunqError, TaskCancelled, Task
 from runq.handles import GroupHandle, Handle
 from runq.models import DrainResult, Stats, Status, TaskInfo, WorkerInfo
 from runq.observe import Middleware, TaskOutcome
+from runq.options import Limit
 from runq.settings import Settings
 from runq.tasks import Signature, Task
 from runq.workflow import chain, chord, group
@@ -16,6 +17,7 @@ __all__ = [
     "DrainResult",
     "GroupHandle",
     "Handle",
+    "Limit",
     "Middleware",
     "Retry",
     "RunqError",

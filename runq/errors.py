@@ -33,6 +33,7 @@ class ErrorKind(str, enum.Enum):
     MALFORMED_MESSAGE = "MalformedMessage"  # a payload that is not runq JSON (the raw text is kept)
     DEPENDENCY_FAILED = "DependencyFailed"  # a workflow step's parent did not succeed
     RETRY = "Retry"  # the task raised runq.Retry
+    EXPIRED = "Expired"  # not started before its ``expires`` deadline: ended cancelled (SPEC §9)
 
     def __str__(self) -> str:
         return self.value

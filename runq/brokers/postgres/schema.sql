@@ -104,3 +104,17 @@ CREATE TABLE {schema}.task_metrics (
     value float8 NOT NULL,
     PRIMARY KEY (queue, field)
 );
+
+-- migration: 3
+-- Flow control (SPEC §9): a task's deadline (not started by then: cancelled), the slot its
+-- concurrency limit counts and that limit; held tasks are scheduled with ready_at infinite.
+ALTER TABLE {schema}.tasks ADD COLUMN deadline float8, ADD COLUMN slot text, ADD COLUMN concurrency integer;
+CREATE INDEX tasks_deadlines ON {schema}.tasks (queue, deadline)
+    WHERE deadline IS NOT NULL AND status IN ('pending', 'scheduled');
+CREATE INDEX tasks_seats ON {schema}.tasks (queue, slot, status)
+    WHERE slot IS NOT NULL AND status IN ('pending', 'running');
+CREATE INDEX tasks_held ON {schema}.tasks (queue, slot, priority DESC, seq)
+    WHERE slot IS NOT NULL AND status = 'scheduled';
+CREATE TABLE {schema}.paused (
+    queue text PRIMARY KEY
+);
