@@ -376,6 +376,22 @@ class App:
     def workers(self) -> builtins.list[WorkerInfo]:
         return self.broker.workers()
 
+    # -- queues (SPEC §9) -----------------------------------------------------------
+
+    def pause(self, queue: str) -> bool:
+        """Stop workers starting tasks of ``queue`` (within a second); enqueue goes on and running
+        tasks finish. Kept in the broker, so every worker and producer sees it. ``False`` when
+        it was paused already."""
+        return self.broker.pause(rules.check_queue(queue), True)
+
+    def resume(self, queue: str) -> bool:
+        """Let workers start tasks of ``queue`` again (idle ones are woken); ``False`` when it was not paused."""
+        return self.broker.pause(rules.check_queue(queue), False)
+
+    def paused(self) -> set[str]:
+        """The queues paused now."""
+        return self.broker.paused()
+
     # -- testing (SPEC §12) --------------------------------------------------------
 
     def drain(self, queues: Iterable[str] | str | None = None, scheduled: bool = False) -> DrainResult:

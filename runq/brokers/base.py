@@ -144,7 +144,8 @@ class Broker(ABC):
 
     @abstractmethod
     def retry(self, task_id: str) -> bool:
-        """Put a ``failed`` or ``cancelled`` task back to ``pending`` with its attempts reset."""
+        """Put a ``failed`` or ``cancelled`` task back to ``pending`` with its attempts reset
+        (and no deadline: a task put back by hand runs, even one that expired)."""
 
     @abstractmethod
     def list(self, status: Status | None, queue: str | None, limit: int) -> list[TaskInfo]:

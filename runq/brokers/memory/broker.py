@@ -397,6 +397,7 @@ class MemoryBroker(Broker):
                 return False
             record.status, record.attempts, record.ready_at, record.token = Status.PENDING, 0, now, None
             record.result = record.error = record.started_at = record.finished_at = record.expires_at = None
+            record.deadline = None  # put back by hand: it runs, whatever its expiry said
             record.redelivered = False
             tables.place(record)
             return True

@@ -535,8 +535,8 @@ class PostgresBroker(Broker):
         def work(cur: Cursor[Any]) -> bool:
             row = cur.execute(
                 f"UPDATE {self.s}.tasks SET status = 'pending', attempts = 0, ready_at = {NOW}, token = NULL,"
-                " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL"
-                " WHERE id = %s AND status IN ('failed', 'cancelled') RETURNING queue",
+                " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,"
+                " deadline = NULL WHERE id = %s AND status IN ('failed', 'cancelled') RETURNING queue",
                 (task_id,),
             ).fetchone()
             if row is not None:

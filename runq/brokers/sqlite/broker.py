@@ -494,8 +494,8 @@ class SQLiteBroker(Broker):
         with self._write() as db:
             cursor = db.execute(
                 "UPDATE runq_tasks SET status = 'pending', attempts = 0, ready_at = ?, token = NULL,"
-                " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL"
-                " WHERE id = ? AND status IN ('failed', 'cancelled')",
+                " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,"
+                " deadline = NULL WHERE id = ? AND status IN ('failed', 'cancelled')",
                 (time.time(), task_id),
             )
             return cursor.rowcount == 1
