@@ -599,6 +599,17 @@ def test_page_shows_live_counts_and_retries_a_dead_letter(
     assert info is not None
     assert (info.status.value, info.attempts) == ("pending", 0)
 
+    # Pause the queue from its row: marked paused, kept in the broker; the same button resumes it.
+    page.get_by_test_id("pause-default").click()
+    expect(page.locator("#toast")).to_contain_text("Paused default")
+    expect(page.get_by_test_id("paused-default")).to_be_visible()
+    expect(page.get_by_test_id("pause-default")).to_have_text("Resume")
+    assert app.paused() == {"default"}
+    page.get_by_test_id("pause-default").click()
+    expect(page.locator("#toast")).to_contain_text("Resumed default")
+    expect(page.get_by_test_id("paused-default")).to_have_count(0)
+    assert app.paused() == set()
+
     page.get_by_label("Task id").fill(failing.id)
     page.get_by_role("button", name="Find").click()
     expect(page.locator("#detail")).to_contain_text("picky")

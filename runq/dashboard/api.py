@@ -96,6 +96,21 @@ class TaskIn(BaseModel):
     key: StrictStr | None = Field(
         default=None, description="Idempotency key.", json_schema_extra=_schema(rules.key_schema)
     )
+    expires: StrictFloat | StrictInt | None = Field(
+        default=None,
+        description="Seconds: a task not started by then ends cancelled (Expired).",
+        json_schema_extra={"minimum": 0, "maximum": rules.MAX_SECONDS},
+    )
+    debounce: StrictFloat | StrictInt | None = Field(
+        default=None,
+        description="Seconds (needs key): enqueueing the key again before it starts replaces it.",
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": rules.MAX_SECONDS},
+    )
+    concurrency: StrictInt | StrictStr | dict[str, Any] | None = Field(
+        default=None,
+        description='Runs at once: N, "N:arg" or {"runs": N, "key": "arg"} (per value of that argument).',
+        examples=[8, "8:user_id"],
+    )
 
     @field_validator("priority", mode="before")
     @classmethod
@@ -108,6 +123,9 @@ class TaskIn(BaseModel):
     _priority = field_validator("priority")(_rule(rules.check_priority))
     _delay = field_validator("delay")(_rule(rules.check_delay))
     _key = field_validator("key")(_rule(rules.check_key))
+    _expires = field_validator("expires")(_rule(rules.check_expires))
+    _debounce = field_validator("debounce")(_rule(rules.check_debounce))
+    _concurrency = field_validator("concurrency")(_rule(rules.check_concurrency))
 
 
 class Enqueued(BaseModel):
@@ -186,6 +204,12 @@ class Purged(BaseModel):
     purged: int
 
 
+class QueuePaused(BaseModel):
+    queue: str
+    paused: bool
+    changed: bool = Field(description="False when the queue already was so.")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     broker: str
@@ -199,6 +223,7 @@ class Snapshot(BaseModel):
     workers: list[WorkerOut]
     dead: list[TaskOut]
     recent: list[TaskOut]
+    paused: list[str] = Field(default_factory=list, description="The queues paused now.")
 
 
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such task."}}
@@ -259,7 +284,10 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
     @router.post("/tasks", status_code=202, response_model=Enqueued)
     def submit(body: TaskIn) -> Enqueued:
         """Enqueue a task by name, as ``App.enqueue`` does; returns its id at once."""
-        options = body.model_dump(include={"queue", "priority", "delay", "key"}, exclude_none=True)
+        fields = {"queue", "priority", "delay", "key", "expires", "debounce"}
+        options = body.model_dump(include=fields, exclude_none=True)
+        if body.concurrency is not None:  # a runq.Limit by now (runq/options.py)
+            options["concurrency"] = body.concurrency
         try:
             handle = app.enqueue(body.name, body.args, body.kwargs, **options)
         except (TypeError, ValueError) as exc:
@@ -307,6 +335,24 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
         """Tasks per queue and state."""
         return [QueueOut(name=name, **vars(q)) for name, q in sorted(app.stats().queues.items())]
 
+    def set_paused(queue: str, paused: bool) -> QueuePaused:
+        try:
+            rules.check_queue(queue)
+        except ValueError as exc:
+            raise RequestValidationError([{"type": "value_error", "loc": ("path", "queue"), "msg": str(exc)}]) from None
+        changed = app.pause(queue) if paused else app.resume(queue)
+        return QueuePaused(queue=queue, paused=paused, changed=changed)
+
+    @router.post("/queues/{queue}/pause", response_model=QueuePaused)
+    def pause_queue(queue: str) -> QueuePaused:
+        """Stop workers starting tasks of the queue (within a second); enqueue goes on, running tasks finish."""
+        return set_paused(queue, True)
+
+    @router.post("/queues/{queue}/resume", response_model=QueuePaused)
+    def resume_queue(queue: str) -> QueuePaused:
+        """Let workers start tasks of the queue again."""
+        return set_paused(queue, False)
+
     @router.get("/workers", response_model=list[WorkerOut])
     def workers() -> list[WorkerOut]:
         """Workers with a live heartbeat and the tasks they are running."""
@@ -334,6 +380,7 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
             workers=[worker_out(w, now) for w in app.workers()],
             dead=[task_out(t) for t in app.list(Status.FAILED, None, DEAD_LETTER_LIMIT)],
             recent=[task_out(t) for t in app.list(None, None, RECENT_LIMIT)],
+            paused=sorted(app.paused()),
         )
 
     @router.get("/snapshot", response_model=Snapshot)
