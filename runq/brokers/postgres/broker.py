@@ -34,7 +34,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from runq.brokers import rules
 from runq.brokers.base import BreakerEvent, Broker
-from runq.brokers.postgres import flow, inspect, limits
+from runq.brokers.postgres import flow, inspect, limits, produce
 from runq.brokers.postgres.flow import NOW, Notes
 from runq.brokers.postgres.listen import Listener
 from runq.brokers.postgres.setup import connect_and_migrate, postgres_conninfo, unavailable
@@ -219,97 +219,18 @@ class PostgresBroker(Broker):
 
     def _enqueue(self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float) -> list[str]:
         if all(m.key is None and not m.after for m in messages):
-            self._insert(cur, messages, key_ttl, wake=True)
+            produce.insert(cur, self.s, messages, key_ttl, f"{self.schema}_work")
             return [m.id for m in messages]
         notes = Notes()
         ids, inserted = [], set()
         for message in messages:
-            task_id, new = self._enqueue_one(cur, message, key_ttl, notes)
+            task_id, new = produce.enqueue_one(cur, self.s, message, key_ttl, notes)
             ids.append(task_id)
             if new:
                 inserted.add(task_id)
         limits.release(cur, self.s, notes.freed, notes)
         self._record(cur, {"enqueued": len(inserted), "cancelled": notes.cancelled}, notes)
         return ids
-
-    def _insert(
-        self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float, wake: bool = False
-    ) -> builtins.list[Any]:
-        """Insert in one statement, in order (``seq`` is the FIFO tie-break); the ids inserted.
-
-        With ``wake`` the same statement also counts the inserted tasks and notifies their
-        queues, so a plain ``delay()`` is one statement and one round trip.
-        """
-        columns: list[list[Any]] = [
-            [m.id for m in messages],
-            [m.queue for m in messages],
-            [m.name for m in messages],
-            [m.priority for m in messages],
-            [float(m.delay) for m in messages],
-            [m.payload for m in messages],
-            [m.key for m in messages],
-            [float(m.result_ttl) for m in messages],
-            [bool(m.after) for m in messages],
-        ]
-        # Flow columns only when a message sets one: a plain enqueue sends what it always did.
-        flowing = any(m.expires is not None or m.slot is not None for m in messages)
-        if flowing:
-            columns += [[m.expires for m in messages], [m.slot for m in messages], [m.concurrency for m in messages]]
-        insert = (
-            f"INSERT INTO {self.s}.tasks (id, queue, name, status, priority, ready_at, payload, key,"
-            " key_expires_at, result_ttl, enqueued_at" + (", deadline, slot, concurrency)" if flowing else ")") + ""
-            " SELECT m.id, m.queue, m.name, CASE WHEN m.waiting THEN 'waiting' WHEN m.delay > 0 THEN 'scheduled'"
-            f" ELSE 'pending' END, m.priority, {NOW} + m.delay, m.payload, m.key,"
-            f" CASE WHEN m.key IS NULL THEN NULL ELSE {NOW} + %s END, m.result_ttl, {NOW}"
-            + (f", {NOW} + m.expires, m.slot, m.concurrency" if flowing else "")
-            + " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::text[], %s::text[],"
-            " %s::float8[], %s::bool[]" + (", %s::float8[], %s::text[], %s::int[]" if flowing else "") + ")"
-            " WITH ORDINALITY AS m(id, queue, name, priority, delay, payload, key, result_ttl, waiting"
-            + (", expires, slot, concurrency" if flowing else "")
-            + ", ord) ORDER BY m.ord ON CONFLICT DO NOTHING RETURNING id, queue"
-        )
-        if not wake:
-            return cur.execute(insert, (key_ttl, *columns)).fetchall()
-        s = self.s
-        cur.execute(
-            f"WITH ins AS ({insert}), counted AS (INSERT INTO {s}.counter_deltas (name, value)"
-            " SELECT 'enqueued', count(*) FROM ins HAVING count(*) > 0),"
-            " woken AS (SELECT pg_notify(%s, q) FROM (SELECT DISTINCT queue AS q FROM ins) AS w)"
-            " SELECT (SELECT count(*) FROM woken)",
-            (key_ttl, *columns, f"{self.schema}_work"),
-        )
-        return []
-
-    def _enqueue_one(self, cur: Cursor[Any], message: Message, key_ttl: float, notes: Notes) -> tuple[str, bool]:
-        """One message with an idempotency key or parents: the id that holds its slot, and
-        whether this call stored it (not when an earlier try of the same enqueue did)."""
-        s = self.s
-        if message.key is not None:
-            row = cur.execute(
-                f"SELECT id, key_expires_at > {NOW} AND (expires_at IS NULL OR expires_at > {NOW})"
-                f" FROM {s}.tasks WHERE queue = %s AND key = %s FOR UPDATE",
-                (message.queue, message.key),
-            ).fetchone()
-            if row is not None and row[1] and message.debounce is not None:
-                if limits.debounce(cur, s, str(row[0]), message, key_ttl, notes.freed):
-                    return str(row[0]), False
-            elif row is not None and row[1]:
-                return str(row[0]), False
-            if row is not None:  # an expired hold (or one a debounce takes over) goes to the new task
-                cur.execute(f"UPDATE {s}.tasks SET key = NULL WHERE id = %s", (row[0],))
-        if not self._insert(cur, [message], key_ttl):
-            if cur.execute(f"SELECT 1 FROM {s}.tasks WHERE id = %s", (message.id,)).fetchone() is None:
-                holder = cur.execute(
-                    f"SELECT id FROM {s}.tasks WHERE queue = %s AND key = %s", (message.queue, message.key)
-                ).fetchone()
-                assert holder is not None
-                return str(holder[0]), False
-            return message.id, False
-        if message.after:
-            flow.wait_for_parents(cur, s, message, notes)
-        else:
-            notes.work.add(message.queue)
-        return message.id, True
 
     # -- consuming ----------------------------------------------------------------
 

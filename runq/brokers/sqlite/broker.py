@@ -26,16 +26,13 @@ from urllib.parse import parse_qs, urlsplit
 from runq.brokers import rules
 from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.rules import dependency_error
-from runq.brokers.sqlite import flow
+from runq.brokers.sqlite import flow, inspect
 from runq.errors import BrokerUnavailable
 from runq.models import (
-    COUNTERS,
     FINAL_STATUSES,
     Claim,
     Message,
     Outcome,
-    Percentiles,
-    QueueStats,
     Stats,
     Status,
     TaskInfo,
@@ -501,7 +498,7 @@ class SQLiteBroker(Broker):
             return cursor.rowcount == 1
 
     def list(self, status: Status | None, queue: str | None, limit: int) -> list[TaskInfo]:
-        where, params = _filter(status, queue, time.time())
+        where, params = inspect.where_clause(status, queue, time.time())
         rows = (
             self._read()
             .execute(f"SELECT {_TASK_COLUMNS} FROM runq_tasks {where} ORDER BY seq DESC LIMIT ?", (*params, limit))
@@ -518,31 +515,11 @@ class SQLiteBroker(Broker):
                 where = f"WHERE status IN ({marks})" + (" AND queue = ?" if queue else "")
                 params: tuple[Any, ...] = (*(s.value for s in FINAL_STATUSES), *((queue,) if queue else ()))
             else:
-                where, params = _filter(status, queue)
+                where, params = inspect.where_clause(status, queue)
             return db.execute(f"DELETE FROM runq_tasks {where}", params).rowcount
 
     def stats(self) -> Stats:
-        db = self._read()
-        now = time.time()
-        queues: dict[str, dict[str, int]] = {}
-        for row in db.execute("SELECT queue, status, count(*) AS n FROM runq_tasks GROUP BY queue, status"):
-            queues.setdefault(row["queue"], {})[row["status"]] = row["n"]
-        counters = dict.fromkeys(COUNTERS, 0)
-        counters.update({row["name"]: row["value"] for row in db.execute("SELECT name, value FROM runq_counters")})
-        recent = db.execute(
-            "SELECT ready_at, started_at, finished_at FROM runq_tasks"
-            " WHERE finished_at >= ? AND started_at IS NOT NULL AND status = 'succeeded'",
-            (now - 300,),
-        ).fetchall()
-        last_minute = sum(1 for row in recent if row["finished_at"] >= now - 60)
-        return Stats(
-            queues={name: QueueStats(**counts) for name, counts in sorted(queues.items())},
-            counters=counters,
-            wait=Percentiles.of([max(0.0, r["started_at"] - r["ready_at"]) for r in recent]),
-            run=Percentiles.of([r["finished_at"] - r["started_at"] for r in recent]),
-            throughput=last_minute / 60.0,
-            breakers=flow.breaker_states(db),
-        )
+        return inspect.stats(self._read())
 
     @staticmethod
     def _count(db: sqlite3.Connection, name: str, amount: int) -> None:
@@ -616,19 +593,3 @@ class SQLiteBroker(Broker):
                 db.close()
             self._connections.clear()
         self._local = threading.local()
-
-
-def _filter(status: Status | None, queue: str | None, now: float | None = None) -> tuple[str, tuple[Any, ...]]:
-    """A WHERE clause; with ``now``, tasks past their expiry are left out."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if now is not None:
-        clauses.append("(expires_at IS NULL OR expires_at > ?)")
-        params.append(now)
-    if status is not None:
-        clauses.append("status = ?")
-        params.append(status.value)
-    if queue is not None:
-        clauses.append("queue = ?")
-        params.append(queue)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)
