@@ -432,7 +432,6 @@ def _flow(
     rules.check_flow(key=opts.key, delay=given, after=bool(opts.after), expires=expires, debounce=opts.debounce)
     if opts.debounce is not None:
         delay = flow["debounce"] = opts.debounce
-    rules.check_expiry_after_eta(expires, delay)
     if expires is not None:
         flow["expires"] = expires
     if opts.concurrency is not None:

@@ -19,7 +19,8 @@ The limits, stated once (the README's "Limits" table repeats them):
 - ``retries``: an int from 0 to 10,000; ``jitter``: a bool; ``rate_limit``: ``"N/s"``,
   ``"N/m"`` or ``"N/h"``;
 - flow control (SPEC §9): ``expires`` a duration (or an aware datetime, Python only);
-  ``debounce`` a duration > 0 that needs a ``key`` and sets the eta itself (no ``delay``,
+  (an eta after it means the task never runs: it ends ``Expired``); ``debounce`` a duration > 0
+  that needs a ``key`` and sets the eta itself (no ``delay``,
   ``eta`` or ``after`` beside it); ``concurrency`` an int from 1 to 10,000, or
   ``Limit(N, key="arg")`` (CLI and HTTP: ``"N"`` or ``"N:arg"``; HTTP also
   ``{"runs": N, "key": "arg"}``), whose ``arg`` must be an argument of the call.
@@ -277,11 +278,6 @@ def check_flow(*, key: str | None, delay: bool, after: bool, expires: float | No
             raise ValueError("debounce sets the eta (now + debounce): give debounce or delay/eta, not both")
         if after:
             raise ValueError("debounce cannot be combined with after (a waiting task has no eta to move)")
-
-
-def check_expiry_after_eta(expires: float | None, delay: float) -> None:
-    if expires is not None and delay > expires:
-        raise ValueError(f"the task would expire (in {expires:g}s) before its eta (in {delay:g}s)")
 
 
 _LEADING = object()  # a workflow step's parent result: not known at enqueue

@@ -96,7 +96,6 @@ def test_python_cli_and_http_agree(
     [
         ({"debounce": 5}, "debounce needs a key"),
         ({"debounce": 5, "key": "k", "delay": 3}, "give debounce or delay/eta"),
-        ({"expires": 5, "delay": 10}, "expire (in 5s) before its eta"),
         ({"concurrency": "1:user"}, "no keyword argument 'user'"),
     ],
 )

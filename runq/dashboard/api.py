@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -77,7 +77,12 @@ class TaskIn(BaseModel):
     """A task to enqueue by name. The limits are runq/options.py's, as for the CLI and Python;
     a dashboard whose APP registers tasks refuses a name it does not know."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The rules between options that JSON Schema can state (runq/options.py check_flow); that a
+    # concurrency key must be an argument of the call it cannot, and is a 422 like the others.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"dependentRequired": {"debounce": ["key"]}, "not": {"required": ["debounce", "delay"]}},
+    )
 
     name: StrictStr = Field(examples=["send_email"], json_schema_extra=_schema(rules.name_schema))
     args: list[Any] = Field(default_factory=list, examples=[["a@b.c"]])
@@ -108,7 +113,8 @@ class TaskIn(BaseModel):
     )
     concurrency: StrictInt | StrictStr | dict[str, Any] | None = Field(
         default=None,
-        description='Runs at once: N, "N:arg" or {"runs": N, "key": "arg"} (per value of that argument).',
+        description='Runs at once: N, "N:arg" or {"runs": N, "key": "arg"} (per value of that argument, which'
+        " the call's kwargs must give).",
         examples=[8, "8:user_id"],
     )
 
@@ -226,6 +232,7 @@ class Snapshot(BaseModel):
     paused: list[str] = Field(default_factory=list, description="The queues paused now.")
 
 
+QUEUE = Path(pattern=QUEUE_NAME.pattern, description="A queue name (runq/options.py: check_queue).")
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such task."}}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Error, "description": "Not possible in its state."}}
 
@@ -344,12 +351,12 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
         return QueuePaused(queue=queue, paused=paused, changed=changed)
 
     @router.post("/queues/{queue}/pause", response_model=QueuePaused)
-    def pause_queue(queue: str) -> QueuePaused:
+    def pause_queue(queue: str = QUEUE) -> QueuePaused:
         """Stop workers starting tasks of the queue (within a second); enqueue goes on, running tasks finish."""
         return set_paused(queue, True)
 
     @router.post("/queues/{queue}/resume", response_model=QueuePaused)
-    def resume_queue(queue: str) -> QueuePaused:
+    def resume_queue(queue: str = QUEUE) -> QueuePaused:
         """Let workers start tasks of the queue again."""
         return set_paused(queue, False)
 
