@@ -18,10 +18,10 @@ The limits, stated once (the README's "Limits" table repeats them):
   datetime at most 10 years ahead (a past one means now);
 - ``retries``: an int from 0 to 10,000; ``jitter``: a bool; ``rate_limit``: ``"N/s"``,
   ``"N/m"`` or ``"N/h"``;
-- flow control (SPEC §9): ``expires`` a duration (or an aware datetime, Python only);
-  (an eta after it means the task never runs: it ends ``Expired``); ``debounce`` a duration > 0
-  that needs a ``key`` and sets the eta itself (no ``delay``,
-  ``eta`` or ``after`` beside it); ``concurrency`` an int from 1 to 10,000, or
+- flow control (SPEC §9): ``expires`` a duration (or an aware datetime, Python only; a
+  task whose eta comes after it never runs: it ends ``Expired``); ``debounce`` a duration > 0
+  that needs a ``key`` and sets the eta itself (no ``delay``, ``eta`` or ``after`` beside
+  it); ``concurrency`` an int from 1 to 10,000, or
   ``Limit(N, key="arg")`` (CLI and HTTP: ``"N"`` or ``"N:arg"``; HTTP also
   ``{"runs": N, "key": "arg"}``), whose ``arg`` must be an argument of the call.
 """

@@ -135,11 +135,12 @@ def test_no_task_of_a_paused_queue_starts_a_second_after_the_pause(
     app = runq.App(broker_url)
     # Two slots and long tasks: the worker holds claims ahead (prefetched) when the pause comes.
     start_worker(broker_url, "--pool", "thread", "--concurrency", "2", app=APP)
-    handles = [app.enqueue("slow", args=[0.5]) for _ in range(12)]
+    # Runs of 1.5 s: a claim taken ahead would start up to 1.5 s after the pause unless handed back.
+    handles = [app.enqueue("slow", args=[1.5]) for _ in range(8)]
     wait_until(lambda: sum(e["event"] == "start" for e in read(ledger)) >= 2, 60)
     app.pause("default")
     paused_at = time.time()
-    time.sleep(2.5)  # the window in which nothing may start (not synchronisation: what is measured)
+    time.sleep(3.0)  # the window in which nothing may start (not synchronisation: what is measured)
     starts = [e["t"] for e in read(ledger) if e["event"] == "start"]
     late = [t - paused_at for t in starts if t > paused_at + 1.0]
     assert late == [], late
