@@ -14,6 +14,7 @@ from runq.errors import (
 from runq.handles import GroupHandle, Handle
 from runq.models import DrainResult, Event, Progress, Stats, Status, TaskInfo, WorkerInfo
 from runq.observe import Middleware, TaskOutcome
+from runq.options import Limit
 from runq.settings import Settings
 from runq.tasks import Signature, Task
 from runq.workflow import chain, chord, group
@@ -25,6 +26,7 @@ __all__ = [
     "Event",
     "GroupHandle",
     "Handle",
+    "Limit",
     "Middleware",
     "Progress",
     "Retry",

@@ -339,6 +339,7 @@ class App:
         delay = opts.delay or 0.0
         if opts.eta is not None:
             delay = rules.check_delay(max(0.0, (rules.check_eta(opts.eta) - _now()).total_seconds()))
+        delay, flow = _flow(name, opts, delay, args_list, kwargs_dict, task, leading)
         queue = opts.queue or "default"
         message = Message(
             id=new_task_id(queue),
@@ -358,6 +359,7 @@ class App:
             soft_timeout=opts.soft_timeout,
             after=opts.after or (),
             sealer=signing.signer(self.settings.signing_keys),
+            **flow,
         )
         message = self._observers.enqueue(message)
         try:
@@ -422,6 +424,22 @@ class App:
         """``workers()`` for asyncio code."""
         return await (await self.async_broker()).workers()
 
+    # -- queues (SPEC §9) -----------------------------------------------------------
+
+    def pause(self, queue: str) -> bool:
+        """Stop workers starting tasks of ``queue`` (within a second); enqueue goes on and running
+        tasks finish. Kept in the broker, so every worker and producer sees it. ``False`` when
+        it was paused already."""
+        return self.broker.pause(rules.check_queue(queue), True)
+
+    def resume(self, queue: str) -> bool:
+        """Let workers start tasks of ``queue`` again (idle ones are woken); ``False`` when it was not paused."""
+        return self.broker.pause(rules.check_queue(queue), False)
+
+    def paused(self) -> set[str]:
+        """The queues paused now."""
+        return self.broker.paused()
+
     # -- testing (SPEC §12) --------------------------------------------------------
 
     def drain(self, queues: Iterable[str] | str | None = None, scheduled: bool = False) -> DrainResult:
@@ -441,6 +459,34 @@ class App:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _flow(
+    name: str,
+    opts: Options,
+    delay: float,
+    args: builtins.list[Any],
+    kwargs: dict[str, Any],
+    task: Task[Any, Any] | None,
+    leading: int,
+) -> tuple[float, dict[str, Any]]:
+    """The eta and the Message fields of the flow options (SPEC §9; the rules: runq/options.py).
+    A debounced task's eta is its debounce; ``expires`` is read now, as seconds from now."""
+    flow: dict[str, Any] = {}
+    if opts.expires is None and opts.debounce is None and opts.concurrency is None:
+        return delay, flow
+    expires = None if opts.expires is None else rules.check_expires(opts.expires)
+    given = opts.delay is not None or opts.eta is not None
+    rules.check_flow(key=opts.key, delay=given, after=bool(opts.after), expires=expires, debounce=opts.debounce)
+    if opts.debounce is not None:
+        delay = flow["debounce"] = opts.debounce
+    if expires is not None:
+        flow["expires"] = expires
+    if opts.concurrency is not None:
+        signature = task.signature if task is not None else None
+        flow["slot"] = rules.limit_slot(name, opts.concurrency, args, kwargs, signature, leading)
+        flow["concurrency"] = opts.concurrency.runs
+    return delay, flow
 
 
 def _status(status: Status | str | None) -> Status | None:

@@ -37,6 +37,7 @@ class ErrorKind(str, enum.Enum):
     DEPENDENCY_FAILED = "DependencyFailed"  # a workflow step's parent did not succeed
     RETRY = "Retry"  # the task raised runq.Retry
     SOFT_TIMEOUT = "SoftTimeout"  # the task reached its soft_timeout and did not catch runq.SoftTimeout
+    EXPIRED = "Expired"  # not started before its ``expires`` deadline: ended cancelled (SPEC §9)
 
     def __str__(self) -> str:
         return self.value

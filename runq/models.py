@@ -127,6 +127,11 @@ class Message:
     # The producer's signing keys (App(signing_keys=...)): never in the payload, but carried by
     # dataclasses.replace, so a workflow step or a traced message is signed as its App signs.
     sealer: Sealer | None = field(default=None, repr=False, compare=False)
+    # Flow control (SPEC §9), kept by the broker beside the payload; written only when set.
+    expires: float | None = None  # seconds after enqueue: not started by then, it ends cancelled (Expired)
+    debounce: float | None = None  # seconds: enqueueing its key again before it starts replaces it
+    concurrency: int | None = None  # at most this many runs of its ``slot`` at once, fleet-wide
+    slot: str | None = None  # what ``concurrency`` counts (runq/options.py: limit_slot)
 
     @functools.cached_property
     def payload(self) -> str:
@@ -192,6 +197,16 @@ OutcomeKind = Literal["succeeded", "retry", "failed", "release"]
 
 
 @dataclass(frozen=True)
+class BreakerRule:
+    """A task's circuit breaker (``@app.task(breaker=(failures, seconds))``), carried by an
+    :class:`Outcome` so that ``settle`` drives it in the same step that applies the outcome."""
+
+    name: str
+    failures: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class Outcome:
     """What became of one claim, for :meth:`Broker.settle`.
 
@@ -212,6 +227,7 @@ class Outcome:
     result_ttl: float = 86400.0
     uncount: bool = False
     runtime: float | None = None
+    breaker: BreakerRule | None = None  # set on a run's end (never a release) of a task with a breaker
 
 
 @dataclass(frozen=True)
@@ -357,9 +373,16 @@ def task_info(
         finished_at=to_datetime(_float(record.get("finished_at"))),
         worker=record.get("worker") or None,
         key=message.key if message and isinstance(message.key, str) else None,
-        eta=to_datetime(_float(ready_at)) if status is Status.SCHEDULED else None,
+        eta=_eta(ready_at) if status is Status.SCHEDULED else None,
         progress=progress_of(record.get("progress")),
     )
+
+
+def _eta(ready_at: Any) -> datetime | None:
+    """A scheduled task's eta; ``None`` while it is held by its concurrency limit (its
+    ``ready_at`` is infinite: it runs when a slot frees, not at a time)."""
+    when = _float(ready_at)
+    return None if when is not None and math.isinf(when) else to_datetime(when)
 
 
 def _float(value: Any) -> float | None:

@@ -21,18 +21,28 @@ The limits, stated once (the README's "Limits" table repeats them):
 - progress (``runq.current().progress()``): a ``value`` from 0.0 to 1.0, a ``message`` of
   1-1000 characters without control characters;
 - ``retries``: an int from 0 to 10,000; ``jitter``: a bool; ``rate_limit``: ``"N/s"``,
-  ``"N/m"`` or ``"N/h"``.
+  ``"N/m"`` or ``"N/h"``;
+- flow control (SPEC §9): ``expires`` a duration (or an aware datetime, Python only; a
+  task whose eta comes after it never runs: it ends ``Expired``); ``debounce`` a duration > 0
+  that needs a ``key`` and sets the eta itself (no ``delay``, ``eta`` or ``after`` beside
+  it); ``concurrency`` an int from 1 to 10,000, or
+  ``Limit(N, key="arg")`` (CLI and HTTP: ``"N"`` or ``"N:arg"``; HTTP also
+  ``{"runs": N, "key": "arg"}``), whose ``arg`` must be an argument of the call.
 """
 
 from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
+import inspect
+import json
 import math
 import re
 import sys
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -44,6 +54,9 @@ MAX_PROGRESS_MESSAGE = 1000
 PRIORITY_MIN, PRIORITY_MAX = -100, 100
 MAX_RETRIES = 10_000
 MAX_SECONDS = 10 * 365 * 86400  # 315,360,000 s: the longest delay, eta ahead, or duration
+MAX_CONCURRENCY = 10_000
+MAX_SLOT = 256  # a concurrency slot's name; a longer one (a big argument value) is hashed
+CONCURRENCY_TEXT = re.compile(r"^\s*(\d+)\s*(?::\s*([A-Za-z_][A-Za-z0-9_]*)\s*)?$")
 RATE_LIMIT = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*$")
 # Unicode categories refused in names and keys: controls (Cc: NUL, ESC...), invisible
 # formatting (Cf: bidi overrides, zero-width joiners), lone surrogates (Cs: not encodable)
@@ -227,6 +240,113 @@ def parse_rate_limit(text: Any) -> tuple[float, float]:
     if not match or not 0 < float(match.group(1)) < math.inf:
         raise ValueError(f"rate_limit must look like '10/s', '100/m' or '1000/h', got {text!r}")
     return float(match.group(1)), {"s": 1.0, "m": 60.0, "h": 3600.0}[match.group(2)]
+
+
+# -- flow control (SPEC §9) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Limit:
+    """``concurrency=runq.Limit(8, key="user_id")``: at most ``runs`` runs at once per value of
+    the task's ``user_id`` argument, across every worker; ``key=None`` counts every run of the task."""
+
+    runs: int
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        _check_runs(self.runs)
+        if self.key is not None and (not isinstance(self.key, str) or not self.key.isidentifier()):
+            raise ValueError(f"concurrency key must name an argument of the task, got {self.key!r}")
+
+
+def _check_runs(runs: Any) -> int:
+    if not isinstance(runs, int) or isinstance(runs, bool):
+        raise TypeError(f"concurrency must be an int or runq.Limit, got {type(runs).__name__}")
+    if not 1 <= runs <= MAX_CONCURRENCY:
+        raise ValueError(f"concurrency must be between 1 and {MAX_CONCURRENCY}, got {_shown(runs)}")
+    return runs
+
+
+def check_concurrency(value: Any) -> Limit:
+    """``N``, ``runq.Limit(N, key=...)``, the text ``"N"`` / ``"N:arg"`` (CLI, HTTP) or the
+    object ``{"runs": N, "key": "arg"}`` (HTTP), as a :class:`Limit`."""
+    if isinstance(value, Limit):
+        return value
+    if isinstance(value, str):
+        match = CONCURRENCY_TEXT.match(value)
+        if not match:
+            raise ValueError(f"concurrency must look like '8' or '8:user_id' (at most 8 per user_id), got {value!r}")
+        return Limit(_check_runs(int(match.group(1))), match.group(2))
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"runs", "key"})
+        if unknown or "runs" not in value:
+            raise ValueError(f"concurrency as an object takes 'runs' and optionally 'key', got {sorted(value)}")
+        return Limit(_check_runs(value["runs"]), value.get("key"))
+    return Limit(_check_runs(value))
+
+
+def check_expires(expires: Any, now: datetime | None = None) -> float:
+    """Seconds from now until the task expires: a duration, or an aware datetime (a past one
+    means now: the task expires before any worker can start it)."""
+    if isinstance(expires, datetime):
+        if expires.tzinfo is None or expires.utcoffset() is None:
+            raise ValueError("expires must be timezone-aware (e.g. datetime.now(timezone.utc) + timedelta(hours=1))")
+        seconds = (expires - (now or datetime.now(timezone.utc))).total_seconds()
+        return check_seconds("expires", max(0.0, seconds))
+    return check_seconds("expires", expires)
+
+
+def check_debounce(debounce: Any) -> float:
+    return check_seconds("debounce", debounce, zero=False)
+
+
+def check_flow(*, key: str | None, delay: bool, after: bool, expires: float | None, debounce: float | None) -> None:
+    """The rules between flow options: ``debounce`` moves the eta itself and works on a key."""
+    if debounce is not None:
+        if key is None:
+            raise ValueError("debounce needs a key: the enqueues it merges are those with the same key")
+        if delay:
+            raise ValueError("debounce sets the eta (now + debounce): give debounce or delay/eta, not both")
+        if after:
+            raise ValueError("debounce cannot be combined with after (a waiting task has no eta to move)")
+
+
+_LEADING = object()  # a workflow step's parent result: not known at enqueue
+
+
+def limit_slot(
+    name: str,
+    limit: Limit,
+    args: list[Any],
+    kwargs: Mapping[str, Any],
+    signature: inspect.Signature | None,
+    leading: int = 0,
+) -> str:
+    """What a concurrency limit counts: the task's name, or its name and the value of the
+    limit's key argument (found by keyword, else through the task's signature)."""
+    if limit.key is None:
+        return name
+    if limit.key in kwargs:
+        value = kwargs[limit.key]
+    else:
+        if signature is None:
+            raise ValueError(
+                f"concurrency key {limit.key!r}: the call passes no keyword argument {limit.key!r}"
+                " (pass it by keyword, or enqueue through an App that registers the task)"
+            )
+        bound = signature.bind_partial(*([_LEADING] * leading), *args, **kwargs)
+        bound.apply_defaults()
+        if limit.key not in bound.arguments or bound.arguments[limit.key] is _LEADING:
+            raise ValueError(f"concurrency key {limit.key!r} is not an argument this call gives task {name!r}")
+        value = bound.arguments[limit.key]
+    try:
+        text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"concurrency key {limit.key!r} must be JSON-serialisable: {exc}") from None
+    slot = f"{name}\x1f{limit.key}={text}"
+    if len(slot) > MAX_SLOT:
+        slot = f"{name[:100]}\x1f#{hashlib.sha256(slot.encode()).hexdigest()}"  # the whole text hashed
+    return slot
 
 
 def check_purge_status(status: Status | str | None) -> Status | None:

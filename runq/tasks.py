@@ -47,6 +47,10 @@ class Options:
     rate_limit: str | None = None
     result_ttl: float | None = None
     after: tuple[str, ...] | None = None
+    # Flow control (SPEC §9)
+    expires: float | datetime | None = None
+    debounce: float | None = None
+    concurrency: options.Limit | None = None
 
     @classmethod
     def build(cls, values: Mapping[str, Any]) -> Options:
@@ -56,13 +60,16 @@ class Options:
         if unknown:
             raise TypeError(f"unknown task option(s): {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
         clean = dict(values)
-        if isinstance(clean.get("delay"), timedelta):
-            clean["delay"] = clean["delay"].total_seconds()
+        for name in ("delay", "expires", "debounce"):
+            if isinstance(clean.get(name), timedelta):
+                clean[name] = clean[name].total_seconds()
+        if clean.get("concurrency") is not None:
+            clean["concurrency"] = options.check_concurrency(clean["concurrency"])
         if "after" in clean and clean["after"] is not None:
             clean["after"] = tuple(getattr(h, "id", h) for h in clean["after"])
-        options = cls(**clean)
-        options.validate()
-        return options
+        built = cls(**clean)
+        built.validate()
+        return built
 
     def validate(self) -> None:
         """Each set field against runq.options, the rules the CLI and the HTTP API apply too."""
@@ -107,6 +114,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "soft_timeout": options.check_soft_timeout,
     "result_ttl": lambda value: options.check_seconds("result_ttl", value, zero=False),
     "rate_limit": options.parse_rate_limit,
+    "expires": options.check_expires,
+    "debounce": options.check_debounce,
 }
 
 

@@ -24,6 +24,7 @@ def test_public_names_are_pinned() -> None:
         "Event",
         "GroupHandle",
         "Handle",
+        "Limit",
         "Middleware",
         "Progress",
         "Retry",

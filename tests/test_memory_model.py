@@ -1,6 +1,7 @@
 """memory:// against SQLite, driven by Hypothesis: the same random sequence of enqueues (with
-priorities, delays, keys, parents), claims, settles of every kind, renewals, cancels, retries
-and purges must give the same answers and leave the same tasks in the same states.
+priorities, delays, keys, parents, concurrency slots, expiries, debounced keys), claims,
+settles of every kind (each driving a breaker), renewals, cancels, retries, purges and queue
+pauses must give the same answers and leave the same tasks in the same states.
 
 The conformance suites check each rule on its own; this checks that the rules compose the
 same way in both, on sequences nobody wrote by hand.
@@ -20,9 +21,11 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invar
 
 from runq.brokers.memory import MemoryBroker
 from runq.brokers.sqlite import SQLiteBroker
-from runq.models import Claim, Message, Outcome, Status, new_task_id
+from runq.models import BreakerRule, Claim, Message, Outcome, Status, new_task_id
 
 QUEUES = ("a", "b")
+SLOTS = {"s1": 1, "s2": 2}  # concurrency slot -> its limit
+BREAKER = BreakerRule("t", 2, 3600.0)
 ERROR = {"type": "RuntimeError", "message": "boom", "traceback": None}
 
 
@@ -63,6 +66,38 @@ class SameAsSQLite(RuleBasedStateMachine):
         message = Message(new_task_id(queue), "t", queue, priority=priority, delay=3600.0 if delayed else 0.0, key=key)
         [task_id] = self.both("enqueue", [message], 3600.0)
         return str(task_id)
+
+    @rule(
+        target=tasks,
+        queue=st.sampled_from(QUEUES),
+        priority=st.integers(-1, 1),
+        slot=st.none() | st.sampled_from(sorted(SLOTS)),
+        expires=st.none() | st.sampled_from([0.0, 3600.0]),
+        debounce=st.none() | st.sampled_from(["k1", "k2"]),
+    )
+    def enqueue_flow(
+        self, queue: str, priority: int, slot: str | None, expires: float | None, debounce: str | None
+    ) -> str:
+        """SPEC §9: a concurrency slot (limit fixed per slot), an expiry, a debounced key."""
+        message = Message(
+            new_task_id(queue),
+            "t",
+            queue,
+            priority=priority,
+            delay=3600.0 if debounce else 0.0,
+            key=debounce,
+            expires=expires,
+            debounce=3600.0 if debounce else None,
+            slot=slot,
+            concurrency=SLOTS[slot] if slot else None,
+        )
+        [task_id] = self.both("enqueue", [message], 3600.0)
+        return str(task_id)
+
+    @rule(queue=st.sampled_from(QUEUES), paused=st.booleans())
+    def pause(self, queue: str, paused: bool) -> None:
+        self.both("pause", queue, paused)
+        assert self.memory.paused() == self.sqlite.paused()
 
     @rule(target=tasks, queue=st.sampled_from(QUEUES), parents=st.lists(tasks, min_size=1, max_size=2, unique=True))
     def enqueue_after(self, queue: str, parents: list[str]) -> str:
@@ -124,23 +159,32 @@ class SameAsSQLite(RuleBasedStateMachine):
     def same_tasks_in_the_same_states(self) -> None:
         def seen(broker: MemoryBroker | SQLiteBroker) -> list[tuple[Any, ...]]:
             return [
-                (t.id, t.queue, t.status, t.attempts, t.priority, t.key, t.result, json.dumps(t.error, sort_keys=True))
+                (
+                    *(t.id, t.queue, t.status, t.attempts, t.priority, t.key, t.result),
+                    *(json.dumps(t.error, sort_keys=True), t.eta is None, t.args),
+                )
                 for t in broker.list(None, None, 1000)
             ]
 
         assert seen(self.memory) == seen(self.sqlite)
         mine, theirs = self.memory.stats(), self.sqlite.stats()
         assert (mine.queues, mine.counters) == (theirs.queues, theirs.counters)
+        breakers = [{name: (b["state"], b["failures"]) for name, b in x.breakers.items()} for x in (mine, theirs)]
+        assert breakers[0] == breakers[1]
 
 
 def outcome(claim: Claim, kind: str) -> Outcome:
+    """Every outcome carries the breaker (a release tells it nothing): settle drives it."""
     if kind == "succeeded":
-        return Outcome(claim.id, claim.token, "succeeded", result=json.dumps(claim.attempt), result_ttl=3600)
+        return Outcome(
+            claim.id, claim.token, "succeeded", result=json.dumps(claim.attempt), result_ttl=3600, breaker=BREAKER
+        )
     if kind == "failed":
-        return Outcome(claim.id, claim.token, "failed", error=ERROR)
+        return Outcome(claim.id, claim.token, "failed", error=ERROR, breaker=BREAKER)
     if kind.startswith("retry"):
-        return Outcome(claim.id, claim.token, "retry", error=ERROR, delay=3600.0 if kind == "retry later" else 0.0)
-    return Outcome(claim.id, claim.token, "release", uncount=kind == "release uncounted")
+        delay = 3600.0 if kind == "retry later" else 0.0
+        return Outcome(claim.id, claim.token, "retry", error=ERROR, delay=delay, breaker=BREAKER)
+    return Outcome(claim.id, claim.token, "release", uncount=kind == "release uncounted", breaker=BREAKER)
 
 
 SameAsSQLite.TestCase.settings = settings(

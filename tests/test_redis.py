@@ -99,6 +99,7 @@ def test_every_script_call_stays_in_one_hash_slot(
     assert broker.settle([Outcome(claim.id, claim.token, "succeeded", result="3")]) == [True]  # resolve.lua in b's
     assert broker.acquire_rate("add", 5, 1) == 0 and broker.breaker("add", "allow", 3, 1) == 0
     broker.add_task_metrics({"a": {"succeeded:add": 1}, "b": {"failed:add": 2}})  # metrics.lua, per queue
+    assert broker.pause("c", True) and broker.pause("c", False)  # pause.lua
 
     broker.wait_for_work(("b",), 0.01)  # due.lua
     assert {name for name, _ in calls} == set(FUNCTIONS)
@@ -112,7 +113,7 @@ def test_every_script_call_stays_in_one_hash_slot(
 def test_keys_of_a_queue_share_its_hash_tag() -> None:
     keys = queue_keys("emails")
     assert all(key.startswith("runq:{emails}:") for key in keys)
-    assert len(set(keys)) == len(keys) == 19
+    assert len(set(keys)) == len(keys) == 23
     assert keys.by_status(Status.FAILED) == "runq:{emails}:status:failed"
 
 

@@ -47,6 +47,13 @@ class Broker(ABC):
         ``key_ttl`` seconds, and only while that task exists) is not stored: its slot in
         the result holds the existing task's id. Messages with ``delay > 0`` become
         ``scheduled``, the others ``pending``. Raises ``BrokerUnavailable``.
+
+        Flow control (SPEC §9): a message with ``expires`` gets the deadline ``now + expires``;
+        one with ``concurrency`` counts against its ``slot``. A message with ``debounce`` whose
+        key is held by a task that has not started (``pending`` or ``scheduled``, no attempt
+        yet) replaces that task instead: its payload and flow fields become the message's,
+        it becomes ``scheduled`` at ``now + delay``, the key's hold is renewed, and its id is
+        returned. A key held by a task that started is taken over by the new task.
         """
 
     # -- consuming --------------------------------------------------------------
@@ -61,6 +68,15 @@ class Broker(ABC):
         ``pending`` with error ``WorkerLost``, its lost run still counted, so the
         worker fails a task whose ``attempt`` exceeds its policy (a poison pill).
         Each claim increments ``attempts`` and gets a new fencing token.
+
+        Flow control, in the same atomic step: a paused queue is skipped (its housekeeping
+        still runs); a ``pending`` or ``scheduled`` task past its deadline ends ``cancelled``
+        with error ``Expired`` (its dependents are cancelled as for a cancel) instead of
+        starting; a task whose slot already has ``concurrency`` runs is *held*: ``scheduled``
+        without an eta (``ready_at`` infinite) and its attempt not used. A slot frees when one
+        of its tasks leaves ``pending``/``running`` for another state (settle, cancel,
+        expiry); then as many held tasks as its limit allows, beyond its pending and running
+        ones, become ``pending`` (highest priority, then oldest, first) and workers are woken.
         """
 
     @abstractmethod
@@ -96,6 +112,12 @@ class Broker(ABC):
         waiting dependents, and theirs, with an error naming it. That happens in the
         same atomic step for dependents in the same queue, and right after it, by a
         repeatable call that survives a crash in between, for dependents elsewhere.
+
+        An outcome with a ``breaker`` also drives that circuit breaker (``succeeded``: a
+        success; ``retry``, ``failed``: a failure), in the same step: the same transaction on
+        SQLite, PostgreSQL and memory://; on Redis, whose breaker keys carry their own hash
+        tag, in the same round trip. A late outcome (rejected: the task was cancelled or taken
+        over) still counts, since its run did happen; a repeat never counts twice.
         """
 
     # -- progress and events (SPEC §10) -------------------------------------------
@@ -143,7 +165,8 @@ class Broker(ABC):
 
     @abstractmethod
     def retry(self, task_id: str) -> bool:
-        """Put a ``failed`` or ``cancelled`` task back to ``pending`` with its attempts reset."""
+        """Put a ``failed`` or ``cancelled`` task back to ``pending`` with its attempts reset
+        (and no deadline: a task put back by hand runs, even one that expired)."""
 
     @abstractmethod
     def list(self, status: Status | None, queue: str | None, limit: int) -> list[TaskInfo]:
@@ -181,6 +204,20 @@ class Broker(ABC):
         ``success`` closes it. ``failure`` counts a failed attempt: the ``failures``-th in a
         row, or a failed probe, opens it for ``seconds``. Both answer 0.
         """
+
+    # -- queues: pause and resume (SPEC §9) -----------------------------------------
+
+    @abstractmethod
+    def pause(self, queue: str, paused: bool) -> bool:
+        """Pause (``paused=True``) or resume a queue; ``False`` when it already was so.
+
+        While paused, enqueue is accepted and running tasks finish, but no claim takes a task
+        of it. Resuming wakes idle workers.
+        """
+
+    @abstractmethod
+    def paused(self) -> set[str]:
+        """The queues paused now."""
 
     # -- per-task metrics: counted by workers, summed here --------------------------
 

@@ -4,13 +4,31 @@ Redis scripts follow the same rules in Lua; the conformance suites hold them all
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from runq.brokers.base import BreakerEvent
 from runq.errors import ErrorKind
+from runq.models import Outcome
 
 PROBE_POLL = 1.0  # longest hold while a half-open breaker's probe runs
+HELD = math.inf  # the ready_at of a task held by its concurrency limit: it waits for a slot, not a time
+EXPIRED = json.dumps({"type": ErrorKind.EXPIRED.value, "message": "expired before it started"})
+EXPIRED_VERB = "expired"  # dependents of an expired task: "parent task <id> expired"
+
+
+def breaker_event(outcome: Outcome) -> BreakerEvent | None:
+    """What an outcome tells its task's breaker, if it has one: a run's end only."""
+    if outcome.breaker is None or outcome.kind == "release":
+        return None
+    return "success" if outcome.kind == "succeeded" else "failure"
+
+
+def free_seats(limit: int, seated: int) -> int:
+    """Held tasks to release into a slot: what its limit leaves beyond its pending and running ones."""
+    return max(0, limit - seated)
+
 
 # The error an expired lease leaves on its task (JSON text); the Redis scripts get this same
 # text from keys.py's generated prologue, so every broker records the same thing.

@@ -133,6 +133,15 @@ def parse_arguments(text: str | None) -> tuple[list[Any], dict[str, Any]]:
     help="Seconds before runq.SoftTimeout is raised inside the task (< --timeout).",
 )  # fmt: skip
 @click.option(
+    "--expires", type=float, callback=checked(rules.check_expires), help="Seconds: not started by then, cancelled."
+)
+@click.option(
+    "--debounce", type=float, callback=checked(rules.check_debounce), help="Seconds; with --key: replace, not add."
+)
+@click.option(
+    "--concurrency", callback=checked(rules.check_concurrency), help="Runs at once: N, or N:ARG (per value of ARG)."
+)
+@click.option(
     "--app", "app_path", metavar="APP", default=None, help="module:attribute: NAME gets its task's options and checks."
 )
 @common

@@ -1,4 +1,4 @@
-"""The commands about the whole queue: status, metrics, workers."""
+"""The commands about the whole queue: status, metrics, workers, pause and resume."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import time
 from collections import Counter
 from typing import Any
 
+import click
+
+from runq import options as rules
 from runq.cli import console as out
-from runq.cli.group import STATE_COLUMNS, _app, common, main
+from runq.cli.group import STATE_COLUMNS, _app, checked, common, main
 from runq.models import QueueStats, Stats, WorkerInfo, queue_of, to_datetime
 
 # -- the whole queue ---------------------------------------------------------------------
@@ -35,8 +38,13 @@ def _started_only(stats: Stats, live: list[WorkerInfo]) -> Stats:
     return dataclasses.replace(stats, queues=queues)
 
 
-def _queue_table(stats: Stats) -> None:
-    rows = [(name, *(getattr(q, s) for s in STATE_COLUMNS)) for name, q in sorted(stats.queues.items())]
+def _queue_table(stats: Stats, paused: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    """Tasks per queue and state; a paused queue is marked, and listed even while empty."""
+    queues = {name: stats.queues.get(name, QueueStats()) for name in {*stats.queues, *paused}}
+    rows = [
+        (f"{name} (paused)" if name in paused else name, *(getattr(q, s) for s in STATE_COLUMNS))
+        for name, q in sorted(queues.items())
+    ]
     total = _totals(stats)
     out.table(("queue", *STATE_COLUMNS), rows, footer=("total", *(getattr(total, s) for s in STATE_COLUMNS)))
 
@@ -48,6 +56,7 @@ def status(url: str | None, as_json: bool) -> None:
     app = _app(url, create=False)
     live = app.workers()
     stats = _started_only(app.stats(), live)
+    paused = app.paused()
     prefetched = sum(len(w.prefetched) for w in live)
     if as_json:
         queues = {name: vars(q) for name, q in sorted(stats.queues.items())}
@@ -58,10 +67,11 @@ def status(url: str | None, as_json: bool) -> None:
                 "workers": len(live),
                 "prefetched": prefetched,
                 "breakers": _breakers_json(stats.breakers),
+                "paused": sorted(paused),
             }
         )
         return
-    _queue_table(stats)
+    _queue_table(stats, paused)
     running = sum(len(w.current) for w in live)
     out.line(
         f"{len(live)} worker(s) live, {running} running, {prefetched} prefetched (claimed, not started); "
@@ -73,6 +83,32 @@ def status(url: str | None, as_json: bool) -> None:
             "breakers: "
             + ", ".join(f"{name} {b['state']} ({b['failures']} failed)" for name, b in stats.breakers.items())
         )
+
+
+@main.command()
+@click.argument("queue", callback=checked(rules.check_queue))
+@common
+def pause(queue: str, url: str | None, as_json: bool) -> None:
+    """Stop workers starting tasks of QUEUE; enqueue goes on, running tasks finish."""
+    _pause(queue, url, as_json, True)
+
+
+@main.command()
+@click.argument("queue", callback=checked(rules.check_queue))
+@common
+def resume(queue: str, url: str | None, as_json: bool) -> None:
+    """Let workers start tasks of QUEUE again."""
+    _pause(queue, url, as_json, False)
+
+
+def _pause(queue: str, url: str | None, as_json: bool, paused: bool) -> None:
+    app = _app(url)
+    changed = app.pause(queue) if paused else app.resume(queue)
+    if as_json:
+        out.echo_json({"queue": queue, "paused": paused, "changed": changed})
+        return
+    verb = "paused" if paused else "resumed"
+    click.echo(f"{verb} {queue}" if changed else f"{queue} was {'already paused' if paused else 'not paused'}")
 
 
 @main.command()

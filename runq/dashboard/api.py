@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -78,7 +78,12 @@ class TaskIn(BaseModel):
     """A task to enqueue by name. The limits are runq/options.py's, as for the CLI and Python;
     a dashboard whose APP registers tasks refuses a name it does not know."""
 
-    model_config = ConfigDict(extra="forbid")
+    # The rules between options that JSON Schema can state (runq/options.py check_flow); that a
+    # concurrency key must be an argument of the call it cannot, and is a 422 like the others.
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"dependentRequired": {"debounce": ["key"]}, "not": {"required": ["debounce", "delay"]}},
+    )
 
     name: StrictStr = Field(examples=["send_email"], json_schema_extra=_schema(rules.name_schema))
     args: list[Any] = Field(default_factory=list, examples=[["a@b.c"]])
@@ -107,6 +112,22 @@ class TaskIn(BaseModel):
         description="Seconds before runq.SoftTimeout is raised inside the task; less than timeout.",
         json_schema_extra={"exclusiveMinimum": 0, "maximum": rules.MAX_SECONDS},
     )
+    expires: StrictFloat | StrictInt | None = Field(
+        default=None,
+        description="Seconds: a task not started by then ends cancelled (Expired).",
+        json_schema_extra={"minimum": 0, "maximum": rules.MAX_SECONDS},
+    )
+    debounce: StrictFloat | StrictInt | None = Field(
+        default=None,
+        description="Seconds (needs key): enqueueing the key again before it starts replaces it.",
+        json_schema_extra={"exclusiveMinimum": 0, "maximum": rules.MAX_SECONDS},
+    )
+    concurrency: StrictInt | StrictStr | dict[str, Any] | None = Field(
+        default=None,
+        description='Runs at once: N, "N:arg" or {"runs": N, "key": "arg"} (per value of that argument, which'
+        " the call's kwargs must give).",
+        examples=[8, "8:user_id"],
+    )
 
     @field_validator("priority", mode="before")
     @classmethod
@@ -121,9 +142,12 @@ class TaskIn(BaseModel):
     _key = field_validator("key")(_rule(rules.check_key))
     _timeout = field_validator("timeout")(_rule(lambda value: rules.check_seconds("timeout", value, zero=False)))
     _soft_timeout = field_validator("soft_timeout")(_rule(rules.check_soft_timeout))
+    _expires = field_validator("expires")(_rule(rules.check_expires))
+    _debounce = field_validator("debounce")(_rule(rules.check_debounce))
+    _concurrency = field_validator("concurrency")(_rule(rules.check_concurrency))
 
 
-SUBMITTED_OPTIONS = {"queue", "priority", "delay", "key", "timeout", "soft_timeout"}
+SUBMITTED_OPTIONS = {"queue", "priority", "delay", "key", "timeout", "soft_timeout", "expires", "debounce"}
 
 
 class Enqueued(BaseModel):
@@ -217,6 +241,12 @@ class Purged(BaseModel):
     purged: int
 
 
+class QueuePaused(BaseModel):
+    queue: str
+    paused: bool
+    changed: bool = Field(description="False when the queue already was so.")
+
+
 class Health(BaseModel):
     status: Literal["ok"]
     broker: str
@@ -244,8 +274,10 @@ class Snapshot(BaseModel):
     dead: list[TaskOut]
     recent: list[TaskOut]
     periodic: list[PeriodicOut] = Field(description="APP's periodic tasks, soonest first.")
+    paused: list[str] = Field(default_factory=list, description="The queues paused now.")
 
 
+QUEUE = Path(pattern=QUEUE_NAME.pattern, description="A queue name (runq/options.py: check_queue).")
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"model": Error, "description": "No such task."}}
 CONFLICT: dict[int | str, dict[str, Any]] = {409: {"model": Error, "description": "Not possible in its state."}}
 
@@ -322,9 +354,9 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
     @router.post("/tasks", status_code=202, response_model=Enqueued)
     def submit(body: TaskIn) -> Enqueued:
         """Enqueue a task by name, as ``App.enqueue`` does; returns its id at once."""
-        options = body.model_dump(
-            include={"queue", "priority", "delay", "key", "timeout", "soft_timeout"}, exclude_none=True
-        )
+        options = body.model_dump(include=SUBMITTED_OPTIONS, exclude_none=True)
+        if body.concurrency is not None:  # a runq.Limit by now (runq/options.py)
+            options["concurrency"] = body.concurrency
         try:
             handle = app.enqueue(body.name, body.args, body.kwargs, **options)
         except (TypeError, ValueError) as exc:
@@ -387,6 +419,24 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
         """Tasks per queue and state."""
         return [QueueOut(name=name, **vars(q)) for name, q in sorted(app.stats().queues.items())]
 
+    def set_paused(queue: str, paused: bool) -> QueuePaused:
+        try:
+            rules.check_queue(queue)
+        except ValueError as exc:
+            raise RequestValidationError([{"type": "value_error", "loc": ("path", "queue"), "msg": str(exc)}]) from None
+        changed = app.pause(queue) if paused else app.resume(queue)
+        return QueuePaused(queue=queue, paused=paused, changed=changed)
+
+    @router.post("/queues/{queue}/pause", response_model=QueuePaused)
+    def pause_queue(queue: str = QUEUE) -> QueuePaused:
+        """Stop workers starting tasks of the queue (within a second); enqueue goes on, running tasks finish."""
+        return set_paused(queue, True)
+
+    @router.post("/queues/{queue}/resume", response_model=QueuePaused)
+    def resume_queue(queue: str = QUEUE) -> QueuePaused:
+        """Let workers start tasks of the queue again."""
+        return set_paused(queue, False)
+
     @router.get("/workers", response_model=list[WorkerOut])
     def workers() -> list[WorkerOut]:
         """Workers with a live heartbeat and the tasks they are running."""
@@ -415,6 +465,7 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
             dead=[task_out(t) for t in app.list(Status.FAILED, None, DEAD_LETTER_LIMIT)],
             recent=[task_out(t) for t in app.list(None, None, RECENT_LIMIT)],
             periodic=periodic_out(app, now),
+            paused=sorted(app.paused()),
         )
 
     @router.get("/periodic", response_model=list[PeriodicOut])

@@ -111,8 +111,6 @@ def _run(app: Drainable, broker: Broker, claim: Claim) -> None:
     [accepted] = broker.settle([outcome])
     if not accepted or outcome.kind == "release":
         return  # cancelled meanwhile, lost (memory://?redeliver), or held back: no attempt ended here
-    if task is not None and task.breaker is not None and isinstance(ended, Finished | Failed):
-        broker.breaker(task.name, "success" if outcome.kind == "succeeded" else "failure", *task.breaker)
     _finish(app, claim, message, ended, outcome)
 
 

@@ -35,7 +35,6 @@ from typing import Any, TypeVar
 from runq import signing
 from runq.app import App
 from runq.brokers import DEFAULT_URL, Broker, connect
-from runq.brokers.base import BreakerEvent
 from runq.context import TaskContext
 from runq.errors import BrokerUnavailable
 from runq.logs import mask_url
@@ -78,7 +77,6 @@ class InFlight:
     started: float
     refused: Refused | None = None  # why a message is refused unread (its signature: runq/signing.py)
     done: bool = False  # its outcome is waiting to be settled
-    breaker: tuple[int, float] | None = None  # the task's circuit breaker, told how the run ended
     notes: Mapping[str, str] = field(default_factory=dict)  # from run-side middleware, for on_finish
 
 
@@ -308,13 +306,10 @@ class Worker:
         """Flow control before a run (never on the plain path): see :func:`runq.worker.gate.gate`.
         A broker outage holds the task back rather than failing it."""
         try:
-            prepared = gate(self.broker, message, task)
+            return gate(self.broker, message, task)
         except BrokerUnavailable as exc:
             log.warning("broker unavailable before starting %s: %s", entry.claim.id, exc)
             return Held(IDLE_WAIT)
-        if isinstance(prepared, list):
-            entry.breaker = task.breaker if task is not None else None
-        return prepared
 
     def _end(self, entry: InFlight, ended: Settled) -> None:
         """Settle how a claim ended, as :func:`~runq.worker.policy.decide` says."""
@@ -376,10 +371,7 @@ class Worker:
         outcomes = [outcome for outcome, _ in batch]
         accepted = self._retrying(partial(self.broker.settle, outcomes), forever=True)
         for (outcome, entry), ok in zip(batch, accepted or [False] * len(batch), strict=True):
-            self._report(outcome, entry, ok)
-            if ok and entry.breaker is not None and entry.message is not None:
-                event: BreakerEvent = "success" if outcome.kind == "succeeded" else "failure"
-                self._try(partial(self.broker.breaker, entry.message.name, event, *entry.breaker))
+            self._report(outcome, entry, ok)  # (an outcome's breaker was driven by that same settle)
         self._forget([entry for _, entry in batch])
 
     def _report(self, outcome: Outcome, entry: InFlight, accepted: bool) -> None:
@@ -434,6 +426,7 @@ class Worker:
                 held_claims = [entry.claim for entry in self._inflight.values()]
             if held_claims:
                 self._renew(held_claims)
+                self._hand_back_paused()
             if time.monotonic() >= next_heartbeat:
                 next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL
                 self._try(lambda: self.broker.heartbeat(self.info(), HEARTBEAT_TTL))
@@ -446,6 +439,24 @@ class Worker:
         for claim, ok in zip(claims, held, strict=True):
             if not ok:
                 self.pool.cancel(claim.id)
+
+    def _hand_back_paused(self) -> None:
+        """Claims taken ahead (prefetched) for a queue paused since go back unstarted, so no task
+        of a paused queue starts within a keeper round of the pause (SPEC §9). One broker read
+        per round while such claims wait here, never one per task; claims skip paused queues."""
+        started = self.pool.started()
+        with self._cond:
+            waiting = {e.claim.queue for i, e in self._inflight.items() if not e.done and i not in started}
+        paused = self._try(self.broker.paused) if waiting else None
+        if not paused or not paused & waiting:
+            return
+        jobs = self.pool.take_unstarted(paused & waiting)
+        with self._cond:
+            entries = [self._inflight[job.id] for job in jobs if job.id in self._inflight]
+        if entries:
+            log.info("queue(s) %s paused: handing back %d unstarted task(s)", ",".join(sorted(paused)), len(entries))
+        for entry in entries:
+            self._end(entry, HandedBack(started=False))
 
     def info(self) -> WorkerInfo:
         """The heartbeat. ``current`` is what a user means by running: started in the pool.

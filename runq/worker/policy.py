@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runq.errors import ErrorKind, retries_on
-from runq.models import Claim, Message, Outcome
+from runq.models import BreakerRule, Claim, Message, Outcome
 from runq.observe.middleware import FinishStatus, TaskOutcome
 from runq.worker.ended import Crashed, Error, Failed, Finished, HandedBack, Held, Refused, Settled, TimedOut
 
@@ -51,12 +51,15 @@ class Policy:
     soft_timeout: float | None = None  # runq.SoftTimeout raised inside the task (runq/worker/soft.py)
     retry_for: tuple[type[BaseException], ...] = ()  # empty: every error is retried
     result_ttl: float = 86400.0
+    breaker: BreakerRule | None = None  # told how each run ended, in the settle of its outcome
 
     @classmethod
     def resolve(cls, message: Message, task: Task[Any, Any] | None) -> Policy:
         values: dict[str, Any] = {"result_ttl": message.result_ttl}
         if task is not None:
             values["retry_for"] = task.retry_for
+            if task.breaker is not None:
+                values["breaker"] = BreakerRule(task.name, *task.breaker)
         for name in ("retries", "backoff", "backoff_max", "jitter", "timeout", "soft_timeout"):
             value = getattr(message, name)
             if value is None and task is not None:
@@ -77,7 +80,8 @@ def backoff_delay(retry: int, backoff: float, backoff_max: float, jitter: bool) 
 
 
 def decide(claim: Claim, policy: Policy, ended: Settled) -> Outcome:
-    """The outcome to settle for ``claim``, however it ended."""
+    """The outcome to settle for ``claim``, however it ended. A run's end (never a claim that
+    did not run) carries the task's breaker, which the broker drives in the same settle."""
     if isinstance(ended, Finished):
         return Outcome(
             claim.id,
@@ -86,6 +90,7 @@ def decide(claim: Claim, policy: Policy, ended: Settled) -> Outcome:
             result=ended.result,
             result_ttl=policy.result_ttl,
             runtime=ended.duration,
+            breaker=policy.breaker,
         )
     if isinstance(ended, Held):
         return Outcome(claim.id, claim.token, "release", delay=ended.delay, uncount=True)
@@ -94,10 +99,13 @@ def decide(claim: Claim, policy: Policy, ended: Settled) -> Outcome:
     if isinstance(ended, Refused):
         return Outcome(claim.id, claim.token, "failed", error=ended.error.to_dict())
     error, retryable, delay, runtime = _failure(policy, ended)
+    breaker = policy.breaker
     if retryable and claim.attempt <= policy.retries:
         delay = policy.delay(claim.attempt) if delay is None else delay
-        return Outcome(claim.id, claim.token, "retry", error=error.to_dict(), delay=delay, runtime=runtime)
-    return Outcome(claim.id, claim.token, "failed", error=error.to_dict(), runtime=runtime)
+        return Outcome(
+            claim.id, claim.token, "retry", error=error.to_dict(), delay=delay, runtime=runtime, breaker=breaker
+        )
+    return Outcome(claim.id, claim.token, "failed", error=error.to_dict(), runtime=runtime, breaker=breaker)
 
 
 def _failure(policy: Policy, ended: Failed | TimedOut | Crashed) -> tuple[Error, bool, float | None, float]:

@@ -521,9 +521,9 @@ class NetnsPair:
 # suite runs as a user made with exactly these rules, and a test checks the README shows them.
 REDIS_ACL = (
     "resetkeys ~runq:* resetchannels &runq:* -@all +ping +time +select +multi +exec +fcall +function|load"
-    " +blpop +get +set +del +hget +hgetall +hmget +hset +hdel +hexists +hincrby +hincrbyfloat +hkeys +hlen +lpush"
-    " +rpush +lrange +ltrim +pexpire +incr +incrby +sadd +smembers +srem +zadd +zcard +zrange +zrangebyscore"
-    " +zrevrange +zrem +zscore +publish +subscribe +unsubscribe"
+    " +blpop +get +set +del +exists +hget +hgetall +hmget +hset +hdel +hexists +hincrby +hincrbyfloat +hkeys +hlen"
+    " +lpush +rpush +lrange +ltrim +pexpire +incr +incrby +sadd +smembers +srem +zadd +zcard +zlexcount +zrange"
+    " +zrangebylex +zrangebyscore +zrevrange +zrem +zscore +publish +subscribe +unsubscribe"
 )
 
 

@@ -118,10 +118,12 @@ class MemoryBroker(Broker):
             return sorted(self._tables.running)  # place() files every task under its queue there
 
     def _change(self, change: Callable[[Tables, float], T]) -> T:
-        """Apply one state change under the lock and wake whoever waits on the broker."""
+        """Apply one state change under the lock and wake whoever waits on the broker. Slots the
+        change freed release their held tasks in the same step."""
         with self._cond:
             now = self._tables.now = self.now()
             done = change(self._tables, now)
+            flow.release_freed(self._tables, now)
             self._cond.notify_all()
             return done
 
@@ -135,7 +137,15 @@ class MemoryBroker(Broker):
             for message, payload in zip(messages, payloads, strict=True):
                 if message.key is not None:
                     existing = self._held_key(tables, message.queue, message.key, now)
-                    if existing is not None:
+                    holder = tables.tasks.get(existing) if existing is not None else None
+                    if existing is not None and message.debounce is not None and holder is not None:
+                        if flow.updatable(holder):
+                            flow.debounce(tables, holder, message, payload, key_ttl, now)
+                            ids.append(existing)
+                            continue
+                        del tables.keys[(message.queue, message.key)]  # started: the new task takes the key
+                        holder.key = None
+                    elif existing is not None:
                         ids.append(existing)
                         continue
                 ids.append(message.id)
@@ -162,6 +172,9 @@ class MemoryBroker(Broker):
             enqueued_at=now,
             key=message.key,
             key_expires_at=now + key_ttl if message.key is not None else None,
+            deadline=None if message.expires is None else now + message.expires,
+            slot=message.slot,
+            concurrency=message.concurrency,
         )
         tables.tasks[record.id] = record
         if record.key is not None:
@@ -192,18 +205,31 @@ class MemoryBroker(Broker):
             tables.delete_expired(now)
             for queue in queues:
                 self._reclaim_expired(tables, queue, now)
+                flow.expire_due(tables, queue, now)
                 self._promote_due(tables, queue, now)
+            flow.release_freed(tables, now)
             claims: builtins.list[Claim] = []
             for queue in queues:
+                if queue in tables.paused:
+                    continue
                 while len(claims) < limit and (record := tables.pop_ready(queue)) is not None:
-                    record.status, record.attempts = Status.RUNNING, record.attempts + 1
-                    record.token, record.lease_until = uuid.uuid4().hex, now + lease
-                    record.worker, record.started_at = worker_id, now
-                    tables.place(record)
-                    claims.append(Claim(record.id, queue, record.payload, record.attempts, record.token))
+                    if record.deadline is not None and record.deadline <= now:
+                        tables.count("cancelled", flow.expire(tables, record, now))
+                    elif flow.full(tables, record):
+                        flow.hold(tables, record)
+                    else:
+                        claims.append(self._take(tables, record, worker_id, lease, now))
             return claims
 
         return self._change(change)
+
+    @staticmethod
+    def _take(tables: Tables, record: Record, worker_id: str, lease: float, now: float) -> Claim:
+        record.status, record.attempts = Status.RUNNING, record.attempts + 1
+        record.token, record.lease_until = uuid.uuid4().hex, now + lease
+        record.worker, record.started_at = worker_id, now
+        tables.place(record)
+        return Claim(record.id, record.queue, record.payload, record.attempts, record.token)
 
     @staticmethod
     def _reclaim_expired(tables: Tables, queue: str, now: float) -> None:
@@ -230,7 +256,7 @@ class MemoryBroker(Broker):
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         with self._cond:
-            if any(self._tables.has_ready(queue) for queue in queues):
+            if any(self._tables.has_ready(queue) for queue in queues if queue not in self._tables.paused):
                 return
             wake = [r.ready_at for q in queues if (r := self._tables.next_due(q)) is not None]
             wake += [
@@ -269,11 +295,18 @@ class MemoryBroker(Broker):
             for outcome, error in zip(outcomes, errors, strict=True):
                 record = self._held(tables, outcome.id, outcome.token)
                 if record is not None and outcome.kind != "release" and self._crashes(record):
-                    self._lose(tables, record, now)  # lost before its settle: the settle comes too late
-                    record = None
+                    self._lose(tables, record, now)  # lost before its settle: its worker never reported
+                    accepted.append(False)
+                    continue
                 if record is not None:
                     self._apply(tables, record, outcome, error, now)
-                accepted.append(record is not None or self._repeat(tables, outcome))
+                repeat = record is None and self._repeat(tables, outcome)
+                event = rules.breaker_event(outcome)
+                if event is not None and outcome.breaker is not None and not repeat:  # a late run counts too
+                    flow.breaker(
+                        tables, outcome.breaker.name, event, outcome.breaker.failures, outcome.breaker.seconds, now
+                    )
+                accepted.append(record is not None or repeat)
             return accepted
 
         return self._change(change)
@@ -372,6 +405,7 @@ class MemoryBroker(Broker):
                 return False
             record.status, record.attempts, record.ready_at, record.token = Status.PENDING, 0, now, None
             record.result = record.error = record.started_at = record.finished_at = record.expires_at = None
+            record.deadline = None  # put back by hand: it runs, whatever its expiry said
             record.redelivered = False
             tables.place(record)
             return True
@@ -444,6 +478,21 @@ class MemoryBroker(Broker):
 
     def breaker(self, name: str, event: BreakerEvent, failures: int, seconds: float) -> float:
         return self._change(lambda tables, now: flow.breaker(tables, name, event, failures, seconds, now))
+
+    def pause(self, queue: str, paused: bool) -> bool:
+        def change(tables: Tables, now: float) -> bool:
+            was = queue in tables.paused
+            if paused:
+                tables.paused.add(queue)
+            else:
+                tables.paused.discard(queue)
+            return was != paused
+
+        return self._change(change)
+
+    def paused(self) -> set[str]:
+        with self._cond:
+            return set(self._tables.paused)
 
     # -- per-task metrics and workers -----------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Flow control for the memory broker: dependencies (``after``), ticks, rate limits, breakers.
+"""Flow control for the memory broker: dependencies (``after``), expiry, concurrency slots,
+debounce, ticks, rate limits, breakers.
 
 The rules are SQLite's (runq/brokers/sqlite/flow.py) on dicts instead of tables, and reuse
 its error text and breaker state machine, so every broker cancels, releases and holds alike.
@@ -12,8 +13,8 @@ from typing import Any
 
 from runq.brokers.base import BreakerEvent
 from runq.brokers.memory.tables import Record, Tables
-from runq.brokers.rules import breaker_step, dependency_error
-from runq.models import Status
+from runq.brokers.rules import EXPIRED, EXPIRED_VERB, HELD, breaker_step, dependency_error, free_seats
+from runq.models import Message, Status
 
 
 def link(tables: Tables, record: Record, after: tuple[str, ...], now: float) -> None:
@@ -87,6 +88,82 @@ def _release(tables: Tables, record: Record, now: float) -> None:
         return
     record.status = Status.SCHEDULED if record.ready_at > now else Status.PENDING
     record.ready_at = max(record.ready_at, now)
+    tables.place(record)
+
+
+# -- expiry, concurrency slots, debounce (SPEC §9) -----------------------------------------
+
+
+def expire(tables: Tables, record: Record, now: float) -> int:
+    """A task past its deadline that never started: cancelled (Expired), and its dependents with
+    it. Returns the number cancelled."""
+    record.status, record.error, record.token, record.lease_until = Status.CANCELLED, EXPIRED, None, None
+    record.finished_at, record.expires_at = now, now + record.result_ttl
+    tables.place(record)
+    unlink(tables, record.id)
+    return 1 + release_children(tables, record.id, dependency_error(record.id, EXPIRED_VERB), now)
+
+
+def expire_due(tables: Tables, queue: str, now: float) -> None:
+    while (record := tables.pop_deadline(queue, now)) is not None:
+        tables.count("cancelled", expire(tables, record, now))
+
+
+def hold(tables: Tables, record: Record) -> None:
+    """Its slot is full: scheduled without an eta until a seat frees; the claim used no attempt."""
+    record.status, record.ready_at = Status.SCHEDULED, HELD
+    tables.place(record)
+
+
+def full(tables: Tables, record: Record) -> bool:
+    """Whether the slot of ``record`` (pending, about to be claimed) has its limit of runs."""
+    if record.slot is None:
+        return False
+    return tables.seated(record.queue, record.slot, Status.RUNNING) >= (record.concurrency or 1)
+
+
+def release_freed(tables: Tables, now: float) -> None:
+    """Into every slot a change freed, release held tasks (highest priority, then oldest) for
+    the seats its limit leaves beyond its pending and running tasks."""
+    while tables.freed:
+        (queue, slot), limit = tables.freed.popitem()
+        for _ in range(free_seats(limit, tables.seated(queue, slot))):
+            record = tables.pop_held(queue, slot)
+            if record is None:
+                break
+            record.status, record.ready_at = Status.PENDING, now
+            tables.place(record)
+
+
+def leave_slot(tables: Tables, record: Record) -> None:
+    """Give up the record's seat before its slot changes (a debounce may change its arguments)."""
+    if record.slot is None:
+        return
+    seats = tables.seats.get((record.queue, record.slot), {})
+    if any(record.id in ids for ids in seats.values()):
+        for ids in seats.values():
+            ids.discard(record.id)
+        tables.freed[(record.queue, record.slot)] = record.concurrency or 1
+
+
+def updatable(record: Record | None) -> bool:
+    """A debounce may replace a task that has not started: pending or scheduled, no attempt yet."""
+    return record is not None and record.status in (Status.PENDING, Status.SCHEDULED) and record.attempts == 0
+
+
+def debounce(tables: Tables, record: Record, message: Message, payload: str, key_ttl: float, now: float) -> None:
+    """Replace a task not started yet by ``message``: its payload and flow fields, its eta now +
+    the message's delay (its debounce), and a renewed hold on its key."""
+    leave_slot(tables, record)
+    record.name, record.payload, record.priority, record.result_ttl = (
+        message.name,
+        payload,
+        message.priority,
+        message.result_ttl,
+    )
+    record.deadline = None if message.expires is None else now + message.expires
+    record.slot, record.concurrency = message.slot, message.concurrency
+    record.status, record.ready_at, record.key_expires_at = Status.SCHEDULED, now + message.delay, now + key_ttl
     tables.place(record)
 
 

@@ -12,7 +12,10 @@ import heapq
 from dataclasses import dataclass, field
 from typing import Any
 
+from runq.brokers.rules import HELD
 from runq.models import Status, TaskInfo, task_info
+
+SEATED = (Status.PENDING, Status.RUNNING)  # the states that hold (or are about to take) a seat of a slot
 
 
 @dataclass(eq=False)
@@ -40,6 +43,9 @@ class Record:
     started_at: float | None = None
     finished_at: float | None = None
     expires_at: float | None = None  # gone after this; None keeps it (failed tasks)
+    deadline: float | None = None  # not started by then: cancelled (Expired)
+    slot: str | None = None  # what its concurrency limit counts
+    concurrency: int | None = None  # runs of ``slot`` at once
     version: int = 0  # bumped by every place(): older heap entries are stale
     redelivered: bool = False  # this delivery is a crash's redelivery (memory://?redeliver=p)
     progress: str | None = None  # JSON {value, message, at}: the latest progress report
@@ -48,6 +54,11 @@ class Record:
 
     def visible(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now
+
+    @property
+    def held(self) -> bool:
+        """Waiting for a seat of its slot (scheduled without an eta)."""
+        return self.status is Status.SCHEDULED and self.ready_at == HELD
 
     def info(self) -> TaskInfo:
         return task_info(vars(self))
@@ -73,6 +84,13 @@ class Tables:
     workers: dict[str, tuple[str, float]] = field(default_factory=dict)  # id -> (encoded info, expires_at)
     seq: int = 0
     now: float = 0.0  # the broker's clock during the current change (dates a watched task's log)
+    # Flow control (SPEC §9): deadlines of pending/scheduled tasks, the tasks that hold a seat
+    # of each (queue, slot) by state, held tasks by slot, and the slots a change just freed.
+    deadlines: dict[str, list[tuple[float, int, int, str]]] = field(default_factory=dict)  # deadline, seq
+    seats: dict[tuple[str, str], dict[Status, set[str]]] = field(default_factory=dict)
+    held: dict[tuple[str, str], list[tuple[int, int, int, str]]] = field(default_factory=dict)  # -prio, seq
+    freed: dict[tuple[str, str], int] = field(default_factory=dict)  # (queue, slot) -> its limit
+    paused: set[str] = field(default_factory=set)
 
     def count(self, name: str, amount: int = 1) -> None:
         if amount:
@@ -84,10 +102,19 @@ class Tables:
         if record.status is Status.PENDING:
             entry = (-record.priority, record.ready_at, record.seq, record.version, record.id)
             heapq.heappush(self.ready.setdefault(record.queue, []), entry)
+        elif record.held:
+            assert record.slot is not None
+            entry4 = (-record.priority, record.seq, record.version, record.id)
+            heapq.heappush(self.held.setdefault((record.queue, record.slot), []), entry4)
         elif record.status is Status.SCHEDULED:
             heapq.heappush(
                 self.due.setdefault(record.queue, []), (record.ready_at, record.seq, record.version, record.id)
             )
+        if record.deadline is not None and record.status in (Status.PENDING, Status.SCHEDULED):
+            expiry = (record.deadline, record.seq, record.version, record.id)
+            heapq.heappush(self.deadlines.setdefault(record.queue, []), expiry)
+        if record.slot is not None:
+            self._seat(record)
         running = self.running.setdefault(record.queue, {})
         if record.status is Status.RUNNING:
             running[record.id] = None
@@ -98,6 +125,45 @@ class Tables:
         if record.changes is not None and record.status is not record.shown:  # watched (follow.py)
             record.shown = record.status
             record.changes.append((record.status, record.progress, self.now))
+
+    def _seat(self, record: Record) -> None:
+        """Keep the slot's seats by state; a task that gave its seat up frees the slot."""
+        assert record.slot is not None
+        key = (record.queue, record.slot)
+        seats = self.seats.setdefault(key, {Status.PENDING: set(), Status.RUNNING: set()})
+        had = any(record.id in ids for ids in seats.values())
+        for ids in seats.values():
+            ids.discard(record.id)
+        if record.status in SEATED:
+            seats[record.status].add(record.id)
+        elif had:
+            self.freed[key] = record.concurrency or 1
+
+    def seated(self, queue: str, slot: str, status: Status | None = None) -> int:
+        """Tasks of a slot that are pending or running (or only those in ``status``)."""
+        seats = self.seats.get((queue, slot))
+        if seats is None:
+            return 0
+        return len(seats[status]) if status is not None else sum(len(ids) for ids in seats.values())
+
+    def pop_held(self, queue: str, slot: str) -> Record | None:
+        heap = self.held.get((queue, slot))
+        while heap:
+            _, _, version, task_id = heapq.heappop(heap)
+            record = self.tasks.get(task_id)
+            if record is not None and record.version == version and record.held:
+                return record
+        return None
+
+    def pop_deadline(self, queue: str, now: float) -> Record | None:
+        """A pending or scheduled task of ``queue`` whose deadline has passed, if any."""
+        heap = self.deadlines.get(queue)
+        while heap and heap[0][0] <= now:
+            _, _, version, task_id = heapq.heappop(heap)
+            record = self.tasks.get(task_id)
+            if record is not None and record.version == version and record.status in (Status.PENDING, Status.SCHEDULED):
+                return record
+        return None
 
     def current(self, task_id: str, version: int, status: Status) -> Record | None:
         """The record a heap entry points at, if that entry is still its latest."""
@@ -139,6 +205,9 @@ class Tables:
         """Forget a task (purged or expired); its stale heap entries are skipped later."""
         self.tasks.pop(record.id, None)
         self.running.get(record.queue, {}).pop(record.id, None)
+        if record.slot is not None:
+            for ids in self.seats.get((record.queue, record.slot), {}).values():
+                ids.discard(record.id)
         if record.key is not None and self.keys.get((record.queue, record.key)) == record.id:
             del self.keys[(record.queue, record.key)]
         for parent in self.parents.pop(record.id, {}):

@@ -35,7 +35,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from runq.brokers import rules
 from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.feed import Feed, Pushed
-from runq.brokers.postgres import flow, follow, inspect
+from runq.brokers.postgres import flow, follow, inspect, limits, produce
 from runq.brokers.postgres.flow import NOW, Notes
 from runq.brokers.postgres.listen import Listener
 from runq.brokers.postgres.setup import connect_and_migrate, postgres_conninfo, unavailable
@@ -224,87 +224,18 @@ class PostgresBroker(Broker):
 
     def _enqueue(self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float) -> list[str]:
         if all(m.key is None and not m.after for m in messages):
-            self._insert(cur, messages, key_ttl, wake=True)
+            produce.insert(cur, self.s, messages, key_ttl, f"{self.schema}_work")
             return [m.id for m in messages]
         notes = Notes()
         ids, inserted = [], set()
         for message in messages:
-            task_id, new = self._enqueue_one(cur, message, key_ttl, notes)
+            task_id, new = produce.enqueue_one(cur, self.s, message, key_ttl, notes)
             ids.append(task_id)
             if new:
                 inserted.add(task_id)
+        limits.release(cur, self.s, notes.freed, notes)
         self._record(cur, {"enqueued": len(inserted), "cancelled": notes.cancelled}, notes)
         return ids
-
-    def _insert(
-        self, cur: Cursor[Any], messages: Sequence[Message], key_ttl: float, wake: bool = False
-    ) -> builtins.list[Any]:
-        """Insert in one statement, in order (``seq`` is the FIFO tie-break); the ids inserted.
-
-        With ``wake`` the same statement also counts the inserted tasks and notifies their
-        queues, so a plain ``delay()`` is one statement and one round trip.
-        """
-        columns = [
-            [m.id for m in messages],
-            [m.queue for m in messages],
-            [m.name for m in messages],
-            [m.priority for m in messages],
-            [float(m.delay) for m in messages],
-            [m.payload for m in messages],
-            [m.key for m in messages],
-            [float(m.result_ttl) for m in messages],
-            [bool(m.after) for m in messages],
-        ]
-        insert = (
-            f"INSERT INTO {self.s}.tasks (id, queue, name, status, priority, ready_at, payload, key,"
-            " key_expires_at, result_ttl, enqueued_at)"
-            " SELECT m.id, m.queue, m.name, CASE WHEN m.waiting THEN 'waiting' WHEN m.delay > 0 THEN 'scheduled'"
-            f" ELSE 'pending' END, m.priority, {NOW} + m.delay, m.payload, m.key,"
-            f" CASE WHEN m.key IS NULL THEN NULL ELSE {NOW} + %s END, m.result_ttl, {NOW}"
-            " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::text[], %s::text[],"
-            " %s::float8[], %s::bool[]) WITH ORDINALITY"
-            " AS m(id, queue, name, priority, delay, payload, key, result_ttl, waiting, ord)"
-            " ORDER BY m.ord ON CONFLICT DO NOTHING RETURNING id, queue"
-        )
-        if not wake:
-            return cur.execute(insert, (key_ttl, *columns)).fetchall()
-        s = self.s
-        cur.execute(
-            f"WITH ins AS ({insert}), counted AS (INSERT INTO {s}.counter_deltas (name, value)"
-            " SELECT 'enqueued', count(*) FROM ins HAVING count(*) > 0),"
-            " woken AS (SELECT pg_notify(%s, q) FROM (SELECT DISTINCT queue AS q FROM ins) AS w)"
-            " SELECT (SELECT count(*) FROM woken)",
-            (key_ttl, *columns, f"{self.schema}_work"),
-        )
-        return []
-
-    def _enqueue_one(self, cur: Cursor[Any], message: Message, key_ttl: float, notes: Notes) -> tuple[str, bool]:
-        """One message with an idempotency key or parents: the id that holds its slot, and
-        whether this call stored it (not when an earlier try of the same enqueue did)."""
-        s = self.s
-        if message.key is not None:
-            row = cur.execute(
-                f"SELECT id, key_expires_at > {NOW} AND (expires_at IS NULL OR expires_at > {NOW})"
-                f" FROM {s}.tasks WHERE queue = %s AND key = %s FOR UPDATE",
-                (message.queue, message.key),
-            ).fetchone()
-            if row is not None and row[1]:
-                return str(row[0]), False
-            if row is not None:  # an expired hold is released for the new task
-                cur.execute(f"UPDATE {s}.tasks SET key = NULL WHERE id = %s", (row[0],))
-        if not self._insert(cur, [message], key_ttl):
-            if cur.execute(f"SELECT 1 FROM {s}.tasks WHERE id = %s", (message.id,)).fetchone() is None:
-                holder = cur.execute(
-                    f"SELECT id FROM {s}.tasks WHERE queue = %s AND key = %s", (message.queue, message.key)
-                ).fetchone()
-                assert holder is not None
-                return str(holder[0]), False
-            return message.id, False
-        if message.after:
-            flow.wait_for_parents(cur, s, message, notes)
-        else:
-            notes.work.add(message.queue)
-        return message.id, True
 
     # -- consuming ----------------------------------------------------------------
 
@@ -324,26 +255,26 @@ class PostgresBroker(Broker):
             f" AND queue = ANY(%s) AND lease_until < {NOW} FOR UPDATE SKIP LOCKED) RETURNING 1),"
             f" due AS (UPDATE {s}.tasks SET status = 'pending' WHERE seq IN (SELECT seq FROM {s}.tasks"
             f" WHERE status = 'scheduled' AND queue = ANY(%s) AND ready_at <= {NOW} FOR UPDATE SKIP LOCKED)"
-            " RETURNING 1) SELECT (SELECT count(*) FROM lost), (SELECT count(*) FROM due)",
-            (WORKER_LOST, queues, queues),
+            " RETURNING 1) SELECT (SELECT count(*) FROM lost), (SELECT count(*) FROM due),"
+            f" EXISTS (SELECT 1 FROM {s}.tasks WHERE queue = ANY(%s) AND deadline <= {NOW}"
+            " AND deadline IS NOT NULL AND status IN ('pending', 'scheduled'))",
+            (WORKER_LOST, queues, queues, queues),
         ).fetchone()
-        if row and row[0]:
-            self._record(cur, {"retried": row[0]}, Notes())
+        notes = Notes()
+        if row and row[2]:  # tasks past their deadline (rare: an index probe finds none)
+            limits.expire_due(cur, s, queues, notes, notes.freed)
+            limits.release(cur, s, notes.freed, notes)
+        if (row and row[0]) or notes.cancelled:
+            self._record(cur, {"retried": row[0] if row else 0, "cancelled": notes.cancelled}, notes)
         claims: list[Claim] = []
         for queue in queues:
-            if len(claims) >= limit:
-                break
-            rows = cur.execute(
-                f"WITH picked AS (SELECT seq FROM {s}.tasks WHERE status = 'pending' AND queue = %s"
-                " ORDER BY priority DESC, ready_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
-                f" UPDATE {s}.tasks t SET status = 'running', attempts = t.attempts + 1,"
-                f" token = replace(gen_random_uuid()::text, '-', ''), lease_until = {NOW} + %s, worker = %s,"
-                f" started_at = {NOW} FROM picked WHERE t.seq = picked.seq"
-                " RETURNING t.id, t.payload, t.attempts, t.token, t.priority, t.ready_at, t.seq",
-                (queue, limit - len(claims), lease, worker_id),
-            ).fetchall()
-            rows.sort(key=lambda r: (-r[4], r[5], r[6]))
-            claims.extend(Claim(r[0], queue, r[1], r[2], r[3]) for r in rows)
+            for _ in range(limits.HOLD_ROUNDS):
+                want = limit - len(claims)
+                rows = limits.pick(cur, s, queue, want, lease, worker_id) if want > 0 else []
+                held = limits.hold_excess(cur, s, queue, rows)
+                claims.extend(Claim(r[0], queue, r[1], r[2], r[3]) for r in rows if r[0] not in held)
+                if not held or len(rows) < want:
+                    break
         return claims
 
     def _housekeep(self, cur: Cursor[Any]) -> None:
@@ -371,10 +302,13 @@ class PostgresBroker(Broker):
         s = self.s
         row = self._run(
             lambda cur: cur.execute(
-                f"SELECT EXISTS (SELECT 1 FROM {s}.tasks WHERE status = 'pending' AND queue = ANY(%s)),"
+                f"SELECT EXISTS (SELECT 1 FROM {s}.tasks WHERE status = 'pending' AND queue = ANY(%s)"
+                f" AND queue NOT IN (SELECT queue FROM {s}.paused)),"
                 f" least((SELECT min(ready_at) FROM {s}.tasks WHERE status = 'scheduled' AND queue = ANY(%s)),"
-                f" (SELECT min(lease_until) FROM {s}.tasks WHERE status = 'running' AND queue = ANY(%s))) - {NOW}",
-                (names, names, names),
+                f" (SELECT min(lease_until) FROM {s}.tasks WHERE status = 'running' AND queue = ANY(%s)),"
+                f" (SELECT min(deadline) FROM {s}.tasks WHERE queue = ANY(%s) AND deadline IS NOT NULL"
+                f" AND status IN ('pending', 'scheduled'))) - {NOW}",
+                (names, names, names, names),
             ).fetchone(),
             transaction=False,
         )
@@ -432,7 +366,7 @@ class PostgresBroker(Broker):
             " FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[],"
             " %s::float8[], %s::bool[]) AS o(id, token, kind, result, error, delay, ttl, runtime, uncount)"
             " WHERE t.id = o.id AND t.token = o.token AND t.status = 'running'"
-            " RETURNING t.id, t.queue, o.kind, t.status",
+            " RETURNING t.id, t.queue, o.kind, t.status, t.slot, t.concurrency",
             (
                 [x.id for x in o],
                 [x.token for x in o],
@@ -448,8 +382,10 @@ class PostgresBroker(Broker):
         notes = Notes()
         counts: Counter[str] = Counter()
         ended: list[tuple[str, str]] = []
-        for task_id, queue, kind, _status in rows:
+        for task_id, queue, kind, status, slot, limit in rows:
             counts[{"retry": "retried"}.get(kind, kind)] += kind != "release"
+            if slot is not None and status != "pending":  # it gave its seat up
+                notes.freed[(queue, slot)] = limit or 1
             if kind in ("succeeded", "failed"):
                 ended.append((task_id, kind))
             else:
@@ -459,11 +395,20 @@ class PostgresBroker(Broker):
             notes.done.extend(task_id for task_id, _ in ended)
             errors = [(i, None if kind == "succeeded" else dependency_error(i, "failed")) for i, kind in ended]
             flow.release_ended(cur, s, errors, notes)
+        limits.release(cur, s, notes.freed, notes)
         counts["cancelled"] += notes.cancelled
         self._record(cur, dict(counts), notes)
-        accepted = {row[0] for row in rows}
-        accepted |= flow.repeats(cur, s, [(x.id, x.token) for x in o if x.id not in accepted])
-        return [x.id in accepted for x in o]
+        applied = {row[0] for row in rows}
+        repeated = flow.repeats(cur, s, [(x.id, x.token) for x in o if x.id not in applied])
+        self._drive_breakers(cur, [x for x in o if x.id not in repeated])  # a late run counts too
+        return [x.id in applied or x.id in repeated for x in o]
+
+    def _drive_breakers(self, cur: Cursor[Any], outcomes: Sequence[Outcome]) -> None:
+        """Tell each outcome's breaker how its run went, by name in one order (row locks)."""
+        events = [(x.breaker, event) for x in outcomes if (event := rules.breaker_event(x)) is not None]
+        for rule, event in sorted(events, key=lambda item: item[0].name if item[0] else ""):
+            if rule is not None:
+                flow.breaker(cur, self.s, rule.name, event, rule.failures, rule.seconds)
 
     # -- progress and events (follow.py) --------------------------------------------
 
@@ -520,7 +465,8 @@ class PostgresBroker(Broker):
         row = cur.execute(
             f"UPDATE {s}.tasks SET status = 'cancelled', error = %s, token = NULL, lease_until = NULL,"
             f" finished_at = {NOW}, expires_at = {NOW} + result_ttl"
-            " WHERE id = %s AND status IN ('pending', 'scheduled', 'waiting', 'running') RETURNING id",
+            " WHERE id = %s AND status IN ('pending', 'scheduled', 'waiting', 'running')"
+            " RETURNING id, queue, slot, concurrency",
             (CANCELLED, task_id),
         ).fetchone()
         if row is None:
@@ -529,6 +475,8 @@ class PostgresBroker(Broker):
         cur.execute(f"DELETE FROM {s}.deps WHERE child = %s", (task_id,))
         flow.lock_parents(cur, [task_id])
         flow.release_children(cur, s, task_id, dependency_error(task_id, "was cancelled"), notes)
+        if row[2] is not None:
+            limits.release(cur, s, {(row[1], row[2]): row[3] or 1}, notes)
         self._record(cur, {"cancelled": 1 + notes.cancelled}, notes)
         return True
 
@@ -536,8 +484,8 @@ class PostgresBroker(Broker):
         def work(cur: Cursor[Any]) -> bool:
             row = cur.execute(
                 f"UPDATE {self.s}.tasks SET status = 'pending', attempts = 0, ready_at = {NOW}, token = NULL,"
-                " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL"
-                " WHERE id = %s AND status IN ('failed', 'cancelled') RETURNING queue",
+                " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,"
+                " deadline = NULL WHERE id = %s AND status IN ('failed', 'cancelled') RETURNING queue",
                 (task_id,),
             ).fetchone()
             if row is not None:
@@ -583,6 +531,18 @@ class PostgresBroker(Broker):
 
     def breaker(self, name: str, event: BreakerEvent, failures: int, seconds: float) -> float:
         return self._run(lambda cur: flow.breaker(cur, self.s, name, event, failures, seconds))
+
+    def pause(self, queue: str, paused: bool) -> bool:
+        def work(cur: Cursor[Any]) -> bool:
+            changed = limits.pause(cur, self.s, queue, paused)
+            if changed and not paused:
+                self._record(cur, {}, Notes(work={queue}))  # wake idle workers
+            return changed
+
+        return self._run(work)
+
+    def paused(self) -> set[str]:
+        return self._run(lambda cur: limits.paused(cur, self.s), transaction=False)
 
     # -- workers ------------------------------------------------------------------
 

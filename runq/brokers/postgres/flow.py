@@ -38,6 +38,7 @@ class Notes:
     work: set[str] = field(default_factory=set)
     done: list[str] = field(default_factory=list)
     cancelled: int = 0
+    freed: dict[tuple[str, str], int] = field(default_factory=dict)  # concurrency slots to release (limits.py)
 
 
 def lock_parents(cur: Cursor[Any], ids: list[str], shared: bool = False) -> None:

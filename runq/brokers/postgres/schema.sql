@@ -131,3 +131,17 @@ CREATE TRIGGER task_changed BEFORE UPDATE OF status, progress ON {schema}.tasks
     FOR EACH ROW WHEN (OLD.watched IS NOT NULL
         AND (OLD.status IS DISTINCT FROM NEW.status OR OLD.progress IS DISTINCT FROM NEW.progress))
     EXECUTE FUNCTION {schema}.task_changed();
+
+-- migration: 4
+-- Flow control (SPEC §9): a task's deadline (not started by then: cancelled), the slot its
+-- concurrency limit counts and that limit; held tasks are scheduled with ready_at infinite.
+ALTER TABLE {schema}.tasks ADD COLUMN deadline float8, ADD COLUMN slot text, ADD COLUMN concurrency integer;
+CREATE INDEX tasks_deadlines ON {schema}.tasks (queue, deadline)
+    WHERE deadline IS NOT NULL AND status IN ('pending', 'scheduled');
+CREATE INDEX tasks_seats ON {schema}.tasks (queue, slot, status)
+    WHERE slot IS NOT NULL AND status IN ('pending', 'running');
+CREATE INDEX tasks_held ON {schema}.tasks (queue, slot, priority DESC, seq)
+    WHERE slot IS NOT NULL AND status = 'scheduled';
+CREATE TABLE {schema}.paused (
+    queue text PRIMARY KEY
+);

@@ -36,8 +36,11 @@ from runq.brokers.redis import connection
 from runq.brokers.redis.connection import UNAVAILABLE, unavailable
 from runq.brokers.redis.events import ThreadEvents
 from runq.brokers.redis.keys import (
+    BREAKERS_KEY,
+    PAUSED_KEY,
     QUEUES_KEY,
     WORKERS_KEY,
+    breaker_key,
     done_key,
     function_keys,
     idempotency_key,
@@ -48,6 +51,7 @@ from runq.brokers.redis.keys import (
 from runq.brokers.redis.outbox import Flow
 from runq.brokers.redis.scripts import Call, Functions
 from runq.brokers.redis.waits import BLOCK_SLICE, CLUSTER_SLICE, ThreadWaits, ceil_ms, info_of
+from runq.brokers.rules import breaker_event
 from runq.logs import mask_url
 from runq.models import (
     COUNTERS,
@@ -203,16 +207,17 @@ class RedisBroker(Broker):
 
     @staticmethod
     def _enqueue_call(queue: str, messages: Sequence[Message], key_ttl: float) -> Call:
-        """Ready tasks only (no delay, no ``after``): the 6 keys that needs, else all."""
-        ready = all(m.delay <= 0 and not m.after for m in messages)
+        """Ready tasks only (no delay, no ``after``, no flow options): the 6 keys that needs, else all."""
+        flows = [_flow_arg(m) for m in messages]
+        ready = all(m.delay <= 0 and not m.after and not flow for m, flow in zip(messages, flows, strict=True))
         name = "enqueue_ready" if ready else "enqueue"
         keys: list[str] = list(function_keys(name, queue))
         args: list[Any] = [max(1, int(key_ttl * 1000))]
-        for m in messages:
+        for m, flow in zip(messages, flows, strict=True):
             if m.key is not None:
                 keys.append(idempotency_key(queue, m.key))
             after = json.dumps(m.after) if m.after else ""
-            args += [m.id, m.payload, m.priority, m.delay, m.result_ttl, int(m.key is not None), after]
+            args += [m.id, m.payload, m.priority, m.delay, m.result_ttl, int(m.key is not None), after, flow]
         return Call(name, keys, args)
 
     def _unregistered(self, queues: Iterable[str]) -> list[str]:
@@ -274,7 +279,19 @@ class RedisBroker(Broker):
 
     @_guarded
     def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
-        answers = self._per_queue("settle", outcomes, _outcome_args, [], with_done=True)
+        """The settle of each queue and, in the same round trip, the breaker event of each
+        outcome that carries one (breaker.lua: a repeat, by its token, counts once). Sent
+        together, a breaker event cannot wait for its settle's answer: a late outcome's run
+        counts, as on every broker (see Broker.settle)."""
+        breakers = [(o, event) for o in outcomes if (event := breaker_event(o)) is not None]
+        extra = [
+            Call("breaker", [breaker_key(o.breaker.name)], [event, o.breaker.failures, o.breaker.seconds, o.token])
+            for o, event in breakers
+            if o.breaker is not None
+        ]
+        failing = sorted({o.breaker.name for o, event in breakers if o.breaker is not None and event == "failure"})
+        commands: list[tuple[Any, ...]] = [("SADD", BREAKERS_KEY, *failing)] if failing else []
+        answers = self._per_queue("settle", outcomes, _outcome_args, [], True, extra, commands)
         if self.target.wait_replicas:  # (checked here: no work on the hot path without it)
             self._replicate({queue_of(o.id) for o in outcomes}, lane=True, strict=False)
         return answers
@@ -286,8 +303,11 @@ class RedisBroker(Broker):
         item_args: Callable[[Any], list[Any]],
         head: list[Any],
         with_done: bool,
+        extra: Sequence[Call] = (),
+        commands: Sequence[tuple[Any, ...]] = (),
     ) -> list[bool]:
-        """One function call per queue, in one round trip (per node on a cluster); answers in input order."""
+        """One function call per queue, then ``extra`` calls and plain ``commands``, in one round
+        trip (per node on a cluster); the per-queue answers in input order."""
         groups: dict[str, list[int]] = {}
         for i, item in enumerate(items):
             groups.setdefault(queue_of(item.id), []).append(i)
@@ -301,9 +321,8 @@ class RedisBroker(Broker):
                     keys.append(done_key(items[i].id))
             calls.append(Call(name, keys, args))
         answers = [False] * len(items)
-        for (queue, indexes), returned in zip(
-            groups.items(), self.functions.batch(calls) if calls else [], strict=True
-        ):
+        replies = self.functions.batch([*calls, *extra], commands) if calls else []
+        for (queue, indexes), returned in zip(groups.items(), replies[: len(calls)], strict=True):
             for i, ok in zip(indexes, returned, strict=False):  # stops at the answers
                 answers[i] = bool(ok)
                 if ok == 2:  # settle.lua: a repeat of an applied outcome (the first reply was lost)
@@ -420,6 +439,28 @@ class RedisBroker(Broker):
     def breaker(self, name: str, event: BreakerEvent, failures: int, seconds: float) -> float:
         return self.flow.breaker(name, event, failures, seconds)
 
+    @_guarded
+    def pause(self, queue: str, paused: bool) -> bool:
+        """The queue's own key decides (claim.lua reads it); ``runq:paused`` lists the paused
+        queues for :meth:`paused` (written after, so a pause is never listed before it holds)."""
+        changed = bool(self._run("pause", function_keys("pause", queue), ["1" if paused else "0"]))
+        pipe = self._r.pipeline(transaction=False)
+        (pipe.sadd if paused else pipe.srem)(PAUSED_KEY, queue)
+        pipe.sadd(QUEUES_KEY, queue)
+        pipe.execute()
+        return changed
+
+    @_guarded
+    def paused(self) -> set[str]:
+        """The queues listed as paused whose own key says so (one read when none is)."""
+        listed = sorted(_str(name) for name in self._r.smembers(PAUSED_KEY))
+        if not listed:
+            return set()
+        pipe = self._r.pipeline(transaction=False)
+        for queue in listed:
+            pipe.exists(queue_keys(queue).paused)
+        return {queue for queue, found in zip(listed, pipe.execute(), strict=True) if found}
+
     def apply_steps(self, queue: str, steps: Iterable[bytes | str]) -> None:
         """Apply outbox steps posted in ``queue``'s slot (see outbox.py)."""
         self.flow.apply_steps(queue, steps)
@@ -494,6 +535,14 @@ class RedisBroker(Broker):
 
 def _progress_args(report: ProgressReport) -> list[Any]:
     return [report.id, report.token, json.dumps({"value": report.value, "message": report.message})]
+
+
+def _flow_arg(message: Message) -> str:
+    """ENQUEUE_ITEM's flow field: "" for a message without flow options (the hot path)."""
+    if message.expires is None and message.debounce is None and message.slot is None:
+        return ""
+    flow = {"e": message.expires, "d": message.debounce, "s": message.slot, "n": message.concurrency}
+    return json.dumps({name: value for name, value in flow.items() if value is not None}, separators=(",", ":"))
 
 
 def _outcome_args(outcome: Outcome) -> list[Any]:

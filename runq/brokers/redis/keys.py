@@ -31,6 +31,12 @@ a function touches exactly one cluster slot):
     runq:waits:<hub>          list    wakes one process's (or event loop's) shared waiting connection
                                       (waits.py); on a cluster runq:{q}:waits:<hub>, in the slot it
                                       blocks on; expires after 10 s
+    runq:{q}:paused           string  exists while the queue is paused: claims take nothing (pause.lua)
+    runq:{q}:deadlines        zset    id -> deadline, for pending and scheduled tasks with ``expires``
+    runq:{q}:slots            zset    the seats of concurrency slots, all score 0, by member:
+                                      "<slot>\0p\0<id>" pending, "<slot>\0r\0<id>" running
+    runq:{q}:held             zset    tasks held by their slot's limit, score 0, member
+                                      "<slot>\0<claim score, 20 digits>\0<id>" (release order)
     runq:{q}:key:<key>        string  idempotency key -> id, expires after key_ttl
     runq:{q}:events:<id>      channel (pub/sub, not a key) a followed task's changes (follow.lua, events.py)
     runq:{q}:metrics          hash    "<series>:<task>" -> total: per-task metrics that
@@ -40,6 +46,7 @@ a function touches exactly one cluster slot):
     runq:rate:{<name>}        hash    tat, tail: a task name's rate limit (GCRA, rate.lua)
     runq:breaker:{<name>}     hash    state, failures, open_until, probe_until (breaker.lua)
     runq:breakers             set     task names that have a breaker key (for stats)
+    runq:paused               set     the paused queues, for listing (the queue's own key decides)
     runq:tick:{<name>}:<tick> string  a periodic tick taken by one beat process (SET NX PX)
 """
 
@@ -49,12 +56,13 @@ import functools
 import json
 from typing import NamedTuple
 
-from runq.brokers.rules import WORKER_LOST
+from runq.brokers.rules import EXPIRED, WORKER_LOST
 from runq.models import Status, queue_of
 
 QUEUES_KEY = "runq:queues"
 WORKERS_KEY = "runq:workers"
 BREAKERS_KEY = "runq:breakers"
+PAUSED_KEY = "runq:paused"
 INDEXED = (Status.WAITING, Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)  # status:<s> zsets
 PLACED = {Status.PENDING: "pending", Status.SCHEDULED: "scheduled", Status.RUNNING: "running"}
 
@@ -81,6 +89,10 @@ class QueueKeys(NamedTuple):
     children: str
     parents: str
     outbox: str
+    paused: str
+    deadlines: str
+    slots: str
+    held: str
 
     def by_status(self, status: Status) -> str:
         """The zset that holds the tasks in ``status``."""
@@ -91,7 +103,8 @@ ALL = QueueKeys._fields
 READY = ("tasks", "payloads", "pending", "seq", "counters", "wake")  # enqueue of ready tasks only
 
 # Per-item argument layouts: ARGV holds a head, then these fields once per item.
-ENQUEUE_ITEM = ("id", "payload", "priority", "delay", "result_ttl", "has_key", "after")
+# flow: "" or JSON {e: expires s, d: debounce s, s: slot, n: its limit} (SPEC §9)
+ENQUEUE_ITEM = ("id", "payload", "priority", "delay", "result_ttl", "has_key", "after", "flow")
 SETTLE_ITEM = ("id", "token", "kind", "result", "error", "delay", "result_ttl", "uncount", "runtime")
 RENEW_ITEM = ("id", "token")
 PROGRESS_ITEM = ("id", "token", "progress")
@@ -120,7 +133,8 @@ FUNCTIONS = {
     "retry": Function("retry"),
     "purge": Function("purge"),
     "trim": Function("trim"),
-    "due": Function("due", ("scheduled", "running")),
+    "due": Function("due", ("scheduled", "running", "deadlines")),
+    "pause": Function("pause", ("paused", "pending", "wake")),
     "watch": Function("watch", ("tasks", "pending", "payloads", "waiters")),
     "follow": Function("follow", ("tasks", "pending", "payloads")),
     "progress": Function("progress", ("tasks",)),
@@ -128,7 +142,7 @@ FUNCTIONS = {
     "link": Function("link"),
     "resolve": Function("resolve"),
     "rate": Function("rate", None),
-    "breaker": Function("breaker", None),
+    "breaker": Function("breaker", None),  # ARGV[4]: the claim's token (a repeat of a settle counts once)
     "metrics": Function("metrics", None),  # its one key: metrics_key(queue), off the hot path
 }
 
@@ -206,7 +220,10 @@ def lua_keys(name: str, declare: bool = True) -> str:
 def lua_layouts() -> str:
     """One table per per-item argument layout: field -> offset, and the item's size; and the
     constants the scripts share with the other brokers (brokers/rules.py)."""
-    lines = [f"local WORKER_LOST = {json.dumps(WORKER_LOST)}", f"local EVENTS = {json.dumps(EVENTS)}"]
+    lines = [
+        f"local {name} = {json.dumps(value)}"
+        for name, value in (("WORKER_LOST", WORKER_LOST), ("EXPIRED", EXPIRED), ("EVENTS", EVENTS))
+    ]
     for table, layout in LAYOUTS.items():
         entries = ", ".join(f"{field} = {i}" for i, field in enumerate(layout))
         lines.append(f"local {table}, {table}_N = {{{entries}}}, {len(layout)}")

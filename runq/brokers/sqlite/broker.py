@@ -27,17 +27,14 @@ from runq.brokers import rules
 from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.feed import Feed
 from runq.brokers.rules import WORKER_LOST, dependency_error
-from runq.brokers.sqlite import flow, follow
+from runq.brokers.sqlite import flow, follow, inspect
 from runq.errors import BrokerUnavailable
 from runq.models import (
-    COUNTERS,
     FINAL_STATUSES,
     Claim,
     Message,
     Outcome,
-    Percentiles,
     ProgressReport,
-    QueueStats,
     Stats,
     Status,
     TaskInfo,
@@ -86,6 +83,7 @@ class SQLiteBroker(Broker):
         try:
             self._connection().executescript(schema)
             follow.ensure(self._connection())
+            flow.migrate(self._connection())
         except sqlite3.Error as exc:
             raise BrokerUnavailable(f"cannot set up SQLite database {self.path!r}: {exc}") from exc
 
@@ -141,12 +139,18 @@ class SQLiteBroker(Broker):
     def enqueue(self, messages: Sequence[Message], key_ttl: float) -> list[str]:
         ids: list[str] = []
         inserted = 0
+        freed: flow.Freed = {}
         with self._write() as db:
             now = time.time()
             for message in messages:
                 if message.key is not None:
                     existing = self._held_key(db, message.queue, message.key, now)
-                    if existing is not None:
+                    if existing is not None and message.debounce is not None:
+                        if flow.debounce(db, existing, message, key_ttl, now, freed):
+                            ids.append(existing)
+                            continue
+                        db.execute("UPDATE runq_tasks SET key = NULL WHERE id = ?", (existing,))  # it started
+                    elif existing is not None:
                         ids.append(existing)
                         continue
                 delayed = message.delay > 0
@@ -155,8 +159,8 @@ class SQLiteBroker(Broker):
                     status = Status.WAITING
                 db.execute(
                     "INSERT INTO runq_tasks (id, queue, name, status, priority, ready_at, payload,"
-                    " key, key_expires_at, result_ttl, enqueued_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " key, key_expires_at, result_ttl, enqueued_at, deadline, slot, concurrency)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         message.id,
                         message.queue,
@@ -169,6 +173,9 @@ class SQLiteBroker(Broker):
                         now + key_ttl if message.key is not None else None,
                         message.result_ttl,
                         now,
+                        None if message.expires is None else now + message.expires,
+                        message.slot,
+                        message.concurrency,
                     ),
                 )
                 ids.append(message.id)
@@ -176,6 +183,8 @@ class SQLiteBroker(Broker):
                 if message.after:
                     self._wait_for_parents(db, message, now)
             self._count(db, "enqueued", inserted)
+            if freed:
+                flow.release(db, freed, now)
         return ids
 
     @staticmethod
@@ -214,34 +223,64 @@ class SQLiteBroker(Broker):
             return claims
         with self._write() as db:
             now = time.time()
+            freed: flow.Freed = {}
             self._reclaim_expired(db, marks, queues, now)
+            self._count(db, "cancelled", flow.expire_due(db, marks, tuple(queues), now, freed))
             db.execute(
                 f"UPDATE runq_tasks SET status = 'pending' WHERE status = 'scheduled'"
                 f" AND queue IN ({marks}) AND ready_at <= ?",
                 (*queues, now),
             )
+            flow.release(db, freed, now)
+            paused = flow.paused(db)
             for queue in queues:
-                if len(claims) >= limit:
-                    break
-                rows = db.execute(
-                    "SELECT seq, id, payload, attempts FROM runq_tasks"
-                    " WHERE status = 'pending' AND queue = ?"
-                    " ORDER BY priority DESC, ready_at, seq LIMIT ?",
-                    (queue, limit - len(claims)),
-                ).fetchall()
-                taken = [(row, uuid.uuid4().hex) for row in rows]
-                db.executemany(
-                    "UPDATE runq_tasks SET status = 'running', attempts = attempts + 1, token = ?,"
-                    " lease_until = ?, worker = ?, started_at = ? WHERE seq = ?",
-                    [(token, now + lease, worker_id, now, row["seq"]) for row, token in taken],
-                )
-                claims.extend(
-                    Claim(row["id"], queue, row["payload"], row["attempts"] + 1, token) for row, token in taken
-                )
+                while len(claims) < limit and queue not in paused:
+                    if not self._take(db, queue, worker_id, limit - len(claims), lease, now, claims, freed):
+                        break
+            flow.release(db, freed, now)
             if now - self._last_cleanup > CLEANUP_INTERVAL:
                 self._last_cleanup = now
                 self._delete_expired(db, now)
         return claims
+
+    def _take(
+        self,
+        db: sqlite3.Connection,
+        queue: str,
+        worker_id: str,
+        want: int,
+        lease: float,
+        now: float,
+        claims: list[Claim],
+        freed: flow.Freed,
+    ) -> bool:
+        """Claim up to ``want`` of the next pending tasks of ``queue`` into ``claims``; those past
+        their deadline expire and those whose slot is full are held instead. ``False`` once the
+        queue has no pending task left."""
+        rows = db.execute(
+            "SELECT seq, id, queue, status, payload, attempts, deadline, slot, concurrency FROM runq_tasks"
+            " WHERE status = 'pending' AND queue = ? ORDER BY priority DESC, ready_at, seq LIMIT ?",
+            (queue, want),
+        ).fetchall()
+        taken: list[tuple[sqlite3.Row, str]] = []
+        tally: dict[str, int] = {}  # runs of each slot claimed in this batch (not written yet)
+        for row in rows:
+            slot = row["slot"]
+            if row["deadline"] is not None and row["deadline"] <= now:
+                self._count(db, "cancelled", flow.expire(db, [row], now, freed))
+            elif slot is not None and flow.running(db, queue, slot) + tally.get(slot, 0) >= (row["concurrency"] or 1):
+                flow.hold(db, row["seq"])
+            else:
+                if slot is not None:
+                    tally[slot] = tally.get(slot, 0) + 1
+                taken.append((row, uuid.uuid4().hex))
+        db.executemany(
+            "UPDATE runq_tasks SET status = 'running', attempts = attempts + 1, token = ?,"
+            " lease_until = ?, worker = ?, started_at = ? WHERE seq = ?",
+            [(token, now + lease, worker_id, now, row["seq"]) for row, token in taken],
+        )
+        claims.extend(Claim(row["id"], queue, row["payload"], row["attempts"] + 1, token) for row, token in taken)
+        return len(rows) == want
 
     def _claimable(self, marks: str, queues: Sequence[str], now: float) -> bool:
         """Whether a claim would change anything: a plain read (WAL readers never block),
@@ -252,13 +291,16 @@ class SQLiteBroker(Broker):
         row = (
             self._read()
             .execute(
-                f"SELECT EXISTS (SELECT 1 FROM runq_tasks WHERE status = 'pending' AND queue IN ({marks}))"
+                f"SELECT EXISTS (SELECT 1 FROM runq_tasks WHERE status = 'pending' AND queue IN ({marks})"
+                f" AND queue NOT IN (SELECT queue FROM runq_paused))"
                 f" OR EXISTS (SELECT 1 FROM runq_tasks WHERE status = 'scheduled' AND queue IN ({marks})"
                 f" AND ready_at <= ?)"
                 f" OR EXISTS (SELECT 1 FROM runq_tasks WHERE status = 'running' AND queue IN ({marks})"
                 f" AND lease_until < ?)"
+                f" OR EXISTS (SELECT 1 FROM runq_tasks WHERE queue IN ({marks}) AND deadline <= ?"
+                f" AND deadline IS NOT NULL AND status IN ('pending', 'scheduled'))"
                 f" OR (? AND EXISTS (SELECT 1 FROM runq_tasks WHERE expires_at < ?))",
-                (*queues, *queues, now, *queues, now, int(cleanup), now),
+                (*queues, *queues, now, *queues, now, *queues, now, int(cleanup), now),
             )
             .fetchone()
         )
@@ -288,8 +330,9 @@ class SQLiteBroker(Broker):
         row = db.execute(
             f"SELECT min(t) FROM (SELECT min(ready_at) AS t FROM runq_tasks WHERE status = 'scheduled'"
             f" AND queue IN ({marks}) UNION ALL SELECT min(lease_until) FROM runq_tasks"
-            f" WHERE status = 'running' AND queue IN ({marks}))",
-            (*queues, *queues),
+            f" WHERE status = 'running' AND queue IN ({marks}) UNION ALL SELECT min(deadline) FROM runq_tasks"
+            f" WHERE queue IN ({marks}) AND deadline IS NOT NULL AND status IN ('pending', 'scheduled'))",
+            (*queues, *queues, *queues),
         ).fetchone()
         if row[0] is not None:
             deadline = min(deadline, time.monotonic() + max(0.0, row[0] - time.time()))
@@ -331,6 +374,8 @@ class SQLiteBroker(Broker):
         accepted: list[bool] = []
         with self._write() as db:
             now = time.time()
+            freed: flow.Freed = {}
+            flow.seats_of(db, [outcome.id for outcome in outcomes], freed)  # one read per batch
             for outcome in outcomes:
                 sql, params, counter = self._settle_statement(outcome, now)
                 # The token stays (no longer 'running', it fences nothing): a repeat of this outcome is recognised.
@@ -340,12 +385,19 @@ class SQLiteBroker(Broker):
                     (*params, outcome.id, outcome.token),
                 )
                 ok = cursor.rowcount == 1
-                accepted.append(ok or self._repeat(db, outcome))
+                repeat = not ok and self._repeat(db, outcome)
+                accepted.append(ok or repeat)
+                event = rules.breaker_event(outcome)
+                if event is not None and outcome.breaker is not None and not repeat:  # a late run counts too
+                    rule = outcome.breaker
+                    flow.breaker(db, rule.name, event, rule.failures, rule.seconds, now)
                 if ok and counter:
                     self._count(db, counter, 1)
                 if ok and outcome.kind in ("succeeded", "failed"):
                     error = None if outcome.kind == "succeeded" else dependency_error(outcome.id, "failed")
                     self._count(db, "cancelled", flow.release_children(db, outcome.id, error, now))
+            if freed:
+                flow.release(db, freed, now)
         return accepted
 
     @staticmethod
@@ -434,6 +486,8 @@ class SQLiteBroker(Broker):
     def cancel(self, task_id: str) -> bool:
         with self._write() as db:
             now = time.time()
+            freed: flow.Freed = {}
+            flow.seats_of(db, [task_id], freed)
             cursor = db.execute(
                 "UPDATE runq_tasks SET status = 'cancelled', error = ?, token = NULL, lease_until = NULL,"
                 " finished_at = ?, expires_at = ? + result_ttl"
@@ -445,20 +499,21 @@ class SQLiteBroker(Broker):
                 db.execute("DELETE FROM runq_deps WHERE child = ?", (task_id,))
                 error = dependency_error(task_id, "was cancelled")
                 self._count(db, "cancelled", 1 + flow.release_children(db, task_id, error, now))
+                flow.release(db, freed, now)
         return done
 
     def retry(self, task_id: str) -> bool:
         with self._write() as db:
             cursor = db.execute(
                 "UPDATE runq_tasks SET status = 'pending', attempts = 0, ready_at = ?, token = NULL,"
-                " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL"
-                " WHERE id = ? AND status IN ('failed', 'cancelled')",
+                " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,"
+                " deadline = NULL WHERE id = ? AND status IN ('failed', 'cancelled')",
                 (time.time(), task_id),
             )
             return cursor.rowcount == 1
 
     def list(self, status: Status | None, queue: str | None, limit: int) -> list[TaskInfo]:
-        where, params = _filter(status, queue, time.time())
+        where, params = inspect.where_clause(status, queue, time.time())
         rows = (
             self._read()
             .execute(f"SELECT {_TASK_COLUMNS} FROM runq_tasks {where} ORDER BY seq DESC LIMIT ?", (*params, limit))
@@ -475,31 +530,11 @@ class SQLiteBroker(Broker):
                 where = f"WHERE status IN ({marks})" + (" AND queue = ?" if queue else "")
                 params: tuple[Any, ...] = (*(s.value for s in FINAL_STATUSES), *((queue,) if queue else ()))
             else:
-                where, params = _filter(status, queue)
+                where, params = inspect.where_clause(status, queue)
             return db.execute(f"DELETE FROM runq_tasks {where}", params).rowcount
 
     def stats(self) -> Stats:
-        db = self._read()
-        now = time.time()
-        queues: dict[str, dict[str, int]] = {}
-        for row in db.execute("SELECT queue, status, count(*) AS n FROM runq_tasks GROUP BY queue, status"):
-            queues.setdefault(row["queue"], {})[row["status"]] = row["n"]
-        counters = dict.fromkeys(COUNTERS, 0)
-        counters.update({row["name"]: row["value"] for row in db.execute("SELECT name, value FROM runq_counters")})
-        recent = db.execute(
-            "SELECT ready_at, started_at, finished_at FROM runq_tasks"
-            " WHERE finished_at >= ? AND started_at IS NOT NULL AND status = 'succeeded'",
-            (now - 300,),
-        ).fetchall()
-        last_minute = sum(1 for row in recent if row["finished_at"] >= now - 60)
-        return Stats(
-            queues={name: QueueStats(**counts) for name, counts in sorted(queues.items())},
-            counters=counters,
-            wait=Percentiles.of([max(0.0, r["started_at"] - r["ready_at"]) for r in recent]),
-            run=Percentiles.of([r["finished_at"] - r["started_at"] for r in recent]),
-            throughput=last_minute / 60.0,
-            breakers=flow.breaker_states(db),
-        )
+        return inspect.stats(self._read())
 
     @staticmethod
     def _count(db: sqlite3.Connection, name: str, amount: int) -> None:
@@ -523,6 +558,13 @@ class SQLiteBroker(Broker):
     def breaker(self, name: str, event: BreakerEvent, failures: int, seconds: float) -> float:
         with self._write() as db:
             return flow.breaker(db, name, event, failures, seconds, time.time())
+
+    def pause(self, queue: str, paused: bool) -> bool:
+        with self._write() as db:
+            return flow.pause(db, queue, paused)
+
+    def paused(self) -> set[str]:
+        return flow.paused(self._read())
 
     # -- workers ------------------------------------------------------------------
 
@@ -566,19 +608,3 @@ class SQLiteBroker(Broker):
                 db.close()
             self._connections.clear()
         self._local = threading.local()
-
-
-def _filter(status: Status | None, queue: str | None, now: float | None = None) -> tuple[str, tuple[Any, ...]]:
-    """A WHERE clause; with ``now``, tasks past their expiry are left out."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if now is not None:
-        clauses.append("(expires_at IS NULL OR expires_at > ?)")
-        params.append(now)
-    if status is not None:
-        clauses.append("status = ?")
-        params.append(status.value)
-    if queue is not None:
-        clauses.append("queue = ?")
-        params.append(queue)
-    return ("WHERE " + " AND ".join(clauses) if clauses else ""), tuple(params)

@@ -1,9 +1,17 @@
-"""Flow control for the SQLite broker: dependencies (``after``), ticks, rate limits, breakers.
+"""Flow control for the SQLite broker: dependencies (``after``), expiry, concurrency slots,
+debounce, ticks, rate limits, breakers.
 
 Each function runs inside the caller's ``BEGIN IMMEDIATE`` transaction, so a parent's
 outcome and the release (or cancellation) of everything that waited on it commit
-together, whatever queue the dependents are in. The rules mirror the Redis scripts
-(``lua/resolve.lua``, ``rate.lua``, ``breaker.lua``) line for line.
+together, whatever queue the dependents are in; so do a claim and the expiries, holds and
+releases it decides. The rules mirror the Redis scripts (``lua/resolve.lua``, ``claim.lua``,
+``rate.lua``, ``breaker.lua``) and the memory broker's.
+
+A concurrency *slot* counts its tasks that are ``pending`` or ``running`` (its seats); a
+claim holds a task whose slot has its limit of running ones (``scheduled``, ``ready_at``
+infinite), and a task leaving its seat for another state *frees* the slot: ``release``
+then makes held tasks pending for the seats left. ``Freed`` collects the slots a
+transaction freed, ``(queue, slot) -> limit``.
 """
 
 from __future__ import annotations
@@ -13,8 +21,33 @@ import sqlite3
 from typing import Any
 
 from runq.brokers.base import BreakerEvent
-from runq.brokers.rules import breaker_step, dependency_error
+from runq.brokers.rules import EXPIRED, EXPIRED_VERB, HELD, breaker_step, dependency_error, free_seats
 from runq.models import Message
+
+Freed = dict[tuple[str, str], int]
+SEATED = ("pending", "running")
+FLOW_COLUMNS = (("deadline", "REAL"), ("slot", "TEXT"), ("concurrency", "INTEGER"))
+FLOW_SCHEMA = """
+CREATE INDEX IF NOT EXISTS runq_deadlines ON runq_tasks (queue, deadline)
+    WHERE deadline IS NOT NULL AND status IN ('pending', 'scheduled');
+CREATE INDEX IF NOT EXISTS runq_seats ON runq_tasks (queue, slot, status)
+    WHERE slot IS NOT NULL AND status IN ('pending', 'running');
+CREATE INDEX IF NOT EXISTS runq_held ON runq_tasks (queue, slot, priority DESC, seq)
+    WHERE slot IS NOT NULL AND status = 'scheduled';
+"""
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Give a database made by an older runq the flow-control columns, then their indexes."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(runq_tasks)")}
+    for name, kind in FLOW_COLUMNS:
+        if name not in have:
+            try:
+                db.execute(f"ALTER TABLE runq_tasks ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as exc:  # another process added it just now
+                if "duplicate column" not in str(exc):
+                    raise
+    db.executescript(FLOW_SCHEMA)
 
 
 def link(db: sqlite3.Connection, message: Message, now: float) -> str | None:
@@ -70,6 +103,120 @@ def cancel_waiting(db: sqlite3.Connection, child: str, error: str, now: float) -
     db.execute("DELETE FROM runq_deps WHERE child = ?", (child,))
     cause = json.loads(error)["message"]
     return 1 + release_children(db, child, dependency_error(child, "was cancelled", cause), now)
+
+
+# -- expiry, concurrency slots, debounce, pause (SPEC §9) --------------------------------------
+
+
+def expire(db: sqlite3.Connection, rows: list[sqlite3.Row], now: float, freed: Freed) -> int:
+    """Cancel (Expired) tasks past their deadline that never started, and their dependents.
+    ``rows`` have id, queue, status, slot, concurrency. Returns the number cancelled."""
+    cancelled = 0
+    for row in rows:
+        cursor = db.execute(
+            "UPDATE runq_tasks SET status = 'cancelled', error = ?, token = NULL, lease_until = NULL,"
+            " finished_at = ?, expires_at = ? + result_ttl WHERE id = ? AND status IN ('pending', 'scheduled')",
+            (EXPIRED, now, now, row["id"]),
+        )
+        if cursor.rowcount != 1:
+            continue
+        if row["slot"] is not None and row["status"] in SEATED:
+            freed[(row["queue"], row["slot"])] = row["concurrency"] or 1
+        cancelled += 1 + release_children(db, row["id"], dependency_error(row["id"], EXPIRED_VERB), now)
+    return cancelled
+
+
+def expire_due(db: sqlite3.Connection, marks: str, queues: tuple[str, ...], now: float, freed: Freed) -> int:
+    rows = db.execute(
+        f"SELECT id, queue, status, slot, concurrency FROM runq_tasks WHERE queue IN ({marks})"
+        f" AND deadline <= ? AND deadline IS NOT NULL AND status IN ('pending', 'scheduled')",
+        (*queues, now),
+    ).fetchall()
+    return expire(db, rows, now, freed) if rows else 0
+
+
+def running(db: sqlite3.Connection, queue: str, slot: str) -> int:
+    # (the terms of runq_seats's WHERE, repeated: SQLite uses a partial index only when they appear)
+    row = db.execute(
+        "SELECT count(*) FROM runq_tasks WHERE queue = ? AND slot = ? AND slot IS NOT NULL"
+        " AND status IN ('pending', 'running') AND status = 'running'",
+        (queue, slot),
+    ).fetchone()
+    return int(row[0])
+
+
+def hold(db: sqlite3.Connection, seq: int) -> None:
+    """Its slot is full: scheduled without an eta until a seat frees; no attempt used."""
+    db.execute("UPDATE runq_tasks SET status = 'scheduled', ready_at = ? WHERE seq = ?", (HELD, seq))
+
+
+def release(db: sqlite3.Connection, freed: Freed, now: float) -> None:
+    """Into every freed slot, release held tasks (highest priority, then oldest) for the seats
+    its limit leaves beyond its pending and running tasks."""
+    for (queue, slot), limit in sorted(freed.items()):
+        seated = db.execute(
+            "SELECT count(*) FROM runq_tasks WHERE queue = ? AND slot = ? AND slot IS NOT NULL"
+            " AND status IN ('pending', 'running')",
+            (queue, slot),
+        ).fetchone()[0]
+        seats = free_seats(limit, int(seated))
+        if seats:
+            db.execute(
+                "UPDATE runq_tasks SET status = 'pending', ready_at = ? WHERE seq IN (SELECT seq FROM runq_tasks"
+                " WHERE queue = ? AND slot = ? AND slot IS NOT NULL AND status = 'scheduled' AND ready_at = ?"
+                " ORDER BY priority DESC, seq LIMIT ?)",
+                (now, queue, slot, HELD, seats),
+            )
+    freed.clear()
+
+
+def seats_of(db: sqlite3.Connection, ids: list[str], freed: Freed) -> None:
+    """The slots of tasks about to leave their seats (``ids`` pending or running now)."""
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows = db.execute(
+            f"SELECT queue, slot, concurrency FROM runq_tasks WHERE id IN ({','.join('?' * len(chunk))})"
+            " AND slot IS NOT NULL AND status IN ('pending', 'running')",
+            chunk,
+        )
+        for row in rows:
+            freed[(row["queue"], row["slot"])] = row["concurrency"] or 1
+
+
+def debounce(db: sqlite3.Connection, holder: str, message: Message, key_ttl: float, now: float, freed: Freed) -> bool:
+    """Replace ``holder`` (the task holding the message's key) when it has not started: pending or
+    scheduled, no attempt yet. Its eta becomes now + the message's delay (its debounce)."""
+    row = db.execute("SELECT status, attempts FROM runq_tasks WHERE id = ?", (holder,)).fetchone()
+    if row is None or row["status"] not in ("pending", "scheduled") or row["attempts"] != 0:
+        return False
+    seats_of(db, [holder], freed)
+    db.execute(
+        "UPDATE runq_tasks SET name = ?, payload = ?, priority = ?, result_ttl = ?, status = 'scheduled',"
+        " ready_at = ?, key_expires_at = ?, deadline = ?, slot = ?, concurrency = ? WHERE id = ?",
+        (
+            message.name,
+            message.payload,
+            message.priority,
+            message.result_ttl,
+            now + message.delay,
+            now + key_ttl,
+            None if message.expires is None else now + message.expires,
+            message.slot,
+            message.concurrency,
+            holder,
+        ),
+    )
+    return True
+
+
+def paused(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute("SELECT queue FROM runq_paused")}
+
+
+def pause(db: sqlite3.Connection, queue: str, on: bool) -> bool:
+    if on:
+        return db.execute("INSERT OR IGNORE INTO runq_paused (queue) VALUES (?)", (queue,)).rowcount == 1
+    return db.execute("DELETE FROM runq_paused WHERE queue = ?", (queue,)).rowcount == 1
 
 
 def take_tick(db: sqlite3.Connection, name: str, tick: str, ttl: float, now: float) -> bool:

@@ -22,7 +22,10 @@ CREATE TABLE IF NOT EXISTS runq_tasks (
     enqueued_at    REAL    NOT NULL,
     started_at     REAL,
     finished_at    REAL,
-    expires_at     REAL               -- deleted after this; NULL keeps it (failed tasks)
+    expires_at     REAL,              -- deleted after this; NULL keeps it (failed tasks)
+    deadline       REAL,              -- flow control (flow.py): not started by then, cancelled
+    slot           TEXT,              -- what its concurrency limit counts
+    concurrency    INTEGER            -- runs of slot at once
 );
 
 CREATE INDEX IF NOT EXISTS runq_ready ON runq_tasks (queue, priority DESC, ready_at, seq)
@@ -91,4 +94,9 @@ CREATE TABLE IF NOT EXISTS runq_task_metrics (
     field TEXT NOT NULL,
     value REAL NOT NULL,
     PRIMARY KEY (queue, field)
+) WITHOUT ROWID;
+
+-- Paused queues (SPEC §9): claims skip them.
+CREATE TABLE IF NOT EXISTS runq_paused (
+    queue TEXT PRIMARY KEY
 ) WITHOUT ROWID;

@@ -116,8 +116,18 @@ function render(snap) {
   for (const kind of ["wait", "run"]) for (const p of ["p50", "p95", "p99"]) $(`${kind}-${p}`).textContent = seconds(snap.stats[kind][p]);
   $("throughput").textContent = snap.stats.throughput.toFixed(1) + " /s";
 
-  fill($("queues"), Object.entries(snap.stats.queues).sort().map(([name, q]) =>
-    el("tr", {}, el("th", {}, name), ...STATES.map((s) => el("td", { class: q[s] ? "n st-" + s : "n zero" }, q[s])))));
+  // A paused queue is marked, and listed even while empty; its button resumes it.
+  const paused = new Set(snap.paused || []);
+  const names = [...new Set([...Object.keys(snap.stats.queues), ...paused])].sort();
+  fill($("queues"), names.map((name) => {
+    const q = snap.stats.queues[name] || {};
+    const on = paused.has(name);
+    return el("tr", { "data-queue": name, class: on ? "paused" : null },
+      el("th", {}, name, on ? el("span", { class: "pill bad", "data-testid": "paused-" + name }, "paused") : null),
+      ...STATES.map((s) => el("td", { class: q[s] ? "n st-" + s : "n zero" }, q[s] || 0)),
+      el("td", {}, el("button", { type: "button", "data-testid": "pause-" + name, onclick: () => pause(name, !on) },
+        on ? "Resume" : "Pause")));
+  }));
 
   renderWorkers(snap);
   renderPeriodic(snap);
@@ -259,6 +269,16 @@ async function retry(id) {
     toast(`Retried ${shortId(id)}`);
   } catch (err) {
     toast(`Retry failed: ${err.message}`, true);
+  }
+}
+
+async function pause(queue, on) {
+  try {
+    await api(`/api/queues/${encodeURIComponent(queue)}/${on ? "pause" : "resume"}`, { method: "POST" });
+    toast(`${on ? "Paused" : "Resumed"} ${queue}`);
+    render({ ...lastSnapshot, paused: [...(lastSnapshot.paused || []).filter((q) => q !== queue), ...(on ? [queue] : [])] });
+  } catch (err) {
+    toast(`${on ? "Pause" : "Resume"} failed: ${err.message}`, true);
   }
 }
 

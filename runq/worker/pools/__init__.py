@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
 
 from runq.settings import Settings
@@ -74,11 +74,13 @@ class Pool(ABC):
         else:
             self._stop_running(task_id)
 
-    def take_unstarted(self) -> list[Job]:
-        """Remove and return the jobs that have not started; they get no ``on_done``."""
+    def take_unstarted(self, queues: Collection[str] | None = None) -> list[Job]:
+        """Remove and return the jobs that have not started (of ``queues`` only, when given);
+        they get no ``on_done``."""
         with self._lock:
-            jobs = list(self._queued.values())
-            self._queued.clear()
+            jobs = [job for job in self._queued.values() if queues is None or job.queue in queues]
+            for job in jobs:
+                del self._queued[job.id]
         return jobs
 
     def _next_job(self) -> Job | None:

@@ -24,6 +24,7 @@ if not ttl then
 end
 finish(id, rec, 'cancelled', now, now + ttl)
 save(id, rec)
+release_freed(now)  -- a pending or running task of a concurrency slot gave its seat up
 notify(id, KEYS[EXTRA + 1], rec)
 count('cancelled', 1)
 release_children(id, dependency_error(id, 'was cancelled'), now)

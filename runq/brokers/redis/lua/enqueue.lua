@@ -4,7 +4,8 @@
 -- KEYS[EXTRA+] runq:{q}:key:<key>, one per message that has an idempotency key, in order
 -- ARGV[1]      key_ttl in milliseconds
 -- ARGV[2..]    per message (keys.py ENQUEUE_ITEM): id, payload, priority, delay (s), result_ttl (s), has_key ("1"/"0"),
---              after (JSON list of parent ids, "" for none)
+--              after (JSON list of parent ids, "" for none), flow (JSON {e, d, s, n}: expires,
+--              debounce, concurrency slot and limit; "" for none)
 -- Returns      one id per message: its own, or that of the live task already holding its key;
 --              then the outbox steps posted (lib.lua: link steps for parents in other queues)
 -- Guarantees   the whole batch or nothing (one script); delay > 0 makes it scheduled at
@@ -14,13 +15,37 @@
 --              A task with parents is waiting: parents of this queue are checked here (one
 --              that already failed cancels it at once, succeeded ones are not waited on);
 --              parents elsewhere are linked by the posted steps.
+--              A task with flow fields always has a record (lib.lua: flow_enter keeps its
+--              seat and deadline). A debounced message whose key is held by a task that has
+--              not started (pending or scheduled, no attempt) replaces it: payload, priority,
+--              flow fields, eta now + delay, the key's hold renewed; its id is returned. A
+--              key held by a task that started goes to the new task.
 
 local key_ttl_ms = ARGV[1]
 local now = clock()
 local n = (#ARGV - 1) / ENQ_N
 local seq = redis.call('INCRBY', Q.seq, n) - n
 local ids, batch, ready_args, payload_args = {}, {}, {}, {}
-local keyed, added = 0, 0
+local keyed, added, readied = 0, 0, 0
+
+-- Replace the task holding a debounced message's key, if it has not started; true when it did.
+local function debounce(holder, i, flow)
+  local rec = load(holder)
+  if not rec or (rec.status ~= 'pending' and rec.status ~= 'scheduled') or rec.attempts ~= 0 then
+    return false
+  end
+  rec.ready_at = stamp(now + tonumber(ARGV[i + ENQ.delay]))
+  enter(holder, rec, 'scheduled', rec.ready_at)
+  set_flow(holder, rec, flow, now)
+  if rec.deadline then
+    redis.call('ZADD', Q.deadlines, rec.deadline, holder)
+  end
+  rec.priority, rec.result_ttl = tonumber(ARGV[i + ENQ.priority]), tonumber(ARGV[i + ENQ.result_ttl])
+  rec.seq = rec.seq or (rec.score and tonumber(rec.score) % TWO_44)
+  save(holder, rec)
+  redis.call('HSET', Q.payloads, holder, ARGV[i + ENQ.payload])
+  return true
+end
 -- A new task waits for its parents; returns false when one of them already ended badly.
 local function wait_for(id, rec, after)
   local waiting, elsewhere, seen = {}, {}, {}
@@ -67,21 +92,32 @@ for i = 2, #ARGV, ENQ_N do
     key_name = KEYS[EXTRA + keyed]
   end
   local holder = key_name and redis.call('GET', key_name)
-  if holder and (batch[holder] or live(load(holder), now)) then
+  local flow = ARGV[i + ENQ.flow] ~= '' and cjson.decode(ARGV[i + ENQ.flow]) or nil
+  local held = holder and (batch[holder] or live(load(holder), now))
+  if held and flow and flow.d and debounce(holder, i, flow) then
+    redis.call('SET', key_name, holder, 'PX', key_ttl_ms)
+    ids[#ids + 1] = holder
+  elseif held and not (flow and flow.d) then
     ids[#ids + 1] = holder
   else
     seq = seq + 1
     local priority, delay, after = tonumber(ARGV[i + ENQ.priority]), tonumber(ARGV[i + ENQ.delay]), ARGV[i + ENQ.after]
-    if after ~= '' or delay > 0 then
+    if after ~= '' or delay > 0 or flow then
       local rec = {
         priority = priority, result_ttl = tonumber(ARGV[i + ENQ.result_ttl]), attempts = 0, seq = seq,
         enqueued_at = stamp(now), ready_at = stamp(now + delay),
       }
+      if flow then
+        set_flow(id, rec, flow, now)
+      end
       if after ~= '' then
         enter(id, rec, 'waiting', nil)
         wait_for(id, rec, after)
-      else
+      elseif delay > 0 then
         enter(id, rec, 'scheduled', rec.ready_at)
+      else
+        make_ready(id, rec, seq)
+        readied = readied + 1
       end
       save(id, rec)
     else  -- no record until it is claimed: see lib.lua
@@ -101,7 +137,8 @@ end
 variadic('ZADD', Q.pending, ready_args, 2000)
 variadic('HSET', Q.payloads, payload_args, 2000)
 count('enqueued', added)
-wake(#ready_args / 2)
+wake(#ready_args / 2 + readied)
+release_freed(now)  -- a debounced task that was pending gave its seat up
 for _, step in ipairs(EFFECTS) do
   ids[#ids + 1] = step
 end

@@ -24,8 +24,10 @@ local OUTBOX_GRACE = 5  -- seconds before claim hands an unapplied outbox step t
 local DEFAULT_RESULT_TTL = 86400  -- runq.models.Message.result_ttl
 
 -- Per call (begin): INDEX, the zset of each indexed state; PLACE, the zset that orders a
--- task while it is in a state, for the states that have one; EFFECTS, the steps posted.
-local INDEX, PLACE, EFFECTS
+-- task while it is in a state, for the states that have one; EFFECTS, the steps posted;
+-- FREED, the concurrency slots whose tasks gave a seat up (slot -> its limit).
+local INDEX, PLACE, EFFECTS, FREED
+local SEAT = {pending = 'p', running = 'r'}  -- the states that hold a seat of a slot
 local FINAL = {succeeded = true, failed = true, cancelled = true}
 
 local function clock()
@@ -74,9 +76,39 @@ local function changed(id, rec)
   redis.call('PUBLISH', string.format(EVENTS, QUEUE, id), cjson.encode(change))
 end
 
+-- Flow control (SPEC §9) for a task with an expiry or a concurrency limit (only those have
+-- these fields, and always a record): its seat in its slot, its place among the tasks
+-- that may expire, its hold. A task that gave its seat up frees the slot (release_freed).
+local function flow_enter(id, rec, old, status)
+  if rec.slot then
+    if SEAT[old] then
+      redis.call('ZREM', Q.slots, rec.slot .. '\0' .. SEAT[old] .. '\0' .. id)
+    end
+    if SEAT[status] then
+      redis.call('ZADD', Q.slots, 0, rec.slot .. '\0' .. SEAT[status] .. '\0' .. id)
+    elseif SEAT[old] then
+      FREED[rec.slot] = rec.cap
+    end
+  end
+  if rec.held then
+    redis.call('ZREM', Q.held, rec.held)
+    rec.held = nil
+  end
+  if rec.deadline then
+    if status == 'pending' or status == 'scheduled' then
+      redis.call('ZADD', Q.deadlines, rec.deadline, id)
+    else
+      redis.call('ZREM', Q.deadlines, id)
+    end
+  end
+end
+
 -- Move a task to `status`, placed at `score` in that state's ordering zset.
 local function enter(id, rec, status, score)
   local old = rec.status
+  if rec.slot or rec.deadline or rec.held then
+    flow_enter(id, rec, old, status)
+  end
   if old then
     if INDEX[old] then
       redis.call('ZREM', INDEX[old], id)
@@ -168,6 +200,9 @@ local function forget(id, rec)
     if PLACE[rec.status] then
       redis.call('ZREM', PLACE[rec.status], id)
     end
+  end
+  if rec and (rec.slot or rec.deadline or rec.held) then
+    flow_enter(id, rec, rec.status, 'gone')
   end
   redis.call('HDEL', Q.tasks, id)
   redis.call('HDEL', Q.payloads, id)
@@ -307,6 +342,76 @@ resolve = function(child, parent, err, now)
   end
 end
 
+-- -- flow control: expiry, concurrency slots, debounce (SPEC §9) ------------------------------
+
+-- A pending or scheduled task past its deadline: cancelled (Expired), its dependents with it.
+local function expire(id, rec, now)
+  rec.error = EXPIRED
+  local ttl = rec.result_ttl or DEFAULT_RESULT_TTL
+  finish(id, rec, 'cancelled', now, now + ttl)
+  save(id, rec)
+  count('cancelled', 1)
+  if redis.call('HEXISTS', Q.waiters, id) == 1 then
+    EFFECTS[#EFFECTS + 1] = cjson.encode({op = 'notify', child = id})
+  end
+  release_children(id, dependency_error(id, 'expired'), now)
+end
+
+-- Runs of a slot (its running seats), or with `all` its pending and running ones.
+local function seats(slot, all)
+  local prefix = all and (slot .. '\0') or (slot .. '\0r\0')
+  return redis.call('ZLEXCOUNT', Q.slots, '[' .. prefix, '(' .. string.sub(prefix, 1, -2) .. '\1')
+end
+
+-- The slot has its limit of runs: scheduled without an eta (score +inf, ready_at "inf") until a
+-- seat frees; listed in `held` by slot, then claim order. The claim used no attempt.
+local function hold(id, rec)
+  local member = rec.slot .. '\0' .. string.format('%020.0f', tonumber(rec.score)) .. '\0' .. id
+  enter(id, rec, 'scheduled', '+inf')
+  rec.ready_at, rec.held = 'inf', member
+  redis.call('ZADD', Q.held, 0, member)
+  save(id, rec)
+end
+
+-- Into every slot this call freed, release held tasks (highest priority, then oldest) for
+-- the seats its limit leaves beyond its pending and running tasks; they are ready now.
+local function release_freed(now)
+  local slots = {}
+  for slot, cap in pairs(FREED) do
+    slots[#slots + 1] = {slot, cap}
+  end
+  FREED = {}
+  local woken = 0
+  for _, entry in ipairs(slots) do
+    local slot = entry[1]
+    local free = tonumber(entry[2]) - seats(slot, true)
+    if free > 0 then
+      for _, member in ipairs(redis.call('ZRANGEBYLEX', Q.held, '[' .. slot .. '\0', '(' .. slot .. '\1', 'LIMIT', 0, free)) do
+        local id = string.sub(member, -(#QUEUE + 33))
+        local rec = load(id)
+        if rec and rec.held == member then
+          rec.ready_at = stamp(now)
+          make_ready(id, rec)
+          save(id, rec)
+          woken = woken + 1
+        else
+          redis.call('ZREM', Q.held, member)
+        end
+      end
+    end
+  end
+  wake(woken)
+end
+
+-- A task with flow fields (`flow`: ENQUEUE_ITEM's JSON) gets them on its record.
+local function set_flow(id, rec, flow, now)
+  if rec.deadline then
+    redis.call('ZREM', Q.deadlines, id)
+  end
+  rec.deadline = flow.e and stamp(now + flow.e) or nil
+  rec.slot, rec.cap = flow.s, flow.n
+end
+
 -- Called first by every function, once Q is set: the per-call state above.
 local function begin()
   INDEX = {waiting = Q.waiting, succeeded = Q.succeeded, failed = Q.failed, cancelled = Q.cancelled}
@@ -314,5 +419,5 @@ local function begin()
     pending = Q.pending, scheduled = Q.scheduled, running = Q.running,
     succeeded = Q.expiring, cancelled = Q.expiring,
   }
-  EFFECTS = {}
+  EFFECTS, FREED = {}, {}
 end

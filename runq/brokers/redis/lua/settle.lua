@@ -19,7 +19,10 @@
 --              delay > 0: held by a rate limit or breaker). Waiters on a task that became
 --              final are woken. A succeeded task releases its dependents of this queue whose
 --              parents all succeeded; a failed one cancels them (cascading); dependents in
---              other queues get a posted step. Also deletes up to 100 tasks past their result_ttl.
+--              other queues get a posted step. A run of a concurrency-limited task that ended
+--              frees its seat: held tasks of its slot are released (lib.lua: release_freed).
+--              Also deletes up to 100 tasks past their result_ttl. (An outcome's breaker is
+--              driven by breaker.lua in the same round trip: its key has its own hash tag.)
 
 local now = clock()
 trim(now, 100)
@@ -100,6 +103,7 @@ for name, k in pairs(counts) do
   count(name, k)
 end
 wake(woken)
+release_freed(now)  -- slots whose runs ended release their held tasks
 if #samples > 0 then  -- latency samples and per-second throughput for stats()
   variadic('LPUSH', Q.samples, samples, 2000)
   redis.call('LTRIM', Q.samples, 0, SAMPLE_CAP - 1)
