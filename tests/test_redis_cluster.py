@@ -202,9 +202,11 @@ def test_wait_replicas_on_a_cluster(own_cluster: RedisCluster) -> None:
     queue = _spread(own_cluster, 1)[0]
     master = own_cluster.node_of(queue_keys(queue).pending)
     replica = own_cluster.replica_of(master)
+    # Acknowledged: patient (a loaded machine's replica may take more than 300 ms to confirm).
+    patient = runq.App(own_cluster.url + "?wait_replicas=1&wait_timeout_ms=10000")
     app = runq.App(own_cluster.url + "?wait_replicas=1&wait_timeout_ms=300")
     try:
-        first = app.enqueue("add", (1, 1), queue=queue)
+        first = patient.enqueue("add", (1, 1), queue=queue)
         with own_cluster.client(replica) as client:  # already there: WAIT returned after the replica had it
             client.execute_command("READONLY")  # a replica answers reads of its slots instead of MOVED
             assert client.hexists(queue_keys(queue).payloads, first.id)
@@ -213,6 +215,7 @@ def test_wait_replicas_on_a_cluster(own_cluster: RedisCluster) -> None:
             app.enqueue("add", (2, 2), queue=queue)
         assert app.stats().queues[queue].pending == 2
     finally:
+        patient.close()
         app.close()
 
 
