@@ -171,12 +171,14 @@ def release(db: sqlite3.Connection, freed: Freed, now: float) -> None:
 
 
 def seats_of(db: sqlite3.Connection, ids: list[str], freed: Freed) -> None:
-    """The slots of tasks about to leave their seats (``ids`` pending or running now)."""
+    """The slots of tasks about to leave their seats (``ids`` pending or running now). By id
+    only (the ``+`` keeps SQLite off the status index, which would scan every pending task
+    of the table once per settle batch: measured, 35 -> 120 µs of worker CPU per task)."""
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         rows = db.execute(
             f"SELECT queue, slot, concurrency FROM runq_tasks WHERE id IN ({','.join('?' * len(chunk))})"
-            " AND slot IS NOT NULL AND status IN ('pending', 'running')",
+            " AND +slot IS NOT NULL AND +status IN ('pending', 'running')",
             chunk,
         )
         for row in rows:
