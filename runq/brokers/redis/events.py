@@ -188,7 +188,8 @@ class ThreadEvents:
         if where is None:
             return self._broker._r.pubsub()
         host, port, auth = where
-        return redis.Redis(host, port, **auth, socket_connect_timeout=5.0).pubsub()
+        client = redis.Redis(host, port, **auth, socket_connect_timeout=5.0)
+        return client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis-py 8
 
     def _release(self, channel: str, feed: Pushed) -> None:
         with self._cond:
