@@ -241,7 +241,9 @@ def test_result_blocks_on_redis_without_polling(app: runq.App, broker: RedisBrok
         handle.result(timeout=1.0)
     wait_until(lambda: not client.hexists(queue_keys("default").waiters, handle.id))
     after = command_calls(client)
-    assert after["blpop"] - before["blpop"] == 1  # ended by the wake list when the wait gave up
+    # One BLPOP, ended by the wake list when the wait gave up; on a loaded machine the shared
+    # driver may start one more round before it sees that (polling would be dozens).
+    assert 1 <= after["blpop"] - before["blpop"] <= 2
     assert after["fcall"] - before["fcall"] == 2  # watch (pipelined with the BLPOP), unwatch
 
 
