@@ -12,7 +12,7 @@ from pathlib import Path
 
 import redis
 
-from runq import bench as rb
+from runq.cli import bench as rb
 
 from .peers.base import DRAIN, IO, ROOT, ROUND_TRIP, Peer, Variant
 
