@@ -72,10 +72,10 @@ class InFlight:
     """A claim the worker holds, from its claim until its outcome is settled."""
 
     claim: Claim
-    message: Message | None  # None: the payload is not a runq message, or is refused (failed at once)
+    message: Message | None  # None when ``refused`` says why it was not read
     policy: Policy
     started: float
-    refused: Refused | None = None  # why a message is refused unread (its signature: runq/signing.py)
+    refused: Refused | None = None  # why it is failed unread: a bad signature, or not a runq message
     done: bool = False  # its outcome is waiting to be settled
     notes: Mapping[str, str] = field(default_factory=dict)  # from run-side middleware, for on_finish
 
@@ -261,20 +261,20 @@ class Worker:
             message = Message.decode(raw, claim.id, claim.queue)
         except signing.BadSignature as exc:
             return InFlight(claim, None, Policy(), time.monotonic(), policy.bad_signature(claim, str(exc)))
-        except ValueError:
-            return InFlight(claim, None, Policy(), time.monotonic())
+        except ValueError as exc:  # not a runq message: failed at once, its raw text kept
+            return InFlight(claim, None, Policy(), time.monotonic(), policy.malformed(claim, str(exc)))
         return InFlight(claim, message, Policy.resolve(message, self.app.tasks.get(message.name)), time.monotonic())
 
     def _start(self, entry: InFlight) -> Job | Refused | Held | Finished | Failed:
         """The job to run for a claim, or why it does not run (now)."""
         claim, message = entry.claim, entry.message
-        if message is None:
-            unread = entry.refused or policy.malformed(claim, _decode_error(claim))
-            why = "refused (BadSignature)" if entry.refused else "malformed message"
+        if message is None:  # unread: a bad signature, or not a runq message (_entry says which)
+            assert entry.refused is not None
+            error = entry.refused.error
             log.error(
-                "%s %s moved to failed: %s", why, claim.id, unread.error.message, extra={"task": {"id": claim.id}}
+                "%s %s moved to failed: %s", error.type, claim.id, error.message, extra={"task": {"id": claim.id}}
             )
-            return unread
+            return entry.refused
         refused = policy.admit(claim, entry.policy)
         if refused is not None:
             return refused
@@ -506,15 +506,6 @@ class Worker:
             else:
                 self._stopping.wait(pause)
             pause = min(MAX_BACKOFF, pause * 2)
-
-
-def _decode_error(claim: Claim) -> str:
-    """Why a claim's payload is not a runq message."""
-    try:
-        Message.decode(claim.payload, claim.id, claim.queue)
-    except ValueError as exc:
-        return str(exc)
-    return "payload could not be decoded"
 
 
 _COUNTED = {"succeeded": "succeeded", "retry": "retried", "failed": "failed", "release": "deferred"}

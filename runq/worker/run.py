@@ -68,34 +68,24 @@ class Job:
 
 def run_job(app: Registry, job: Job, context: TaskContext | None = None) -> Finished | Failed:
     """Run a job in this thread (an ``async def`` task gets an event loop of its own)."""
-    started = time.perf_counter()
-    context = context or job.context()
     task = app.tasks.get(job.name)
     if task is None:
         return unknown_task(app, job.name)
-    observers = app.observers
-    ended: Finished | Failed
-    error: BaseException | None
-    pid = os.getpid()
-    progress = reporting(app, job.id, job.token, context)
-    token = _current.set(context)
-    if observers.runs:
-        observers.start(context)
+    attempt = _Attempt(app, job, context or job.context())
     try:
         if job.soft_timeout is not None:
             value = _call_soft(task, job, job.soft_timeout)
         else:
             value = asyncio.run(_call_async(task.fn, job)) if task.is_async else task.fn(*job.args, **job.kwargs)
     except BaseException as exc:  # any exception of the task is its attempt's error
-        ended, error = failed(task, exc), exc
+        attempt.ended(failed(task, exc), exc)
     else:
-        ended, error = finished(value)
+        attempt.ended(*finished(value))
     finally:
-        _current.reset(token)
-        _end_if_forked(pid)
-    if progress is not None and progress.owed:
-        progress.flush()
-    return _end(observers, context, ended, error, started)
+        attempt.leave()
+    if attempt.progress is not None and attempt.progress.owed:
+        attempt.progress.flush()
+    return attempt.result()
 
 
 async def arun_job(app: Registry, job: Job, context: TaskContext) -> Finished | Failed:
@@ -107,47 +97,61 @@ async def arun_job(app: Registry, job: Job, context: TaskContext) -> Finished | 
         return unknown_task(app, job.name)
     if not task.is_async:
         return await asyncio.to_thread(run_job, app, job, context)
-    started = time.perf_counter()
-    observers = app.observers
-    ended: Finished | Failed
-    error: BaseException | None
-    pid = os.getpid()
-    progress = reporting(app, job.id, job.token, context)
-    token = _current.set(context)
-    if observers.runs:
-        observers.start(context)
+    attempt = _Attempt(app, job, context)
     try:
         if job.soft_timeout is not None:
             value = await soft.within(_call_async(task.fn, job), job.soft_timeout)
         else:
             value = await _call_async(task.fn, job)
     except asyncio.CancelledError as exc:
-        observers.end(context, exc)
+        attempt.observers.end(context, exc)
         raise
     except BaseException as exc:  # any exception of the task is its attempt's error
-        ended, error = failed(task, exc), exc
+        attempt.ended(failed(task, exc), exc)
     else:
-        ended, error = finished(value)
+        attempt.ended(*finished(value))
     finally:
-        _current.reset(token)
-        _end_if_forked(pid)
-    if progress is not None and progress.owed:
-        await asyncio.to_thread(progress.flush)  # the loop never waits on the broker
-    return _end(observers, context, ended, error, started)
+        attempt.leave()
+    if attempt.progress is not None and attempt.progress.owed:
+        await asyncio.to_thread(attempt.progress.flush)  # the loop never waits on the broker
+    return attempt.result()
 
 
-def _end(
-    observers: Observers, context: TaskContext, ended: Finished | Failed, error: BaseException | None, started: float
-) -> Finished | Failed:
-    """Tell run-side middleware how the body ended; the end carries their notes and the duration
-    (built anew rather than with ``dataclasses.replace``, which costs microseconds per task)."""
-    if observers.runs:
-        observers.end(context, error)
-    duration = time.perf_counter() - started
-    notes = dict(context.notes) if context.notes else _NO_NOTES
-    if isinstance(ended, Finished):
-        return Finished(ended.result, duration, notes)
-    return Failed(ended.error, ended.retryable, ended.retry_delay, duration, notes)
+class _Attempt:
+    """What surrounds a task's body, the same for the sync and the async edge: the duration,
+    ``runq.current()``, progress, run-side middleware, and the fork guard."""
+
+    def __init__(self, app: Registry, job: Job, context: TaskContext) -> None:
+        self.started = time.perf_counter()
+        self.context = context
+        self.observers = app.observers
+        self.pid = os.getpid()
+        self.progress = reporting(app, job.id, job.token, context)
+        self._token = _current.set(context)
+        self._end: Finished | Failed | None = None
+        self._error: BaseException | None = None
+        if self.observers.runs:
+            self.observers.start(context)
+
+    def ended(self, end: Finished | Failed, error: BaseException | None) -> None:
+        self._end, self._error = end, error
+
+    def leave(self) -> None:
+        _current.reset(self._token)
+        _end_if_forked(self.pid)
+
+    def result(self) -> Finished | Failed:
+        """Tell run-side middleware how the body ended; the end carries their notes and the
+        duration (built anew rather than with ``dataclasses.replace``: microseconds per task)."""
+        end, context = self._end, self.context
+        assert end is not None, "result() before ended()"
+        if self.observers.runs:
+            self.observers.end(context, self._error)
+        duration = time.perf_counter() - self.started
+        notes = dict(context.notes) if context.notes else _NO_NOTES
+        if isinstance(end, Finished):
+            return Finished(end.result, duration, notes)
+        return Failed(end.error, end.retryable, end.retry_delay, duration, notes)
 
 
 _NO_NOTES: Mapping[str, str] = MappingProxyType({})
