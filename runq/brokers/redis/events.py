@@ -152,6 +152,7 @@ class ThreadEvents:
         self._cond = threading.Condition()
         self._book = _Book()
         self._pubsub: Any = None
+        self._own_client: Any = None  # the subscriber's own client, on a cluster
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -188,8 +189,10 @@ class ThreadEvents:
         if where is None:
             return self._broker._r.pubsub()
         host, port, auth = where
-        client = redis.Redis(host, port, **auth, socket_connect_timeout=5.0)
-        return client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis-py 8
+        # Kept while the subscriber lives: a client left to the collector closes its pool, and
+        # with it the subscriber's connection.
+        self._own_client = redis.Redis(host, port, **auth, socket_connect_timeout=5.0)
+        return self._own_client.pubsub()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis-py 8
 
     def _release(self, channel: str, feed: Pushed) -> None:
         with self._cond:
@@ -230,6 +233,9 @@ class ThreadEvents:
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 pubsub.close()
+        client, self._own_client = self._own_client, None
+        if client is not None:
+            client.close()
 
 
 # -- asyncio ------------------------------------------------------------------------------
@@ -291,6 +297,7 @@ class AsyncEvents:
         self._target = target
         self._book = _Book()
         self._pubsub: Any = None
+        self._own_client: Any = None  # the subscriber's own client, on a cluster
         self._listener: asyncio.Task[None] | None = None
         self._confirmed = asyncio.Condition()
         self._opening: list[tuple[AsyncPushed, asyncio.Future[None]]] = []
@@ -356,7 +363,8 @@ class AsyncEvents:
         import redis.asyncio
 
         host, port, auth = where
-        return redis.asyncio.Redis(host=host, port=port, **auth, socket_connect_timeout=5.0).pubsub()
+        self._own_client = redis.asyncio.Redis(host=host, port=port, **auth, socket_connect_timeout=5.0)
+        return self._own_client.pubsub()  # kept while the subscriber lives (see ThreadEvents)
 
     async def release(self, feed: AsyncPushed) -> None:
         channel = events_channel(feed.task_id)
@@ -390,6 +398,9 @@ class AsyncEvents:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()
             self._pubsub = None
+        client, self._own_client = self._own_client, None
+        if client is not None:
+            await client.aclose()
 
 
 __all__ = ["AsyncEvents", "AsyncPushed", "ThreadEvents", "change_of", "follow_call", "read_answer"]
