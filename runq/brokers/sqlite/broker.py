@@ -42,7 +42,7 @@ from runq.models import (
     task_info,
 )
 
-POLL_INTERVAL = 0.025
+RESULT_POLL = 0.005  # a result wait's longest interval: a waiter is there for that task's end
 CLEANUP_INTERVAL = 1.0
 CLEANUP_BATCH = 1000
 CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
@@ -132,7 +132,7 @@ class SQLiteBroker(Broker):
         return self._connection()
 
     def _data_version(self) -> int:
-        return int(self._read().execute("PRAGMA data_version").fetchone()[0])
+        return follow.data_version(self._read())
 
     # -- producing ----------------------------------------------------------------
 
@@ -336,11 +336,7 @@ class SQLiteBroker(Broker):
         ).fetchone()
         if row[0] is not None:
             deadline = min(deadline, time.monotonic() + max(0.0, row[0] - time.time()))
-        version = self._data_version()
-        while time.monotonic() < deadline:
-            time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
-            if self._data_version() != version:
-                return
+        follow.until_changed(self._data_version, self._data_version(), deadline)
 
     def renew(self, claims: Sequence[Claim], lease: float) -> list[bool]:
         """Read which claims are still held (that is how a worker learns of a cancel), and
@@ -477,11 +473,8 @@ class SQLiteBroker(Broker):
             info = self.get(task_id)
             if info is None or info.status in FINAL_STATUSES:
                 return info
-            while self._data_version() == version:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return info
-                time.sleep(min(0.005, remaining))
+            if not follow.until_changed(self._data_version, version, deadline, longest=RESULT_POLL):
+                return info
 
     def cancel(self, task_id: str) -> bool:
         with self._write() as db:

@@ -1,9 +1,9 @@
 """Progress and followers on SQLite (runq/brokers/feed.py).
 
 A task's latest progress is its ``progress`` column (JSON), added to a database made by an
-older runq (``ALTER TABLE``, once). A feed polls: it looks at ``PRAGMA data_version`` every
-:data:`POLL` seconds (it changes when another connection commits: a look at shared memory,
-not a query) and, when it changed, reads the task's status and progress. Nothing is written
+older runq (``ALTER TABLE``, once). A feed polls: it looks at ``PRAGMA data_version`` (it
+changes when another connection commits: a look at shared memory, not a query) as
+:func:`until_changed` paces it, and, when it changed, reads the task's status and progress. Nothing is written
 for a follower, so claim and settle pay nothing (a trigger logging changes cost them ~15%).
 The price: states closer together than the poll show as one change, the latest (progress is
 "latest wins" anyway, and a run's progress is written at most every 0.25 s).
@@ -20,7 +20,29 @@ from runq.brokers.feed import Feed
 from runq.errors import TaskNotFound
 from runq.models import Event, Progress, ProgressReport, Status, TaskInfo, progress_of
 
+# How often a process waiting on the database looks at its data version: soon after it starts
+# waiting (a change is likely then: the next task of a busy producer, a short task's end), less
+# and less often after (1.25x each look, from FIRST_POLL up to POLL). A worker between tasks
+# hears of an enqueue within a few ms; one idle for a while looks 40 times a second, as before.
+FIRST_POLL = 0.001
 POLL = 0.025
+GROWTH = 1.25
+
+
+def until_changed(version: Callable[[], int], seen: int, deadline: float, longest: float = POLL) -> bool:
+    """Wait until ``version()`` (``PRAGMA data_version`` of one connection) moves from ``seen``
+    (``True``), or until the monotonic ``deadline`` (``False``); ``longest``: the interval's cap."""
+    interval = FIRST_POLL
+    while (remaining := deadline - time.monotonic()) > 0:
+        time.sleep(min(interval, remaining))
+        if version() != seen:
+            return True
+        interval = min(longest, interval * GROWTH)
+    return False
+
+
+def data_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA data_version").fetchone()[0])
 
 
 def ensure(db: sqlite3.Connection) -> None:
@@ -60,15 +82,12 @@ class SQLiteFeed(Feed):
         deadline = time.monotonic() + timeout
         db = self._connection()
         while True:
-            version = db.execute("PRAGMA data_version").fetchone()[0]
+            version = data_version(db)
             event = self._read(db)
             if event is not None:
                 return [event]
-            while db.execute("PRAGMA data_version").fetchone()[0] == version:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                time.sleep(min(POLL, remaining))
+            if not until_changed(lambda: data_version(db), version, deadline):
+                return []
 
     def _read(self, db: sqlite3.Connection) -> Event | None:
         """The task as it is now, as an event when it changed since the last one."""
