@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from runq.cli.bench import Latency, percentile
 
@@ -64,3 +67,25 @@ def test_percentiles_interpolate() -> None:
     assert percentile([5.0], 99) == 5.0
     latency = Latency.of([float(i) for i in range(101)])
     assert (latency.p50, latency.p95, latency.p99) == (50.0, 95.0, 99.0)
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "bench.__main__",
+        "bench.harness",
+        "bench.cost",
+        "bench.postgres",
+        "bench.drain",
+        "bench.limited",
+        "bench.shards",
+        "bench.aio",
+        "bench.report",
+        "bench.peers.runq_app",
+        "bench.peers.runq_postgres_app",
+    ],
+)
+def test_the_benchmarks_import(module: str) -> None:
+    """The benchmarks are not run in CI, but they must keep up with the package's layout (runq's
+    own adapters once imported a module that had moved, and the comparison ran without runq)."""
+    importlib.import_module(module)

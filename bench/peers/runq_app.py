@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 import runq
-from runq import bench as rb
+from runq.cli import bench as rb
 
 from .base import DRAIN, IO, Peer, Variant, redis_url
 

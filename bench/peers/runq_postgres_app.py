@@ -9,7 +9,7 @@ from __future__ import annotations
 import psycopg
 
 import runq
-from runq import bench as rb
+from runq.cli import bench as rb
 from runq.brokers.postgres import postgres_conninfo
 
 from .base import Variant
