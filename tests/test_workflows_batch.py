@@ -10,6 +10,7 @@ conformance tests (test_conformance_flow.py).
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -253,6 +254,23 @@ def test_a_member_gone_before_the_summary_step_fails_it_and_cancels_its_callback
         assert callback is not None and callback.status() is Status.CANCELLED
     assert handle.on_success is not None and handle.on_success.status() is Status.FAILED  # its parent's result is gone
     assert memory.runs == []
+
+
+def test_an_older_sqlite_database_gets_the_dependency_mode_column(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    made = runq.App(url)
+    made.stats()  # the schema is made on first use
+    made.close()
+    with sqlite3.connect(tmp_path / "old.db") as db:  # runq_deps as runq made it before batches
+        db.executescript(
+            "DROP TABLE runq_deps; CREATE TABLE runq_deps (parent TEXT NOT NULL, child TEXT NOT NULL,"
+            " PRIMARY KEY (parent, child)) WITHOUT ROWID; CREATE INDEX runq_deps_child ON runq_deps (child);"
+        )
+    shop = Shop(url)
+    handle = runq.batch([shop.doomed.s(1)], on_complete=shop.report.s("done")).delay()
+    shop.app.drain()
+    assert shop.runs == [("done", summary(failed=handle.ids))]
+    shop.app.close()
 
 
 # -- real workers: members on several queues, served by different workers --------------------------
