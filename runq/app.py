@@ -321,11 +321,7 @@ class App:
         """
         if call.rate_limit is not None:
             raise TypeError("rate_limit is per task name, shared by every call: set it with @app.task(rate_limit=...)")
-        task = self.tasks.get(name) if isinstance(name, str) else None
-        if task is None:  # a registered name was checked when it was registered
-            rules.check_task_name(name)
-            if self.tasks and name not in STEPS:  # a collector or batch summary step is every worker's
-                raise ValueError(rules.unknown_name(name, self.tasks, "in this App"))
+        task = self._task_named(name)
         opts = (task.defaults if task else NO_OPTIONS).merge(call)
         args_list = list(args) if args else []
         kwargs_dict = dict(kwargs) if kwargs else {}
@@ -336,10 +332,7 @@ class App:
             task.check_call(args_list, kwargs_dict, leading)
         if opts.soft_timeout is not None:  # against the timeout the call and the task's defaults make together
             rules.check_soft_timeout(opts.soft_timeout, opts.timeout)
-        delay = opts.delay or 0.0
-        if opts.eta is not None:
-            delay = rules.check_delay(max(0.0, (rules.check_eta(opts.eta) - _now()).total_seconds()))
-        delay, flow = _flow(name, opts, delay, args_list, kwargs_dict, task, leading)
+        delay, flow = _flow(name, opts, _delay_of(opts), args_list, kwargs_dict, task, leading)
         queue = opts.queue or "default"
         message = Message(
             id=new_task_id(queue),
@@ -361,7 +354,21 @@ class App:
             sealer=signing.signer(self.settings.signing_keys),
             **flow,
         )
-        message = self._observers.enqueue(message)
+        return self._checked_size(self._observers.enqueue(message))
+
+    def _task_named(self, name: str) -> Task[Any, Any] | None:
+        """The registered task of that name; ``None`` for a name this App may send unregistered
+        (it registered none, or the name is a collector or batch summary step, every worker's)."""
+        task = self.tasks.get(name) if isinstance(name, str) else None
+        if task is None:  # a registered name was checked when it was registered
+            rules.check_task_name(name)
+            if self.tasks and name not in STEPS:  # a collector or batch summary step is every worker's
+                raise ValueError(rules.unknown_name(name, self.tasks, "in this App"))
+        return task
+
+    def _checked_size(self, message: Message) -> Message:
+        """The message as stored, refused when it cannot be encoded or is over ``max_payload``
+        (checked after middleware, which may have added to it)."""
         try:
             size = len(message.payload.encode())
         except (TypeError, ValueError) as exc:
@@ -459,6 +466,13 @@ class App:
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _delay_of(opts: Options) -> float:
+    """Seconds from now until the task may start: ``eta`` read now, else ``delay``."""
+    if opts.eta is not None:
+        return rules.check_delay(max(0.0, (rules.check_eta(opts.eta) - _now()).total_seconds()))
+    return opts.delay or 0.0
 
 
 def _flow(

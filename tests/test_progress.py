@@ -40,7 +40,10 @@ def test_every_pool_reports_progress_coalesced(broker_url: str, start_worker: St
     assert statuses[0] is Status.RUNNING and statuses[-1] is Status.SUCCEEDED, statuses
     assert set(statuses[1:-1]) <= {Status.RUNNING}
     progress = [event.progress for event in rest if event.status is Status.RUNNING and event.progress is not None]
-    assert 1 <= len(progress) <= MOST_WRITES < calls, (len(progress), calls)
+    # Redis and PostgreSQL push every write; SQLite's feed polls, and a loaded machine can starve
+    # the poller for the whole run (seen in CI): there the final event carries the progress.
+    fewest = 0 if broker_url.startswith("sqlite") else 1
+    assert fewest <= len(progress) <= MOST_WRITES < calls, (len(progress), calls)
     values = [p.value for p in progress]
     assert values == sorted(values)  # in order, the latest winning
     stored = handle.info().progress  # type: ignore[union-attr]

@@ -207,7 +207,7 @@ def test_an_enqueue_whose_reply_is_cut_is_stored_and_its_key_makes_the_retry_saf
         proxy.cut_next(b"\r\nrunq_enqueue_")
         with pytest.raises(BrokerUnavailable):
             app.enqueue("add", [1, 1])  # stored, but the caller cannot know
-        assert proxy.fired.is_set()
+        assert proxy.fired.wait(10)
         assert app.stats().queues["default"].pending == 2  # so a blind retry would double it
         proxy.cut_next(b"\r\nrunq_enqueue_")
         with pytest.raises(BrokerUnavailable):

@@ -339,17 +339,29 @@ GUARDED: dict[int | str, dict[str, Any]] = {
 
 
 def create_router(app: App, interval: float = 1.0) -> APIRouter:
+    """The whole ``/api``: one router per thing a user looks at, each a closure over ``app``."""
     router = APIRouter(prefix="/api", responses=GUARDED)
+    router.include_router(_tasks(app))
+    router.include_router(_fleet(app))
+    router.include_router(_live(app, interval))
+    return router
 
-    def find(task_id: str) -> TaskInfo:
-        try:
-            queue_of(task_id)
-        except ValueError:
-            raise HTTPException(404, f"not a runq task id: {task_id!r}") from None
-        info = app.info(task_id)
-        if info is None:
-            raise HTTPException(404, f"no task with id {task_id}")
-        return info
+
+def _find(app: App, task_id: str) -> TaskInfo:
+    """The task, or a 404 naming why: not an id at all, or no such task (any more)."""
+    try:
+        queue_of(task_id)
+    except ValueError:
+        raise HTTPException(404, f"not a runq task id: {task_id!r}") from None
+    info = app.info(task_id)
+    if info is None:
+        raise HTTPException(404, f"no task with id {task_id}")
+    return info
+
+
+def _tasks(app: App) -> APIRouter:
+    """Tasks: enqueue, list, look at, follow, cancel, retry, purge."""
+    router = APIRouter()
 
     @router.post("/tasks", status_code=202, response_model=Enqueued)
     def submit(body: TaskIn) -> Enqueued:
@@ -375,7 +387,7 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
 
     @router.get("/tasks/{task_id}", response_model=TaskOut, responses=NOT_FOUND)
     def get_task(task_id: str) -> TaskOut:
-        return task_out(find(task_id))
+        return task_out(_find(app, task_id))
 
     @router.get(
         "/tasks/{task_id}/events",
@@ -385,7 +397,7 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
     async def task_events(task_id: str) -> StreamingResponse:
         """Server-sent events of one task (``Handle.aevents()``): a ``task`` event with its status
         and progress now, then one per change, until its final status; then the stream ends."""
-        await run_in_threadpool(find, task_id)
+        await run_in_threadpool(_find, app, task_id)
         return StreamingResponse(
             _task_stream(app.handle(task_id)),
             media_type="text/event-stream",
@@ -395,24 +407,31 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
     @router.post("/tasks/{task_id}/cancel", response_model=TaskOut, responses={**NOT_FOUND, **CONFLICT})
     def cancel_task(task_id: str) -> TaskOut:
         """Cancel a task that has not finished; 409 when it already has."""
-        find(task_id)
+        _find(app, task_id)
         if not app.cancel(task_id):
             raise HTTPException(409, "the task has already finished")
-        return task_out(find(task_id))
+        return task_out(_find(app, task_id))
 
     @router.post("/tasks/{task_id}/retry", response_model=TaskOut, responses={**NOT_FOUND, **CONFLICT})
     def retry_task(task_id: str) -> TaskOut:
         """Put a failed or cancelled task back to pending with its attempts reset; 409 otherwise."""
-        find(task_id)
+        _find(app, task_id)
         if not app.retry(task_id):
             raise HTTPException(409, "only failed or cancelled tasks can be retried")
-        return task_out(find(task_id))
+        return task_out(_find(app, task_id))
 
     @router.post("/purge", response_model=Purged)
     def purge(body: PurgeIn | None = None) -> Purged:
         """Delete finished tasks in one state: the dead-letter set (``failed``) by default."""
         body = body or PurgeIn()
         return Purged(purged=app.purge(body.status, body.queue))
+
+    return router
+
+
+def _fleet(app: App) -> APIRouter:
+    """Queues (and pausing them), workers, counts, the broker's health."""
+    router = APIRouter()
 
     @router.get("/queues", response_model=list[QueueOut])
     def queues() -> list[QueueOut]:
@@ -456,6 +475,18 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
             return JSONResponse({"detail": f"broker unavailable: {exc}"}, status_code=503)
         return Health(status="ok", broker=public_url(app.settings.url))
 
+    @router.get("/periodic", response_model=list[PeriodicOut])
+    def periodic() -> list[PeriodicOut]:
+        """APP's periodic tasks and when each runs next (what ``runq beat`` fires)."""
+        return periodic_out(app, time.time())
+
+    return router
+
+
+def _live(app: App, interval: float) -> APIRouter:
+    """The dashboard's live view: one snapshot of everything, polled or streamed."""
+    router = APIRouter()
+
     def snapshot() -> Snapshot:
         now = time.time()
         return Snapshot(
@@ -467,11 +498,6 @@ def create_router(app: App, interval: float = 1.0) -> APIRouter:
             periodic=periodic_out(app, now),
             paused=sorted(app.paused()),
         )
-
-    @router.get("/periodic", response_model=list[PeriodicOut])
-    def periodic() -> list[PeriodicOut]:
-        """APP's periodic tasks and when each runs next (what ``runq beat`` fires)."""
-        return periodic_out(app, time.time())
 
     @router.get("/snapshot", response_model=Snapshot)
     def get_snapshot() -> Snapshot:

@@ -26,7 +26,7 @@ import select
 import ssl
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
 from typing import Any, NamedTuple
@@ -35,6 +35,14 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 
 from runq.brokers.redis.keys import FUNCTIONS, lua_keys, lua_layouts, lua_prologue
+
+# redis-py encodes each argument in Python before hiredis packs it; packing with hiredis alone
+# took a fifth of a single enqueue's producer CPU off (80 vs 103 µs, interleaved, loaded machine).
+_pack_command: Callable[[tuple[Any, ...]], bytes] | None
+try:
+    from hiredis import pack_command as _pack_command
+except ImportError:  # hiredis is a dependency (redis[hiredis]), but a bare redis-py works too
+    _pack_command = None
 
 
 @cache
@@ -159,7 +167,7 @@ class Functions:
         connection = self._connection()
         if connection._sock is not None:
             _reconnect_if_closed(connection)
-        connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        connection.send_packed_command(_packed(connection, commands), check_health=False)
         callbacks = self.client.response_callbacks
         replies: list[Any] = []
         for command in commands:
@@ -253,6 +261,15 @@ class Functions:
         """The raw command of ``call``, for a pipeline of the caller's own (standalone only)."""
         self._ensure()
         return self._command(call)
+
+
+def _packed(connection: Any, commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
+    """The commands in RESP, packed by hiredis in one C call each (the same bytes redis-py
+    writes: str as UTF-8, numbers as their repr). hiredis does not split a two-word command name
+    ("FUNCTION LOAD") as redis-py does: only runq's own one-word commands come this way."""
+    if _pack_command is None:
+        return list(connection.pack_commands(commands))
+    return [_pack_command(command) for command in commands]
 
 
 def _raise(error: Exception) -> Any:
