@@ -202,7 +202,7 @@ class Batch:
         """
         plan = _plan(self.app)
         steps = plan.batch(self, None)
-        plan.enqueue(_Tail(()))
+        plan.enqueue(_Tail(()))  # every id the broker gave is in plan.given
 
         def handle(task_id: str | None) -> Handle[Any] | None:
             return None if task_id is None else Handle(plan.app, plan.given[task_id])

@@ -3,8 +3,8 @@
 A task's circuit breaker and rate limit may hold it back, and a workflow step gets its
 parents' results in front of its arguments; a workflow's collector step ends right here,
 with its parents' results, and a batch's summary step with its summary, without running
-anything. One definition for both, so a
-drained task is held, refused or fed its parents' results exactly as a worker's would be.
+anything. One definition for both, so a drained task is held, refused or fed its parents'
+results exactly as a worker's would be.
 """
 
 from __future__ import annotations
