@@ -11,16 +11,17 @@ from runq.errors import (
     TaskFailed,
     TaskNotFound,
 )
-from runq.handles import GroupHandle, Handle
+from runq.handles import BatchHandle, GroupHandle, Handle
 from runq.models import DrainResult, Event, Progress, Stats, Status, TaskInfo, WorkerInfo
 from runq.observe import Middleware, TaskOutcome
 from runq.options import Limit
 from runq.settings import Settings
 from runq.tasks import Signature, Task
-from runq.workflow import chain, chord, group
+from runq.workflow import batch, chain, chord, group
 
 __all__ = [
     "App",
+    "BatchHandle",
     "BrokerUnavailable",
     "DrainResult",
     "Event",
@@ -44,6 +45,7 @@ __all__ = [
     "TaskNotFound",
     "TaskOutcome",
     "WorkerInfo",
+    "batch",
     "chain",
     "chord",
     "current",

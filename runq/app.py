@@ -25,7 +25,7 @@ from runq.models import DrainResult, Message, Stats, Status, TaskInfo, WorkerInf
 from runq.observe import Middleware, Observers, tracing
 from runq.settings import Settings
 from runq.tasks import NO_OPTIONS, Hook, Hooks, Options, Signature, Task, check_breaker
-from runq.workflow import COLLECT
+from runq.workflow import STEPS
 
 if TYPE_CHECKING:
     from runq.schedule import Periodic
@@ -358,11 +358,11 @@ class App:
 
     def _task_named(self, name: str) -> Task[Any, Any] | None:
         """The registered task of that name; ``None`` for a name this App may send unregistered
-        (it registered none, or the name is a workflow's collector step, every worker's)."""
+        (it registered none, or the name is a collector or batch summary step, every worker's)."""
         task = self.tasks.get(name) if isinstance(name, str) else None
         if task is None:  # a registered name was checked when it was registered
             rules.check_task_name(name)
-            if self.tasks and name != COLLECT:
+            if self.tasks and name not in STEPS:  # a collector or batch summary step is every worker's
                 raise ValueError(rules.unknown_name(name, self.tasks, "in this App"))
         return task
 

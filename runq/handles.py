@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from runq.brokers.feed import snapshot
@@ -261,3 +261,76 @@ class GroupHandle:
     def cancel(self) -> int:
         """Cancel the members not final yet; how many were cancelled."""
         return sum(handle.cancel() for handle in self.handles)
+
+
+def summarise(members: Iterable[tuple[str, Status]]) -> dict[str, list[str]]:
+    """Members' ids by how they ended, in member order: ``{"succeeded": [...], "failed": [...],
+    "cancelled": [...]}``, a batch's summary (on_complete's argument); members not final yet
+    are listed under ``"unfinished"``, a key only present while there are some."""
+    summary: dict[str, list[str]] = {"succeeded": [], "failed": [], "cancelled": []}
+    for task_id, status in members:
+        summary.setdefault(status.value if status.final else "unfinished", []).append(task_id)
+    return summary
+
+
+class BatchHandle:
+    """A batch's members and callbacks (``runq.batch(...).delay()``).
+
+    ``id`` is the batch's summary step: ``app.handle(id).result()`` is what ``on_complete`` is
+    given. ``on_complete``, ``on_success`` and ``on_failure`` are the callbacks' handles (``None``
+    when not given); the one of ``on_success`` / ``on_failure`` that does not apply ends ``cancelled``.
+    """
+
+    def __init__(
+        self,
+        app: Connected,
+        task_id: str,
+        members: list[Handle[Any]],
+        on_complete: Handle[Any] | None = None,
+        on_success: Handle[Any] | None = None,
+        on_failure: Handle[Any] | None = None,
+    ) -> None:
+        self.app = app
+        self.id = task_id
+        self.members = GroupHandle(app, members)
+        self.on_complete, self.on_success, self.on_failure = on_complete, on_success, on_failure
+
+    def __repr__(self) -> str:
+        return f"<runq.BatchHandle {self.id} of {len(self.members)}>"
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    @property
+    def ids(self) -> list[str]:
+        """The members' ids, in member order."""
+        return self.members.ids
+
+    def results(self, timeout: float | None = None) -> list[Any]:
+        """Every member's result, in member order (what ``on_success`` is given); raises as
+        ``Handle.result`` does for the first member that failed or was cancelled."""
+        return self.members.results(timeout)
+
+    async def aresults(self, timeout: float | None = None) -> list[Any]:
+        """``results()`` for asyncio code."""
+        return await self.members.aresults(timeout)
+
+    def status(self) -> dict[str, list[str]]:
+        """The members' ids by how they ended, now: once every member is final, exactly what
+        ``on_complete`` is given; before, the members not final yet are under ``"unfinished"``.
+        Raises ``TaskNotFound`` for a member gone (purged, or past its ``result_ttl``)."""
+        return summarise((handle.id, handle.status()) for handle in self.members.handles)
+
+    async def astatus(self) -> dict[str, list[str]]:
+        """``status()`` for asyncio code."""
+        return summarise([(handle.id, await handle.astatus()) for handle in self.members.handles])
+
+    def summary(self, timeout: float | None = None) -> dict[str, list[str]]:
+        """Wait until every member is final and the summary step ran; its summary (as
+        ``on_complete`` gets it). Raises as ``Handle.result`` does."""
+        return cast("dict[str, list[str]]", Handle(self.app, self.id).result(timeout))
+
+    def cancel(self) -> int:
+        """Cancel the members not final yet; how many were cancelled. The batch then completes:
+        ``on_complete`` and ``on_failure`` run, with those members under ``"cancelled"``."""
+        return self.members.cancel()

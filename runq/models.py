@@ -122,6 +122,9 @@ class Message:
     # Workflow steps: "first" prepends the result of after[0] to args (chain), "list"
     # prepends the list of the results of every task in after (chord callback).
     pass_results: Literal["first", "list"] | None = None
+    # The second dependency mode (brokers/rules.py): released once every parent in ``after`` is
+    # final, whatever its outcome, and never cancelled by one (a batch's summary step).
+    after_final: bool = False
     # OpenTelemetry (runq/observe/tracing.py): the producer span's W3C trace context; written only when set.
     trace: dict[str, str] | None = None
     # The producer's signing keys (App(signing_keys=...)): never in the payload, but carried by

@@ -1,12 +1,14 @@
-"""Workflows: chain, group, chord, built on one broker feature, ``after`` (SPEC §2, §3, §11).
+"""Workflows: chain, group, chord, batch, built on one broker feature, ``after`` (SPEC §2, §3, §11).
 
 A workflow is enqueued whole, in one ``enqueue`` call: later steps are ``waiting`` tasks
 whose ``after`` lists the steps they wait for. The broker releases a waiting task when
 its last parent succeeds and cancels it (with its own dependents) when one fails or is
 cancelled, in the transaction that settles the parent: no coordinator process, no
-polling. Passing results is the worker's job: a step whose message says
-``pass_results`` gets its parents' results (read when it starts) as its first argument,
-so the broker never rewrites a payload.
+polling. A step may instead wait in the second mode, ``after_final`` (brokers/rules.py):
+released once every parent is final, whatever the outcome, never cancelled by one.
+Passing results is the worker's job: a step whose message says ``pass_results`` gets its
+parents' results (read when it starts) as its first argument, so the broker never
+rewrites a payload.
 
 * ``chain(a, b, c)``: b waits for a and gets a's result first; c likewise after b.
 * ``group(members)``: independent tasks, one batch; a :class:`GroupHandle` collects results.
@@ -21,6 +23,33 @@ must be *one* value (a member of a group or of a chord's header, or the end of t
 workflow whose handle the caller gets), a collector step (:data:`COLLECT`) waits for its
 members and ends with their list. It runs no code: the worker settles it when it
 claims it (runq/worker/gate.py), so nesting needs nothing new from any broker.
+
+* ``batch(members, on_complete=, on_success=, on_failure=)``: the members run independently;
+  the callbacks each run once, on what became of them all. The design, in four tasks of
+  the same one ``enqueue``:
+
+  - a summary step (:data:`BATCH`, on the first member's queue, settled by the worker when it
+    claims it, like a collector) waits for every member in the ``after_final`` mode, so a
+    member that fails or is cancelled releases it rather than cancelling it. It ends with the
+    summary, ``{"succeeded": [ids], "failed": [ids], "cancelled": [ids]}``, read from the
+    members' records when it runs. Its id is the batch's (:class:`BatchHandle`).
+  - ``on_complete`` is a chain step after it: it gets the summary first.
+  - ``on_success`` is a chord callback over the members: it gets their results in member
+    order, and the broker cancels it (``DependencyFailed``, naming the member) as soon as one
+    does not succeed.
+  - ``on_failure`` is a chain step after the summary step too, and gets the summary; when
+    every member succeeded, the summary step cancels it before it ends (its one argument is
+    on_failure's id), so it never runs. That cancel is the one thing the broker does not
+    decide, and it is repeatable: a summary step run twice (its worker died) cancels nothing
+    more, and on_failure cannot have started, since it waits for the summary step.
+
+  Each callback is released by the settle of its last parent, in the broker's transaction
+  (on Redis, by the same repeatable second call as any step on another queue): it runs
+  once, whatever the members' queues. A batch may be a member of a chain, group or chord:
+  it is one step whose result is its summary. Its members start after the step before it
+  (and get its result, as a group's do); a batch never fails, so the step after it always
+  runs, on the summary (when the step before it failed, every member is under
+  ``"cancelled"``). Its members must be signatures, and there must be at least one.
 """
 
 from __future__ import annotations
@@ -30,7 +59,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
-from runq.handles import GroupHandle, Handle
+from runq.handles import BatchHandle, GroupHandle, Handle, summarise
 from runq.models import Message, Status, TaskInfo, queue_of
 from runq.observe import tracing
 from runq.tasks import Options, Signature
@@ -42,6 +71,12 @@ if TYPE_CHECKING:
 COLLECT = "runq.collect"
 """A collector step's task name. Its one argument says whether it keeps its parents' results
 (a nested group's list) or only waits for them (an empty group: ``[]`` after the step before)."""
+
+BATCH = "runq.batch"
+"""A batch's summary step's task name. Its one argument is the id of the batch's on_failure
+callback (or ``None``), which it cancels when every member succeeded."""
+STEPS = (COLLECT, BATCH)
+"""runq's own steps, which every worker settles without a task of that name."""
 
 PassResults: TypeAlias = Literal["first", "list"]
 
@@ -56,9 +91,9 @@ def _app_of(members: Iterable[object]) -> Producer | None:
     signature or a workflow, so a mistake fails where the workflow is written."""
     found: Producer | None = None
     for member in members:
-        if not isinstance(member, (Signature, Chain, Group, Chord)):
+        if not isinstance(member, _WORKFLOWS):
             raise TypeError(
-                f"workflows take signatures (task.s(...)) or chain/group/chord, got {type(member).__name__}"
+                f"workflows take signatures (task.s(...)) or chain/group/chord/batch, got {type(member).__name__}"
             )
         found = found or member.app
     return found
@@ -75,11 +110,12 @@ def _message(app: Producer, signature: Signature, leading: int = 0) -> Message:
     return app.message(signature.name, signature.args, signature.kwargs, signature.opts, leading=leading)
 
 
-def _after(message: Message, parents: Iterable[str], pass_results: PassResults) -> Message:
-    """The message waiting on ``parents`` (before its own ``after``) and taking their results."""
+def _after(message: Message, parents: Iterable[str], pass_results: PassResults, final: bool = False) -> Message:
+    """The message waiting on ``parents`` (before its own ``after``) and taking their results;
+    ``final``: in the ``after_final`` mode (a batch's summary step)."""
     parents = tuple(parents)
     after = (*parents, *(p for p in message.after if p not in parents))
-    step = dataclasses.replace(message, after=after, pass_results=pass_results)
+    step = dataclasses.replace(message, after=after, pass_results=pass_results, after_final=final)
     return tracing.with_parents(step)
 
 
@@ -134,10 +170,57 @@ class Chord:
         return Handle(plan.app, plan.enqueue(plan.one(plan.add(self, None)))[0])
 
 
-Workflow: TypeAlias = Signature | Chain | Group | Chord
+class Batch:
+    """``batch(members, on_complete=, on_success=, on_failure=)``: callbacks on what became of
+    every member, each run once (see the module's docstring for how)."""
+
+    def __init__(
+        self,
+        members: Iterable[Signature],
+        on_complete: Signature | None = None,
+        on_success: Signature | None = None,
+        on_failure: Signature | None = None,
+    ) -> None:
+        self.members = tuple(members)
+        for member in self.members:
+            if not isinstance(member, Signature):
+                raise TypeError(f"batch members are signatures (task.s(...)), got {type(member).__name__}")
+        if not self.members:
+            raise ValueError("batch() needs at least one signature")
+        self.on_complete, self.on_success, self.on_failure = on_complete, on_success, on_failure
+        for name, callback in (("on_complete", on_complete), ("on_success", on_success), ("on_failure", on_failure)):
+            if callback is not None and not isinstance(callback, Signature):
+                raise TypeError(f"{name} takes a signature (task.s(...)), got {type(callback).__name__}")
+        self.app = _app_of([*self.members, *(c for c in (on_complete, on_success, on_failure) if c is not None)])
+
+    def delay(self) -> BatchHandle:
+        """Enqueue the members, the summary step and the callbacks at once (one broker call).
+
+        Once every member is final, ``on_complete`` runs on the summary ``{"succeeded": [ids],
+        "failed": [ids], "cancelled": [ids]}``; ``on_success`` on the members' results, in member
+        order, if every one succeeded; ``on_failure`` on the summary if any did not.
+        """
+        plan = _plan(self.app)
+        steps = plan.batch(self, None)
+        plan.enqueue(_Tail(()))  # every id the broker gave is in plan.given
+
+        def handle(task_id: str | None) -> Handle[Any] | None:
+            return None if task_id is None else Handle(plan.app, plan.given[task_id])
+
+        return BatchHandle(
+            plan.app,
+            plan.given[steps.summary],
+            [Handle(plan.app, plan.given[task_id]) for task_id in steps.members],
+            handle(steps.on_complete),
+            handle(steps.on_success),
+            handle(steps.on_failure),
+        )
+
+
+Workflow: TypeAlias = Signature | Chain | Group | Chord | Batch
 """What a chain, group or chord takes as a member: a signature, or a workflow itself."""
 
-_WORKFLOWS = (Signature, Chain, Group, Chord)
+_WORKFLOWS = (Signature, Chain, Group, Chord, Batch)
 
 
 def chain(*members: Workflow) -> Chain:
@@ -153,6 +236,32 @@ def group(*members: Workflow | Iterable[Workflow]) -> Group:
 
 def chord(header: Group | Iterable[Workflow], callback: Workflow) -> Chord:
     return Chord(header, callback)
+
+
+def batch(
+    *members: Signature | Iterable[Signature],
+    on_complete: Signature | None = None,
+    on_success: Signature | None = None,
+    on_failure: Signature | None = None,
+) -> Batch:
+    """``batch([a, b], on_complete=report.s())`` or ``batch(a, b, ...)``: ``TypeError`` for a
+    member or callback that is not a signature, ``ValueError`` for no member at all."""
+    if len(members) == 1 and isinstance(members[0], Iterable) and not isinstance(members[0], _WORKFLOWS):
+        listed: Iterable[Signature] = members[0]
+    else:
+        listed = cast("tuple[Signature, ...]", members)  # Batch checks each one
+    return Batch(listed, on_complete=on_complete, on_success=on_success, on_failure=on_failure)
+
+
+@dataclass(frozen=True)
+class _BatchSteps:
+    """The planned ids of a batch's summary step, members and callbacks."""
+
+    summary: str
+    members: tuple[str, ...]
+    on_complete: str | None
+    on_success: str | None
+    on_failure: str | None
 
 
 @dataclass(frozen=True)
@@ -174,6 +283,7 @@ class _Plan:
     def __init__(self, app: Producer) -> None:
         self.app = app
         self.messages: list[Message] = []
+        self.given: dict[str, str] = {}  # planned id -> the id the broker gave (enqueue)
         self._priority: dict[str, int] = {}
 
     def add(self, node: Workflow, before: _Tail | None) -> _Tail:
@@ -187,7 +297,29 @@ class _Plan:
             return tail
         if isinstance(node, Group):
             return self._group(node.members, before)
+        if isinstance(node, Batch):
+            return _Tail((self.batch(node, before).summary,))
         return self.add(node.callback, self._group(node.header.members, before))
+
+    def batch(self, node: Batch, before: _Tail | None) -> _BatchSteps:
+        """The members (after ``before``), the summary step waiting for them in the ``after_final``
+        mode, and the callbacks: on_complete and on_failure after the summary step, on_success
+        after the members. The summary step's argument becomes on_failure's id once it has one."""
+        members = tuple(self.add(member, before).ids[0] for member in node.members)
+        opts = Options(queue=queue_of(members[0]), priority=self._priority[members[0]])
+        at = len(self.messages)
+        summary = _after(self.app.message(BATCH, [None], None, opts), members, "list", final=True)
+        self._add(summary)
+        after_summary = _Tail((summary.id,))
+        on_complete = self._callback(node.on_complete, after_summary)
+        on_success = self._callback(node.on_success, _Tail(members, many=True))
+        on_failure = self._callback(node.on_failure, after_summary)
+        if on_failure is not None:
+            self.messages[at] = dataclasses.replace(summary, args=[on_failure])
+        return _BatchSteps(summary.id, members, on_complete, on_success, on_failure)
+
+    def _callback(self, callback: Signature | None, before: _Tail) -> str | None:
+        return None if callback is None else self.add(callback, before).ids[0]
 
     def one(self, tail: _Tail) -> _Tail:
         """The tail as one task: a group's results gathered by a collector step."""
@@ -197,8 +329,8 @@ class _Plan:
         """Enqueue every planned message; the ids of ``tail`` as the broker gave them (an
         idempotency key may answer with an earlier task's id)."""
         ids = self.app.broker.enqueue(self.messages, self.app.settings.key_ttl)
-        given = dict(zip((message.id for message in self.messages), ids, strict=True))
-        return [given[task_id] for task_id in tail.ids]
+        self.given = dict(zip((message.id for message in self.messages), ids, strict=True))
+        return [self.given[task_id] for task_id in tail.ids]
 
     def _group(self, members: tuple[Workflow, ...], before: _Tail | None) -> _Tail:
         if not members and before is not None and before.ids:
@@ -247,3 +379,26 @@ def collected(broker: Broker, message: Message) -> Any:
     Raises :class:`DependencyError` as :func:`parent_results` does."""
     results, *args = parent_results(broker, message)
     return results if not args or args[0] is not False else []
+
+
+def batch_summary(broker: Broker, message: Message) -> dict[str, list[str]]:
+    """A batch's summary step's result: its members' ids by how they ended (``summarise``).
+
+    Every member is final by then (the ``after_final`` mode released the step); one that is
+    gone (purged, or past its ``result_ttl``) or not final (put back by ``retry``) raises
+    :class:`DependencyError`: how it ended is not known. When every member succeeded, the
+    batch's on_failure callback (the step's argument) is cancelled first: it waits for this
+    step, so it has not started, and cancelling it again changes nothing.
+    """
+    statuses = []
+    for member in message.after:
+        info = broker.get(member)
+        if info is None or not info.status.final:
+            state = "gone" if info is None else info.status.value
+            raise DependencyError(f"batch member {member} is {state}: how it ended is not known")
+        statuses.append((member, info.status))
+    summary = summarise(statuses)
+    on_failure = message.args[0] if message.args else None
+    if isinstance(on_failure, str) and len(summary["succeeded"]) == len(statuses):
+        broker.cancel(on_failure)
+    return summary

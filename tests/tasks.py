@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -140,3 +141,14 @@ def guarded(path: str) -> str:
 @app.periodic(every=1, name="tick", queue="beat")
 def tick() -> float:
     return time.time()
+
+
+# -- batches (SPEC §11) --------------------------------------------------------------------------
+
+
+@app.task(name="record")
+def record(value: Any, path: str, label: str) -> str:
+    """Appends one JSON line per run to ``path``: a test counts runs (exactly once), not records."""
+    with open(path, "a", encoding="utf-8") as out:
+        out.write(json.dumps({"label": label, "value": value}) + "\n")
+    return label

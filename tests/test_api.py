@@ -19,6 +19,7 @@ from runq.worker.policy import Policy, backoff_delay
 def test_public_names_are_pinned() -> None:
     assert runq.__all__ == [
         "App",
+        "BatchHandle",
         "BrokerUnavailable",
         "DrainResult",
         "Event",
@@ -42,6 +43,7 @@ def test_public_names_are_pinned() -> None:
         "TaskNotFound",
         "TaskOutcome",
         "WorkerInfo",
+        "batch",
         "chain",
         "chord",
         "current",

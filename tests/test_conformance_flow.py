@@ -6,6 +6,7 @@ worker timing. Real workers run the same features in test_workflows.py and test_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from typing import Any
@@ -202,3 +203,81 @@ def test_a_link_left_in_the_outbox_is_applied_by_a_later_claim(
     # A claim in the child's queue hands out the 5 s old link; it finds the parent done.
     wait_until(lambda: info(app, child.id).status is Status.PENDING or broker.claim(("b",), WORKER, 1, 30.0), 20)
     assert take(broker, "b").id == child.id
+
+
+# -- after_final: released once every parent is final, whatever its end (batches, SPEC §11) ---
+
+
+def final_child(app: runq.App, broker: Broker, parents: list[str], queue: str = "default") -> str:
+    """A task waiting on ``parents`` in the after_final mode (a batch's summary step uses it)."""
+    message = app.message("noop", [], {}, runq.tasks.Options(queue=queue, after=tuple(parents)))
+    [task_id] = broker.enqueue([dataclasses.replace(message, after_final=True)], 60)
+    return task_id
+
+
+@pytest.mark.parametrize("layout", ["one queue", "four queues"])
+def test_after_final_waits_for_every_parent_whatever_its_end(app: runq.App, broker: Broker, layout: str) -> None:
+    qa, qb, qc, qd = ("default",) * 4 if layout == "one queue" else ("a", "b", "c", "d")
+    ok, bad = app.enqueue("add", args=[1, 1], queue=qa), app.enqueue("add", args=[2, 2], queue=qb)
+    dropped = app.enqueue("add", args=[3, 3], queue=qc, delay=60)
+    parents = [ok.id, bad.id, dropped.id]
+    sibling = app.enqueue("noop", queue=qd, after=parents)  # the default mode, beside it
+    child = final_child(app, broker, parents, qd)
+    grandchild = app.enqueue("noop", queue=qd, after=[child])
+    settle(broker, take(broker, qa), "succeeded", 2)
+    assert info(app, child).status is Status.WAITING
+    settle(broker, take(broker, qb), "failed")
+    assert info(app, sibling.id).status is Status.CANCELLED  # the default mode: cancelled at once
+    assert info(app, child).status is Status.WAITING  # after_final: still waiting for the third
+    assert dropped.cancel()
+    assert info(app, child).status is Status.PENDING and info(app, child).error is None
+    claims = broker.claim((qd,), WORKER, 10, 30.0)
+    assert [c.id for c in claims] == [child]  # released once, alone
+    assert info(app, grandchild.id).status is Status.WAITING
+    settle(broker, claims[0], "succeeded")
+    assert info(app, grandchild.id).status is Status.PENDING  # its own dependents: the default mode
+    assert app.stats().counters["cancelled"] == 2  # the dropped parent and the sibling, never the child
+
+
+def test_after_final_is_released_by_a_cancellation_cascade(app: runq.App, broker: Broker) -> None:
+    root = app.enqueue("add", args=[1, 1], queue="a")
+    middle = app.enqueue("noop", queue="b", after=[root])
+    late = app.enqueue("noop", queue="c", after=[middle])
+    here, there = final_child(app, broker, [middle.id, late.id], "c"), final_child(app, broker, [late.id], "d")
+    settle(broker, take(broker, "a"), "failed")  # cancels middle, then late (another queue each)
+    assert info(app, late.id).status is Status.CANCELLED
+    for child, queue in ((here, "c"), (there, "d")):
+        assert info(app, child).status is Status.PENDING
+        assert [c.id for c in broker.claim((queue,), WORKER, 10, 30.0)] == [child]
+
+
+def test_after_final_with_parents_already_final_at_enqueue(app: runq.App, broker: Broker) -> None:
+    done, bad, dropped = (app.enqueue("add", args=[i, i], queue="a") for i in range(3))
+    settle(broker, take(broker, "a"), "succeeded", 0)
+    settle(broker, take(broker, "a"), "failed")
+    assert dropped.cancel()
+    for queue in ("a", "b"):  # same queue (one script) and another queue (a second call on Redis)
+        ghost = f"{queue}.{'0' * 32}"  # gone (or never there): nothing left to wait for
+        assert info(app, final_child(app, broker, [done.id, bad.id, dropped.id, ghost], queue)).status is Status.PENDING
+        waiting = app.enqueue("add", args=[9, 9], queue=queue, delay=60)
+        child = final_child(app, broker, [bad.id, waiting.id], queue)
+        assert info(app, child).status is Status.WAITING
+        assert waiting.cancel() and info(app, child).status is Status.PENDING
+
+
+def test_after_final_resolve_step_is_repeatable(app: runq.App, broker: Broker, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not broker.url.startswith("redis"):
+        pytest.skip("only Redis has a second call: the other brokers resolve dependents in the parent's transaction")
+    parent = app.enqueue("add", args=[1, 1], queue="a")
+    child = final_child(app, broker, [parent.id], "b")
+    posted: list[tuple[str, list[Any]]] = []
+    claim = take(broker, "a")
+    with monkeypatch.context() as patch:  # keep the step the settle posts, to apply it twice
+        patch.setattr(type(broker), "apply_steps", lambda self, queue, steps: posted.append((queue, list(steps))))
+        settle(broker, claim, "failed")
+    assert info(app, child).status is Status.WAITING and len(posted) == 1
+    for _ in range(2):  # a crash between the step and its removal from the outbox: applied again
+        broker.apply_steps(*posted[0])  # type: ignore[attr-defined]
+    assert info(app, child).status is Status.PENDING
+    assert [c.id for c in broker.claim(("b",), WORKER, 10, 30.0)] == [child]
+    assert broker.claim(("b",), WORKER, 10, 30.0) == []

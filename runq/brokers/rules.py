@@ -38,6 +38,36 @@ WORKER_LOST = json.dumps(
 )
 
 
+# -- dependencies (``after``): two modes -------------------------------------------------------
+# A dependent waits for its parents in one of two modes, kept with each of its links:
+# - ``after`` (the default): released when its last parent succeeds; cancelled, with its own
+#   dependents, as soon as one fails, is cancelled or is gone;
+# - ``after_final`` (Message.after_final, a batch's summary step): released when its last parent
+#   is final, whatever the outcome (a parent gone counts as ended); never cancelled by a parent.
+# The Redis scripts follow the same two rules (lib.lua: verdict, resolve).
+
+WAIT = "wait"  # link_verdict: the parent is not final yet
+
+
+def link_verdict(status: str | None, final: bool) -> str | None:
+    """What a parent's status means for a dependent linked to it now (``status`` ``None``: gone,
+    unknown or past its ``result_ttl``): ``None``, nothing to wait for; :data:`WAIT`; or the verb
+    of the :func:`dependency_error` that cancels the dependent at once."""
+    status = None if status is None else str(status)  # a models.Status too (its hash is not its value's)
+    if status in ("pending", "scheduled", "waiting", "running"):
+        return WAIT
+    if final or status == "succeeded":
+        return None
+    return {None: "not found", "failed": "failed"}.get(status, "was cancelled")
+
+
+def passed_on(error: str | None, final: bool) -> str | None:
+    """The error a parent's end passes to a dependent: ``None`` (one parent fewer to wait for)
+    when the parent succeeded, or always in the ``after_final`` mode; else the error that
+    cancels the dependent."""
+    return None if final else error
+
+
 def dependency_error(parent: str, verb: str, cause: str | None = None) -> str:
     """The error of a task cancelled because ``parent`` did not succeed (JSON text)."""
     message = f"parent task {parent} {verb}" + (f" ({cause})" if cause else "")

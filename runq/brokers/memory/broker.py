@@ -182,7 +182,7 @@ class MemoryBroker(Broker):
         tables.place(record)
         tables.count("enqueued")
         if message.after:
-            flow.link(tables, record, message.after, now)
+            flow.link(tables, record, message, now)
 
     @staticmethod
     def _held_key(tables: Tables, queue: str, key: str, now: float) -> str | None:

@@ -13,27 +13,33 @@ from typing import Any
 
 from runq.brokers.base import BreakerEvent
 from runq.brokers.memory.tables import Record, Tables
-from runq.brokers.rules import EXPIRED, EXPIRED_VERB, HELD, breaker_step, dependency_error, free_seats
+from runq.brokers.rules import (
+    EXPIRED,
+    EXPIRED_VERB,
+    HELD,
+    WAIT,
+    breaker_step,
+    dependency_error,
+    free_seats,
+    link_verdict,
+    passed_on,
+)
 from runq.models import Message, Status
 
 
-def link(tables: Tables, record: Record, after: tuple[str, ...], now: float) -> None:
-    """A task with ``after`` starts waiting; parents already final release or cancel it now.
-
-    A parent that already succeeded needs no link; one that failed, was cancelled or is
-    gone (unknown, or expired after its ``result_ttl``) cancels the task at once.
-    """
+def link(tables: Tables, record: Record, message: Message, now: float) -> None:
+    """A task with ``after`` starts waiting; parents already final release or cancel it now
+    (rules.py: link_verdict, in the message's dependency mode)."""
     error = None
-    for parent in dict.fromkeys(after):
+    for parent in dict.fromkeys(message.after):
         found = tables.tasks.get(parent)
-        status = found.status if found is not None and found.visible(now) else None
-        if status is Status.SUCCEEDED:
+        verdict = link_verdict(found.status if found is not None and found.visible(now) else None, message.after_final)
+        if verdict is None:
             continue
-        if status in (None, Status.FAILED, Status.CANCELLED):
-            verb = {None: "not found", Status.FAILED: "failed"}.get(status, "was cancelled")
-            error = dependency_error(parent, verb)
+        if verdict != WAIT:
+            error = dependency_error(parent, verdict)
             break
-        tables.children.setdefault(parent, {})[record.id] = None
+        tables.children.setdefault(parent, {})[record.id] = message.after_final
         tables.parents.setdefault(record.id, {})[parent] = None
     if error is not None:
         unlink(tables, record.id)
@@ -50,20 +56,22 @@ def unlink(tables: Tables, child: str) -> None:
 
 
 def release_children(tables: Tables, parent: str, error: str | None, now: float) -> int:
-    """``parent`` just ended: release (``error`` None) or cancel its waiting children.
+    """``parent`` just ended: release (``error`` None) or cancel its waiting children; a child
+    in the ``after_final`` mode only counts the parent as ended (rules.py: passed_on).
 
     Cancellation cascades to the children's own dependents (a child reached twice is
     cancelled by whichever path comes first). Returns the number cancelled.
     """
     cancelled = 0
-    for child in sorted(tables.children.pop(parent, {})):  # in id order, as SQLite's key reads them
+    for child, final in sorted(tables.children.pop(parent, {}).items()):  # in id order, as SQLite's key
         waiting_for = tables.parents.get(child, {})
         waiting_for.pop(parent, None)
         record = tables.tasks.get(child)
         if record is None:
             continue
-        if error is not None:
-            cancelled += cancel_waiting(tables, record, error, now)
+        cause = passed_on(error, final)
+        if cause is not None:
+            cancelled += cancel_waiting(tables, record, cause, now)
         elif not waiting_for:
             tables.parents.pop(child, None)
             _release(tables, record, now)

@@ -74,7 +74,8 @@ class Tables:
     running: dict[str, dict[str, None]] = field(default_factory=dict)  # queue -> ids
     expiring: list[tuple[float, str]] = field(default_factory=list)
     keys: dict[tuple[str, str], str] = field(default_factory=dict)  # (queue, key) -> id
-    children: dict[str, dict[str, None]] = field(default_factory=dict)  # parent -> waiting children
+    # parent -> waiting children, each with its dependency mode (True: after_final; rules.py)
+    children: dict[str, dict[str, bool]] = field(default_factory=dict)
     parents: dict[str, dict[str, None]] = field(default_factory=dict)  # waiting child -> unresolved parents
     counters: dict[str, int] = field(default_factory=dict)
     ticks: dict[tuple[str, str], float] = field(default_factory=dict)

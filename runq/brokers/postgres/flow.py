@@ -25,7 +25,7 @@ from typing import Any
 from psycopg import Cursor
 
 from runq.brokers.base import BreakerEvent
-from runq.brokers.rules import breaker_step, dependency_error
+from runq.brokers.rules import WAIT, breaker_step, dependency_error, link_verdict, passed_on
 from runq.models import Message
 
 NOW = "extract(epoch FROM statement_timestamp())::float8"
@@ -61,13 +61,14 @@ def link(cur: Cursor[Any], s: str, message: Message) -> str | None:
             f"SELECT status FROM {s}.tasks WHERE id = %s AND (expires_at IS NULL OR expires_at > {NOW})",
             (parent,),
         ).fetchone()
-        status = row[0] if row else None
-        if status == "succeeded":
+        verdict = link_verdict(row[0] if row else None, message.after_final)
+        if verdict is None:
             continue
-        if status in (None, "failed", "cancelled"):
-            return dependency_error(parent, {None: "not found", "failed": "failed"}.get(status, "was cancelled"))
+        if verdict != WAIT:
+            return dependency_error(parent, verdict)
         cur.execute(
-            f"INSERT INTO {s}.deps (parent, child) VALUES (%s, %s) ON CONFLICT DO NOTHING", (parent, message.id)
+            f"INSERT INTO {s}.deps (parent, child, final) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            (parent, message.id, message.after_final),
         )
     return None
 
@@ -93,13 +94,12 @@ def _release(cur: Cursor[Any], s: str, child: str, notes: Notes) -> None:
 
 
 def release_children(cur: Cursor[Any], s: str, parent: str, error: str | None, notes: Notes) -> None:
-    """``parent`` just ended: release (``error`` None) or cancel its waiting children.
+    """``parent`` just ended: release (``error`` None) or cancel its waiting children; a child
+    in the ``after_final`` mode only counts the parent as ended (rules.py: passed_on).
 
     Cancellation cascades to the children's own dependents; ``notes.cancelled`` counts them.
     """
-    children = sorted(
-        row[0] for row in cur.execute(f"DELETE FROM {s}.deps WHERE parent = %s RETURNING child", (parent,))
-    )
+    children = sorted(cur.execute(f"DELETE FROM {s}.deps WHERE parent = %s RETURNING child, final", (parent,)))
     _resolve(cur, s, children, error, notes)
 
 
@@ -107,22 +107,24 @@ def release_ended(cur: Cursor[Any], s: str, ended: list[tuple[str, str | None]],
     """Many parents just ended (a settle): :func:`release_children` for each, with one
     ``DELETE`` for all of them, so a batch of tasks without dependents costs one statement."""
     rows = cur.execute(
-        f"DELETE FROM {s}.deps WHERE parent = ANY(%s) RETURNING parent, child", ([p for p, _ in ended],)
+        f"DELETE FROM {s}.deps WHERE parent = ANY(%s) RETURNING parent, child, final", ([p for p, _ in ended],)
     ).fetchall()
-    children: dict[str, list[str]] = {}
-    for parent, child in rows:
-        children.setdefault(parent, []).append(child)
+    children: dict[str, list[tuple[str, bool]]] = {}
+    for parent, child, final in rows:
+        children.setdefault(parent, []).append((child, final))
     # Failed parents first: with every edge already deleted, a child whose other parent just
     # succeeded would otherwise look free and be released before the failure cancels it.
+    # (An after_final child is released by whichever comes first: both count as ended.)
     for parent, error in sorted(ended, key=lambda e: e[1] is None):
         if parent in children:
             _resolve(cur, s, sorted(children[parent]), error, notes)
 
 
-def _resolve(cur: Cursor[Any], s: str, children: list[str], error: str | None, notes: Notes) -> None:
-    for child in children:
-        if error is not None:
-            cancel_waiting(cur, s, child, error, notes)
+def _resolve(cur: Cursor[Any], s: str, children: list[tuple[str, bool]], error: str | None, notes: Notes) -> None:
+    for child, final in children:
+        cause = passed_on(error, final)
+        if cause is not None:
+            cancel_waiting(cur, s, child, cause, notes)
             continue
         cur.execute(f"SELECT 1 FROM {s}.tasks WHERE id = %s FOR UPDATE", (child,))
         if cur.execute(f"SELECT 1 FROM {s}.deps WHERE child = %s LIMIT 1", (child,)).fetchone() is None:

@@ -145,3 +145,8 @@ CREATE INDEX tasks_held ON {schema}.tasks (queue, slot, priority DESC, seq)
 CREATE TABLE {schema}.paused (
     queue text PRIMARY KEY
 );
+
+-- migration: 5
+-- The second dependency mode (brokers/rules.py): a child waiting in the after_final mode is
+-- released once every parent is final, whatever the outcome, and never cancelled by one.
+ALTER TABLE {schema}.deps ADD COLUMN final boolean NOT NULL DEFAULT false;

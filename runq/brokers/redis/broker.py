@@ -216,7 +216,7 @@ class RedisBroker(Broker):
         for m, flow in zip(messages, flows, strict=True):
             if m.key is not None:
                 keys.append(idempotency_key(queue, m.key))
-            after = json.dumps(m.after) if m.after else ""
+            after = "" if not m.after else json.dumps({"final": m.after} if m.after_final else m.after)
             args += [m.id, m.payload, m.priority, m.delay, m.result_ttl, int(m.key is not None), after, flow]
         return Call(name, keys, args)
 

@@ -21,12 +21,23 @@ import sqlite3
 from typing import Any
 
 from runq.brokers.base import BreakerEvent
-from runq.brokers.rules import EXPIRED, EXPIRED_VERB, HELD, breaker_step, dependency_error, free_seats
+from runq.brokers.rules import (
+    EXPIRED,
+    EXPIRED_VERB,
+    HELD,
+    WAIT,
+    breaker_step,
+    dependency_error,
+    free_seats,
+    link_verdict,
+    passed_on,
+)
 from runq.models import Message
 
 Freed = dict[tuple[str, str], int]
 SEATED = ("pending", "running")
 FLOW_COLUMNS = (("deadline", "REAL"), ("slot", "TEXT"), ("concurrency", "INTEGER"))
+DEPS_COLUMNS = (("final", "INTEGER NOT NULL DEFAULT 0"),)
 FLOW_SCHEMA = """
 CREATE INDEX IF NOT EXISTS runq_deadlines ON runq_tasks (queue, deadline)
     WHERE deadline IS NOT NULL AND status IN ('pending', 'scheduled');
@@ -38,50 +49,54 @@ CREATE INDEX IF NOT EXISTS runq_held ON runq_tasks (queue, slot, priority DESC, 
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """Give a database made by an older runq the flow-control columns, then their indexes."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(runq_tasks)")}
-    for name, kind in FLOW_COLUMNS:
-        if name not in have:
-            try:
-                db.execute(f"ALTER TABLE runq_tasks ADD COLUMN {name} {kind}")
-            except sqlite3.OperationalError as exc:  # another process added it just now
-                if "duplicate column" not in str(exc):
-                    raise
+    """Give a database made by an older runq the flow-control columns, then their indexes, and
+    its dependencies their mode."""
+    for table, columns in (("runq_tasks", FLOW_COLUMNS), ("runq_deps", DEPS_COLUMNS)):
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns:
+            if name not in have:
+                try:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+                except sqlite3.OperationalError as exc:  # another process added it just now
+                    if "duplicate column" not in str(exc):
+                        raise
     db.executescript(FLOW_SCHEMA)
 
 
 def link(db: sqlite3.Connection, message: Message, now: float) -> str | None:
-    """Record the parents of a just-inserted waiting task; the error that cancels it, if any.
-
-    A parent that already succeeded needs no row; one that failed, was cancelled or is
-    gone (unknown, or expired after its ``result_ttl``) cancels the task at once.
-    """
+    """Record the parents of a just-inserted waiting task; the error that cancels it, if any
+    (rules.py: link_verdict, in the message's dependency mode)."""
     for parent in dict.fromkeys(message.after):
         row = db.execute(
             "SELECT status FROM runq_tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)", (parent, now)
         ).fetchone()
-        status = row["status"] if row else None
-        if status == "succeeded":
+        verdict = link_verdict(row["status"] if row else None, message.after_final)
+        if verdict is None:
             continue
-        if status in (None, "failed", "cancelled"):
-            return dependency_error(parent, {None: "not found", "failed": "failed"}.get(status, "was cancelled"))
-        db.execute("INSERT OR IGNORE INTO runq_deps (parent, child) VALUES (?, ?)", (parent, message.id))
+        if verdict != WAIT:
+            return dependency_error(parent, verdict)
+        db.execute(
+            "INSERT OR IGNORE INTO runq_deps (parent, child, final) VALUES (?, ?, ?)",
+            (parent, message.id, int(message.after_final)),
+        )
     return None
 
 
 def release_children(db: sqlite3.Connection, parent: str, error: str | None, now: float) -> int:
-    """``parent`` just ended: release (``error`` None) or cancel its waiting children.
+    """``parent`` just ended: release (``error`` None) or cancel its waiting children; a child
+    in the ``after_final`` mode only counts the parent as ended (rules.py: passed_on).
 
     Cancellation cascades to the children's own dependents. Returns the number cancelled.
     """
-    children = [row[0] for row in db.execute("SELECT child FROM runq_deps WHERE parent = ?", (parent,))]
+    children = db.execute("SELECT child, final FROM runq_deps WHERE parent = ?", (parent,)).fetchall()
     if not children:
         return 0
     db.execute("DELETE FROM runq_deps WHERE parent = ?", (parent,))
     cancelled = 0
-    for child in children:
-        if error is not None:
-            cancelled += cancel_waiting(db, child, error, now)
+    for child, final in children:
+        cause = passed_on(error, bool(final))
+        if cause is not None:
+            cancelled += cancel_waiting(db, child, cause, now)
         elif db.execute("SELECT 1 FROM runq_deps WHERE child = ? LIMIT 1", (child,)).fetchone() is None:
             db.execute(
                 "UPDATE runq_tasks SET status = CASE WHEN ready_at > ? THEN 'scheduled' ELSE 'pending' END,"

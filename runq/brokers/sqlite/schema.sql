@@ -54,10 +54,12 @@ CREATE TABLE IF NOT EXISTS runq_workers (
 ) WITHOUT ROWID;
 
 -- Workflows (issue 6): one row per unresolved parent of a waiting task. A parent that
--- ends deletes its rows: the child is released when it has none left, or cancelled.
+-- ends deletes its rows: the child is released when it has none left, or cancelled
+-- (never, for a child waiting in the after_final mode: final = 1; brokers/rules.py).
 CREATE TABLE IF NOT EXISTS runq_deps (
     parent TEXT NOT NULL,
     child  TEXT NOT NULL,
+    final  INTEGER NOT NULL DEFAULT 0,  -- added by flow.migrate to a database made before it
     PRIMARY KEY (parent, child)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runq_deps_child ON runq_deps (child);

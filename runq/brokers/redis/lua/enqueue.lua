@@ -4,7 +4,9 @@
 -- KEYS[EXTRA+] runq:{q}:key:<key>, one per message that has an idempotency key, in order
 -- ARGV[1]      key_ttl in milliseconds
 -- ARGV[2..]    per message (keys.py ENQUEUE_ITEM): id, payload, priority, delay (s), result_ttl (s), has_key ("1"/"0"),
---              after (JSON list of parent ids, "" for none), flow (JSON {e, d, s, n}: expires,
+--              after (JSON list of parent ids, or {"final": [ids]} to wait in the after_final
+--              mode: released once every parent is final, never cancelled by one; "" for none),
+--              flow (JSON {e, d, s, n}: expires,
 --              debounce, concurrency slot and limit; "" for none)
 -- Returns      one id per message: its own, or that of the live task already holding its key;
 --              then the outbox steps posted (lib.lua: link steps for parents in other queues)
@@ -13,7 +15,8 @@
 --              (a pending task is only its payload and its place in `pending`);
 --              a key is held for key_ttl and only while its task exists and has not expired.
 --              A task with parents is waiting: parents of this queue are checked here (one
---              that already failed cancels it at once, succeeded ones are not waited on);
+--              that already failed cancels it at once, succeeded ones are not waited on; in
+--              the after_final mode none cancels it and final ones are not waited on);
 --              parents elsewhere are linked by the posted steps.
 --              A task with flow fields always has a record (lib.lua: flow_enter keeps its
 --              seat and deadline). A debounced message whose key is held by a task that has
@@ -49,14 +52,18 @@ end
 -- A new task waits for its parents; returns false when one of them already ended badly.
 local function wait_for(id, rec, after)
   local waiting, elsewhere, seen = {}, {}, {}
-  for _, parent in ipairs(cjson.decode(after)) do
+  local parents = cjson.decode(after)
+  if parents.final then
+    parents, rec.after_final = parents.final, true
+  end
+  for _, parent in ipairs(parents) do
     if not seen[parent] then
       seen[parent] = true
       if queue_of(parent) ~= QUEUE then
         waiting[#waiting + 1] = parent
         elsewhere[#elsewhere + 1] = parent
       else
-        local v = batch[parent] and 'wait' or verdict(load(parent), now)
+        local v = batch[parent] and 'wait' or verdict(load(parent), now, rec.after_final)
         if v == 'wait' then
           waiting[#waiting + 1] = parent
         elseif v ~= 'ok' then

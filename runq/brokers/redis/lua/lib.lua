@@ -247,18 +247,24 @@ local function post(entry)
   EFFECTS[#EFFECTS + 1] = text
 end
 
--- What a parent's record means for its dependents: 'ok', 'wait', or the verb of its end.
-local function verdict(rec, now)
+-- What a parent's record means for a dependent linked to it now: 'ok', 'wait', or the verb
+-- of its end (rules.py: link_verdict). `final`: the dependent waits in the after_final mode,
+-- for which any end, or a parent gone, is 'ok'.
+local function verdict(rec, now, final)
+  local v = 'wait'
   if not live(rec, now) then
-    return 'not found'
+    v = 'not found'
   elseif rec.status == 'succeeded' then
-    return 'ok'
+    v = 'ok'
   elseif rec.status == 'failed' then
-    return 'failed'
+    v = 'failed'
   elseif rec.status == 'cancelled' then
-    return 'was cancelled'
+    v = 'was cancelled'
   end
-  return 'wait'
+  if final and v ~= 'wait' then
+    return 'ok'
+  end
+  return v
 end
 
 -- Add `child` to the dependents of `parent` (a task of this queue), once.
@@ -305,7 +311,9 @@ local function release_children(parent, err, now)
 end
 
 -- One parent of `child` (a task of this queue) ended. Repeatable: a child that is no
--- longer waiting, or no longer lists that parent, is left alone.
+-- longer waiting, or no longer lists that parent, is left alone. A child waiting in the
+-- after_final mode (rec.after_final) takes no error: the parent only counts as ended
+-- (rules.py: passed_on).
 resolve = function(child, parent, err, now)
   local rec = load(child)
   if not rec or rec.status ~= 'waiting' then
@@ -322,6 +330,9 @@ resolve = function(child, parent, err, now)
   end
   if not found then
     return
+  end
+  if rec.after_final then
+    err = nil
   end
   if err then
     redis.call('HDEL', Q.parents, child)

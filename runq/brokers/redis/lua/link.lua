@@ -3,7 +3,8 @@
 -- KEYS         the parent's queue's keys (keys.py: FUNCTIONS)
 -- ARGV         child id, parent id
 -- Returns      the outbox steps posted: a resolve step for the child when the parent has
---              already ended (succeeded: release; otherwise the error that cancels it)
+--              already ended (succeeded: release; otherwise the error that cancels it, which
+--              a child waiting in the after_final mode ignores: resolve.lua)
 -- Guarantees   repeatable (a child is listed once); atomic with the parent's own end, so
 --              the child is either listed before the parent ends or told it has ended.
 

@@ -6,7 +6,8 @@
 --              dependents elsewhere, when it was cancelled)
 -- Guarantees   repeatable: only a waiting child that still lists that parent changes. With
 --              no parent left it becomes pending (scheduled while its delay runs); with an
---              error it is cancelled, and its dependents with it.
+--              error it is cancelled, and its dependents with it (not a child waiting in the
+--              after_final mode: for it the parent has ended, whatever the error).
 
 resolve(ARGV[1], ARGV[2], ARGV[3] ~= '' and ARGV[3] or nil, clock())
 return EFFECTS
