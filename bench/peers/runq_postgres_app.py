@@ -9,8 +9,8 @@ from __future__ import annotations
 import psycopg
 
 import runq
-from runq.cli import bench as rb
 from runq.brokers.postgres import postgres_conninfo
+from runq.cli import bench as rb
 
 from .base import Variant
 from .pg import postgres_url
