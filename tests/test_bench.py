@@ -76,6 +76,7 @@ def test_percentiles_interpolate() -> None:
         "bench.harness",
         "bench.cost",
         "bench.postgres",
+        "bench.sqlite",
         "bench.drain",
         "bench.limited",
         "bench.shards",
@@ -83,6 +84,7 @@ def test_percentiles_interpolate() -> None:
         "bench.report",
         "bench.peers.runq_app",
         "bench.peers.runq_postgres_app",
+        "bench.peers.runq_sqlite_app",
     ],
 )
 def test_the_benchmarks_import(module: str) -> None:
