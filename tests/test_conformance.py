@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import threading
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -142,6 +143,19 @@ def test_wait_for_work_ends_when_work_arrives(app: runq.App, broker: Broker) -> 
     started = time.monotonic()
     broker.wait_for_work(("default",), timeout=5.0)
     assert time.monotonic() - started < 4.0  # woke for the due task, not the timeout
+
+
+def test_work_enqueued_between_an_empty_claim_and_the_wait_ends_the_wait(app: runq.App, broker: Broker) -> None:
+    """A worker's loop: a claim finds nothing, then it waits. A task another producer enqueues
+    in between (here a thread: its own connection) must end that wait, not leave it to time out."""
+    assert take(broker) == []
+    producer = threading.Thread(target=put, args=(app,))
+    producer.start()
+    producer.join()
+    started = time.monotonic()
+    broker.wait_for_work(("default",), timeout=20.0)
+    assert time.monotonic() - started < 10.0
+    assert len(take(broker)) == 1
 
 
 # -- idempotency ------------------------------------------------------------------------

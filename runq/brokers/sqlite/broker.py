@@ -219,6 +219,9 @@ class SQLiteBroker(Broker):
     def claim(self, queues: Sequence[str], worker_id: str, limit: int, lease: float) -> list[Claim]:
         claims: list[Claim] = []
         marks = ",".join("?" * len(queues))
+        # Read before looking: a task enqueued after the look (and before this thread's next
+        # wait_for_work) then moves the version from this one, and ends that wait.
+        self._local.seen = self._data_version()
         if not self._claimable(marks, queues, time.time()):
             return claims
         with self._write() as db:
@@ -324,7 +327,10 @@ class SQLiteBroker(Broker):
         )
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        """Until a commit by another connection since this thread's last claim looked (or, with
+        no claim before, since now), a due time, or ``timeout``."""
         deadline = time.monotonic() + timeout
+        seen: int | None = self._local.__dict__.pop("seen", None)  # once: a second wait must not spin
         marks = ",".join("?" * len(queues))
         db = self._read()
         row = db.execute(
@@ -336,7 +342,9 @@ class SQLiteBroker(Broker):
         ).fetchone()
         if row[0] is not None:
             deadline = min(deadline, time.monotonic() + max(0.0, row[0] - time.time()))
-        follow.until_changed(self._data_version, self._data_version(), deadline)
+        # Paced as ever (the first look after FIRST_POLL), so a worker whose queues are dry while
+        # other connections commit all the time claims at most every millisecond.
+        follow.until_changed(self._data_version, self._data_version() if seen is None else seen, deadline)
 
     def renew(self, claims: Sequence[Claim], lease: float) -> list[bool]:
         """Read which claims are still held (that is how a worker learns of a cancel), and
