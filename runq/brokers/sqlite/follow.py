@@ -24,7 +24,9 @@ from runq.models import Event, Progress, ProgressReport, Status, TaskInfo, progr
 # waiting (a change is likely then: the next task of a busy producer, a short task's end), less
 # and less often after (1.25x each look, from FIRST_POLL up to POLL). A worker between tasks
 # hears of an enqueue within a few ms; one idle for a while looks 40 times a second, as before.
-FIRST_POLL = 0.001
+# Starting at 0.5 ms instead of 1 ms took three looks more per wait and an enqueue -> result
+# round trip from p50 1.34 / p95 2.70 ms to 0.89 / 1.65 ms (python -m bench.sqlite, W3).
+FIRST_POLL = 0.0005
 POLL = 0.025
 GROWTH = 1.25
 
