@@ -69,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     environment_ready()
     started = time.time()
     load_before = os.getloadavg()
-    rows: list[Row] = []
     failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="runq-bench-sqlite-") as tmp:
         server = RedisServer(Path(tmp))  # only for the completion counter, as in python -m bench
@@ -78,12 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         logs = Path(tmp) / "logs"
         logs.mkdir()
         try:
-            harness = Harness(server.url, args.sizes, logs, lambda text: print(text, file=sys.stderr, flush=True))
-            for name in args.libs:
-                try:
-                    rows += harness.run_library(name, args.workloads, args.runs)
-                except Exception as exc:  # an adapter that cannot even start
-                    failed[name] = f"{type(exc).__name__}: {exc}"
+            rows = interleaved(Harness(server.url, args.sizes, logs, progress), args, failed)
             info = machine(server.version(), started)
         finally:
             server.kill()
@@ -101,23 +95,47 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def interleaved(harness: Harness, args: argparse.Namespace, failed: dict[str, str]) -> list[Row]:
+    """Run after run, each library in turn (the order reversed every other run), so that a load
+    that drifts on a shared machine weighs on both alike; one row per library variant."""
+    rows: dict[tuple[str, str], Row] = {}
+    for run in range(args.runs):
+        for name in args.libs if run % 2 == 0 else args.libs[::-1]:
+            if name in failed:
+                continue
+            print(f"run {run + 1} of {args.runs}: {name}", file=sys.stderr, flush=True)
+            try:
+                for row in harness.run_library(name, args.workloads, 1):
+                    kept = rows.setdefault((name, row.variant.name), row)
+                    if kept is not row:
+                        for metric, values in row.samples.items():
+                            kept.samples[metric] += values
+                        kept.errors += row.errors
+            except Exception as exc:  # an adapter that cannot even start
+                failed[name] = f"{type(exc).__name__}: {exc}"
+    return sorted(rows.values(), key=lambda row: args.libs.index(row.library))
+
+
+def progress(text: str) -> None:
+    print(f"  {text.replace(' run 1/1', '')}", file=sys.stderr, flush=True)
+
+
 def render(rows: list[Row], failed: dict[str, str], info: dict[str, Any], args: argparse.Namespace) -> str:
     s = args.sizes
     command = shlex.join(["flock", "/tmp/runq-bench.lock", python(), "-m", "bench.sqlite", *args.argv])
     out = [
         "# runq's SQLite broker and Huey's SqliteHuey, side by side",
         "",
-        f"Run on {info['date']} with `{command}` ({info['minutes']:.0f} min),"
-        f" SQLite {sqlite3.sqlite_version}, both databases in one temporary directory on the same disk, a new file"
-        f" for every measurement. Each cell: **median of {args.runs} runs (min-max)**; throughputs in tasks/s,"
-        " latencies in ms. Workloads as in [README.md](README.md): W1 enqueue ({:,} tasks, one call each; bulk {:,}"
-        " per call: Huey has no bulk API, —), W2 drain of {:,} pre-enqueued no-op tasks by 2 worker processes"
-        " (total: start-up included; steady: between the 10 % and 90 % marks), W3 {} sequential enqueue → result"
-        " round trips with one idle worker (fewer where the trips column says so), W4 {:,} tasks sleeping 10 ms on 2"
+        f"Run on {info['date']} with `{command}` ({info['minutes']:.0f} min), SQLite {sqlite3.sqlite_version},"
+        " both databases in one temporary directory on the same disk, a new file for every measurement."
+        f" Each cell: **median of {args.runs} runs (min-max)**, the runs interleaved (runq then Huey, Huey then"
+        " runq, …); throughputs in tasks/s, latencies in ms. Workloads as in [README.md](README.md):"
+        f" W1 enqueue ({s.tasks:,} tasks, one call each; bulk {s.batch:,} per call: Huey has no bulk API, —),"
+        f" W2 drain of {s.tasks:,} pre-enqueued no-op tasks by 2 worker processes (total: start-up included;"
+        f" steady: between the 10 % and 90 % marks), W3 {s.trips} sequential enqueue → result round trips with"
+        f" one idle worker (fewer where the trips column says so), W4 {s.io_tasks:,} tasks sleeping 10 ms on 2"
         " processes with 50-way concurrency. Completions (W2, W4): every task does one `INCR` in a private"
-        " redis-server, not the broker under test, the same for both libraries.".format(
-            s.tasks, s.batch, s.tasks, s.trips, s.io_tasks
-        ),
+        " redis-server, not the broker under test, the same for both libraries.",
         "",
     ]
     if args.note:
@@ -143,16 +161,21 @@ def python() -> str:
 
 
 def ratios(rows: list[Row]) -> list[str]:
-    runq = next((r for r in rows if r.library == "runq"), None)
+    """runq (its defaults) against the better Huey variant per workload: the target. Beside it,
+    runq with ``synchronous=off`` against the same, where neither syncs the file (like for like
+    with ``SqliteHuey(fsync=False)``)."""
+    runq = next((r for r in rows if r.library == "runq" and not r.variant.name), None)
     if runq is None:
         return []
+    unsynced = next((r for r in rows if r.library == "runq" and r.variant.name), None)
     out = [
         "## runq (SQLite) against Huey's faster variant",
         "",
-        "Ratio > 1: runq ahead (runq ÷ Huey for throughput, Huey ÷ runq for latency).",
+        "Ratio > 1: runq ahead (runq ÷ Huey for throughput, Huey ÷ runq for latency). The last column compares",
+        "runq with `?synchronous=off` (no fsync, as `SqliteHuey(fsync=False)`) with the same Huey figure.",
         "",
-        f"| workload | runq | Huey (faster variant) | ratio | target: {TARGET} | met |",
-        "|---|---|---|---|---|---|",
+        f"| workload | runq | Huey (faster variant) | ratio | target: {TARGET} | met | runq synchronous=off |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, unit, higher in COLUMNS:
         mine, best = runq.samples.get(name), best_peer(rows, name, higher)
@@ -163,9 +186,14 @@ def ratios(rows: list[Row]) -> list[str]:
         goal, ok = "ratio > 1", ratio > 1
         if name == "W3 p50":
             goal, ok = f"ratio > 1, ≤ {P50_GOAL_MS:g} ms", ok and value <= P50_GOAL_MS
+        off = unsynced.samples.get(name) if unsynced else None
+        beside = "—"
+        if off:
+            other = statistics.median(off)
+            beside = f"{fmt(other, unit)} {unit}, x{other / best[0] if higher else best[0] / other:.2f}"
         out.append(
             f"| {name} | {fmt(value, unit)} {unit} | {fmt(best[0], unit)} {unit} ({best[1]}) | x{ratio:.2f} | "
-            f"{goal} | {'yes' if ok else '**no**'} |"
+            f"{goal} | {'yes' if ok else '**no**'} | {beside} |"
         )
     return [*out, ""]
 
