@@ -34,6 +34,7 @@ ROOT = HERE.parent
 LIBS = ["runq_sqlite", "huey_sqlite"]
 TARGET = "ahead of Huey (issue 24)"
 P50_GOAL_MS = 5.0  # issue 24: an enqueue -> result round trip on SQLite
+WHY = "Where runq is behind, and why: [README.md](README.md#where-runq-is-behind-and-why)."
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -150,7 +151,7 @@ def render(rows: list[Row], failed: dict[str, str], info: dict[str, Any], args: 
         trips = row.samples.get("W3 trips")
         cells.append(f"{trips[0]:.0f}" if trips else "—")
         out.append("| " + " | ".join(cells) + " |")
-    out += ["", *ratios(rows), *settings(rows), *problems(rows, failed), *machine_lines(info)]
+    out += ["", *ratios(rows), WHY, "", *settings(rows), *problems(rows, failed), *machine_lines(info)]
     return "\n".join(out) + "\n"
 
 

@@ -25,7 +25,7 @@ class RunqSqlitePeer(RunqPeer):
             "",
             "`runq worker runq.cli.bench:app --pool thread --url sqlite:///…/runq.db` x2 (concurrency 8 each;"
             " W4 50); WAL, `synchronous=NORMAL` (its default: fsync at checkpoints); `delay()` / `enqueue_many`;"
-            " `result()` polls `PRAGMA data_version` (every 1 ms at first, x1.25 per look, up to 5 ms)",
+            " `result()` polls `PRAGMA data_version` (every 0.5 ms at first, x1.25 per look, up to 5 ms)",
         ),
         Variant(
             OFF,

@@ -5,7 +5,7 @@ time, so claims never race) in WAL mode, so readers never block writers. Each
 thread gets its own connection. Idle waiting polls ``PRAGMA data_version``, which
 changes only when another connection commits: a cheap check against shared
 memory, not a query, so idle workers cost next to nothing yet notice new work
-within ~25 ms.
+within 0.5 ms of a wait's start, 25 ms at most (follow.py: ``until_changed``).
 """
 
 from __future__ import annotations
