@@ -61,7 +61,6 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 from runq.handles import BatchHandle, GroupHandle, Handle, summarise
 from runq.models import Message, Status, TaskInfo, queue_of
-from runq.observe import tracing
 from runq.tasks import Options, Signature
 
 if TYPE_CHECKING:
@@ -105,18 +104,27 @@ def _plan(app: Producer | None) -> _Plan:
     return _Plan(app)
 
 
-def _message(app: Producer, signature: Signature, leading: int = 0) -> Message:
-    """``leading``: how many results the step gets in front of its arguments (checked against its signature)."""
-    return app.message(signature.name, signature.args, signature.kwargs, signature.opts, leading=leading)
-
-
-def _after(message: Message, parents: Iterable[str], pass_results: PassResults, final: bool = False) -> Message:
-    """The message waiting on ``parents`` (before its own ``after``) and taking their results;
-    ``final``: in the ``after_final`` mode (a batch's summary step)."""
-    parents = tuple(parents)
-    after = (*parents, *(p for p in message.after if p not in parents))
-    step = dataclasses.replace(message, after=after, pass_results=pass_results, after_final=final)
-    return tracing.with_parents(step)
+def _step(
+    app: Producer,
+    signature: Signature,
+    leading: int = 0,
+    parents: tuple[str, ...] = (),
+    pass_results: PassResults | None = None,
+    final: bool = False,
+) -> Message:
+    """One step's message, waiting on ``parents`` (before its own ``after``) and taking their
+    results (``pass_results``; ``final``: the ``after_final`` mode, a batch's summary step).
+    The parents are in ``after`` before the App builds it, so its checks and middleware see the
+    step as it is stored (tracing links the step to its parents' producer spans).
+    ``leading``: how many results come in front of its arguments (checked against its signature)."""
+    opts = signature.opts
+    if parents:
+        own = opts.after or ()
+        opts = dataclasses.replace(opts, after=(*parents, *(p for p in own if p not in parents)))
+    message = app.message(signature.name, signature.args, signature.kwargs, opts, leading=leading)
+    if pass_results is None and not final:
+        return message
+    return dataclasses.replace(message, pass_results=pass_results, after_final=final)
 
 
 class Chain:
@@ -288,8 +296,9 @@ class _Plan:
 
     def add(self, node: Workflow, before: _Tail | None) -> _Tail:
         if isinstance(node, Signature):
-            message = _message(self.app, node, 0 if before is None else 1)
-            return self._add(message if before is None else _after(message, before.ids, _passes(before)))
+            if before is None:
+                return self._add(_step(self.app, node))
+            return self._add(_step(self.app, node, 1, before.ids, _passes(before)))
         if isinstance(node, Chain):
             tail = self.add(node.members[0], before)
             for member in node.members[1:]:
@@ -308,7 +317,7 @@ class _Plan:
         members = tuple(self.add(member, before).ids[0] for member in node.members)
         opts = Options(queue=queue_of(members[0]), priority=self._priority[members[0]])
         at = len(self.messages)
-        summary = _after(self.app.message(BATCH, [None], None, opts), members, "list", final=True)
+        summary = _step(self.app, Signature(BATCH, (None,), {}, opts), 0, members, "list", final=True)
         self._add(summary)
         after_summary = _Tail((summary.id,))
         on_complete = self._callback(node.on_complete, after_summary)
@@ -342,8 +351,7 @@ class _Plan:
         one, of the workflow's first step), so the workers that ran that step settle it."""
         follows = parents[0] if parents else self.messages[0].id if self.messages else None
         opts = Options() if follows is None else Options(queue=queue_of(follows), priority=self._priority[follows])
-        message = self.app.message(COLLECT, [keep], None, opts)
-        return self._add(_after(message, parents, "list"))
+        return self._add(_step(self.app, Signature(COLLECT, (keep,), {}, opts), 0, parents, "list"))
 
     def _add(self, message: Message) -> _Tail:
         self.messages.append(message)

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from runq.tasks import Task
 
 LINKS = "runq-links"  # carrier key: traceparents of a workflow step's parents, space-separated
-_REMEMBERED = 4096  # recent producer contexts / failed attempts kept per process for links
+_REMEMBERED = 4096  # recent producer contexts / failed attempts kept per App for links
 
 
 class _Recent:
@@ -66,10 +66,6 @@ class _Recent:
     def get(self, key: str) -> str | None:
         with self._lock:
             return self._items.get(key)
-
-
-_produced = _Recent()  # task id -> traceparent of its producer span (workflow links)
-_attempts = _Recent()  # task id -> traceparent of its last failed attempt here (retry links)
 
 
 _active: list[trace.Tracer] = []  # runq's tracer, once an SDK's provider is installed
@@ -120,41 +116,6 @@ def _attributes(operation: str, queue: str, task_id: str, name: str) -> dict[str
     }
 
 
-def produce(message: Message) -> Message:
-    """The message with the trace context of its new PRODUCER span (unchanged without an SDK)."""
-    tracer = _tracer()
-    if tracer is None:
-        return message
-    parents = [text for parent in message.after if (text := _produced.get(parent))]
-    links = _links(iter(parents))
-    attributes = _attributes("create", message.queue, message.id, message.name)
-    with tracer.start_as_current_span(
-        f"create {message.queue}", kind=SpanKind.PRODUCER, attributes=attributes, links=links
-    ) as span:
-        context = span.get_span_context()
-        if not context.is_valid:
-            return message
-        carrier: dict[str, str] = {}
-        propagate.inject(carrier)
-    if parents:
-        carrier[LINKS] = " ".join(parents)
-    _produced.put(message.id, _traceparent(context))
-    return dataclasses.replace(message, trace=carrier)
-
-
-def with_parents(message: Message) -> Message:
-    """A workflow step that waits on ``message.after``: carry its parents' producer contexts
-    (those produced in this process) so its CONSUMER spans link to them. No OpenTelemetry
-    call: a message without trace context (no SDK, or no extra) comes back unchanged."""
-    if message.trace is None:
-        return message
-    found = [text for parent in message.after if (text := _produced.get(parent))]
-    if not found or message.trace is None:
-        return message
-    links = dict.fromkeys([*message.trace.get(LINKS, "").split(), *found])
-    return dataclasses.replace(message, trace={**message.trace, LINKS: " ".join(links)})
-
-
 class Tracing(Middleware):
     """runq's spans, on the middleware seam: a PRODUCER span per message (``on_enqueue``) and
     a CONSUMER span per attempt around the task's body (``on_start`` → ``on_end``, where the
@@ -163,9 +124,29 @@ class Tracing(Middleware):
     def __init__(self, tasks: Mapping[str, Task[Any, Any]]) -> None:
         self._tasks = tasks  # the App's registry, read when an attempt fails (its retry_for)
         self._open: ContextVar[tuple[Span, object] | None] = ContextVar("runq_span", default=None)
+        self._produced = _Recent()  # task id -> traceparent of its producer span (workflow links)
+        self._attempts = _Recent()  # task id -> traceparent of its last failed attempt here (retry links)
 
     def on_enqueue(self, message: Message) -> Message | None:
-        return produce(message)
+        """The message with the trace context of its new PRODUCER span (unchanged without an
+        SDK), linked to the producer spans of its parents (``after``) made by this App."""
+        tracer = _tracer()
+        if tracer is None:
+            return message
+        parents = [text for parent in message.after if (text := self._produced.get(parent))]
+        attributes = _attributes("create", message.queue, message.id, message.name)
+        with tracer.start_as_current_span(
+            f"create {message.queue}", kind=SpanKind.PRODUCER, attributes=attributes, links=_links(iter(parents))
+        ) as span:
+            context = span.get_span_context()
+            if not context.is_valid:
+                return message
+            carrier: dict[str, str] = {}
+            propagate.inject(carrier)
+        if parents:
+            carrier[LINKS] = " ".join(parents)
+        self._produced.put(message.id, _traceparent(context))
+        return dataclasses.replace(message, trace=carrier)
 
     def on_start(self, task: TaskContext) -> None:
         tracer = _tracer()
@@ -174,7 +155,7 @@ class Tracing(Middleware):
         # The carrier came from a payload: keep only string pairs, so a bad one cannot break a run.
         found = task.trace if isinstance(task.trace, Mapping) else {}
         carrier = {key: value for key, value in found.items() if isinstance(key, str) and isinstance(value, str)}
-        previous = _attempts.get(task.id) if task.attempt > 1 else None
+        previous = self._attempts.get(task.id) if task.attempt > 1 else None
         links = _links(iter([previous, *str(carrier.get(LINKS, "")).split()]))
         attributes = {**_attributes("process", task.queue, task.id, task.name), "runq.task.attempt": task.attempt}
         span = tracer.start_span(
@@ -212,7 +193,7 @@ class Tracing(Middleware):
         span.set_status(StatusCode.ERROR, f"{kind}: {safe_str(error)}")
         ids = span.get_span_context()
         if ids.is_valid:
-            _attempts.put(task.id, _traceparent(ids))
+            self._attempts.put(task.id, _traceparent(ids))
 
 
 def log_ids(carrier: Any) -> tuple[str, str] | None:
