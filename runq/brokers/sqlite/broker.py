@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -79,6 +79,8 @@ class SQLiteBroker(Broker):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._last_cleanup = 0.0
+        # The broker's one clock: every time it stores or compares. Tests move it (tests/support/clock.py).
+        self.clock: Callable[[], float] = time.time
         schema = resources.files("runq.brokers.sqlite").joinpath("schema.sql").read_text()
         try:
             self._connection().executescript(schema)
@@ -141,7 +143,7 @@ class SQLiteBroker(Broker):
         inserted = 0
         freed: flow.Freed = {}
         with self._write() as db:
-            now = time.time()
+            now = self.clock()
             for message in messages:
                 if message.key is not None:
                     existing = self._held_key(db, message.queue, message.key, now)
@@ -219,10 +221,10 @@ class SQLiteBroker(Broker):
     def claim(self, queues: Sequence[str], worker_id: str, limit: int, lease: float) -> list[Claim]:
         claims: list[Claim] = []
         marks = ",".join("?" * len(queues))
-        if not self._claimable(marks, queues, time.time()):
+        if not self._claimable(marks, queues, self.clock()):
             return claims
         with self._write() as db:
-            now = time.time()
+            now = self.clock()
             freed: flow.Freed = {}
             self._reclaim_expired(db, marks, queues, now)
             self._count(db, "cancelled", flow.expire_due(db, marks, tuple(queues), now, freed))
@@ -335,7 +337,7 @@ class SQLiteBroker(Broker):
             (*queues, *queues, *queues),
         ).fetchone()
         if row[0] is not None:
-            deadline = min(deadline, time.monotonic() + max(0.0, row[0] - time.time()))
+            deadline = min(deadline, time.monotonic() + max(0.0, row[0] - self.clock()))
         version = self._data_version()
         while time.monotonic() < deadline:
             time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
@@ -346,7 +348,7 @@ class SQLiteBroker(Broker):
         """Read which claims are still held (that is how a worker learns of a cancel), and
         write only the leases past half their time, so a busy worker's keeper rarely takes
         the write lock (see :meth:`_claimable`)."""
-        now = time.time()
+        now = self.clock()
         current: dict[str, tuple[str, float]] = {}
         ids = [claim.id for claim in claims]
         for start in range(0, len(ids), 500):
@@ -361,7 +363,7 @@ class SQLiteBroker(Broker):
         due = [i for i, claim in enumerate(claims) if held[i] and current[claim.id][1] - now < lease / 2]
         if due:
             with self._write() as db:
-                now = time.time()
+                now = self.clock()
                 for i in due:
                     cursor = db.execute(
                         "UPDATE runq_tasks SET lease_until = ? WHERE id = ? AND token = ? AND status = 'running'",
@@ -373,7 +375,7 @@ class SQLiteBroker(Broker):
     def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
         accepted: list[bool] = []
         with self._write() as db:
-            now = time.time()
+            now = self.clock()
             freed: flow.Freed = {}
             flow.seats_of(db, [outcome.id for outcome in outcomes], freed)  # one read per batch
             for outcome in outcomes:
@@ -451,11 +453,11 @@ class SQLiteBroker(Broker):
         if not reports:
             return []
         with self._write() as db:
-            return follow.report(db, reports, time.time())
+            return follow.report(db, reports, self.clock())
 
     def follow(self, task_id: str) -> Feed:
         """A feed that polls the task (follow.py): nothing is written for a follower."""
-        return follow.SQLiteFeed(task_id, self.get(task_id), self._read)
+        return follow.SQLiteFeed(task_id, self.get(task_id), self._read, self.clock)
 
     # -- inspecting and steering --------------------------------------------------
 
@@ -464,7 +466,7 @@ class SQLiteBroker(Broker):
             self._read()
             .execute(
                 f"SELECT {_TASK_COLUMNS} FROM runq_tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
-                (task_id, time.time()),
+                (task_id, self.clock()),
             )
             .fetchone()
         )
@@ -485,7 +487,7 @@ class SQLiteBroker(Broker):
 
     def cancel(self, task_id: str) -> bool:
         with self._write() as db:
-            now = time.time()
+            now = self.clock()
             freed: flow.Freed = {}
             flow.seats_of(db, [task_id], freed)
             cursor = db.execute(
@@ -508,12 +510,12 @@ class SQLiteBroker(Broker):
                 "UPDATE runq_tasks SET status = 'pending', attempts = 0, ready_at = ?, token = NULL,"
                 " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,"
                 " deadline = NULL WHERE id = ? AND status IN ('failed', 'cancelled')",
-                (time.time(), task_id),
+                (self.clock(), task_id),
             )
             return cursor.rowcount == 1
 
     def list(self, status: Status | None, queue: str | None, limit: int) -> list[TaskInfo]:
-        where, params = inspect.where_clause(status, queue, time.time())
+        where, params = inspect.where_clause(status, queue, self.clock())
         rows = (
             self._read()
             .execute(f"SELECT {_TASK_COLUMNS} FROM runq_tasks {where} ORDER BY seq DESC LIMIT ?", (*params, limit))
@@ -534,7 +536,7 @@ class SQLiteBroker(Broker):
             return db.execute(f"DELETE FROM runq_tasks {where}", params).rowcount
 
     def stats(self) -> Stats:
-        return inspect.stats(self._read())
+        return inspect.stats(self._read(), self.clock())
 
     @staticmethod
     def _count(db: sqlite3.Connection, name: str, amount: int) -> None:
@@ -549,15 +551,15 @@ class SQLiteBroker(Broker):
 
     def take_tick(self, name: str, tick: str, ttl: float) -> bool:
         with self._write() as db:
-            return flow.take_tick(db, name, tick, ttl, time.time())
+            return flow.take_tick(db, name, tick, ttl, self.clock())
 
     def acquire_rate(self, name: str, rate: float, per: float) -> float:
         with self._write() as db:
-            return flow.acquire_rate(db, name, rate, per, time.time())
+            return flow.acquire_rate(db, name, rate, per, self.clock())
 
     def breaker(self, name: str, event: BreakerEvent, failures: int, seconds: float) -> float:
         with self._write() as db:
-            return flow.breaker(db, name, event, failures, seconds, time.time())
+            return flow.breaker(db, name, event, failures, seconds, self.clock())
 
     def pause(self, queue: str, paused: bool) -> bool:
         with self._write() as db:
@@ -582,7 +584,7 @@ class SQLiteBroker(Broker):
 
     def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
         with self._write() as db:
-            now = time.time()
+            now = self.clock()
             db.execute(
                 "INSERT INTO runq_workers (id, info, expires_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET info = excluded.info, expires_at = excluded.expires_at",
@@ -597,7 +599,7 @@ class SQLiteBroker(Broker):
     def workers(self) -> builtins.list[WorkerInfo]:
         rows = (
             self._read()
-            .execute("SELECT info FROM runq_workers WHERE expires_at >= ? ORDER BY id", (time.time(),))
+            .execute("SELECT info FROM runq_workers WHERE expires_at >= ? ORDER BY id", (self.clock(),))
             .fetchall()
         )
         return [WorkerInfo.decode(row["info"]) for row in rows]

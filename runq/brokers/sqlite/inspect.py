@@ -6,17 +6,15 @@ Plain reads on the caller's connection (WAL: they never block a writer), off the
 from __future__ import annotations
 
 import sqlite3
-import time
 from typing import Any
 
 from runq.brokers.sqlite import flow
 from runq.models import COUNTERS, Percentiles, QueueStats, Stats, Status
 
 
-def stats(db: sqlite3.Connection) -> Stats:
+def stats(db: sqlite3.Connection, now: float) -> Stats:
     """Counts by queue and status, the counters, and wait/run percentiles and throughput over
-    the last five minutes of succeeded tasks."""
-    now = time.time()
+    the last five minutes of succeeded tasks (``now``: the broker's clock)."""
     queues: dict[str, dict[str, int]] = {}
     for row in db.execute("SELECT queue, status, count(*) AS n FROM runq_tasks GROUP BY queue, status"):
         queues.setdefault(row["queue"], {})[row["status"]] = row["n"]
