@@ -25,6 +25,14 @@ def breaker_event(outcome: Outcome) -> BreakerEvent | None:
     return "success" if outcome.kind == "succeeded" else "failure"
 
 
+def renews(lease_until: float, now: float, lease: float) -> bool:
+    """Whether ``renew`` writes a held claim's lease (``now + lease``): only once less than half
+    of it is left, so a busy worker's keeper rarely writes (SQLite: rarely takes the write lock).
+    A renewed claim has at least ``lease / 2`` left; a longer lease is never shortened. (The
+    Lua of renew.lua and the SQL of PostgreSQL's renew say the same.)"""
+    return lease_until - now < lease / 2
+
+
 def free_seats(limit: int, seated: int) -> int:
     """Held tasks to release into a slot: what its limit leaves beyond its pending and running ones."""
     return max(0, limit - seated)

@@ -273,7 +273,7 @@ class MemoryBroker(Broker):
             held = []
             for claim in claims:
                 record = self._held(tables, claim.id, claim.token)
-                if record is not None:
+                if record is not None and rules.renews(record.lease_until or 0.0, now, lease):
                     record.lease_until = now + lease
                 held.append(record is not None)
             return held

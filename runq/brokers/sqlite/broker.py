@@ -360,7 +360,7 @@ class SQLiteBroker(Broker):
             )
             current.update((row["id"], (row["token"], row["lease_until"])) for row in rows)
         held = [current.get(claim.id, ("", 0.0))[0] == claim.token for claim in claims]
-        due = [i for i, claim in enumerate(claims) if held[i] and current[claim.id][1] - now < lease / 2]
+        due = [i for i, claim in enumerate(claims) if held[i] and rules.renews(current[claim.id][1], now, lease)]
         if due:
             with self._write() as db:
                 now = self.clock()

@@ -1,0 +1,54 @@
+"""Each divergence tests/test_model.py found between memory:// (the reference model) and a real
+broker, as a small deterministic program, run on every broker: the state machine finds these by
+chance, these keep them fixed on every run.
+
+Time moves with the brokers' own clocks (tests/support/clock.py), never by sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from runq.brokers import Broker
+from runq.models import Message, new_task_id
+from tests.conftest import CONFORMANCE
+from tests.support.clock import Clock, clocked
+
+BROKER_KINDS = CONFORMANCE
+U = 1000.0
+
+
+@pytest.fixture
+def moved(broker_url: str) -> Iterator[tuple[Broker, Clock]]:
+    broker, clock = clocked(broker_url)
+    yield broker, clock
+    clock.close()
+
+
+def put(broker: Broker, queue: str = "a", **options: object) -> str:
+    [task_id] = broker.enqueue([Message(new_task_id(queue), "t", queue, **options)], U)  # type: ignore[arg-type]
+    return task_id
+
+
+def test_renew_never_shortens_a_lease(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: renew(lease=1U) of a claim leased for 4U made memory:// and Redis
+    write now + 1U, SQLite and PostgreSQL left it (more than half left): after 2U the task was
+    taken back on two brokers only. Every broker now writes a lease only with less than half left."""
+    broker, clock = moved
+    put(broker)
+    [claim] = broker.claim(["a"], "w", 1, 4 * U)
+    assert broker.renew([claim], U) == [True]
+    clock.advance(2 * U)
+    assert broker.claim(["a"], "w", 1, U) == []  # still held: its 4U lease stands
+    clock.advance(U)
+    assert broker.renew([claim], 8 * U) == [True]  # 1U left of 8U: now + 8U
+    clock.advance(4 * U)
+    assert broker.claim(["a"], "w", 1, U) == []
+    assert broker.renew([claim], 2 * U) == [True]  # 4U left: more than half of 2U, never shortened
+    clock.advance(3 * U)
+    assert broker.claim(["a"], "w", 1, U) == []
+    clock.advance(2 * U)
+    [again] = broker.claim(["a"], "w", 1, U)
+    assert (again.id, again.attempt) == (claim.id, 2)
