@@ -155,7 +155,7 @@ class SameAsMemory(RuleBasedStateMachine):
             broker.settle([outcome(pair[i], kind, runtime) for pair, kind in zip(pairs, kinds, strict=True)])
             for i, broker in enumerate(self.brokers)
         ]
-        assert answers[0] == answers[1], f"settle{list(zip(ids, kinds))}: memory {answers[0]}, {self.kind} {answers[1]}"
+        assert answers[0] == answers[1], f"settle{ids} {kinds}: memory {answers[0]}, {self.kind} {answers[1]}"
 
     @precondition(lambda self: bool(self.spent))
     @rule(data=st.data(), kind=st.sampled_from(KINDS))
