@@ -52,3 +52,17 @@ def test_renew_never_shortens_a_lease(moved: tuple[Broker, Clock]) -> None:
     clock.advance(2 * U)
     [again] = broker.claim(["a"], "w", 1, U)
     assert (again.id, again.attempt) == (claim.id, 2)
+
+
+def test_stats_count_no_task_past_its_result_ttl(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: a task cancelled with a 2U result_ttl, 2U later, was gone from list and
+    get everywhere but still counted by SQLite's and PostgreSQL's stats (until their clean-up ran)."""
+    broker, clock = moved
+    gone = put(broker, result_ttl=2 * U)
+    kept = put(broker)
+    assert broker.cancel(gone)
+    clock.advance(2 * U)
+    assert broker.get(gone) is None
+    counts = broker.stats().queues["a"]
+    assert (counts.pending, counts.cancelled) == (1, 0), counts
+    assert [t.id for t in broker.list(None, None, 10)] == [kept]

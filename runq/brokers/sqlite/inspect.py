@@ -16,7 +16,10 @@ def stats(db: sqlite3.Connection, now: float) -> Stats:
     """Counts by queue and status, the counters, and wait/run percentiles and throughput over
     the last five minutes of succeeded tasks (``now``: the broker's clock)."""
     queues: dict[str, dict[str, int]] = {}
-    for row in db.execute("SELECT queue, status, count(*) AS n FROM runq_tasks GROUP BY queue, status"):
+    live = "expires_at IS NULL OR expires_at > ?"  # a result past its TTL is gone, deleted or not yet
+    for row in db.execute(
+        f"SELECT queue, status, count(*) AS n FROM runq_tasks WHERE {live} GROUP BY queue, status", (now,)
+    ):
         queues.setdefault(row["queue"], {})[row["status"]] = row["n"]
     counters = dict.fromkeys(COUNTERS, 0)
     counters.update({row["name"]: row["value"] for row in db.execute("SELECT name, value FROM runq_counters")})
