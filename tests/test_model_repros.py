@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from runq.brokers import Broker
-from runq.models import Message, new_task_id
+from runq.models import Message, Outcome, Status, new_task_id
 from tests.conftest import CONFORMANCE
 from tests.support.clock import Clock, clocked
 
@@ -66,3 +66,61 @@ def test_stats_count_no_task_past_its_result_ttl(moved: tuple[Broker, Clock]) ->
     counts = broker.stats().queues["a"]
     assert (counts.pending, counts.cancelled) == (1, 0), counts
     assert [t.id for t in broker.list(None, None, 10)] == [kept]
+
+
+# -- list: newest first (enqueue order) in every state -------------------------------------
+# Redis listed each state from its own zset, by its own score: pending by priority then ready
+# order, scheduled by eta, running by lease end (runq/brokers/redis/lua/list.lua now).
+
+
+def newest(broker: Broker, status: Status | None, limit: int = 1) -> list[str]:
+    return [t.id for t in broker.list(status, None, limit)]
+
+
+def test_list_pending_is_newest_first_whatever_the_priority(moved: tuple[Broker, Clock]) -> None:
+    broker, _ = moved
+    for _ in range(3):
+        put(broker)
+    urgent = put(broker, priority=1)
+    assert newest(broker, Status.PENDING) == [urgent]
+    assert newest(broker, None) == [urgent]
+
+
+def test_list_pending_is_newest_first_not_latest_ready(moved: tuple[Broker, Clock]) -> None:
+    """A task retried (ready again, behind the others) is not the newest: it was enqueued first."""
+    broker, _ = moved
+    first, second, third = put(broker), put(broker), put(broker)
+    [claim] = broker.claim(["a"], "w", 1, U)
+    assert claim.id == first
+    assert broker.settle([Outcome(claim.id, claim.token, "retry")]) == [True]
+    assert newest(broker, Status.PENDING) == [third]
+    assert newest(broker, Status.PENDING, 3) == [third, second, first]
+
+
+def test_list_scheduled_is_newest_first_not_latest_eta(moved: tuple[Broker, Clock]) -> None:
+    broker, _ = moved
+    later = put(broker, delay=3 * U)
+    sooner = put(broker, delay=U)
+    assert newest(broker, Status.SCHEDULED) == [sooner]
+    assert newest(broker, Status.SCHEDULED, 2) == [sooner, later]
+
+
+def test_list_running_is_newest_first_not_longest_lease(moved: tuple[Broker, Clock]) -> None:
+    broker, _ = moved
+    first, second = put(broker), put(broker)
+    assert [c.id for c in broker.claim(["a"], "w", 1, 4 * U)] == [first]
+    assert [c.id for c in broker.claim(["a"], "w", 1, U)] == [second]
+    assert newest(broker, Status.RUNNING) == [second]
+    assert newest(broker, None) == [second]
+
+
+def test_list_leaves_out_results_past_their_ttl_before_the_limit(moved: tuple[Broker, Clock]) -> None:
+    """The newest tasks are gone (past their result_ttl): the limit is filled with older ones."""
+    broker, clock = moved
+    kept = put(broker)
+    gone = [put(broker, result_ttl=U) for _ in range(3)]
+    for task_id in gone:
+        assert broker.cancel(task_id)
+    clock.advance(2 * U)
+    assert newest(broker, None, 2) == [kept]
+    assert newest(broker, Status.CANCELLED, 2) == []

@@ -23,8 +23,8 @@ local TWO_44 = 17592186044416
 local OUTBOX_GRACE = 5  -- seconds before claim hands an unapplied outbox step to its worker
 local DEFAULT_RESULT_TTL = 86400  -- runq.models.Message.result_ttl
 
--- Per call (begin): INDEX, the zset of each indexed state; PLACE, the zset that orders a
--- task while it is in a state, for the states that have one; EFFECTS, the steps posted;
+-- Per call (begin): INDEX, the zset of each indexed state (by seq: enqueue order, list.lua);
+-- PLACE, the zset that orders a task while it is in a state, for the states that have one; EFFECTS, the steps posted;
 -- FREED, the concurrency slots whose tasks gave a seat up (slot -> its limit).
 local INDEX, PLACE, EFFECTS, FREED
 local SEAT = {pending = 'p', running = 'r'}  -- the states that hold a seat of a slot
@@ -417,7 +417,10 @@ end
 
 -- Called first by every function, once Q is set: the per-call state above.
 local function begin()
-  INDEX = {waiting = Q.waiting, succeeded = Q.succeeded, failed = Q.failed, cancelled = Q.cancelled}
+  INDEX = {
+    waiting = Q.waiting, scheduled = Q.scheduled_seq, succeeded = Q.succeeded, failed = Q.failed,
+    cancelled = Q.cancelled,
+  }
   PLACE = {
     pending = Q.pending, scheduled = Q.scheduled, running = Q.running,
     succeeded = Q.expiring, cancelled = Q.expiring,

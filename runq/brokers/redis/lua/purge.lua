@@ -13,6 +13,9 @@ for i = 2, #ARGV do
     break
   end
   local zset = INDEX[ARGV[i]] or PLACE[ARGV[i]]
+  if ARGV[i] == 'scheduled' then
+    zset = PLACE.scheduled  -- by eta: it holds every one (tasks scheduled before status:scheduled too)
+  end
   for _, id in ipairs(redis.call('ZRANGE', zset, 0, limit - removed - 1)) do
     forget(id, load(id))
     redis.call('ZREM', zset, id)
