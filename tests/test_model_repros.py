@@ -124,3 +124,45 @@ def test_list_leaves_out_results_past_their_ttl_before_the_limit(moved: tuple[Br
     clock.advance(2 * U)
     assert newest(broker, None, 2) == [kept]
     assert newest(broker, Status.CANCELLED, 2) == []
+
+
+# -- a task past its result_ttl is gone, whether its broker deleted it yet or not ----------------
+# Each broker deletes such tasks on its own schedule (memory:// and Redis in the next claim,
+# SQLite once a second of its clock, PostgreSQL once a real second): no answer may depend on it.
+
+
+def finished(broker: Broker, kind: str = "succeeded") -> tuple[str, Outcome]:
+    """A task settled ``kind`` whose result is kept 1U, and the outcome that settled it."""
+    task_id = put(broker, result_ttl=U)
+    [claim] = broker.claim(["a"], "w", 1, U)
+    done = Outcome(claim.id, claim.token, kind, result="1", result_ttl=U)  # type: ignore[arg-type]
+    assert broker.settle([done]) == [True]
+    return task_id, done
+
+
+def test_a_settle_sent_again_after_the_result_expired_is_stale(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: memory:// (which had deleted it) answered False, PostgreSQL True."""
+    broker, clock = moved
+    _, done = finished(broker)
+    assert broker.settle([done]) == [True]  # a repeat, while the task is there
+    clock.advance(2 * U)
+    assert broker.settle([done]) == [False]
+
+
+def test_purge_does_not_count_results_past_their_ttl(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: PostgreSQL (not yet cleaned up) counted the expired result."""
+    broker, clock = moved
+    finished(broker)
+    clock.advance(2 * U)
+    assert broker.purge(None, None) == 0
+    assert broker.purge(Status.SUCCEEDED, None) == 0
+
+
+def test_retry_refuses_a_task_past_its_result_ttl(moved: tuple[Broker, Clock]) -> None:
+    """Redis refused it (gone), memory://, SQLite and PostgreSQL brought it back."""
+    broker, clock = moved
+    task_id = put(broker, result_ttl=U)
+    assert broker.cancel(task_id)
+    clock.advance(2 * U)
+    assert broker.retry(task_id) is False
+    assert broker.get(task_id) is None

@@ -316,7 +316,9 @@ class MemoryBroker(Broker):
         """Whether ``outcome`` was applied already: its claim's token is the one that settled the
         task (a settle sent again after its reply was lost reads as applied, as on every broker)."""
         record = tables.tasks.get(outcome.id)
-        return record is not None and record.token == outcome.token and record.status is not Status.RUNNING
+        if record is None or not record.visible(tables.now):  # past its result_ttl: gone
+            return False
+        return record.token == outcome.token and record.status is not Status.RUNNING
 
     def _crashes(self, record: Record) -> bool:
         """Whether this attempt's worker dies before settling it (``?redeliver=p``)."""
@@ -401,7 +403,7 @@ class MemoryBroker(Broker):
     def retry(self, task_id: str) -> bool:
         def change(tables: Tables, now: float) -> bool:
             record = tables.tasks.get(task_id)
-            if record is None or record.status not in (Status.FAILED, Status.CANCELLED):
+            if record is None or not record.visible(now) or record.status not in (Status.FAILED, Status.CANCELLED):
                 return False
             record.status, record.attempts, record.ready_at, record.token = Status.PENDING, 0, now, None
             record.result = record.error = record.started_at = record.finished_at = record.expires_at = None
@@ -436,7 +438,7 @@ class MemoryBroker(Broker):
             ]
             for record in doomed:
                 tables.delete(record)
-            return len(doomed)
+            return sum(record.visible(now) for record in doomed)  # one past its result_ttl was gone already
 
         return self._change(change)
 

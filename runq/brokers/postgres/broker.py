@@ -485,7 +485,8 @@ class PostgresBroker(Broker):
             row = cur.execute(
                 f"UPDATE {self.s}.tasks SET status = 'pending', attempts = 0, ready_at = {NOW}, token = NULL,"
                 " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,"
-                " deadline = NULL WHERE id = %s AND status IN ('failed', 'cancelled') RETURNING queue",
+                f" deadline = NULL WHERE id = %s AND status IN ('failed', 'cancelled')"
+                f" AND (expires_at IS NULL OR expires_at > {NOW}) RETURNING queue",
                 (task_id,),
             ).fetchone()
             if row is not None:
@@ -508,11 +509,13 @@ class PostgresBroker(Broker):
     def purge(self, status: Status | None, queue: str | None) -> int:
         if status is Status.RUNNING:
             raise ValueError("running tasks cannot be purged: cancel them first")
+        # A task past its result_ttl is gone already: left to the clean-up, not counted.
         if status is None:
-            where = "WHERE status = ANY(%s)" + (" AND queue = %s" if queue else "")
+            where = f"WHERE status = ANY(%s) AND (expires_at IS NULL OR expires_at > {NOW})"
+            where += " AND queue = %s" if queue else ""
             params: tuple[Any, ...] = ([s.value for s in FINAL_STATUSES], *((queue,) if queue else ()))
         else:
-            where, params = inspect.where_clause(status, queue, expired=True)
+            where, params = inspect.where_clause(status, queue, expired=False)
         return self._run(lambda cur: cur.execute(f"DELETE FROM {self.s}.tasks {where}", params).rowcount)
 
     def stats(self) -> Stats:

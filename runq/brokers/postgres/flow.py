@@ -200,12 +200,14 @@ def breaker_states(cur: Cursor[Any], s: str) -> dict[str, dict[str, Any]]:
 def repeats(cur: Cursor[Any], s: str, claims: list[tuple[str, str]]) -> set[str]:
     """The ids among ``(id, token)`` settled already by that very claim (its token stays on the
     task). A settle whose reply was lost (the connection broke after the commit) runs again: it
-    must read as applied, not as a late outcome "cancelled or taken over"."""
+    must read as applied, not as a late outcome "cancelled or taken over". A task past its
+    result_ttl is gone, deleted or not yet."""
     if not claims:
         return set()
     rows = cur.execute(
         f"SELECT t.id FROM {s}.tasks t JOIN unnest(%s::text[], %s::text[]) AS m(id, token)"
-        " ON t.id = m.id AND t.token = m.token WHERE t.status <> 'running'",
+        f" ON t.id = m.id AND t.token = m.token WHERE t.status <> 'running'"
+        f" AND (t.expires_at IS NULL OR t.expires_at > {NOW})",
         ([task_id for task_id, _ in claims], [token for _, token in claims]),
     ).fetchall()
     return {row[0] for row in rows}

@@ -395,9 +395,9 @@ class RedisBroker(Broker):
         removed = 0
         for name in self._queues(queue):
             while True:
-                count = int(self._run("purge", function_keys("purge", name), [BATCH, *statuses]))
-                removed += count
-                if count < BATCH:
+                count, live = self._run("purge", function_keys("purge", name), [BATCH, *statuses])
+                removed += int(live)  # one past its result_ttl was gone already
+                if int(count) < BATCH:
                     break
         return removed
 

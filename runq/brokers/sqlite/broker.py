@@ -387,7 +387,7 @@ class SQLiteBroker(Broker):
                     (*params, outcome.id, outcome.token),
                 )
                 ok = cursor.rowcount == 1
-                repeat = not ok and self._repeat(db, outcome)
+                repeat = not ok and self._repeat(db, outcome, now)
                 accepted.append(ok or repeat)
                 event = rules.breaker_event(outcome)
                 if event is not None and outcome.breaker is not None and not repeat:  # a late run counts too
@@ -403,10 +403,13 @@ class SQLiteBroker(Broker):
         return accepted
 
     @staticmethod
-    def _repeat(db: sqlite3.Connection, outcome: Outcome) -> bool:
-        """Whether ``outcome`` was applied already: its claim's token is the one that settled the task."""
+    def _repeat(db: sqlite3.Connection, outcome: Outcome, now: float) -> bool:
+        """Whether ``outcome`` was applied already: its claim's token is the one that settled the
+        task, and the task is not past its result_ttl (then it is gone, deleted or not yet)."""
         found = db.execute(
-            "SELECT 1 FROM runq_tasks WHERE id = ? AND token = ? AND status != 'running'", (outcome.id, outcome.token)
+            "SELECT 1 FROM runq_tasks WHERE id = ? AND token = ? AND status != 'running'"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (outcome.id, outcome.token, now),
         ).fetchone()
         return found is not None
 
@@ -507,9 +510,10 @@ class SQLiteBroker(Broker):
     def retry(self, task_id: str) -> bool:
         with self._write() as db:
             cursor = db.execute(
-                "UPDATE runq_tasks SET status = 'pending', attempts = 0, ready_at = ?, token = NULL,"
+                "UPDATE runq_tasks SET status = 'pending', attempts = 0, ready_at = ?1, token = NULL,"
                 " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,"
-                " deadline = NULL WHERE id = ? AND status IN ('failed', 'cancelled')",
+                " deadline = NULL WHERE id = ?2 AND status IN ('failed', 'cancelled')"
+                " AND (expires_at IS NULL OR expires_at > ?1)",
                 (self.clock(), task_id),
             )
             return cursor.rowcount == 1
@@ -526,13 +530,15 @@ class SQLiteBroker(Broker):
     def purge(self, status: Status | None, queue: str | None) -> int:
         if status is Status.RUNNING:
             raise ValueError("running tasks cannot be purged: cancel them first")
-        with self._write() as db:
+        with self._write() as db:  # one past its result_ttl is gone already: left to the clean-up
+            now = self.clock()
             if status is None:
                 marks = ",".join("?" * len(FINAL_STATUSES))
-                where = f"WHERE status IN ({marks})" + (" AND queue = ?" if queue else "")
-                params: tuple[Any, ...] = (*(s.value for s in FINAL_STATUSES), *((queue,) if queue else ()))
+                where = f"WHERE status IN ({marks}) AND (expires_at IS NULL OR expires_at > ?)"
+                where += " AND queue = ?" if queue else ""
+                params: tuple[Any, ...] = (*(s.value for s in FINAL_STATUSES), now, *((queue,) if queue else ()))
             else:
-                where, params = inspect.where_clause(status, queue)
+                where, params = inspect.where_clause(status, queue, now)
             return db.execute(f"DELETE FROM runq_tasks {where}", params).rowcount
 
     def stats(self) -> Stats:

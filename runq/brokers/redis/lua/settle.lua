@@ -92,7 +92,7 @@ for n, id in ipairs(ids) do
     saved[#saved + 1] = id
     saved[#saved + 1] = cjson.encode(rec)
     accepted[n] = 1
-  elseif rec and rec.settled == ARGV[i + SET.token] then
+  elseif rec and rec.settled == ARGV[i + SET.token] and live(rec, now) then  -- (past its result_ttl: gone)
     accepted[n] = 2
   else
     accepted[n] = 0
