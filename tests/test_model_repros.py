@@ -166,3 +166,28 @@ def test_retry_refuses_a_task_past_its_result_ttl(moved: tuple[Broker, Clock]) -
     clock.advance(2 * U)
     assert broker.retry(task_id) is False
     assert broker.get(task_id) is None
+
+
+def test_a_settle_sent_again_after_a_cancel_is_stale(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: a retry applied, the task cancelled, the settle sent again: Redis
+    still read it as applied (it kept the claim's token), every other broker as stale."""
+    broker, _ = moved
+    task_id = put(broker)
+    [claim] = broker.claim(["a"], "w", 1, U)
+    retry = Outcome(claim.id, claim.token, "retry")
+    assert broker.settle([retry]) == [True]
+    assert broker.settle([retry]) == [True]  # a repeat, while the task carries the claim's token
+    assert broker.cancel(task_id)
+    assert broker.settle([retry]) == [False]
+
+
+def test_a_settle_sent_again_after_a_new_claim_is_stale(moved: tuple[Broker, Clock]) -> None:
+    broker, _ = moved
+    put(broker)
+    [first] = broker.claim(["a"], "w", 1, U)
+    retry = Outcome(first.id, first.token, "retry")
+    assert broker.settle([retry]) == [True]
+    [second] = broker.claim(["a"], "w", 1, U)
+    assert second.attempt == 2
+    assert broker.settle([retry]) == [False]
+    assert broker.settle([Outcome(second.id, second.token, "succeeded", result="1")]) == [True]

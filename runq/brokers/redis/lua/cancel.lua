@@ -17,7 +17,7 @@ if not live(rec, now) or FINAL[rec.status] then
   return {0}
 end
 redis.call('HDEL', Q.parents, id)
-rec.error = ARGV[2]
+rec.error, rec.settled = ARGV[2], nil
 local ttl = rec.result_ttl  -- a never-claimed task has no record: its payload knows
 if not ttl then
   ttl = cjson.decode(redis.call('HGET', Q.payloads, id) or '{}').result_ttl or DEFAULT_RESULT_TTL

@@ -77,6 +77,7 @@ while not paused and #claims < limit do
     else
       rec.attempts = rec.attempts + 1
       rec.token, rec.worker, rec.started_at, rec.lease_until = prefix .. (#claims + 1), worker, stamp(now), until_
+      rec.settled = nil  -- an earlier claim's settle is no longer recognised as applied
       if rec.slot or rec.deadline then
         enter(id, rec, 'running', until_)  -- its seat and deadline follow (lib.lua: flow_enter)
       else

@@ -349,7 +349,7 @@ end
 
 -- A pending or scheduled task past its deadline: cancelled (Expired), its dependents with it.
 local function expire(id, rec, now)
-  rec.error = EXPIRED
+  rec.error, rec.settled = EXPIRED, nil
   local ttl = rec.result_ttl or DEFAULT_RESULT_TTL
   finish(id, rec, 'cancelled', now, now + ttl)
   save(id, rec)

@@ -9,7 +9,8 @@
 --              repeat), 0 when the fencing token is stale; then the outbox steps posted and
 --              waiters to wake for dependents (lib.lua)
 -- Guarantees   an outcome applies only to a running task whose token matches, once: the
---              token is cleared, and kept as `settled`. A repeat is answered 2 and changes
+--              token is cleared, and kept as `settled` (until the task is claimed again,
+--              cancelled, expires or is retried by hand, as every broker keeps its token). A repeat is answered 2 and changes
 --              nothing: a worker whose settle timed out (Redis paused past the socket timeout:
 --              the command was in Redis's buffer and ran on resume) sends it again, and that
 --              must not read as "cancelled or taken over" (it was answered 0 before). succeeded keeps the result for result_ttl (then the task
