@@ -191,3 +191,28 @@ def test_a_settle_sent_again_after_a_new_claim_is_stale(moved: tuple[Broker, Clo
     assert second.attempt == 2
     assert broker.settle([retry]) == [False]
     assert broker.settle([Outcome(second.id, second.token, "succeeded", result="1")]) == [True]
+
+
+# -- one enqueue call: a later message debounces an earlier one -------------------------------
+
+
+def test_a_debounce_replaces_a_ready_task_of_its_own_batch(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: Redis wrote the batch's ready tasks only at its end, so the debounce
+    found no task holding the key and enqueued a second one."""
+    broker, _ = moved
+    first = Message(new_task_id("a"), "t", "a", args=[1], key="k")
+    second = Message(new_task_id("a"), "t", "a", args=[2], key="k", delay=U, debounce=U)
+    assert broker.enqueue([first, second], U) == [first.id, first.id]
+    [task] = broker.list(None, None, 10)
+    assert (task.id, task.status, task.args) == (first.id, Status.SCHEDULED, [2])
+
+
+def test_a_debounce_replaces_the_payload_of_its_own_batch(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: the debounced task's new payload was written, then overwritten by the
+    batch's deferred write of its first payload."""
+    broker, _ = moved
+    first = Message(new_task_id("a"), "t", "a", args=[1], key="k", delay=U, debounce=U)
+    second = Message(new_task_id("a"), "t", "a", args=[2], key="k", delay=U, debounce=U)
+    assert broker.enqueue([first, second], U) == [first.id, first.id]
+    [task] = broker.list(None, None, 10)
+    assert (task.id, task.args) == (first.id, [2])

@@ -26,7 +26,16 @@ local now = clock()
 local n = (#ARGV - 1) / ENQ_N
 local seq = redis.call('INCRBY', Q.seq, n) - n
 local ids, batch, ready_args, payload_args = {}, {}, {}, {}
-local keyed, added, readied = 0, 0, 0
+local keyed, added, readied, queued = 0, 0, 0, 0
+
+-- Write the batch's deferred pending entries and payloads (one variadic command each), now: at
+-- the end, or before a debounce reads or replaces a task enqueued earlier in this batch.
+local function flush()
+  variadic('ZADD', Q.pending, ready_args, 2000)
+  variadic('HSET', Q.payloads, payload_args, 2000)
+  queued = queued + #ready_args / 2
+  ready_args, payload_args = {}, {}
+end
 
 -- Replace the task holding a debounced message's key, if it has not started; true when it did.
 local function debounce(holder, i, flow)
@@ -94,6 +103,9 @@ for i = 2, #ARGV, ENQ_N do
   local holder = key_name and redis.call('GET', key_name)
   local flow = ARGV[i + ENQ.flow] ~= '' and cjson.decode(ARGV[i + ENQ.flow]) or nil
   local held = holder and (batch[holder] or live(load(holder), now))
+  if held and flow and flow.d and batch[holder] then
+    flush()
+  end
   if held and flow and flow.d and debounce(holder, i, flow) then
     redis.call('SET', key_name, holder, 'PX', key_ttl_ms)
     ids[#ids + 1] = holder
@@ -134,10 +146,9 @@ for i = 2, #ARGV, ENQ_N do
     added = added + 1
   end
 end
-variadic('ZADD', Q.pending, ready_args, 2000)
-variadic('HSET', Q.payloads, payload_args, 2000)
+flush()
 count('enqueued', added)
-wake(#ready_args / 2 + readied)
+wake(queued + readied)
 release_freed(now)  -- a debounced task that was pending gave its seat up
 for _, step in ipairs(EFFECTS) do
   ids[#ids + 1] = step
