@@ -7,12 +7,15 @@ Time moves with the brokers' own clocks (tests/support/clock.py), never by sleep
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from runq.brokers import Broker
-from runq.models import Message, Outcome, Status, new_task_id
+from runq.brokers.sqlite import SQLiteBroker
+from runq.models import BreakerRule, Message, Outcome, Status, new_task_id
 from tests.conftest import CONFORMANCE
 from tests.support.clock import Clock, clocked
 
@@ -216,3 +219,34 @@ def test_a_debounce_replaces_the_payload_of_its_own_batch(moved: tuple[Broker, C
     assert broker.enqueue([first, second], U) == [first.id, first.id]
     [task] = broker.list(None, None, 10)
     assert (task.id, task.args) == (first.id, [2])
+
+
+def test_a_late_outcome_sent_again_drives_its_breaker_once(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: a late outcome (its task cancelled meanwhile) counts, since its run
+    did happen; sent again it counted again on memory://, SQLite and PostgreSQL, and opened the
+    breaker, but once on Redis (whose breaker hears it by the claim's token)."""
+    broker, _ = moved
+    task_id = put(broker)
+    [claim] = broker.claim(["a"], "w", 1, U)
+    assert broker.cancel(task_id)
+    late = Outcome(claim.id, claim.token, "retry", breaker=BreakerRule("t", 2, U))
+    assert broker.settle([late]) == [False]
+    assert broker.settle([late]) == [False]
+    state = broker.stats().breakers["t"]
+    assert (state["state"], state["failures"]) == ("closed", 1)
+
+
+def test_an_older_sqlite_database_gets_the_breakers_seen_column(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    with sqlite3.connect(tmp_path / "old.db") as db:  # runq_breakers as runq made it before
+        db.execute(
+            "CREATE TABLE runq_breakers (name TEXT PRIMARY KEY, state TEXT NOT NULL, failures INTEGER NOT NULL,"
+            " open_until REAL NOT NULL, probe_until REAL NOT NULL) WITHOUT ROWID"
+        )
+        db.execute("INSERT INTO runq_breakers VALUES ('t', 'closed', 1, 0, 0)")
+    broker = SQLiteBroker(url)
+    try:
+        assert broker.breaker("t", "failure", 2, U) == 0.0
+        assert broker.stats().breakers["t"]["state"] == "open"
+    finally:
+        broker.close()

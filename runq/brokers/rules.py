@@ -52,6 +52,24 @@ def dependency_error(parent: str, verb: str, cause: str | None = None) -> str:
     return json.dumps({"type": ErrorKind.DEPENDENCY_FAILED.value, "message": message, "parent": parent})
 
 
+SEEN = 32  # a breaker remembers the claims of its last 32 reports (breaker.lua too)
+
+
+def first_report(state: dict[str, Any], token: str) -> bool:
+    """Whether the report of the run of claim ``token`` is new to its breaker, which then
+    remembers it (``state["seen"]``: the last :data:`SEEN` tokens, newest first, space-separated).
+    A settle sent again, after its reply was lost or its claim was taken over, counts once: on
+    Redis the breaker hears it in the settle's round trip, unable to wait for the settle's
+    answer, so every broker counts by token alike. An empty token (``breaker()``) is always new."""
+    if not token:
+        return True
+    seen = str(state.get("seen") or "").split()
+    if token in seen:
+        return False
+    state["seen"] = " ".join([token, *seen][:SEEN])
+    return True
+
+
 def breaker_step(state: dict[str, Any], event: BreakerEvent, failures: int, seconds: float, now: float) -> float:
     """One event on a breaker's state (changed in place); the seconds to hold a run."""
     if event == "success":

@@ -302,10 +302,9 @@ class MemoryBroker(Broker):
                     self._apply(tables, record, outcome, error, now)
                 repeat = record is None and self._repeat(tables, outcome)
                 event = rules.breaker_event(outcome)
-                if event is not None and outcome.breaker is not None and not repeat:  # a late run counts too
-                    flow.breaker(
-                        tables, outcome.breaker.name, event, outcome.breaker.failures, outcome.breaker.seconds, now
-                    )
+                if event is not None and outcome.breaker is not None:  # a late run counts too, once
+                    rule = outcome.breaker
+                    flow.breaker(tables, rule.name, event, rule.failures, rule.seconds, now, outcome.token)
                 accepted.append(record is not None or repeat)
             return accepted
 

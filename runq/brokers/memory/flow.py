@@ -13,7 +13,7 @@ from typing import Any
 
 from runq.brokers.base import BreakerEvent
 from runq.brokers.memory.tables import Record, Tables
-from runq.brokers.rules import EXPIRED, EXPIRED_VERB, HELD, breaker_step, dependency_error, free_seats
+from runq.brokers.rules import EXPIRED, EXPIRED_VERB, HELD, breaker_step, dependency_error, first_report, free_seats
 from runq.models import Message, Status
 
 
@@ -191,11 +191,16 @@ def acquire_rate(tables: Tables, name: str, rate: float, per: float, now: float)
     return wait
 
 
-def breaker(tables: Tables, name: str, event: BreakerEvent, failures: int, seconds: float, now: float) -> float:
+def breaker(
+    tables: Tables, name: str, event: BreakerEvent, failures: int, seconds: float, now: float, token: str = ""
+) -> float:
+    """One event on a breaker; ``token``: the claim whose run it reports (rules.first_report)."""
     found = tables.breakers.get(name)
     state: dict[str, Any] = (
         dict(found) if found else {"state": "closed", "failures": 0, "open_until": 0.0, "probe_until": 0.0}
     )
+    if not first_report(state, token):
+        return 0.0
     hold = breaker_step(state, event, failures, seconds, now)
     if found or state["state"] != "closed" or state["failures"]:
         tables.breakers[name] = state

@@ -400,15 +400,15 @@ class PostgresBroker(Broker):
         self._record(cur, dict(counts), notes)
         applied = {row[0] for row in rows}
         repeated = flow.repeats(cur, s, [(x.id, x.token) for x in o if x.id not in applied])
-        self._drive_breakers(cur, [x for x in o if x.id not in repeated])  # a late run counts too
+        self._drive_breakers(cur, o)  # a late run counts too, each run once (rules.first_report)
         return [x.id in applied or x.id in repeated for x in o]
 
     def _drive_breakers(self, cur: Cursor[Any], outcomes: Sequence[Outcome]) -> None:
         """Tell each outcome's breaker how its run went, by name in one order (row locks)."""
-        events = [(x.breaker, event) for x in outcomes if (event := rules.breaker_event(x)) is not None]
-        for rule, event in sorted(events, key=lambda item: item[0].name if item[0] else ""):
+        events = [(x.breaker, event, x.token) for x in outcomes if (event := rules.breaker_event(x)) is not None]
+        for rule, event, token in sorted(events, key=lambda item: item[0].name if item[0] else ""):
             if rule is not None:
-                flow.breaker(cur, self.s, rule.name, event, rule.failures, rule.seconds)
+                flow.breaker(cur, self.s, rule.name, event, rule.failures, rule.seconds, token)
 
     # -- progress and events (follow.py) --------------------------------------------
 

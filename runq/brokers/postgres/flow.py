@@ -25,7 +25,7 @@ from typing import Any
 from psycopg import Cursor
 
 from runq.brokers.base import BreakerEvent
-from runq.brokers.rules import breaker_step, dependency_error
+from runq.brokers.rules import breaker_step, dependency_error, first_report
 from runq.models import Message
 
 NOW = "extract(epoch FROM statement_timestamp())::float8"
@@ -172,22 +172,28 @@ def acquire_rate(cur: Cursor[Any], s: str, name: str, rate: float, per: float) -
     return float(wait)
 
 
-def breaker(cur: Cursor[Any], s: str, name: str, event: BreakerEvent, failures: int, seconds: float) -> float:
-    columns = "state, failures, open_until, probe_until"
+def breaker(
+    cur: Cursor[Any], s: str, name: str, event: BreakerEvent, failures: int, seconds: float, token: str = ""
+) -> float:
+    """One event on a breaker; ``token``: the claim whose run it reports (rules.first_report)."""
+    fields = ("state", "failures", "open_until", "probe_until", "seen")
+    columns = ", ".join(fields)
     row = cur.execute(f"SELECT {columns}, {NOW} FROM {s}.breakers WHERE name = %s FOR UPDATE", (name,)).fetchone()
     if row is None:
         now = cur.execute(f"SELECT {NOW}").fetchone()[0]  # type: ignore[index]
-        state: dict[str, Any] = {"state": "closed", "failures": 0, "open_until": 0.0, "probe_until": 0.0}
+        state: dict[str, Any] = {"state": "closed", "failures": 0, "open_until": 0.0, "probe_until": 0.0, "seen": ""}
     else:
-        state = dict(zip(("state", "failures", "open_until", "probe_until"), row[:4], strict=False))
-        now = row[4]
+        state = dict(zip(fields, row[:5], strict=False))
+        now = row[5]
+    if not first_report(state, token):
+        return 0.0
     hold = breaker_step(state, event, failures, seconds, now)
     if row is not None or state["state"] != "closed" or state["failures"]:
         cur.execute(
-            f"INSERT INTO {s}.breakers (name, {columns}) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE"
-            " SET state = excluded.state, failures = excluded.failures, open_until = excluded.open_until,"
-            " probe_until = excluded.probe_until",
-            (name, state["state"], state["failures"], state["open_until"], state["probe_until"]),
+            f"INSERT INTO {s}.breakers (name, {columns}) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name)"
+            " DO UPDATE SET state = excluded.state, failures = excluded.failures, open_until = excluded.open_until,"
+            " probe_until = excluded.probe_until, seen = excluded.seen",
+            (name, *(state[field] for field in fields)),
         )
     return hold
 

@@ -145,3 +145,7 @@ CREATE INDEX tasks_held ON {schema}.tasks (queue, slot, priority DESC, seq)
 CREATE TABLE {schema}.paused (
     queue text PRIMARY KEY
 );
+
+-- migration: 5
+-- The claims of a breaker's last reports (rules.first_report): a settle sent again counts once.
+ALTER TABLE {schema}.breakers ADD COLUMN seen text NOT NULL DEFAULT '';

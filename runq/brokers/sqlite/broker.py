@@ -390,9 +390,9 @@ class SQLiteBroker(Broker):
                 repeat = not ok and self._repeat(db, outcome, now)
                 accepted.append(ok or repeat)
                 event = rules.breaker_event(outcome)
-                if event is not None and outcome.breaker is not None and not repeat:  # a late run counts too
+                if event is not None and outcome.breaker is not None:  # a late run counts too, once
                     rule = outcome.breaker
-                    flow.breaker(db, rule.name, event, rule.failures, rule.seconds, now)
+                    flow.breaker(db, rule.name, event, rule.failures, rule.seconds, now, outcome.token)
                 if ok and counter:
                     self._count(db, counter, 1)
                 if ok and outcome.kind in ("succeeded", "failed"):

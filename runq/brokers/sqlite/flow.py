@@ -21,12 +21,13 @@ import sqlite3
 from typing import Any
 
 from runq.brokers.base import BreakerEvent
-from runq.brokers.rules import EXPIRED, EXPIRED_VERB, HELD, breaker_step, dependency_error, free_seats
+from runq.brokers.rules import EXPIRED, EXPIRED_VERB, HELD, breaker_step, dependency_error, first_report, free_seats
 from runq.models import Message
 
 Freed = dict[tuple[str, str], int]
 SEATED = ("pending", "running")
 FLOW_COLUMNS = (("deadline", "REAL"), ("slot", "TEXT"), ("concurrency", "INTEGER"))
+BREAKER_SEEN = ("runq_breakers", "seen", "TEXT NOT NULL DEFAULT ''")
 FLOW_SCHEMA = """
 CREATE INDEX IF NOT EXISTS runq_deadlines ON runq_tasks (queue, deadline)
     WHERE deadline IS NOT NULL AND status IN ('pending', 'scheduled');
@@ -39,11 +40,10 @@ CREATE INDEX IF NOT EXISTS runq_held ON runq_tasks (queue, slot, priority DESC, 
 
 def migrate(db: sqlite3.Connection) -> None:
     """Give a database made by an older runq the flow-control columns, then their indexes."""
-    have = {row[1] for row in db.execute("PRAGMA table_info(runq_tasks)")}
-    for name, kind in FLOW_COLUMNS:
-        if name not in have:
+    for table, name, kind in (*(("runq_tasks", *column) for column in FLOW_COLUMNS), BREAKER_SEEN):
+        if name not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
             try:
-                db.execute(f"ALTER TABLE runq_tasks ADD COLUMN {name} {kind}")
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
             except sqlite3.OperationalError as exc:  # another process added it just now
                 if "duplicate column" not in str(exc):
                     raise
@@ -251,16 +251,29 @@ def acquire_rate(db: sqlite3.Connection, name: str, rate: float, per: float, now
     return wait
 
 
-def breaker(db: sqlite3.Connection, name: str, event: BreakerEvent, failures: int, seconds: float, now: float) -> float:
+def breaker(
+    db: sqlite3.Connection,
+    name: str,
+    event: BreakerEvent,
+    failures: int,
+    seconds: float,
+    now: float,
+    token: str = "",
+) -> float:
+    """One event on a breaker; ``token``: the claim whose run it reports (rules.first_report)."""
     row = db.execute("SELECT * FROM runq_breakers WHERE name = ?", (name,)).fetchone()
     state: dict[str, Any] = (
-        dict(row) if row else {"name": name, "state": "closed", "failures": 0, "open_until": 0.0, "probe_until": 0.0}
+        dict(row)
+        if row
+        else {"name": name, "state": "closed", "failures": 0, "open_until": 0.0, "probe_until": 0.0, "seen": ""}
     )
+    if not first_report(state, token):
+        return 0.0
     hold = breaker_step(state, event, failures, seconds, now)
     if row or state["state"] != "closed" or state["failures"]:
         db.execute(
-            "INSERT OR REPLACE INTO runq_breakers (name, state, failures, open_until, probe_until)"
-            " VALUES (:name, :state, :failures, :open_until, :probe_until)",
+            "INSERT OR REPLACE INTO runq_breakers (name, state, failures, open_until, probe_until, seen)"
+            " VALUES (:name, :state, :failures, :open_until, :probe_until, :seen)",
             state,
         )
     return hold
