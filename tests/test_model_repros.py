@@ -250,3 +250,48 @@ def test_an_older_sqlite_database_gets_the_breakers_seen_column(tmp_path: Path) 
         assert broker.stats().breakers["t"]["state"] == "open"
     finally:
         broker.close()
+
+
+# -- claim order: a scheduled task is ready from its eta on ------------------------------------
+# Redis made a due task pending only at the next claim, behind every task made ready since its
+# eta; every other broker orders ready tasks by the time they became ready (lua/lib.lua: reserve_due).
+
+
+def test_a_due_task_runs_before_one_enqueued_after_its_eta(moved: tuple[Broker, Clock]) -> None:
+    broker, clock = moved
+    due = put(broker, delay=U)
+    clock.advance(2 * U)
+    later = put(broker)
+    assert broker.get(due).status is Status.SCHEDULED  # until a claim takes it up
+    assert [c.id for c in broker.claim(["a"], "w", 1, U)] == [due]
+    assert [c.id for c in broker.claim(["a"], "w", 1, U)] == [later]
+
+
+def test_a_due_task_runs_before_one_taken_back_after_its_eta(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: a lease that ran out and a debounced task due, both before a claim."""
+    broker, clock = moved
+    lost = put(broker)
+    assert [c.id for c in broker.claim(["a"], "w", 1, U)] == [lost]
+    due = put(broker, delay=U)
+    clock.advance(2 * U)
+    assert [(c.id, c.attempt) for c in broker.claim(["a"], "w", 2, U)] == [(due, 1), (lost, 2)]
+
+
+def test_a_due_task_runs_before_one_retried_after_its_eta(moved: tuple[Broker, Clock]) -> None:
+    broker, clock = moved
+    retried = put(broker)
+    [claim] = broker.claim(["a"], "w", 1, 4 * U)
+    due = put(broker, delay=U)
+    clock.advance(2 * U)
+    assert broker.settle([Outcome(claim.id, claim.token, "retry")]) == [True]
+    assert [c.id for c in broker.claim(["a"], "w", 2, U)] == [due, retried]
+
+
+def test_due_tasks_keep_their_eta_order(moved: tuple[Broker, Clock]) -> None:
+    broker, clock = moved
+    second = put(broker, delay=3 * U)
+    first = put(broker, delay=U)
+    clock.advance(2 * U)
+    ready = put(broker)
+    clock.advance(2 * U)
+    assert [c.id for c in broker.claim(["a"], "w", 3, U)] == [first, ready, second]

@@ -209,7 +209,7 @@ class RedisBroker(Broker):
 
     @staticmethod
     def _enqueue_call(queue: str, messages: Sequence[Message], key_ttl: float) -> Call:
-        """Ready tasks only (no delay, no ``after``, no flow options): the 6 keys that needs, else all."""
+        """Ready tasks only (no delay, no ``after``, no flow options): the 7 keys that needs, else all."""
         flows = [_flow_arg(m) for m in messages]
         ready = all(m.delay <= 0 and not m.after and not flow for m, flow in zip(messages, flows, strict=True))
         name = "enqueue_ready" if ready else "enqueue"

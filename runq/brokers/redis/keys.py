@@ -103,7 +103,7 @@ class QueueKeys(NamedTuple):
 
 
 ALL = QueueKeys._fields
-READY = ("tasks", "payloads", "pending", "seq", "counters", "wake")  # enqueue of ready tasks only
+READY = ("tasks", "payloads", "pending", "seq", "counters", "wake", "scheduled")  # enqueue of ready tasks only
 
 # Per-item argument layouts: ARGV holds a head, then these fields once per item.
 # flow: "" or JSON {e: expires s, d: debounce s, s: slot, n: its limit} (SPEC §9)

@@ -12,6 +12,7 @@
 
 local id = ARGV[1]
 local now = clock()
+reserve_due(now, 100)  -- due tasks were ready before any its slot lets out
 local rec = load(id)
 if not live(rec, now) or FINAL[rec.status] then
   return {0}

@@ -10,6 +10,7 @@
 --              then the outbox steps posted (lib.lua: link steps for parents in other queues)
 -- Guarantees   the whole batch or nothing (one script); delay > 0 makes it scheduled at
 --              now + delay on the Redis clock, else pending behind the tasks ready before it
+--              (scheduled tasks past their eta included: lib.lua reserve_due)
 --              (a pending task is only its payload and its place in `pending`);
 --              a key is held for key_ttl and only while its task exists and has not expired.
 --              A task with parents is waiting: parents of this queue are checked here (one
@@ -23,6 +24,7 @@
 
 local key_ttl_ms = ARGV[1]
 local now = clock()
+reserve_due(now, 100)  -- due tasks were ready before any of these
 local n = (#ARGV - 1) / ENQ_N
 local seq = redis.call('INCRBY', Q.seq, n) - n
 local ids, batch, ready_args, payload_args = {}, {}, {}, {}
@@ -43,7 +45,7 @@ local function debounce(holder, i, flow)
   if not rec or (rec.status ~= 'pending' and rec.status ~= 'scheduled') or rec.attempts ~= 0 then
     return false
   end
-  rec.ready_at = stamp(now + tonumber(ARGV[i + ENQ.delay]))
+  rec.ready_at, rec.due = stamp(now + tonumber(ARGV[i + ENQ.delay])), nil
   enter(holder, rec, 'scheduled', rec.ready_at)
   set_flow(holder, rec, flow, now)
   if rec.deadline then

@@ -20,6 +20,7 @@
 local WAKE_CAP = 32
 local SAMPLE_CAP = 4096
 local TWO_44 = 17592186044416
+local TWO_50 = 1125899906842624
 local OUTBOX_GRACE = 5  -- seconds before claim hands an unapplied outbox step to its worker
 local DEFAULT_RESULT_TTL = 86400  -- runq.models.Message.result_ttl
 
@@ -132,6 +133,25 @@ local function enter(id, rec, status, score)
   end
 end
 
+-- A scheduled task is ready from its eta on: it takes its place in the ready order (a seq) at
+-- the first call after its eta, before any task that call makes ready (enqueued, retried,
+-- released, taken back, let out of its slot), as every broker orders ready tasks by the time
+-- they became ready. Its status stays scheduled until a claim makes it pending, in that place:
+-- meanwhile its score in `scheduled` is that seq - 2^50 (due, and promoted first, in order).
+local function reserve_due(now, limit)
+  local due = redis.call('ZRANGEBYSCORE', Q.scheduled, 0, stamp(now), 'LIMIT', 0, limit)
+  if #due == 0 then
+    return
+  end
+  local seq = redis.call('INCRBY', Q.seq, #due) - #due
+  for i, id in ipairs(due) do
+    local rec = load(id)
+    rec.due = seq + i
+    redis.call('ZADD', Q.scheduled, rec.due - TWO_50, id)
+    save(id, rec)
+  end
+end
+
 -- Let up to n idle workers know there is work; the list never exceeds WAKE_CAP.
 local function wake(n)
   if n <= 0 then
@@ -145,9 +165,11 @@ local function wake(n)
   redis.call('LTRIM', Q.wake, 0, WAKE_CAP - 1)
 end
 
--- Queue a task behind every task of its priority that was ready before it.
+-- Queue a task behind every task of its priority that was ready before it (`seq`: its place
+-- in the ready order, when it took it before: reserve_due).
 local function make_ready(id, rec, seq)
   seq = seq or redis.call('INCR', Q.seq)
+  rec.due = nil
   rec.score = string.format('%.0f', (100 - rec.priority) * TWO_44 + seq)
   enter(id, rec, 'pending', rec.score)
 end

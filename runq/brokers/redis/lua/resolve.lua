@@ -8,5 +8,7 @@
 --              no parent left it becomes pending (scheduled while its delay runs); with an
 --              error it is cancelled, and its dependents with it.
 
-resolve(ARGV[1], ARGV[2], ARGV[3] ~= '' and ARGV[3] or nil, clock())
+local now = clock()
+reserve_due(now, 100)  -- due tasks were ready before the child
+resolve(ARGV[1], ARGV[2], ARGV[3] ~= '' and ARGV[3] or nil, now)
 return EFFECTS

@@ -8,6 +8,7 @@
 
 local id = ARGV[1]
 local now = clock()
+reserve_due(now, 100)  -- due tasks were ready before this one
 local rec = load(id)
 if not live(rec, now) or (rec.status ~= 'failed' and rec.status ~= 'cancelled') then
   return 0

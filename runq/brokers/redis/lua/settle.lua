@@ -27,6 +27,7 @@
 
 local now = clock()
 trim(now, 100)
+reserve_due(now, 100)  -- due tasks were ready before any this settle makes ready
 
 local samples, counts, woken = {}, {succeeded = 0, retried = 0, failed = 0}, 0
 
