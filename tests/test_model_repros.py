@@ -295,3 +295,16 @@ def test_due_tasks_keep_their_eta_order(moved: tuple[Broker, Clock]) -> None:
     ready = put(broker)
     clock.advance(2 * U)
     assert [c.id for c in broker.claim(["a"], "w", 3, U)] == [first, ready, second]
+
+
+def test_a_task_after_one_its_own_batch_cancelled_is_cancelled(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: in one enqueue call, a task waits on a cancelled task and a third on
+    it; Redis took a parent of the same call to be waiting, so the third waited forever."""
+    broker, _ = moved
+    gone = put(broker)
+    assert broker.cancel(gone)
+    middle = Message(new_task_id("a"), "t", "a", after=(gone,))
+    last = Message(new_task_id("a"), "t", "a", after=(middle.id,))
+    assert broker.enqueue([middle, last], U) == [middle.id, last.id]
+    infos = [broker.get(task_id) for task_id in (middle.id, last.id)]
+    assert [info.status if info else None for info in infos] == [Status.CANCELLED, Status.CANCELLED]

@@ -67,7 +67,8 @@ local function wait_for(id, rec, after)
         waiting[#waiting + 1] = parent
         elsewhere[#elsewhere + 1] = parent
       else
-        local v = batch[parent] and 'wait' or verdict(load(parent), now)
+        local found = load(parent)  -- nil for a ready task of this batch not written yet: it waits
+        local v = (found == nil and batch[parent]) and 'wait' or verdict(found, now)
         if v == 'wait' then
           waiting[#waiting + 1] = parent
         elseif v ~= 'ok' then
