@@ -7,6 +7,7 @@ Time moves with the brokers' own clocks (tests/support/clock.py), never by sleep
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,3 +309,35 @@ def test_a_task_after_one_its_own_batch_cancelled_is_cancelled(moved: tuple[Brok
     assert broker.enqueue([middle, last], U) == [middle.id, last.id]
     infos = [broker.get(task_id) for task_id in (middle.id, last.id)]
     assert [info.status if info else None for info in infos] == [Status.CANCELLED, Status.CANCELLED]
+
+
+def error_of(broker: Broker, task_id: str) -> str:
+    info = broker.get(task_id)
+    assert info is not None and info.error is not None, info
+    return str(info.error["message"])
+
+
+def test_a_task_after_a_cancelled_dependent_names_the_cause(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: the task a waits on was cancelled (its own parent was) either before a
+    was enqueued or after; a's error named the cause only in the second case, so Redis (which links
+    a parent in another queue after the enqueue) and memory:// disagreed. The error is now the one
+    the cascade gives, whenever the task comes."""
+    broker, _ = moved
+    gone = put(broker)
+    assert broker.cancel(gone)
+    middle = Message(new_task_id("b"), "t", "b", after=(gone,))
+    last = Message(new_task_id("a"), "t", "a", after=(middle.id,))
+    broker.enqueue([middle, last], U)
+    assert error_of(broker, middle.id) == f"parent task {gone} was cancelled"
+    assert error_of(broker, last.id) == f"parent task {middle.id} was cancelled (parent task {gone} was cancelled)"
+
+
+def test_a_task_after_an_expired_one_says_it_expired(moved: tuple[Broker, Clock]) -> None:
+    broker, clock = moved
+    waiting = Message(new_task_id("a"), "t", "a")
+    parent = put(broker, expires=U)
+    before = put(broker, after=(parent,))
+    clock.advance(2 * U)
+    assert broker.claim(["a"], "w", 1, U) == []  # the parent expires, its dependent with it
+    [after] = broker.enqueue([dataclasses.replace(waiting, after=(parent,))], U)
+    assert error_of(broker, before) == error_of(broker, after) == f"parent task {parent} expired"

@@ -70,6 +70,29 @@ def first_report(state: dict[str, Any], token: str) -> bool:
     return True
 
 
+def parent_error(parent: str, status: str | None, error: str | None) -> str | None:
+    """The error of a task whose ``parent`` ended badly (``status`` None: gone), in the words its
+    end gave the tasks waiting on it then ("failed", "expired", "was cancelled" with the cause
+    when it was itself cancelled as a dependent): the same whenever the task comes, before or
+    after its parent ended. ``None`` for a parent that has not ended badly."""
+    if status is None:
+        return dependency_error(parent, "not found")
+    if status == "failed":
+        return dependency_error(parent, "failed")
+    if status != "cancelled":
+        return None
+    try:
+        ended = json.loads(error or "{}")
+    except ValueError:
+        ended = {}
+    kind = ended.get("type") if isinstance(ended, dict) else None
+    if kind == ErrorKind.EXPIRED.value:
+        return dependency_error(parent, EXPIRED_VERB)
+    if kind == ErrorKind.DEPENDENCY_FAILED.value:
+        return dependency_error(parent, "was cancelled", str(ended.get("message")))
+    return dependency_error(parent, "was cancelled")
+
+
 def breaker_step(state: dict[str, Any], event: BreakerEvent, failures: int, seconds: float, now: float) -> float:
     """One event on a breaker's state (changed in place); the seconds to hold a run."""
     if event == "success":

@@ -13,7 +13,16 @@ from typing import Any
 
 from runq.brokers.base import BreakerEvent
 from runq.brokers.memory.tables import Record, Tables
-from runq.brokers.rules import EXPIRED, EXPIRED_VERB, HELD, breaker_step, dependency_error, first_report, free_seats
+from runq.brokers.rules import (
+    EXPIRED,
+    EXPIRED_VERB,
+    HELD,
+    breaker_step,
+    dependency_error,
+    first_report,
+    free_seats,
+    parent_error,
+)
 from runq.models import Message, Status
 
 
@@ -30,8 +39,7 @@ def link(tables: Tables, record: Record, after: tuple[str, ...], now: float) -> 
         if status is Status.SUCCEEDED:
             continue
         if status in (None, Status.FAILED, Status.CANCELLED):
-            verb = {None: "not found", Status.FAILED: "failed"}.get(status, "was cancelled")
-            error = dependency_error(parent, verb)
+            error = parent_error(parent, status and status.value, found.error if found else None)
             break
         tables.children.setdefault(parent, {})[record.id] = None
         tables.parents.setdefault(record.id, {})[parent] = None

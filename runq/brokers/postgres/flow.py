@@ -25,7 +25,7 @@ from typing import Any
 from psycopg import Cursor
 
 from runq.brokers.base import BreakerEvent
-from runq.brokers.rules import breaker_step, dependency_error, first_report
+from runq.brokers.rules import breaker_step, dependency_error, first_report, parent_error
 from runq.models import Message
 
 NOW = "extract(epoch FROM statement_timestamp())::float8"
@@ -58,14 +58,14 @@ def link(cur: Cursor[Any], s: str, message: Message) -> str | None:
     lock_parents(cur, parents, shared=True)
     for parent in parents:
         row = cur.execute(
-            f"SELECT status FROM {s}.tasks WHERE id = %s AND (expires_at IS NULL OR expires_at > {NOW})",
+            f"SELECT status, error FROM {s}.tasks WHERE id = %s AND (expires_at IS NULL OR expires_at > {NOW})",
             (parent,),
         ).fetchone()
         status = row[0] if row else None
         if status == "succeeded":
             continue
         if status in (None, "failed", "cancelled"):
-            return dependency_error(parent, {None: "not found", "failed": "failed"}.get(status, "was cancelled"))
+            return parent_error(parent, status, row[1] if row else None)
         cur.execute(
             f"INSERT INTO {s}.deps (parent, child) VALUES (%s, %s) ON CONFLICT DO NOTHING", (parent, message.id)
         )

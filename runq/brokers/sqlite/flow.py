@@ -21,7 +21,16 @@ import sqlite3
 from typing import Any
 
 from runq.brokers.base import BreakerEvent
-from runq.brokers.rules import EXPIRED, EXPIRED_VERB, HELD, breaker_step, dependency_error, first_report, free_seats
+from runq.brokers.rules import (
+    EXPIRED,
+    EXPIRED_VERB,
+    HELD,
+    breaker_step,
+    dependency_error,
+    first_report,
+    free_seats,
+    parent_error,
+)
 from runq.models import Message
 
 Freed = dict[tuple[str, str], int]
@@ -58,13 +67,14 @@ def link(db: sqlite3.Connection, message: Message, now: float) -> str | None:
     """
     for parent in dict.fromkeys(message.after):
         row = db.execute(
-            "SELECT status FROM runq_tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)", (parent, now)
+            "SELECT status, error FROM runq_tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
+            (parent, now),
         ).fetchone()
         status = row["status"] if row else None
         if status == "succeeded":
             continue
         if status in (None, "failed", "cancelled"):
-            return dependency_error(parent, {None: "not found", "failed": "failed"}.get(status, "was cancelled"))
+            return parent_error(parent, status, row["error"] if row else None)
         db.execute("INSERT OR IGNORE INTO runq_deps (parent, child) VALUES (?, ?)", (parent, message.id))
     return None
 

@@ -68,11 +68,11 @@ local function wait_for(id, rec, after)
         elsewhere[#elsewhere + 1] = parent
       else
         local found = load(parent)  -- nil for a ready task of this batch not written yet: it waits
-        local v = (found == nil and batch[parent]) and 'wait' or verdict(found, now)
+        local v = (found == nil and batch[parent]) and 'wait' or verdict(parent, found, now)
         if v == 'wait' then
           waiting[#waiting + 1] = parent
         elseif v ~= 'ok' then
-          rec.error = dependency_error(parent, v)
+          rec.error = v
           finish(id, rec, 'cancelled', now, now + rec.result_ttl)
           count('cancelled', 1)
           return false

@@ -272,16 +272,24 @@ local function post(entry)
   EFFECTS[#EFFECTS + 1] = text
 end
 
--- What a parent's record means for its dependents: 'ok', 'wait', or the verb of its end.
-local function verdict(rec, now)
+-- What parent `id`'s record means for its dependents: 'ok', 'wait', or the error they end with,
+-- in the words its end gave the tasks waiting on it then (rules.py: parent_error).
+local function verdict(id, rec, now)
   if not live(rec, now) then
-    return 'not found'
+    return dependency_error(id, 'not found')
   elseif rec.status == 'succeeded' then
     return 'ok'
   elseif rec.status == 'failed' then
-    return 'failed'
+    return dependency_error(id, 'failed')
   elseif rec.status == 'cancelled' then
-    return 'was cancelled'
+    local ok, ended = pcall(cjson.decode, rec.error or '{}')
+    local kind = ok and type(ended) == 'table' and ended.type or nil
+    if kind == 'Expired' then
+      return dependency_error(id, 'expired')
+    elseif kind == 'DependencyFailed' then
+      return dependency_error(id, 'was cancelled', tostring(ended.message))
+    end
+    return dependency_error(id, 'was cancelled')
   end
   return 'wait'
 end
