@@ -341,3 +341,15 @@ def test_a_task_after_an_expired_one_says_it_expired(moved: tuple[Broker, Clock]
     assert broker.claim(["a"], "w", 1, U) == []  # the parent expires, its dependent with it
     [after] = broker.enqueue([dataclasses.replace(waiting, after=(parent,))], U)
     assert error_of(broker, before) == error_of(broker, after) == f"parent task {parent} expired"
+
+
+def test_tasks_taken_back_together_go_in_enqueue_order(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: leases that ran out are taken back by one claim, all ready at that
+    moment: every broker queues them in enqueue order, Redis did in the order the leases ended."""
+    broker, clock = moved
+    first, second = put(broker), put(broker)
+    assert [c.id for c in broker.claim(["a"], "w", 1, 4 * U)] == [first]
+    assert [c.id for c in broker.claim(["a"], "w", 1, U)] == [second]
+    clock.advance(5 * U)
+    assert [(c.id, c.attempt) for c in broker.claim(["a"], "w", 2, U)] == [(first, 2), (second, 2)]
+

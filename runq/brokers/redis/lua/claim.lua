@@ -26,9 +26,13 @@ trim(now, batch)
 reserve_due(now, batch)  -- due tasks were ready before any this claim takes back
 
 local readied = 0
-local lost = redis.call('ZRANGEBYSCORE', Q.running, '-inf', '(' .. stamp(now), 'LIMIT', 0, batch)
-for _, id in ipairs(lost) do
-  local rec = load(id)
+local lost = {}
+for i, id in ipairs(redis.call('ZRANGEBYSCORE', Q.running, '-inf', '(' .. stamp(now), 'LIMIT', 0, batch)) do
+  lost[i] = {id, load(id)}
+end
+table.sort(lost, function(a, b) return a[2].seq < b[2].seq end)  -- all ready now: in enqueue order
+for _, entry in ipairs(lost) do
+  local id, rec = entry[1], entry[2]
   rec.error, rec.token, rec.lease_until, rec.ready_at = WORKER_LOST, nil, nil, stamp(now)
   make_ready(id, rec)
   save(id, rec)
