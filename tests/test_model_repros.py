@@ -353,3 +353,15 @@ def test_tasks_taken_back_together_go_in_enqueue_order(moved: tuple[Broker, Cloc
     clock.advance(5 * U)
     assert [(c.id, c.attempt) for c in broker.claim(["a"], "w", 2, U)] == [(first, 2), (second, 2)]
 
+
+def test_of_parents_already_ended_badly_the_error_names_one_of_its_own_queue_first(
+    moved: tuple[Broker, Clock],
+) -> None:
+    """Found by test_model: Redis decides a task's parents of its own queue at enqueue and the
+    others after, so it named the parent of its own queue where the others named the first in
+    ``after``; every broker now checks them in that order (rules.parents_in_order)."""
+    broker, _ = moved
+    elsewhere, here = put(broker, "b"), put(broker, "a")
+    assert broker.cancel(elsewhere) and broker.cancel(here)
+    task_id = put(broker, "a", after=(elsewhere, here))
+    assert error_of(broker, task_id) == f"parent task {here} was cancelled"

@@ -10,7 +10,7 @@ from typing import Any
 
 from runq.brokers.base import BreakerEvent
 from runq.errors import ErrorKind
-from runq.models import Outcome
+from runq.models import Outcome, queue_of
 
 PROBE_POLL = 1.0  # longest hold while a half-open breaker's probe runs
 HELD = math.inf  # the ready_at of a task held by its concurrency limit: it waits for a slot, not a time
@@ -68,6 +68,15 @@ def first_report(state: dict[str, Any], token: str) -> bool:
         return False
     state["seen"] = " ".join([token, *seen][:SEEN])
     return True
+
+
+def parents_in_order(after: tuple[str, ...], queue: str) -> list[str]:
+    """A task's parents in the order they are checked when it is enqueued, each once: those of its
+    own ``queue`` first, then the others, each in ``after`` order. Of several parents already
+    ended badly, the first so named is the one its error names (Redis decides its own queue's
+    parents at enqueue and the others' in a second call)."""
+    unique = list(dict.fromkeys(after))
+    return [p for p in unique if queue_of(p) == queue] + [p for p in unique if queue_of(p) != queue]
 
 
 def parent_error(parent: str, status: str | None, error: str | None) -> str | None:

@@ -22,6 +22,7 @@ from runq.brokers.rules import (
     first_report,
     free_seats,
     parent_error,
+    parents_in_order,
 )
 from runq.models import Message, Status
 
@@ -33,7 +34,7 @@ def link(tables: Tables, record: Record, after: tuple[str, ...], now: float) -> 
     gone (unknown, or expired after its ``result_ttl``) cancels the task at once.
     """
     error = None
-    for parent in dict.fromkeys(after):
+    for parent in parents_in_order(after, record.queue):
         found = tables.tasks.get(parent)
         status = found.status if found is not None and found.visible(now) else None
         if status is Status.SUCCEEDED:

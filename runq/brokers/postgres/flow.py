@@ -25,7 +25,7 @@ from typing import Any
 from psycopg import Cursor
 
 from runq.brokers.base import BreakerEvent
-from runq.brokers.rules import breaker_step, dependency_error, first_report, parent_error
+from runq.brokers.rules import breaker_step, dependency_error, first_report, parent_error, parents_in_order
 from runq.models import Message
 
 NOW = "extract(epoch FROM statement_timestamp())::float8"
@@ -54,7 +54,7 @@ def lock_parents(cur: Cursor[Any], ids: list[str], shared: bool = False) -> None
 
 def link(cur: Cursor[Any], s: str, message: Message) -> str | None:
     """Record the parents of a just-inserted waiting task; the error that cancels it, if any."""
-    parents = list(dict.fromkeys(message.after))
+    parents = parents_in_order(message.after, message.queue)
     lock_parents(cur, parents, shared=True)
     for parent in parents:
         row = cur.execute(

@@ -30,6 +30,7 @@ from runq.brokers.rules import (
     first_report,
     free_seats,
     parent_error,
+    parents_in_order,
 )
 from runq.models import Message
 
@@ -65,7 +66,7 @@ def link(db: sqlite3.Connection, message: Message, now: float) -> str | None:
     A parent that already succeeded needs no row; one that failed, was cancelled or is
     gone (unknown, or expired after its ``result_ttl``) cancels the task at once.
     """
-    for parent in dict.fromkeys(message.after):
+    for parent in parents_in_order(message.after, message.queue):
         row = db.execute(
             "SELECT status, error FROM runq_tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
             (parent, now),
