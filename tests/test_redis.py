@@ -113,7 +113,8 @@ def test_every_script_call_stays_in_one_hash_slot(
 def test_keys_of_a_queue_share_its_hash_tag() -> None:
     keys = queue_keys("emails")
     assert all(key.startswith("runq:{emails}:") for key in keys)
-    assert len(set(keys)) == len(keys) == 23
+    assert len(set(keys)) == len(keys) == 24
+    assert keys.scheduled_seq == "runq:{emails}:status:scheduled"
     assert keys.by_status(Status.FAILED) == "runq:{emails}:status:failed"
 
 
@@ -198,6 +199,22 @@ def test_memory_returns_to_baseline_after_tasks_expire(app: runq.App, broker: Re
     assert client.hlen(keys.tasks) == client.hlen(keys.payloads) == client.hlen(keys.waiters) == 0
     assert client.llen(keys.samples) <= 4096
     assert client.hlen(keys.throughput) <= 121
+
+
+def test_list_indexes_scheduled_tasks_an_older_runq_left_unindexed(
+    app: runq.App, broker: RedisBroker, client: redis.Redis
+) -> None:
+    """list() orders scheduled tasks by status:scheduled (seq), which an older runq did not keep:
+    its scheduled tasks are indexed by the first list that finds the index short, and purged
+    (by eta) all the same."""
+    ids = [app.enqueue("add", args=[i, i], delay=60).id for i in range(3)]
+    keys = queue_keys("default")
+    client.delete(keys.scheduled_seq)  # as an older runq left them
+    assert [t.id for t in app.list(status="scheduled", limit=2)] == ids[:0:-1]
+    assert client.zcard(keys.scheduled_seq) == 3
+    client.delete(keys.scheduled_seq)
+    assert broker.purge(Status.SCHEDULED, None) == 3
+    assert client.zcard(keys.scheduled) == 0
 
 
 def test_wake_list_never_grows(app: runq.App, broker: RedisBroker, client: redis.Redis) -> None:

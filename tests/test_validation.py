@@ -439,23 +439,7 @@ def test_to_datetime_is_total() -> None:
     assert LATEST.astimezone(timezone(timedelta(hours=14))).year == 9999  # shown in any timezone
 
 
-@pytest.mark.parametrize(
-    "broker_url",
-    [
-        "sqlite",
-        "postgres",
-        pytest.param(
-            "redis",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="Redis list(status=None) merges its status indexes by their own scores: a newer "
-                "scheduled task loses to `limit` older pending ones (found by test_validation_properties; "
-                "runq/brokers/redis/broker.py, not this branch's)",
-            ),
-        ),
-    ],
-    indirect=True,
-)
+@pytest.mark.parametrize("broker_url", ["sqlite", "postgres", "redis", "redis-cluster", "memory"], indirect=True)
 def test_list_is_newest_first_across_states(app: runq.App) -> None:
     for i in range(12):
         app.enqueue("t", [i])

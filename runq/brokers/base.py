@@ -91,6 +91,8 @@ class Broker(ABC):
     def renew(self, claims: Sequence[Claim], lease: float) -> list[bool]:
         """Extend the leases of running claims; ``False`` where the claim is no longer held.
 
+        A held claim's lease becomes ``now + lease`` once less than half of it is left
+        (``rules.renews``), so renewing often costs few writes; a longer lease is never shortened.
         A claim is no longer held when the task was cancelled or its lease expired
         and another worker took it: the worker must stop that run and drop its result.
         """

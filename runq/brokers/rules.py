@@ -10,7 +10,7 @@ from typing import Any
 
 from runq.brokers.base import BreakerEvent
 from runq.errors import ErrorKind
-from runq.models import Outcome
+from runq.models import Outcome, queue_of
 
 PROBE_POLL = 1.0  # longest hold while a half-open breaker's probe runs
 HELD = math.inf  # the ready_at of a task held by its concurrency limit: it waits for a slot, not a time
@@ -23,6 +23,14 @@ def breaker_event(outcome: Outcome) -> BreakerEvent | None:
     if outcome.breaker is None or outcome.kind == "release":
         return None
     return "success" if outcome.kind == "succeeded" else "failure"
+
+
+def renews(lease_until: float, now: float, lease: float) -> bool:
+    """Whether ``renew`` writes a held claim's lease (``now + lease``): only once less than half
+    of it is left, so a busy worker's keeper rarely writes (SQLite: rarely takes the write lock).
+    A renewed claim has at least ``lease / 2`` left; a longer lease is never shortened. (The
+    Lua of renew.lua and the SQL of PostgreSQL's renew say the same.)"""
+    return lease_until - now < lease / 2
 
 
 def free_seats(limit: int, seated: int) -> int:
@@ -72,6 +80,56 @@ def dependency_error(parent: str, verb: str, cause: str | None = None) -> str:
     """The error of a task cancelled because ``parent`` did not succeed (JSON text)."""
     message = f"parent task {parent} {verb}" + (f" ({cause})" if cause else "")
     return json.dumps({"type": ErrorKind.DEPENDENCY_FAILED.value, "message": message, "parent": parent})
+
+
+SEEN = 32  # a breaker remembers the claims of its last 32 reports (breaker.lua too)
+
+
+def first_report(state: dict[str, Any], token: str) -> bool:
+    """Whether the report of the run of claim ``token`` is new to its breaker, which then
+    remembers it (``state["seen"]``: the last :data:`SEEN` tokens, newest first, space-separated).
+    A settle sent again, after its reply was lost or its claim was taken over, counts once: on
+    Redis the breaker hears it in the settle's round trip, unable to wait for the settle's
+    answer, so every broker counts by token alike. An empty token (``breaker()``) is always new."""
+    if not token:
+        return True
+    seen = str(state.get("seen") or "").split()
+    if token in seen:
+        return False
+    state["seen"] = " ".join([token, *seen][:SEEN])
+    return True
+
+
+def parents_in_order(after: tuple[str, ...], queue: str) -> list[str]:
+    """A task's parents in the order they are checked when it is enqueued, each once: those of its
+    own ``queue`` first, then the others, each in ``after`` order. Of several parents already
+    ended badly, the first so named is the one its error names (Redis decides its own queue's
+    parents at enqueue and the others' in a second call)."""
+    unique = list(dict.fromkeys(after))
+    return [p for p in unique if queue_of(p) == queue] + [p for p in unique if queue_of(p) != queue]
+
+
+def parent_error(parent: str, status: str | None, error: str | None) -> str | None:
+    """The error of a task whose ``parent`` ended badly (``status`` None: gone), in the words its
+    end gave the tasks waiting on it then ("failed", "expired", "was cancelled" with the cause
+    when it was itself cancelled as a dependent): the same whenever the task comes, before or
+    after its parent ended. ``None`` for a parent that has not ended badly."""
+    if status is None:
+        return dependency_error(parent, "not found")
+    if status == "failed":
+        return dependency_error(parent, "failed")
+    if status != "cancelled":
+        return None
+    try:
+        ended = json.loads(error or "{}")
+    except ValueError:
+        ended = {}
+    kind = ended.get("type") if isinstance(ended, dict) else None
+    if kind == ErrorKind.EXPIRED.value:
+        return dependency_error(parent, EXPIRED_VERB)
+    if kind == ErrorKind.DEPENDENCY_FAILED.value:
+        return dependency_error(parent, "was cancelled", str(ended.get("message")))
+    return dependency_error(parent, "was cancelled")
 
 
 def breaker_step(state: dict[str, Any], event: BreakerEvent, failures: int, seconds: float, now: float) -> float:

@@ -273,7 +273,7 @@ class MemoryBroker(Broker):
             held = []
             for claim in claims:
                 record = self._held(tables, claim.id, claim.token)
-                if record is not None:
+                if record is not None and rules.renews(record.lease_until or 0.0, now, lease):
                     record.lease_until = now + lease
                 held.append(record is not None)
             return held
@@ -302,10 +302,9 @@ class MemoryBroker(Broker):
                     self._apply(tables, record, outcome, error, now)
                 repeat = record is None and self._repeat(tables, outcome)
                 event = rules.breaker_event(outcome)
-                if event is not None and outcome.breaker is not None and not repeat:  # a late run counts too
-                    flow.breaker(
-                        tables, outcome.breaker.name, event, outcome.breaker.failures, outcome.breaker.seconds, now
-                    )
+                if event is not None and outcome.breaker is not None:  # a late run counts too, once
+                    rule = outcome.breaker
+                    flow.breaker(tables, rule.name, event, rule.failures, rule.seconds, now, outcome.token)
                 accepted.append(record is not None or repeat)
             return accepted
 
@@ -316,7 +315,9 @@ class MemoryBroker(Broker):
         """Whether ``outcome`` was applied already: its claim's token is the one that settled the
         task (a settle sent again after its reply was lost reads as applied, as on every broker)."""
         record = tables.tasks.get(outcome.id)
-        return record is not None and record.token == outcome.token and record.status is not Status.RUNNING
+        if record is None or not record.visible(tables.now):  # past its result_ttl: gone
+            return False
+        return record.token == outcome.token and record.status is not Status.RUNNING
 
     def _crashes(self, record: Record) -> bool:
         """Whether this attempt's worker dies before settling it (``?redeliver=p``)."""
@@ -401,7 +402,7 @@ class MemoryBroker(Broker):
     def retry(self, task_id: str) -> bool:
         def change(tables: Tables, now: float) -> bool:
             record = tables.tasks.get(task_id)
-            if record is None or record.status not in (Status.FAILED, Status.CANCELLED):
+            if record is None or not record.visible(now) or record.status not in (Status.FAILED, Status.CANCELLED):
                 return False
             record.status, record.attempts, record.ready_at, record.token = Status.PENDING, 0, now, None
             record.result = record.error = record.started_at = record.finished_at = record.expires_at = None
@@ -436,7 +437,7 @@ class MemoryBroker(Broker):
             ]
             for record in doomed:
                 tables.delete(record)
-            return len(doomed)
+            return sum(record.visible(now) for record in doomed)  # one past its result_ttl was gone already
 
         return self._change(change)
 

@@ -20,8 +20,11 @@ from runq.brokers.rules import (
     WAIT,
     breaker_step,
     dependency_error,
+    first_report,
     free_seats,
     link_verdict,
+    parent_error,
+    parents_in_order,
     passed_on,
 )
 from runq.models import Message, Status
@@ -31,13 +34,14 @@ def link(tables: Tables, record: Record, message: Message, now: float) -> None:
     """A task with ``after`` starts waiting; parents already final release or cancel it now
     (rules.py: link_verdict, in the message's dependency mode)."""
     error = None
-    for parent in dict.fromkeys(message.after):
+    for parent in parents_in_order(message.after, record.queue):
         found = tables.tasks.get(parent)
-        verdict = link_verdict(found.status if found is not None and found.visible(now) else None, message.after_final)
+        status = found.status if found is not None and found.visible(now) else None
+        verdict = link_verdict(status, message.after_final)
         if verdict is None:
             continue
         if verdict != WAIT:
-            error = dependency_error(parent, verdict)
+            error = parent_error(parent, status and status.value, found.error if found else None)
             break
         tables.children.setdefault(parent, {})[record.id] = message.after_final
         tables.parents.setdefault(record.id, {})[parent] = None
@@ -199,11 +203,16 @@ def acquire_rate(tables: Tables, name: str, rate: float, per: float, now: float)
     return wait
 
 
-def breaker(tables: Tables, name: str, event: BreakerEvent, failures: int, seconds: float, now: float) -> float:
+def breaker(
+    tables: Tables, name: str, event: BreakerEvent, failures: int, seconds: float, now: float, token: str = ""
+) -> float:
+    """One event on a breaker; ``token``: the claim whose run it reports (rules.first_report)."""
     found = tables.breakers.get(name)
     state: dict[str, Any] = (
         dict(found) if found else {"state": "closed", "failures": 0, "open_until": 0.0, "probe_until": 0.0}
     )
+    if not first_report(state, token):
+        return 0.0
     hold = breaker_step(state, event, failures, seconds, now)
     if found or state["state"] != "closed" or state["failures"]:
         tables.breakers[name] = state

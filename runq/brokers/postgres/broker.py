@@ -400,15 +400,15 @@ class PostgresBroker(Broker):
         self._record(cur, dict(counts), notes)
         applied = {row[0] for row in rows}
         repeated = flow.repeats(cur, s, [(x.id, x.token) for x in o if x.id not in applied])
-        self._drive_breakers(cur, [x for x in o if x.id not in repeated])  # a late run counts too
+        self._drive_breakers(cur, o)  # a late run counts too, each run once (rules.first_report)
         return [x.id in applied or x.id in repeated for x in o]
 
     def _drive_breakers(self, cur: Cursor[Any], outcomes: Sequence[Outcome]) -> None:
         """Tell each outcome's breaker how its run went, by name in one order (row locks)."""
-        events = [(x.breaker, event) for x in outcomes if (event := rules.breaker_event(x)) is not None]
-        for rule, event in sorted(events, key=lambda item: item[0].name if item[0] else ""):
+        events = [(x.breaker, event, x.token) for x in outcomes if (event := rules.breaker_event(x)) is not None]
+        for rule, event, token in sorted(events, key=lambda item: item[0].name if item[0] else ""):
             if rule is not None:
-                flow.breaker(cur, self.s, rule.name, event, rule.failures, rule.seconds)
+                flow.breaker(cur, self.s, rule.name, event, rule.failures, rule.seconds, token)
 
     # -- progress and events (follow.py) --------------------------------------------
 
@@ -485,7 +485,8 @@ class PostgresBroker(Broker):
             row = cur.execute(
                 f"UPDATE {self.s}.tasks SET status = 'pending', attempts = 0, ready_at = {NOW}, token = NULL,"
                 " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,"
-                " deadline = NULL WHERE id = %s AND status IN ('failed', 'cancelled') RETURNING queue",
+                f" deadline = NULL WHERE id = %s AND status IN ('failed', 'cancelled')"
+                f" AND (expires_at IS NULL OR expires_at > {NOW}) RETURNING queue",
                 (task_id,),
             ).fetchone()
             if row is not None:
@@ -508,11 +509,13 @@ class PostgresBroker(Broker):
     def purge(self, status: Status | None, queue: str | None) -> int:
         if status is Status.RUNNING:
             raise ValueError("running tasks cannot be purged: cancel them first")
+        # A task past its result_ttl is gone already: left to the clean-up, not counted.
         if status is None:
-            where = "WHERE status = ANY(%s)" + (" AND queue = %s" if queue else "")
+            where = f"WHERE status = ANY(%s) AND (expires_at IS NULL OR expires_at > {NOW})"
+            where += " AND queue = %s" if queue else ""
             params: tuple[Any, ...] = ([s.value for s in FINAL_STATUSES], *((queue,) if queue else ()))
         else:
-            where, params = inspect.where_clause(status, queue, expired=True)
+            where, params = inspect.where_clause(status, queue, expired=False)
         return self._run(lambda cur: cur.execute(f"DELETE FROM {self.s}.tasks {where}", params).rowcount)
 
     def stats(self) -> Stats:

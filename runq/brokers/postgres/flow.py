@@ -25,7 +25,7 @@ from typing import Any
 from psycopg import Cursor
 
 from runq.brokers.base import BreakerEvent
-from runq.brokers.rules import WAIT, breaker_step, dependency_error, link_verdict, passed_on
+from runq.brokers.rules import WAIT, breaker_step, dependency_error, first_report, link_verdict, parent_error, parents_in_order, passed_on
 from runq.models import Message
 
 NOW = "extract(epoch FROM statement_timestamp())::float8"
@@ -54,18 +54,18 @@ def lock_parents(cur: Cursor[Any], ids: list[str], shared: bool = False) -> None
 
 def link(cur: Cursor[Any], s: str, message: Message) -> str | None:
     """Record the parents of a just-inserted waiting task; the error that cancels it, if any."""
-    parents = list(dict.fromkeys(message.after))
+    parents = parents_in_order(message.after, message.queue)
     lock_parents(cur, parents, shared=True)
     for parent in parents:
         row = cur.execute(
-            f"SELECT status FROM {s}.tasks WHERE id = %s AND (expires_at IS NULL OR expires_at > {NOW})",
+            f"SELECT status, error FROM {s}.tasks WHERE id = %s AND (expires_at IS NULL OR expires_at > {NOW})",
             (parent,),
         ).fetchone()
         verdict = link_verdict(row[0] if row else None, message.after_final)
         if verdict is None:
             continue
         if verdict != WAIT:
-            return dependency_error(parent, verdict)
+            return parent_error(parent, row[0] if row else None, row[1] if row else None)
         cur.execute(
             f"INSERT INTO {s}.deps (parent, child, final) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
             (parent, message.id, message.after_final),
@@ -174,22 +174,28 @@ def acquire_rate(cur: Cursor[Any], s: str, name: str, rate: float, per: float) -
     return float(wait)
 
 
-def breaker(cur: Cursor[Any], s: str, name: str, event: BreakerEvent, failures: int, seconds: float) -> float:
-    columns = "state, failures, open_until, probe_until"
+def breaker(
+    cur: Cursor[Any], s: str, name: str, event: BreakerEvent, failures: int, seconds: float, token: str = ""
+) -> float:
+    """One event on a breaker; ``token``: the claim whose run it reports (rules.first_report)."""
+    fields = ("state", "failures", "open_until", "probe_until", "seen")
+    columns = ", ".join(fields)
     row = cur.execute(f"SELECT {columns}, {NOW} FROM {s}.breakers WHERE name = %s FOR UPDATE", (name,)).fetchone()
     if row is None:
         now = cur.execute(f"SELECT {NOW}").fetchone()[0]  # type: ignore[index]
-        state: dict[str, Any] = {"state": "closed", "failures": 0, "open_until": 0.0, "probe_until": 0.0}
+        state: dict[str, Any] = {"state": "closed", "failures": 0, "open_until": 0.0, "probe_until": 0.0, "seen": ""}
     else:
-        state = dict(zip(("state", "failures", "open_until", "probe_until"), row[:4], strict=False))
-        now = row[4]
+        state = dict(zip(fields, row[:5], strict=False))
+        now = row[5]
+    if not first_report(state, token):
+        return 0.0
     hold = breaker_step(state, event, failures, seconds, now)
     if row is not None or state["state"] != "closed" or state["failures"]:
         cur.execute(
-            f"INSERT INTO {s}.breakers (name, {columns}) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE"
-            " SET state = excluded.state, failures = excluded.failures, open_until = excluded.open_until,"
-            " probe_until = excluded.probe_until",
-            (name, state["state"], state["failures"], state["open_until"], state["probe_until"]),
+            f"INSERT INTO {s}.breakers (name, {columns}) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name)"
+            " DO UPDATE SET state = excluded.state, failures = excluded.failures, open_until = excluded.open_until,"
+            " probe_until = excluded.probe_until, seen = excluded.seen",
+            (name, *(state[field] for field in fields)),
         )
     return hold
 
@@ -202,12 +208,14 @@ def breaker_states(cur: Cursor[Any], s: str) -> dict[str, dict[str, Any]]:
 def repeats(cur: Cursor[Any], s: str, claims: list[tuple[str, str]]) -> set[str]:
     """The ids among ``(id, token)`` settled already by that very claim (its token stays on the
     task). A settle whose reply was lost (the connection broke after the commit) runs again: it
-    must read as applied, not as a late outcome "cancelled or taken over"."""
+    must read as applied, not as a late outcome "cancelled or taken over". A task past its
+    result_ttl is gone, deleted or not yet."""
     if not claims:
         return set()
     rows = cur.execute(
         f"SELECT t.id FROM {s}.tasks t JOIN unnest(%s::text[], %s::text[]) AS m(id, token)"
-        " ON t.id = m.id AND t.token = m.token WHERE t.status <> 'running'",
+        f" ON t.id = m.id AND t.token = m.token WHERE t.status <> 'running'"
+        f" AND (t.expires_at IS NULL OR t.expires_at > {NOW})",
         ([task_id for task_id, _ in claims], [token for _, token in claims]),
     ).fetchall()
     return {row[0] for row in rows}

@@ -25,7 +25,10 @@ def stats(cur: Cursor[Any], s: str) -> Stats:
     """Counts by queue and status, the counters (folded and not yet folded), and wait/run
     percentiles and throughput over the last five minutes of succeeded tasks."""
     queues: dict[str, dict[str, int]] = {}
-    for queue, status, n in cur.execute(f"SELECT queue, status, count(*) FROM {s}.tasks GROUP BY queue, status"):
+    live = f"expires_at IS NULL OR expires_at > {NOW}"  # a result past its TTL is gone, deleted or not yet
+    for queue, status, n in cur.execute(
+        f"SELECT queue, status, count(*) FROM {s}.tasks WHERE {live} GROUP BY queue, status"
+    ):
         queues.setdefault(queue, {})[status] = n
     counters = dict.fromkeys(COUNTERS, 0)
     rows = cur.execute(

@@ -150,3 +150,7 @@ CREATE TABLE {schema}.paused (
 -- The second dependency mode (brokers/rules.py): a child waiting in the after_final mode is
 -- released once every parent is final, whatever the outcome, and never cancelled by one.
 ALTER TABLE {schema}.deps ADD COLUMN final boolean NOT NULL DEFAULT false;
+
+-- migration: 6
+-- The claims of a breaker's last reports (rules.first_report): a settle sent again counts once.
+ALTER TABLE {schema}.breakers ADD COLUMN seen text NOT NULL DEFAULT '';

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import builtins
 import functools
+import heapq
+import itertools
 import json
 import logging
 import math
@@ -207,7 +209,7 @@ class RedisBroker(Broker):
 
     @staticmethod
     def _enqueue_call(queue: str, messages: Sequence[Message], key_ttl: float) -> Call:
-        """Ready tasks only (no delay, no ``after``, no flow options): the 6 keys that needs, else all."""
+        """Ready tasks only (no delay, no ``after``, no flow options): the 7 keys that needs, else all."""
         flows = [_flow_arg(m) for m in messages]
         ready = all(m.delay <= 0 and not m.after and not flow for m, flow in zip(messages, flows, strict=True))
         name = "enqueue_ready" if ready else "enqueue"
@@ -374,29 +376,16 @@ class RedisBroker(Broker):
 
     @_guarded
     def list(self, status: Status | None, queue: str | None, limit: int) -> list[TaskInfo]:
-        """Newest first: the top ``limit`` of each queue's status indexes, merged by enqueue order."""
+        """Newest first: each queue's newest ``limit`` in enqueue order (list.lua), the queues
+        merged by the creation time their ids carry (the one order two slots share)."""
         queues = self._queues(queue)
-        statuses = STATUSES if status is None else (status,)
-        pipe = self._r.pipeline(transaction=False)
-        for name in queues:
-            for s in statuses:
-                pipe.zrevrange(queue_keys(name).by_status(s), 0, limit - 1, withscores=True)
-        found = iter(pipe.execute())
-        calls: list[Call] = []
-        hits: list[tuple[str, float]] = []
-        for name in queues:
-            newest = sorted((hit for _ in statuses for hit in next(found)), key=lambda hit: -hit[1])[:limit]
-            for member, seq in newest:
-                task_id = _str(member)
-                hits.append((task_id, seq))
-                calls.append(Call("watch", function_keys("watch", name), [task_id, 0]))
-        listed: list[tuple[float, float, TaskInfo]] = []
-        for (task_id, seq), answer in zip(hits, self.functions.batch(calls) if calls else [], strict=True):
-            info = info_of(task_id, answer)
-            if info is not None and info.enqueued_at is not None and status in (None, info.status):
-                listed.append((info.enqueued_at.timestamp(), seq, info))
-        listed.sort(key=lambda entry: entry[:2], reverse=True)
-        return [info for _, _, info in listed[:limit]]
+        if not queues or limit <= 0:
+            return []
+        statuses = [s.value for s in (STATUSES if status is None else (status,))]
+        calls = [Call("list", function_keys("list", name), [limit, *statuses]) for name in queues]
+        found = [[(_str(entry[0]), entry[1:]) for entry in listed] for listed in self.functions.batch(calls)]
+        merged = heapq.merge(*found, key=lambda hit: hit[0].rpartition(".")[2], reverse=True)
+        return [info for task_id, answer in itertools.islice(merged, limit) if (info := info_of(task_id, answer))]
 
     @_guarded
     def purge(self, status: Status | None, queue: str | None) -> int:
@@ -406,9 +395,9 @@ class RedisBroker(Broker):
         removed = 0
         for name in self._queues(queue):
             while True:
-                count = int(self._run("purge", function_keys("purge", name), [BATCH, *statuses]))
-                removed += count
-                if count < BATCH:
+                count, live = self._run("purge", function_keys("purge", name), [BATCH, *statuses])
+                removed += int(live)  # one past its result_ttl was gone already
+                if int(count) < BATCH:
                     break
         return removed
 

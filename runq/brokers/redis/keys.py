@@ -22,8 +22,9 @@ a function touches exactly one cluster slot):
     runq:{q}:waiters          hash    id -> clients blocked in wait()
     runq:{q}:samples          list    recent successes "finished wait run" (<= 4096)
     runq:{q}:throughput       hash    second -> successes (last ~2 minutes)
-    runq:{q}:status:<status>  zset    id -> seq, for waiting and the final states (list, counts);
-                                      pending, scheduled and running are their own zsets above
+    runq:{q}:status:<status>  zset    id -> seq, for waiting and the final states (list, counts),
+                                      and scheduled (list: `scheduled` orders by eta); pending and
+                                      running are listed from their own zsets above (list.lua)
     runq:{q}:children         hash    parent id -> JSON list of its waiting dependents (any queue)
     runq:{q}:parents          hash    waiting id -> JSON list of its parents not ended yet
     runq:{q}:outbox           zset    JSON workflow step for another queue's slot -> posted at
@@ -63,7 +64,8 @@ QUEUES_KEY = "runq:queues"
 WORKERS_KEY = "runq:workers"
 BREAKERS_KEY = "runq:breakers"
 PAUSED_KEY = "runq:paused"
-INDEXED = (Status.WAITING, Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)  # status:<s> zsets
+INDEXED = (Status.WAITING, Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)  # status:<s> zsets, by seq
+LISTED = "scheduled_seq"  # status:scheduled, by seq: the order list() shows scheduled tasks in
 PLACED = {Status.PENDING: "pending", Status.SCHEDULED: "scheduled", Status.RUNNING: "running"}
 
 
@@ -93,6 +95,7 @@ class QueueKeys(NamedTuple):
     deadlines: str
     slots: str
     held: str
+    scheduled_seq: str
 
     def by_status(self, status: Status) -> str:
         """The zset that holds the tasks in ``status``."""
@@ -100,7 +103,7 @@ class QueueKeys(NamedTuple):
 
 
 ALL = QueueKeys._fields
-READY = ("tasks", "payloads", "pending", "seq", "counters", "wake")  # enqueue of ready tasks only
+READY = ("tasks", "payloads", "pending", "seq", "counters", "wake", "scheduled")  # enqueue of ready tasks only
 
 # Per-item argument layouts: ARGV holds a head, then these fields once per item.
 # flow: "" or JSON {e: expires s, d: debounce s, s: slot, n: its limit} (SPEC §9)
@@ -133,6 +136,7 @@ FUNCTIONS = {
     "retry": Function("retry"),
     "purge": Function("purge"),
     "trim": Function("trim"),
+    "list": Function("list"),
     "due": Function("due", ("scheduled", "running", "deadlines")),
     "pause": Function("pause", ("paused", "pending", "wake")),
     "watch": Function("watch", ("tasks", "pending", "payloads", "waiters")),
@@ -150,8 +154,8 @@ FUNCTIONS = {
 @functools.lru_cache(maxsize=1024)
 def queue_keys(queue: str) -> QueueKeys:
     tag = f"runq:{{{queue}}}"
-    status_keys = {s.value for s in INDEXED}
-    return QueueKeys._make(f"{tag}:status:{f}" if f in status_keys else f"{tag}:{f}" for f in ALL)
+    names = {s.value: f"status:{s.value}" for s in INDEXED} | {LISTED: "status:scheduled"}
+    return QueueKeys._make(f"{tag}:{names.get(f, f)}" for f in ALL)
 
 
 @functools.lru_cache(maxsize=4096)

@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
@@ -79,6 +79,8 @@ class SQLiteBroker(Broker):
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._last_cleanup = 0.0
+        # The broker's one clock: every time it stores or compares. Tests move it (tests/support/clock.py).
+        self.clock: Callable[[], float] = time.time
         schema = resources.files("runq.brokers.sqlite").joinpath("schema.sql").read_text()
         try:
             self._connection().executescript(schema)
@@ -141,7 +143,7 @@ class SQLiteBroker(Broker):
         inserted = 0
         freed: flow.Freed = {}
         with self._write() as db:
-            now = time.time()
+            now = self.clock()
             for message in messages:
                 if message.key is not None:
                     existing = self._held_key(db, message.queue, message.key, now)
@@ -222,10 +224,10 @@ class SQLiteBroker(Broker):
         # Read before looking: a task enqueued after the look (and before this thread's next
         # wait_for_work) then moves the version from this one, and ends that wait.
         self._local.seen = self._data_version()
-        if not self._claimable(marks, queues, time.time()):
+        if not self._claimable(marks, queues, self.clock()):
             return claims
         with self._write() as db:
-            now = time.time()
+            now = self.clock()
             freed: flow.Freed = {}
             self._reclaim_expired(db, marks, queues, now)
             self._count(db, "cancelled", flow.expire_due(db, marks, tuple(queues), now, freed))
@@ -341,7 +343,7 @@ class SQLiteBroker(Broker):
             (*queues, *queues, *queues),
         ).fetchone()
         if row[0] is not None:
-            deadline = min(deadline, time.monotonic() + max(0.0, row[0] - time.time()))
+            deadline = min(deadline, time.monotonic() + max(0.0, row[0] - self.clock()))
         # Paced as ever (the first look after FIRST_POLL), so a worker whose queues are dry while
         # other connections commit all the time claims at most every millisecond.
         follow.until_changed(self._data_version, self._data_version() if seen is None else seen, deadline)
@@ -350,7 +352,7 @@ class SQLiteBroker(Broker):
         """Read which claims are still held (that is how a worker learns of a cancel), and
         write only the leases past half their time, so a busy worker's keeper rarely takes
         the write lock (see :meth:`_claimable`)."""
-        now = time.time()
+        now = self.clock()
         current: dict[str, tuple[str, float]] = {}
         ids = [claim.id for claim in claims]
         for start in range(0, len(ids), 500):
@@ -362,10 +364,10 @@ class SQLiteBroker(Broker):
             )
             current.update((row["id"], (row["token"], row["lease_until"])) for row in rows)
         held = [current.get(claim.id, ("", 0.0))[0] == claim.token for claim in claims]
-        due = [i for i, claim in enumerate(claims) if held[i] and current[claim.id][1] - now < lease / 2]
+        due = [i for i, claim in enumerate(claims) if held[i] and rules.renews(current[claim.id][1], now, lease)]
         if due:
             with self._write() as db:
-                now = time.time()
+                now = self.clock()
                 for i in due:
                     cursor = db.execute(
                         "UPDATE runq_tasks SET lease_until = ? WHERE id = ? AND token = ? AND status = 'running'",
@@ -377,7 +379,7 @@ class SQLiteBroker(Broker):
     def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
         accepted: list[bool] = []
         with self._write() as db:
-            now = time.time()
+            now = self.clock()
             freed: flow.Freed = {}
             flow.seats_of(db, [outcome.id for outcome in outcomes], freed)  # one read per batch
             for outcome in outcomes:
@@ -389,12 +391,12 @@ class SQLiteBroker(Broker):
                     (*params, outcome.id, outcome.token),
                 )
                 ok = cursor.rowcount == 1
-                repeat = not ok and self._repeat(db, outcome)
+                repeat = not ok and self._repeat(db, outcome, now)
                 accepted.append(ok or repeat)
                 event = rules.breaker_event(outcome)
-                if event is not None and outcome.breaker is not None and not repeat:  # a late run counts too
+                if event is not None and outcome.breaker is not None:  # a late run counts too, once
                     rule = outcome.breaker
-                    flow.breaker(db, rule.name, event, rule.failures, rule.seconds, now)
+                    flow.breaker(db, rule.name, event, rule.failures, rule.seconds, now, outcome.token)
                 if ok and counter:
                     self._count(db, counter, 1)
                 if ok and outcome.kind in ("succeeded", "failed"):
@@ -405,10 +407,13 @@ class SQLiteBroker(Broker):
         return accepted
 
     @staticmethod
-    def _repeat(db: sqlite3.Connection, outcome: Outcome) -> bool:
-        """Whether ``outcome`` was applied already: its claim's token is the one that settled the task."""
+    def _repeat(db: sqlite3.Connection, outcome: Outcome, now: float) -> bool:
+        """Whether ``outcome`` was applied already: its claim's token is the one that settled the
+        task, and the task is not past its result_ttl (then it is gone, deleted or not yet)."""
         found = db.execute(
-            "SELECT 1 FROM runq_tasks WHERE id = ? AND token = ? AND status != 'running'", (outcome.id, outcome.token)
+            "SELECT 1 FROM runq_tasks WHERE id = ? AND token = ? AND status != 'running'"
+            " AND (expires_at IS NULL OR expires_at > ?)",
+            (outcome.id, outcome.token, now),
         ).fetchone()
         return found is not None
 
@@ -455,11 +460,11 @@ class SQLiteBroker(Broker):
         if not reports:
             return []
         with self._write() as db:
-            return follow.report(db, reports, time.time())
+            return follow.report(db, reports, self.clock())
 
     def follow(self, task_id: str) -> Feed:
         """A feed that polls the task (follow.py): nothing is written for a follower."""
-        return follow.SQLiteFeed(task_id, self.get(task_id), self._read)
+        return follow.SQLiteFeed(task_id, self.get(task_id), self._read, self.clock)
 
     # -- inspecting and steering --------------------------------------------------
 
@@ -468,7 +473,7 @@ class SQLiteBroker(Broker):
             self._read()
             .execute(
                 f"SELECT {_TASK_COLUMNS} FROM runq_tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
-                (task_id, time.time()),
+                (task_id, self.clock()),
             )
             .fetchone()
         )
@@ -486,7 +491,7 @@ class SQLiteBroker(Broker):
 
     def cancel(self, task_id: str) -> bool:
         with self._write() as db:
-            now = time.time()
+            now = self.clock()
             freed: flow.Freed = {}
             flow.seats_of(db, [task_id], freed)
             cursor = db.execute(
@@ -506,15 +511,16 @@ class SQLiteBroker(Broker):
     def retry(self, task_id: str) -> bool:
         with self._write() as db:
             cursor = db.execute(
-                "UPDATE runq_tasks SET status = 'pending', attempts = 0, ready_at = ?, token = NULL,"
+                "UPDATE runq_tasks SET status = 'pending', attempts = 0, ready_at = ?1, token = NULL,"
                 " result = NULL, error = NULL, started_at = NULL, finished_at = NULL, expires_at = NULL,"
-                " deadline = NULL WHERE id = ? AND status IN ('failed', 'cancelled')",
-                (time.time(), task_id),
+                " deadline = NULL WHERE id = ?2 AND status IN ('failed', 'cancelled')"
+                " AND (expires_at IS NULL OR expires_at > ?1)",
+                (self.clock(), task_id),
             )
             return cursor.rowcount == 1
 
     def list(self, status: Status | None, queue: str | None, limit: int) -> list[TaskInfo]:
-        where, params = inspect.where_clause(status, queue, time.time())
+        where, params = inspect.where_clause(status, queue, self.clock())
         rows = (
             self._read()
             .execute(f"SELECT {_TASK_COLUMNS} FROM runq_tasks {where} ORDER BY seq DESC LIMIT ?", (*params, limit))
@@ -525,17 +531,19 @@ class SQLiteBroker(Broker):
     def purge(self, status: Status | None, queue: str | None) -> int:
         if status is Status.RUNNING:
             raise ValueError("running tasks cannot be purged: cancel them first")
-        with self._write() as db:
+        with self._write() as db:  # one past its result_ttl is gone already: left to the clean-up
+            now = self.clock()
             if status is None:
                 marks = ",".join("?" * len(FINAL_STATUSES))
-                where = f"WHERE status IN ({marks})" + (" AND queue = ?" if queue else "")
-                params: tuple[Any, ...] = (*(s.value for s in FINAL_STATUSES), *((queue,) if queue else ()))
+                where = f"WHERE status IN ({marks}) AND (expires_at IS NULL OR expires_at > ?)"
+                where += " AND queue = ?" if queue else ""
+                params: tuple[Any, ...] = (*(s.value for s in FINAL_STATUSES), now, *((queue,) if queue else ()))
             else:
-                where, params = inspect.where_clause(status, queue)
+                where, params = inspect.where_clause(status, queue, now)
             return db.execute(f"DELETE FROM runq_tasks {where}", params).rowcount
 
     def stats(self) -> Stats:
-        return inspect.stats(self._read())
+        return inspect.stats(self._read(), self.clock())
 
     @staticmethod
     def _count(db: sqlite3.Connection, name: str, amount: int) -> None:
@@ -550,15 +558,15 @@ class SQLiteBroker(Broker):
 
     def take_tick(self, name: str, tick: str, ttl: float) -> bool:
         with self._write() as db:
-            return flow.take_tick(db, name, tick, ttl, time.time())
+            return flow.take_tick(db, name, tick, ttl, self.clock())
 
     def acquire_rate(self, name: str, rate: float, per: float) -> float:
         with self._write() as db:
-            return flow.acquire_rate(db, name, rate, per, time.time())
+            return flow.acquire_rate(db, name, rate, per, self.clock())
 
     def breaker(self, name: str, event: BreakerEvent, failures: int, seconds: float) -> float:
         with self._write() as db:
-            return flow.breaker(db, name, event, failures, seconds, time.time())
+            return flow.breaker(db, name, event, failures, seconds, self.clock())
 
     def pause(self, queue: str, paused: bool) -> bool:
         with self._write() as db:
@@ -583,7 +591,7 @@ class SQLiteBroker(Broker):
 
     def heartbeat(self, worker: WorkerInfo, ttl: float) -> None:
         with self._write() as db:
-            now = time.time()
+            now = self.clock()
             db.execute(
                 "INSERT INTO runq_workers (id, info, expires_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (id) DO UPDATE SET info = excluded.info, expires_at = excluded.expires_at",
@@ -598,7 +606,7 @@ class SQLiteBroker(Broker):
     def workers(self) -> builtins.list[WorkerInfo]:
         rows = (
             self._read()
-            .execute("SELECT info FROM runq_workers WHERE expires_at >= ? ORDER BY id", (time.time(),))
+            .execute("SELECT info FROM runq_workers WHERE expires_at >= ? ORDER BY id", (self.clock(),))
             .fetchall()
         )
         return [WorkerInfo.decode(row["info"]) for row in rows]

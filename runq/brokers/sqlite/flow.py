@@ -28,8 +28,11 @@ from runq.brokers.rules import (
     WAIT,
     breaker_step,
     dependency_error,
+    first_report,
     free_seats,
     link_verdict,
+    parent_error,
+    parents_in_order,
     passed_on,
 )
 from runq.models import Message
@@ -38,6 +41,7 @@ Freed = dict[tuple[str, str], int]
 SEATED = ("pending", "running")
 FLOW_COLUMNS = (("deadline", "REAL"), ("slot", "TEXT"), ("concurrency", "INTEGER"))
 DEPS_COLUMNS = (("final", "INTEGER NOT NULL DEFAULT 0"),)
+BREAKER_SEEN = ("runq_breakers", "seen", "TEXT NOT NULL DEFAULT ''")
 FLOW_SCHEMA = """
 CREATE INDEX IF NOT EXISTS runq_deadlines ON runq_tasks (queue, deadline)
     WHERE deadline IS NOT NULL AND status IN ('pending', 'scheduled');
@@ -49,32 +53,36 @@ CREATE INDEX IF NOT EXISTS runq_held ON runq_tasks (queue, slot, priority DESC, 
 
 
 def migrate(db: sqlite3.Connection) -> None:
-    """Give a database made by an older runq the flow-control columns, then their indexes, and
-    its dependencies their mode."""
-    for table, columns in (("runq_tasks", FLOW_COLUMNS), ("runq_deps", DEPS_COLUMNS)):
-        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-        for name, kind in columns:
-            if name not in have:
-                try:
-                    db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
-                except sqlite3.OperationalError as exc:  # another process added it just now
-                    if "duplicate column" not in str(exc):
-                        raise
+    """Give a database made by an older runq the flow-control columns, then their indexes, its
+    dependencies their mode and its breakers their seen reports."""
+    columns = (
+        *(("runq_tasks", *column) for column in FLOW_COLUMNS),
+        *(("runq_deps", *column) for column in DEPS_COLUMNS),
+        BREAKER_SEEN,
+    )
+    for table, name, kind in columns:
+        if name not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+            try:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as exc:  # another process added it just now
+                if "duplicate column" not in str(exc):
+                    raise
     db.executescript(FLOW_SCHEMA)
 
 
 def link(db: sqlite3.Connection, message: Message, now: float) -> str | None:
     """Record the parents of a just-inserted waiting task; the error that cancels it, if any
-    (rules.py: link_verdict, in the message's dependency mode)."""
-    for parent in dict.fromkeys(message.after):
+    (rules.py: link_verdict, in the message's dependency mode; parent_error, its words)."""
+    for parent in parents_in_order(message.after, message.queue):
         row = db.execute(
-            "SELECT status FROM runq_tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)", (parent, now)
+            "SELECT status, error FROM runq_tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
+            (parent, now),
         ).fetchone()
         verdict = link_verdict(row["status"] if row else None, message.after_final)
         if verdict is None:
             continue
         if verdict != WAIT:
-            return dependency_error(parent, verdict)
+            return parent_error(parent, row["status"] if row else None, row["error"] if row else None)
         db.execute(
             "INSERT OR IGNORE INTO runq_deps (parent, child, final) VALUES (?, ?, ?)",
             (parent, message.id, int(message.after_final)),
@@ -266,16 +274,29 @@ def acquire_rate(db: sqlite3.Connection, name: str, rate: float, per: float, now
     return wait
 
 
-def breaker(db: sqlite3.Connection, name: str, event: BreakerEvent, failures: int, seconds: float, now: float) -> float:
+def breaker(
+    db: sqlite3.Connection,
+    name: str,
+    event: BreakerEvent,
+    failures: int,
+    seconds: float,
+    now: float,
+    token: str = "",
+) -> float:
+    """One event on a breaker; ``token``: the claim whose run it reports (rules.first_report)."""
     row = db.execute("SELECT * FROM runq_breakers WHERE name = ?", (name,)).fetchone()
     state: dict[str, Any] = (
-        dict(row) if row else {"name": name, "state": "closed", "failures": 0, "open_until": 0.0, "probe_until": 0.0}
+        dict(row)
+        if row
+        else {"name": name, "state": "closed", "failures": 0, "open_until": 0.0, "probe_until": 0.0, "seen": ""}
     )
+    if not first_report(state, token):
+        return 0.0
     hold = breaker_step(state, event, failures, seconds, now)
     if row or state["state"] != "closed" or state["failures"]:
         db.execute(
-            "INSERT OR REPLACE INTO runq_breakers (name, state, failures, open_until, probe_until)"
-            " VALUES (:name, :state, :failures, :open_until, :probe_until)",
+            "INSERT OR REPLACE INTO runq_breakers (name, state, failures, open_until, probe_until, seen)"
+            " VALUES (:name, :state, :failures, :open_until, :probe_until, :seen)",
             state,
         )
     return hold

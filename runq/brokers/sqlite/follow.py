@@ -75,9 +75,16 @@ class SQLiteFeed(Feed):
     """Polls the task; ``connection`` is the calling thread's (each :meth:`next` compares
     ``data_version`` of one connection only)."""
 
-    def __init__(self, task_id: str, first: TaskInfo | None, connection: Callable[[], sqlite3.Connection]) -> None:
+    def __init__(
+        self,
+        task_id: str,
+        first: TaskInfo | None,
+        connection: Callable[[], sqlite3.Connection],
+        clock: Callable[[], float],
+    ) -> None:
         super().__init__(task_id, first)
         self._connection = connection
+        self._clock = clock
         self._last: tuple[Status, Progress | None] | None = None if first is None else (first.status, first.progress)
 
     def next(self, timeout: float) -> list[Event]:
@@ -95,7 +102,7 @@ class SQLiteFeed(Feed):
         """The task as it is now, as an event when it changed since the last one."""
         row = db.execute(
             "SELECT status, progress FROM runq_tasks WHERE id = ? AND (expires_at IS NULL OR expires_at > ?)",
-            (self.task_id, time.time()),
+            (self.task_id, self._clock()),
         ).fetchone()
         if row is None:
             raise TaskNotFound(self.task_id)
@@ -109,5 +116,5 @@ class SQLiteFeed(Feed):
         moved = self._last is None or self._last[0] is not status
         self._last = state
         progress = state[1]
-        at = progress.at if progress is not None and not moved else datetime.now(timezone.utc)
+        at = progress.at if progress is not None and not moved else datetime.fromtimestamp(self._clock(), timezone.utc)
         return Event(status, progress, at)

@@ -6,19 +6,20 @@ Plain reads on the caller's connection (WAL: they never block a writer), off the
 from __future__ import annotations
 
 import sqlite3
-import time
 from typing import Any
 
 from runq.brokers.sqlite import flow
 from runq.models import COUNTERS, Percentiles, QueueStats, Stats, Status
 
 
-def stats(db: sqlite3.Connection) -> Stats:
+def stats(db: sqlite3.Connection, now: float) -> Stats:
     """Counts by queue and status, the counters, and wait/run percentiles and throughput over
-    the last five minutes of succeeded tasks."""
-    now = time.time()
+    the last five minutes of succeeded tasks (``now``: the broker's clock)."""
     queues: dict[str, dict[str, int]] = {}
-    for row in db.execute("SELECT queue, status, count(*) AS n FROM runq_tasks GROUP BY queue, status"):
+    live = "expires_at IS NULL OR expires_at > ?"  # a result past its TTL is gone, deleted or not yet
+    for row in db.execute(
+        f"SELECT queue, status, count(*) AS n FROM runq_tasks WHERE {live} GROUP BY queue, status", (now,)
+    ):
         queues.setdefault(row["queue"], {})[row["status"]] = row["n"]
     counters = dict.fromkeys(COUNTERS, 0)
     counters.update({row["name"]: row["value"] for row in db.execute("SELECT name, value FROM runq_counters")})

@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS runq_breakers (
     state       TEXT NOT NULL,      -- closed | open | half_open
     failures    INTEGER NOT NULL,   -- failed attempts in a row
     open_until  REAL NOT NULL,
-    probe_until REAL NOT NULL
+    probe_until REAL NOT NULL,
+    seen        TEXT NOT NULL DEFAULT ''  -- the claims of its last reports (rules.first_report)
 ) WITHOUT ROWID;
 
 -- Per-task metrics (issue 14): fleet-wide totals that workers add their deltas to with

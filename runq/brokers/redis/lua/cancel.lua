@@ -12,12 +12,13 @@
 
 local id = ARGV[1]
 local now = clock()
+reserve_due(now, 100)  -- due tasks were ready before any its slot lets out
 local rec = load(id)
 if not live(rec, now) or FINAL[rec.status] then
   return {0}
 end
 redis.call('HDEL', Q.parents, id)
-rec.error = ARGV[2]
+rec.error, rec.settled = ARGV[2], nil
 local ttl = rec.result_ttl  -- a never-claimed task has no record: its payload knows
 if not ttl then
   ttl = cjson.decode(redis.call('HGET', Q.payloads, id) or '{}').result_ttl or DEFAULT_RESULT_TTL

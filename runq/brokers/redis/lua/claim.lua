@@ -7,7 +7,8 @@
 --              process died between a script and its follow-up), and the steps this call
 --              posted (dependents of expired tasks, waiters to wake): the caller applies them
 -- Guarantees   in this one atomic step, first up to `batch` finished tasks past their
---              result_ttl are deleted, up to `batch` expired leases reclaimed (back to
+--              result_ttl are deleted, due scheduled tasks take their place in the ready
+--              order (lib.lua: reserve_due), up to `batch` expired leases reclaimed (back to
 --              pending with error WorkerLost; the lost run stays counted in attempts, so
 --              the worker can fail a poison pill), up to `batch` pending or scheduled tasks
 --              past their deadline cancelled (Expired) and up to `batch` due scheduled tasks
@@ -22,11 +23,16 @@
 local worker, limit, lease, prefix, batch = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5])
 local now = clock()
 trim(now, batch)
+reserve_due(now, batch)  -- due tasks were ready before any this claim takes back
 
 local readied = 0
-local lost = redis.call('ZRANGEBYSCORE', Q.running, '-inf', '(' .. stamp(now), 'LIMIT', 0, batch)
-for _, id in ipairs(lost) do
-  local rec = load(id)
+local lost = {}
+for i, id in ipairs(redis.call('ZRANGEBYSCORE', Q.running, '-inf', '(' .. stamp(now), 'LIMIT', 0, batch)) do
+  lost[i] = {id, load(id)}
+end
+table.sort(lost, function(a, b) return a[2].seq < b[2].seq end)  -- all ready now: in enqueue order
+for _, entry in ipairs(lost) do
+  local id, rec = entry[1], entry[2]
   rec.error, rec.token, rec.lease_until, rec.ready_at = WORKER_LOST, nil, nil, stamp(now)
   make_ready(id, rec)
   save(id, rec)
@@ -45,7 +51,7 @@ end
 
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', Q.scheduled, '-inf', stamp(now), 'LIMIT', 0, batch)) do
   local rec = load(id)
-  make_ready(id, rec)
+  make_ready(id, rec, rec.due)
   save(id, rec)
   readied = readied + 1
 end
@@ -77,6 +83,7 @@ while not paused and #claims < limit do
     else
       rec.attempts = rec.attempts + 1
       rec.token, rec.worker, rec.started_at, rec.lease_until = prefix .. (#claims + 1), worker, stamp(now), until_
+      rec.settled = nil  -- an earlier claim's settle is no longer recognised as applied
       if rec.slot or rec.deadline then
         enter(id, rec, 'running', until_)  -- its seat and deadline follow (lib.lua: flow_enter)
       else

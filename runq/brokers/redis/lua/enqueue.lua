@@ -12,6 +12,7 @@
 --              then the outbox steps posted (lib.lua: link steps for parents in other queues)
 -- Guarantees   the whole batch or nothing (one script); delay > 0 makes it scheduled at
 --              now + delay on the Redis clock, else pending behind the tasks ready before it
+--              (scheduled tasks past their eta included: lib.lua reserve_due)
 --              (a pending task is only its payload and its place in `pending`);
 --              a key is held for key_ttl and only while its task exists and has not expired.
 --              A task with parents is waiting: parents of this queue are checked here (one
@@ -26,10 +27,20 @@
 
 local key_ttl_ms = ARGV[1]
 local now = clock()
+reserve_due(now, 100)  -- due tasks were ready before any of these
 local n = (#ARGV - 1) / ENQ_N
 local seq = redis.call('INCRBY', Q.seq, n) - n
 local ids, batch, ready_args, payload_args = {}, {}, {}, {}
-local keyed, added, readied = 0, 0, 0
+local keyed, added, readied, queued = 0, 0, 0, 0
+
+-- Write the batch's deferred pending entries and payloads (one variadic command each), now: at
+-- the end, or before a debounce reads or replaces a task enqueued earlier in this batch.
+local function flush()
+  variadic('ZADD', Q.pending, ready_args, 2000)
+  variadic('HSET', Q.payloads, payload_args, 2000)
+  queued = queued + #ready_args / 2
+  ready_args, payload_args = {}, {}
+end
 
 -- Replace the task holding a debounced message's key, if it has not started; true when it did.
 local function debounce(holder, i, flow)
@@ -37,7 +48,7 @@ local function debounce(holder, i, flow)
   if not rec or (rec.status ~= 'pending' and rec.status ~= 'scheduled') or rec.attempts ~= 0 then
     return false
   end
-  rec.ready_at = stamp(now + tonumber(ARGV[i + ENQ.delay]))
+  rec.ready_at, rec.due = stamp(now + tonumber(ARGV[i + ENQ.delay])), nil
   enter(holder, rec, 'scheduled', rec.ready_at)
   set_flow(holder, rec, flow, now)
   if rec.deadline then
@@ -63,11 +74,12 @@ local function wait_for(id, rec, after)
         waiting[#waiting + 1] = parent
         elsewhere[#elsewhere + 1] = parent
       else
-        local v = batch[parent] and 'wait' or verdict(load(parent), now, rec.after_final)
+        local found = load(parent)  -- nil for a ready task of this batch not written yet: it waits
+        local v = (found == nil and batch[parent]) and 'wait' or verdict(parent, found, now, rec.after_final)
         if v == 'wait' then
           waiting[#waiting + 1] = parent
         elseif v ~= 'ok' then
-          rec.error = dependency_error(parent, v)
+          rec.error = v
           finish(id, rec, 'cancelled', now, now + rec.result_ttl)
           count('cancelled', 1)
           return false
@@ -101,6 +113,9 @@ for i = 2, #ARGV, ENQ_N do
   local holder = key_name and redis.call('GET', key_name)
   local flow = ARGV[i + ENQ.flow] ~= '' and cjson.decode(ARGV[i + ENQ.flow]) or nil
   local held = holder and (batch[holder] or live(load(holder), now))
+  if held and flow and flow.d and batch[holder] then
+    flush()
+  end
   if held and flow and flow.d and debounce(holder, i, flow) then
     redis.call('SET', key_name, holder, 'PX', key_ttl_ms)
     ids[#ids + 1] = holder
@@ -141,10 +156,9 @@ for i = 2, #ARGV, ENQ_N do
     added = added + 1
   end
 end
-variadic('ZADD', Q.pending, ready_args, 2000)
-variadic('HSET', Q.payloads, payload_args, 2000)
+flush()
 count('enqueued', added)
-wake(#ready_args / 2 + readied)
+wake(queued + readied)
 release_freed(now)  -- a debounced task that was pending gave its seat up
 for _, step in ipairs(EFFECTS) do
   ids[#ids + 1] = step

@@ -20,19 +20,23 @@
 local WAKE_CAP = 32
 local SAMPLE_CAP = 4096
 local TWO_44 = 17592186044416
+local TWO_50 = 1125899906842624
 local OUTBOX_GRACE = 5  -- seconds before claim hands an unapplied outbox step to its worker
 local DEFAULT_RESULT_TTL = 86400  -- runq.models.Message.result_ttl
 
--- Per call (begin): INDEX, the zset of each indexed state; PLACE, the zset that orders a
--- task while it is in a state, for the states that have one; EFFECTS, the steps posted;
+-- Per call (begin): INDEX, the zset of each indexed state (by seq: enqueue order, list.lua);
+-- PLACE, the zset that orders a task while it is in a state, for the states that have one; EFFECTS, the steps posted;
 -- FREED, the concurrency slots whose tasks gave a seat up (slot -> its limit).
 local INDEX, PLACE, EFFECTS, FREED
 local SEAT = {pending = 'p', running = 'r'}  -- the states that hold a seat of a slot
 local FINAL = {succeeded = true, failed = true, cancelled = true}
 
+-- The one clock of every function. SHIFT is 0: only a test moves it (tests/support/clock.py
+-- appends a function that sets it to a library it loads; a script's copy is always 0).
+local SHIFT = 0
 local function clock()
   local t = redis.call('TIME')
-  return tonumber(t[1]) + tonumber(t[2]) / 1000000
+  return tonumber(t[1]) + tonumber(t[2]) / 1000000 + SHIFT
 end
 
 local function stamp(t)
@@ -129,6 +133,25 @@ local function enter(id, rec, status, score)
   end
 end
 
+-- A scheduled task is ready from its eta on: it takes its place in the ready order (a seq) at
+-- the first call after its eta, before any task that call makes ready (enqueued, retried,
+-- released, taken back, let out of its slot), as every broker orders ready tasks by the time
+-- they became ready. Its status stays scheduled until a claim makes it pending, in that place:
+-- meanwhile its score in `scheduled` is that seq - 2^50 (due, and promoted first, in order).
+local function reserve_due(now, limit)
+  local due = redis.call('ZRANGEBYSCORE', Q.scheduled, 0, stamp(now), 'LIMIT', 0, limit)
+  if #due == 0 then
+    return
+  end
+  local seq = redis.call('INCRBY', Q.seq, #due) - #due
+  for i, id in ipairs(due) do
+    local rec = load(id)
+    rec.due = seq + i
+    redis.call('ZADD', Q.scheduled, rec.due - TWO_50, id)
+    save(id, rec)
+  end
+end
+
 -- Let up to n idle workers know there is work; the list never exceeds WAKE_CAP.
 local function wake(n)
   if n <= 0 then
@@ -142,9 +165,11 @@ local function wake(n)
   redis.call('LTRIM', Q.wake, 0, WAKE_CAP - 1)
 end
 
--- Queue a task behind every task of its priority that was ready before it.
+-- Queue a task behind every task of its priority that was ready before it (`seq`: its place
+-- in the ready order, when it took it before: reserve_due).
 local function make_ready(id, rec, seq)
   seq = seq or redis.call('INCR', Q.seq)
+  rec.due = nil
   rec.score = string.format('%.0f', (100 - rec.priority) * TWO_44 + seq)
   enter(id, rec, 'pending', rec.score)
 end
@@ -247,24 +272,29 @@ local function post(entry)
   EFFECTS[#EFFECTS + 1] = text
 end
 
--- What a parent's record means for a dependent linked to it now: 'ok', 'wait', or the verb
--- of its end (rules.py: link_verdict). `final`: the dependent waits in the after_final mode,
--- for which any end, or a parent gone, is 'ok'.
-local function verdict(rec, now, final)
-  local v = 'wait'
-  if not live(rec, now) then
-    v = 'not found'
-  elseif rec.status == 'succeeded' then
-    v = 'ok'
-  elseif rec.status == 'failed' then
-    v = 'failed'
-  elseif rec.status == 'cancelled' then
-    v = 'was cancelled'
-  end
-  if final and v ~= 'wait' then
+-- What parent `id`'s record means for a dependent linked to it now: 'ok', 'wait', or the error
+-- the dependent ends with, in the words its end gave the tasks waiting on it then (rules.py:
+-- link_verdict, parent_error). `final`: the dependent waits in the after_final mode, for which
+-- any end, or a parent gone, is 'ok'.
+local function verdict(id, rec, now, final)
+  local here = live(rec, now)
+  if here and rec.status ~= 'succeeded' and rec.status ~= 'failed' and rec.status ~= 'cancelled' then
+    return 'wait'
+  elseif final or (here and rec.status == 'succeeded') then
     return 'ok'
+  elseif not here then
+    return dependency_error(id, 'not found')
+  elseif rec.status == 'failed' then
+    return dependency_error(id, 'failed')
   end
-  return v
+  local ok, ended = pcall(cjson.decode, rec.error or '{}')
+  local kind = ok and type(ended) == 'table' and ended.type or nil
+  if kind == 'Expired' then
+    return dependency_error(id, 'expired')
+  elseif kind == 'DependencyFailed' then
+    return dependency_error(id, 'was cancelled', tostring(ended.message))
+  end
+  return dependency_error(id, 'was cancelled')
 end
 
 -- Add `child` to the dependents of `parent` (a task of this queue), once.
@@ -357,7 +387,7 @@ end
 
 -- A pending or scheduled task past its deadline: cancelled (Expired), its dependents with it.
 local function expire(id, rec, now)
-  rec.error = EXPIRED
+  rec.error, rec.settled = EXPIRED, nil
   local ttl = rec.result_ttl or DEFAULT_RESULT_TTL
   finish(id, rec, 'cancelled', now, now + ttl)
   save(id, rec)
@@ -425,7 +455,10 @@ end
 
 -- Called first by every function, once Q is set: the per-call state above.
 local function begin()
-  INDEX = {waiting = Q.waiting, succeeded = Q.succeeded, failed = Q.failed, cancelled = Q.cancelled}
+  INDEX = {
+    waiting = Q.waiting, scheduled = Q.scheduled_seq, succeeded = Q.succeeded, failed = Q.failed,
+    cancelled = Q.cancelled,
+  }
   PLACE = {
     pending = Q.pending, scheduled = Q.scheduled, running = Q.running,
     succeeded = Q.expiring, cancelled = Q.expiring,

@@ -10,10 +10,10 @@
 
 local child, parent = ARGV[1], ARGV[2]
 local now = clock()
-local v = verdict(load(parent), now)
+local v = verdict(parent, load(parent), now)
 if v == 'wait' then
   add_child(parent, child)
 else
-  post({op = 'resolve', child = child, parent = parent, error = v == 'ok' and '' or dependency_error(parent, v)})
+  post({op = 'resolve', child = child, parent = parent, error = v == 'ok' and '' or v})
 end
 return EFFECTS

@@ -9,5 +9,7 @@
 --              error it is cancelled, and its dependents with it (not a child waiting in the
 --              after_final mode: for it the parent has ended, whatever the error).
 
-resolve(ARGV[1], ARGV[2], ARGV[3] ~= '' and ARGV[3] or nil, clock())
+local now = clock()
+reserve_due(now, 100)  -- due tasks were ready before the child
+resolve(ARGV[1], ARGV[2], ARGV[3] ~= '' and ARGV[3] or nil, now)
 return EFFECTS

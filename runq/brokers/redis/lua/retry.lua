@@ -8,6 +8,7 @@
 
 local id = ARGV[1]
 local now = clock()
+reserve_due(now, 100)  -- due tasks were ready before this one
 local rec = load(id)
 if not live(rec, now) or (rec.status ~= 'failed' and rec.status ~= 'cancelled') then
   return 0
@@ -16,7 +17,7 @@ if rec.deadline then  -- a task put back by hand runs, whatever its expiry said
   redis.call('ZREM', Q.deadlines, id)
   rec.deadline = nil
 end
-rec.attempts, rec.token, rec.lease_until, rec.result, rec.error = 0, nil, nil, nil, nil
+rec.attempts, rec.token, rec.lease_until, rec.result, rec.error, rec.settled = 0, nil, nil, nil, nil, nil
 rec.started_at, rec.finished_at, rec.expires_at, rec.ready_at = nil, nil, nil, stamp(now)
 make_ready(id, rec)
 save(id, rec)

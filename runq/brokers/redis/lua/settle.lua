@@ -9,7 +9,8 @@
 --              repeat), 0 when the fencing token is stale; then the outbox steps posted and
 --              waiters to wake for dependents (lib.lua)
 -- Guarantees   an outcome applies only to a running task whose token matches, once: the
---              token is cleared, and kept as `settled`. A repeat is answered 2 and changes
+--              token is cleared, and kept as `settled` (until the task is claimed again,
+--              cancelled, expires or is retried by hand, as every broker keeps its token). A repeat is answered 2 and changes
 --              nothing: a worker whose settle timed out (Redis paused past the socket timeout:
 --              the command was in Redis's buffer and ran on resume) sends it again, and that
 --              must not read as "cancelled or taken over" (it was answered 0 before). succeeded keeps the result for result_ttl (then the task
@@ -26,6 +27,7 @@
 
 local now = clock()
 trim(now, 100)
+reserve_due(now, 100)  -- due tasks were ready before any this settle makes ready
 
 local samples, counts, woken = {}, {succeeded = 0, retried = 0, failed = 0}, 0
 
@@ -92,7 +94,7 @@ for n, id in ipairs(ids) do
     saved[#saved + 1] = id
     saved[#saved + 1] = cjson.encode(rec)
     accepted[n] = 1
-  elseif rec and rec.settled == ARGV[i + SET.token] then
+  elseif rec and rec.settled == ARGV[i + SET.token] and live(rec, now) then  -- (past its result_ttl: gone)
     accepted[n] = 2
   else
     accepted[n] = 0
