@@ -25,7 +25,16 @@ from typing import Any
 from psycopg import Cursor
 
 from runq.brokers.base import BreakerEvent
-from runq.brokers.rules import WAIT, breaker_step, dependency_error, first_report, link_verdict, parent_error, parents_in_order, passed_on
+from runq.brokers.rules import (
+    WAIT,
+    breaker_step,
+    dependency_error,
+    first_report,
+    link_verdict,
+    parent_error,
+    parents_in_order,
+    passed_on,
+)
 from runq.models import Message
 
 NOW = "extract(epoch FROM statement_timestamp())::float8"
