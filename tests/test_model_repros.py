@@ -380,3 +380,16 @@ def test_a_cancel_cascades_in_its_own_queue_before_others(moved: tuple[Broker, C
     assert broker.cancel(parent)
     assert error_of(broker, a.id) == error_of(broker, b.id) == f"parent task {parent} was cancelled"
     assert broker.stats().counters["cancelled"] == 3
+
+
+def test_a_claim_keeps_every_queue_it_is_given(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: a claim that got its limit from its first queue left the next ones
+    alone on Redis (one call per queue, until the limit), where every other broker made their due
+    tasks pending and took back their lost leases."""
+    broker, clock = moved
+    put(broker, "a")
+    due = put(broker, "b", delay=U)
+    clock.advance(2 * U)
+    assert len(broker.claim(["a", "b"], "w", 1, U)) == 1
+    info = broker.get(due)
+    assert info is not None and info.status is Status.PENDING
