@@ -365,3 +365,31 @@ def test_of_parents_already_ended_badly_the_error_names_one_of_its_own_queue_fir
     assert broker.cancel(elsewhere) and broker.cancel(here)
     task_id = put(broker, "a", after=(elsewhere, here))
     assert error_of(broker, task_id) == f"parent task {here} was cancelled"
+
+
+def test_a_cancel_cascades_in_its_own_queue_before_others(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: P (queue b) has dependents A (queue a) and B (queue b), and B waits on
+    A too. Cancelling P cancelled A first on memory:// (id order), so B named A; Redis cancels B at
+    once (same queue) and A in a second call, so B named P. Every broker now cascades in the
+    parent's queue first, into other queues after (rules.cascade_later)."""
+    broker, _ = moved
+    first, parent = put(broker, "a"), put(broker, "b")
+    a = Message(new_task_id("a"), "t", "a", after=(first, parent))
+    b = Message(new_task_id("b"), "t", "b", after=(parent, a.id))
+    assert broker.enqueue([a, b], U) == [a.id, b.id]
+    assert broker.cancel(parent)
+    assert error_of(broker, a.id) == error_of(broker, b.id) == f"parent task {parent} was cancelled"
+    assert broker.stats().counters["cancelled"] == 3
+
+
+def test_a_claim_keeps_every_queue_it_is_given(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: a claim that got its limit from its first queue left the next ones
+    alone on Redis (one call per queue, until the limit), where every other broker made their due
+    tasks pending and took back their lost leases."""
+    broker, clock = moved
+    put(broker, "a")
+    due = put(broker, "b", delay=U)
+    clock.advance(2 * U)
+    assert len(broker.claim(["a", "b"], "w", 1, U)) == 1
+    info = broker.get(due)
+    assert info is not None and info.status is Status.PENDING

@@ -100,6 +100,15 @@ def first_report(state: dict[str, Any], token: str) -> bool:
     return True
 
 
+def cascade_later(parent: str, child: str) -> bool:
+    """Whether ending ``parent`` resolves ``child`` after the rest of its cascade: a child in another
+    queue is resolved once every child (and theirs) in the parent's own queue is, in the order reached.
+    (Redis must: its step for another queue's slot is a second call, runq/brokers/redis/outbox.py;
+    every broker does the same, so a task waiting on several parents ended in one cascade names
+    the same one.)"""
+    return queue_of(child) != queue_of(parent)
+
+
 def parents_in_order(after: tuple[str, ...], queue: str) -> list[str]:
     """A task's parents in the order they are checked when it is enqueued, each once: those of its
     own ``queue`` first, then the others, each in ``after`` order. Of several parents already

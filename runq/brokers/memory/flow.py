@@ -9,6 +9,7 @@ Each function runs under the broker's lock, inside the state change that caused 
 from __future__ import annotations
 
 import json
+from collections import deque
 from typing import Any
 
 from runq.brokers.base import BreakerEvent
@@ -19,6 +20,7 @@ from runq.brokers.rules import (
     HELD,
     WAIT,
     breaker_step,
+    cascade_later,
     dependency_error,
     first_report,
     free_seats,
@@ -28,6 +30,8 @@ from runq.brokers.rules import (
     passed_on,
 )
 from runq.models import Message, Status
+
+Later = deque[tuple[str, str, str | None]]  # (child, parent, error): a cascade's steps into other queues
 
 
 def link(tables: Tables, record: Record, message: Message, now: float) -> None:
@@ -59,30 +63,46 @@ def unlink(tables: Tables, child: str) -> None:
         tables.children.get(parent, {}).pop(child, None)
 
 
-def release_children(tables: Tables, parent: str, error: str | None, now: float) -> int:
-    """``parent`` just ended: release (``error`` None) or cancel its waiting children; a child
-    in the ``after_final`` mode only counts the parent as ended (rules.py: passed_on).
+def release_children(tables: Tables, parent: str, error: str | None, now: float, later: Later | None = None) -> int:
+    """``parent`` just ended: release (``error`` None) or cancel its waiting children, in id order;
+    a child in the ``after_final`` mode only counts the parent as ended (rules.py: passed_on).
 
-    Cancellation cascades to the children's own dependents (a child reached twice is
-    cancelled by whichever path comes first). Returns the number cancelled.
+    Cancellation cascades to the children's own dependents (a child reached twice is cancelled by
+    whichever path comes first): at once in ``parent``'s queue, and into other queues after, in the
+    order reached (``later``), as on every broker (rules.cascade_later). Returns the number cancelled.
     """
+    if later is None:
+        later = deque()
+        cancelled = release_children(tables, parent, error, now, later)
+        while later:
+            cancelled += _resolve(tables, *later.popleft(), now, later)
+        return cancelled
     cancelled = 0
-    for child, final in sorted(tables.children.pop(parent, {}).items()):  # in id order, as SQLite's key
-        waiting_for = tables.parents.get(child, {})
-        waiting_for.pop(parent, None)
-        record = tables.tasks.get(child)
-        if record is None:
-            continue
+    for child, final in sorted(tables.children.pop(parent, {}).items()):
         cause = passed_on(error, final)
-        if cause is not None:
-            cancelled += cancel_waiting(tables, record, cause, now)
-        elif not waiting_for:
-            tables.parents.pop(child, None)
-            _release(tables, record, now)
+        if cascade_later(parent, child):
+            later.append((child, parent, cause))
+        else:
+            cancelled += _resolve(tables, child, parent, cause, now, later)
     return cancelled
 
 
-def cancel_waiting(tables: Tables, record: Record, error: str, now: float) -> int:
+def _resolve(tables: Tables, child: str, parent: str, error: str | None, now: float, later: Later) -> int:
+    """One parent of ``child`` ended; the number cancelled."""
+    waiting_for = tables.parents.get(child, {})
+    waiting_for.pop(parent, None)
+    record = tables.tasks.get(child)
+    if record is None:
+        return 0
+    if error is not None:
+        return cancel_waiting(tables, record, error, now, later)
+    if not waiting_for:
+        tables.parents.pop(child, None)
+        _release(tables, record, now)
+    return 0
+
+
+def cancel_waiting(tables: Tables, record: Record, error: str, now: float, later: Later | None = None) -> int:
     """Cancel a waiting task because a parent did not succeed, and its dependents after it."""
     if record.status is not Status.WAITING:
         return 0
@@ -91,7 +111,7 @@ def cancel_waiting(tables: Tables, record: Record, error: str, now: float) -> in
     tables.place(record)
     unlink(tables, record.id)
     cause = json.loads(error)["message"]
-    return 1 + release_children(tables, record.id, dependency_error(record.id, "was cancelled", cause), now)
+    return 1 + release_children(tables, record.id, dependency_error(record.id, "was cancelled", cause), now, later)
 
 
 def _release(tables: Tables, record: Record, now: float) -> None:

@@ -19,6 +19,7 @@ transactions run side by side:
 from __future__ import annotations
 
 import json
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from runq.brokers.base import BreakerEvent
 from runq.brokers.rules import (
     WAIT,
     breaker_step,
+    cascade_later,
     dependency_error,
     first_report,
     link_verdict,
@@ -36,6 +38,8 @@ from runq.brokers.rules import (
     passed_on,
 )
 from runq.models import Message
+
+Later = deque[tuple[str, str, str | None]]  # (child, parent, error): a cascade's steps into other queues
 
 NOW = "extract(epoch FROM statement_timestamp())::float8"
 
@@ -102,14 +106,18 @@ def _release(cur: Cursor[Any], s: str, child: str, notes: Notes) -> None:
         notes.work.add(row[0])
 
 
-def release_children(cur: Cursor[Any], s: str, parent: str, error: str | None, notes: Notes) -> None:
-    """``parent`` just ended: release (``error`` None) or cancel its waiting children; a child
-    in the ``after_final`` mode only counts the parent as ended (rules.py: passed_on).
+def release_children(
+    cur: Cursor[Any], s: str, parent: str, error: str | None, notes: Notes, later: Later | None = None
+) -> None:
+    """``parent`` just ended: release (``error`` None) or cancel its waiting children, in id order;
+    a child in the ``after_final`` mode only counts the parent as ended (rules.py: passed_on).
 
-    Cancellation cascades to the children's own dependents; ``notes.cancelled`` counts them.
+    Cancellation cascades to the children's own dependents: at once in ``parent``'s queue, and
+    into other queues after, in the order reached (``later``: rules.cascade_later);
+    ``notes.cancelled`` counts them.
     """
     children = sorted(cur.execute(f"DELETE FROM {s}.deps WHERE parent = %s RETURNING child, final", (parent,)))
-    _resolve(cur, s, children, error, notes)
+    _cascade(cur, s, parent, children, error, notes, later)
 
 
 def release_ended(cur: Cursor[Any], s: str, ended: list[tuple[str, str | None]], notes: Notes) -> None:
@@ -126,21 +134,44 @@ def release_ended(cur: Cursor[Any], s: str, ended: list[tuple[str, str | None]],
     # (An after_final child is released by whichever comes first: both count as ended.)
     for parent, error in sorted(ended, key=lambda e: e[1] is None):
         if parent in children:
-            _resolve(cur, s, sorted(children[parent]), error, notes)
+            _cascade(cur, s, parent, sorted(children[parent]), error, notes, None)
 
 
-def _resolve(cur: Cursor[Any], s: str, children: list[tuple[str, bool]], error: str | None, notes: Notes) -> None:
+def _cascade(
+    cur: Cursor[Any],
+    s: str,
+    parent: str,
+    children: list[tuple[str, bool]],
+    error: str | None,
+    notes: Notes,
+    later: Later | None,
+) -> None:
+    """Resolve ``parent``'s children (their edges are gone already); those in other queues last."""
+    if later is None:
+        later = deque()
+        _cascade(cur, s, parent, children, error, notes, later)
+        while later:
+            child, _, cause = later.popleft()
+            _resolve(cur, s, child, cause, notes, later)
+        return
     for child, final in children:
         cause = passed_on(error, final)
-        if cause is not None:
-            cancel_waiting(cur, s, child, cause, notes)
-            continue
-        cur.execute(f"SELECT 1 FROM {s}.tasks WHERE id = %s FOR UPDATE", (child,))
-        if cur.execute(f"SELECT 1 FROM {s}.deps WHERE child = %s LIMIT 1", (child,)).fetchone() is None:
-            _release(cur, s, child, notes)
+        if cascade_later(parent, child):
+            later.append((child, parent, cause))
+        else:
+            _resolve(cur, s, child, cause, notes, later)
 
 
-def cancel_waiting(cur: Cursor[Any], s: str, child: str, error: str, notes: Notes) -> None:
+def _resolve(cur: Cursor[Any], s: str, child: str, error: str | None, notes: Notes, later: Later) -> None:
+    if error is not None:
+        cancel_waiting(cur, s, child, error, notes, later)
+        return
+    cur.execute(f"SELECT 1 FROM {s}.tasks WHERE id = %s FOR UPDATE", (child,))
+    if cur.execute(f"SELECT 1 FROM {s}.deps WHERE child = %s LIMIT 1", (child,)).fetchone() is None:
+        _release(cur, s, child, notes)
+
+
+def cancel_waiting(cur: Cursor[Any], s: str, child: str, error: str, notes: Notes, later: Later | None = None) -> None:
     """Cancel a waiting task because a parent did not succeed, and its dependents after it."""
     row = cur.execute(
         f"UPDATE {s}.tasks SET status = 'cancelled', error = %s, finished_at = {NOW},"
@@ -154,7 +185,7 @@ def cancel_waiting(cur: Cursor[Any], s: str, child: str, error: str, notes: Note
     cur.execute(f"DELETE FROM {s}.deps WHERE child = %s", (child,))
     lock_parents(cur, [child])
     cause = json.loads(error)["message"]
-    release_children(cur, s, child, dependency_error(child, "was cancelled", cause), notes)
+    release_children(cur, s, child, dependency_error(child, "was cancelled", cause), notes, later)
 
 
 def take_tick(cur: Cursor[Any], s: str, name: str, tick: str, ttl: float) -> bool:

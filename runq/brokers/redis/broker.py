@@ -235,12 +235,17 @@ class RedisBroker(Broker):
 
     @_guarded
     def claim(self, queues: Sequence[str], worker_id: str, limit: int, lease: float) -> list[Claim]:
-        """One script call per queue, in order, until ``limit`` tasks are taken."""
+        """One script call per queue, in order, until ``limit`` tasks are taken; the queues left
+        then get theirs with limit 0, in one round trip: every queue of a claim is kept (due
+        tasks made pending, lost leases taken back, deadlines applied), as on every broker."""
         if not self._policy_checked:
             self._check_policy()
         claims: list[Claim] = []
-        for queue in queues:
+        for i, queue in enumerate(queues):
             if len(claims) >= limit:
+                calls = [Call("claim", function_keys("claim", q), [worker_id, 0, lease, "", BATCH]) for q in queues[i:]]
+                for left, answers in zip(queues[i:], self.functions.batch(calls), strict=True):
+                    self.apply_steps(left, answers)  # (outbox steps only: it took nothing)
                 break
             prefix = secrets.token_hex(8) + ":"
             args = [worker_id, limit - len(claims), lease, prefix, BATCH]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import deque
 from typing import Any
 
 from runq.brokers.base import BreakerEvent
@@ -27,6 +28,7 @@ from runq.brokers.rules import (
     HELD,
     WAIT,
     breaker_step,
+    cascade_later,
     dependency_error,
     first_report,
     free_seats,
@@ -36,6 +38,8 @@ from runq.brokers.rules import (
     passed_on,
 )
 from runq.models import Message
+
+Later = deque[tuple[str, str, str | None]]  # (child, parent, error): a cascade's steps into other queues
 
 Freed = dict[tuple[str, str], int]
 SEATED = ("pending", "running")
@@ -90,31 +94,50 @@ def link(db: sqlite3.Connection, message: Message, now: float) -> str | None:
     return None
 
 
-def release_children(db: sqlite3.Connection, parent: str, error: str | None, now: float) -> int:
-    """``parent`` just ended: release (``error`` None) or cancel its waiting children; a child
-    in the ``after_final`` mode only counts the parent as ended (rules.py: passed_on).
+def release_children(
+    db: sqlite3.Connection, parent: str, error: str | None, now: float, later: Later | None = None
+) -> int:
+    """``parent`` just ended: release (``error`` None) or cancel its waiting children, in id order;
+    a child in the ``after_final`` mode only counts the parent as ended (rules.py: passed_on).
 
-    Cancellation cascades to the children's own dependents. Returns the number cancelled.
+    Cancellation cascades to the children's own dependents: at once in ``parent``'s queue, and
+    into other queues after, in the order reached (``later``: rules.cascade_later). Returns the
+    number cancelled.
     """
-    children = db.execute("SELECT child, final FROM runq_deps WHERE parent = ?", (parent,)).fetchall()
+    if later is None:
+        later = deque()
+        cancelled = release_children(db, parent, error, now, later)
+        while later:
+            cancelled += _resolve(db, *later.popleft(), now, later)
+        return cancelled
+    children = db.execute("SELECT child, final FROM runq_deps WHERE parent = ? ORDER BY child", (parent,)).fetchall()
     if not children:
         return 0
     db.execute("DELETE FROM runq_deps WHERE parent = ?", (parent,))
     cancelled = 0
     for child, final in children:
         cause = passed_on(error, bool(final))
-        if cause is not None:
-            cancelled += cancel_waiting(db, child, cause, now)
-        elif db.execute("SELECT 1 FROM runq_deps WHERE child = ? LIMIT 1", (child,)).fetchone() is None:
-            db.execute(
-                "UPDATE runq_tasks SET status = CASE WHEN ready_at > ? THEN 'scheduled' ELSE 'pending' END,"
-                " ready_at = max(ready_at, ?) WHERE id = ? AND status = 'waiting'",
-                (now, now, child),
-            )
+        if cascade_later(parent, child):
+            later.append((child, parent, cause))
+        else:
+            cancelled += _resolve(db, child, parent, cause, now, later)
     return cancelled
 
 
-def cancel_waiting(db: sqlite3.Connection, child: str, error: str, now: float) -> int:
+def _resolve(db: sqlite3.Connection, child: str, parent: str, error: str | None, now: float, later: Later) -> int:
+    """One parent of ``child`` ended (its edge is gone already); the number cancelled."""
+    if error is not None:
+        return cancel_waiting(db, child, error, now, later)
+    if db.execute("SELECT 1 FROM runq_deps WHERE child = ? LIMIT 1", (child,)).fetchone() is None:
+        db.execute(
+            "UPDATE runq_tasks SET status = CASE WHEN ready_at > ? THEN 'scheduled' ELSE 'pending' END,"
+            " ready_at = max(ready_at, ?) WHERE id = ? AND status = 'waiting'",
+            (now, now, child),
+        )
+    return 0
+
+
+def cancel_waiting(db: sqlite3.Connection, child: str, error: str, now: float, later: Later | None = None) -> int:
     """Cancel a waiting task because a parent did not succeed, and its dependents after it."""
     cursor = db.execute(
         "UPDATE runq_tasks SET status = 'cancelled', error = ?, finished_at = ?, expires_at = ? + result_ttl"
@@ -125,7 +148,7 @@ def cancel_waiting(db: sqlite3.Connection, child: str, error: str, now: float) -
         return 0
     db.execute("DELETE FROM runq_deps WHERE child = ?", (child,))
     cause = json.loads(error)["message"]
-    return 1 + release_children(db, child, dependency_error(child, "was cancelled", cause), now)
+    return 1 + release_children(db, child, dependency_error(child, "was cancelled", cause), now, later)
 
 
 # -- expiry, concurrency slots, debounce, pause (SPEC §9) --------------------------------------

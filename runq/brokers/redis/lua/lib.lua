@@ -331,7 +331,9 @@ local function release_children(parent, err, now)
     return
   end
   redis.call('HDEL', Q.children, parent)
-  for _, child in ipairs(cjson.decode(raw)) do
+  local children = cjson.decode(raw)
+  table.sort(children)  -- in id order, as every broker
+  for _, child in ipairs(children) do
     if queue_of(child) == QUEUE then
       resolve(child, parent, err, now)
     else
