@@ -5,10 +5,17 @@ Three threads share one table of in-flight claims, each with a single job:
 * the **claimer** takes as many tasks as there are free slots, in one broker call,
   and blocks on the broker while there is nothing to do;
 * the **settler** turns finished runs into outcomes (retry policy lives here) and
-  settles everything that finished meanwhile in one broker call;
+  settles everything that finished meanwhile in one broker call (waiting up to
+  ``settle_interval`` for ``settle_batch`` outcomes to gather);
 * the **keeper** renews the leases of running tasks every half second, stops runs
   whose claim is gone (cancelled, or taken over after a stall), and publishes the
   heartbeat.
+
+What a SIGKILL runs twice: a run that finished but whose outcome was not settled yet is
+run again by another worker once its lease expires. The pool starts no run while
+``concurrency + settle_batch`` runs are open (started, or finished and unsettled), so that
+is the most a kill can duplicate; with ``settle_batch=0``, one per slot
+(docs/reliability.md).
 
 Shutdown (SPEC §3): the first SIGTERM/SIGINT stops claiming and lets running tasks
 finish within ``grace``; the second, or the end of ``grace``, returns the tasks
@@ -59,12 +66,12 @@ RENEW_INTERVAL = 0.5
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TTL = 10.0
 IDLE_WAIT = 1.0
-SETTLE_BATCH = 256
 PREFETCH = 1  # claims held beyond the running ones, per slot
 SHORT_TASK = 0.005  # seconds: tasks this short on average are claimed further ahead...
 SHORT_PREFETCH = 3  # ...this many per slot, so a round trip moves more of them,
 SHORT_HELD = 64  # ...and at least this many in all (≤ 320 ms of work: no hoarding)
 MAX_BACKOFF = 5.0
+SETTLE_CALL = 256  # outcomes one settle call may carry, at least (held claims, not runs, may queue beyond the runs)
 
 
 @dataclass
@@ -330,7 +337,10 @@ class Worker:
         """Called by the pool when a run ends."""
         with self._cond:
             entry = self._inflight.get(job.id)
-        if entry is None or entry.message is None:
+        if entry is None:
+            self.pool.settled([job.id])  # forgotten meanwhile: its run is not open any more
+            return
+        if entry.message is None:
             return
         if isinstance(ended, Stopped):
             self._forget([entry])
@@ -354,11 +364,15 @@ class Worker:
         return max(1, self.capacity // 4)
 
     def _settle_loop(self) -> None:
+        gather, interval = max(1, self.settings.settle_batch), self.settings.settle_interval
+        most = max(SETTLE_CALL, self.concurrency + self.settings.settle_batch)  # every run that can be open
         while (item := self._outcomes.get()) is not None:
             batch = [item]
-            while len(batch) < SETTLE_BATCH:
+            deadline = time.monotonic() + interval
+            while len(batch) < most:
+                wait = deadline - time.monotonic() if len(batch) < gather else 0.0
                 try:
-                    more = self._outcomes.get_nowait()
+                    more = self._outcomes.get(timeout=wait) if wait > 0 else self._outcomes.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
@@ -403,6 +417,7 @@ class Worker:
                 self._inflight.pop(entry.claim.id, None)
             if self._stopping.is_set() or self.capacity - len(self._inflight) >= self._round():
                 self._cond.notify_all()  # the claimer has a round to claim (or shutdown waits)
+        self.pool.settled([entry.claim.id for entry in entries])  # (outside _cond: the pool's lock comes first)
 
     @staticmethod
     def _wait(entry: InFlight, outcome: Outcome) -> float | None:

@@ -52,6 +52,12 @@ class Pool(ABC):
         self._has_jobs = threading.Condition(self._lock)
         self._queued: dict[str, Job] = {}  # submitted, not started; insertion-ordered
         self._closed = threading.Event()
+        # Runs handed to a slot and not yet settled by the worker (running, or finished with their
+        # outcome on its way to the broker). No run starts while there are this many, so a SIGKILL
+        # re-runs at most that many finished tasks (docs/reliability.md).
+        self._open: set[str] = set()
+        self._most_open = self.concurrency + settings.settle_batch
+        self._full = False  # a slot waits for room: wake it when runs are settled
 
     @abstractmethod
     def start(self) -> None: ...
@@ -64,6 +70,20 @@ class Pool(ABC):
             for job in jobs:
                 self._queued[job.id] = job
             self._has_jobs.notify(len(jobs))
+
+    def settled(self, task_ids: Collection[str]) -> bool:
+        """The worker settled (or dropped) these claims: their runs are no longer open. ``True``
+        when a slot was waiting for the room this makes."""
+        with self._lock:
+            self._open.difference_update(task_ids)
+            woke, self._full = self._full, False
+            if woke:
+                self._has_jobs.notify_all()
+        return woke
+
+    def _room(self) -> int:
+        """How many more runs may start now (the lock held)."""
+        return self._most_open - len(self._open)
 
     def cancel(self, task_id: str) -> None:
         """Stop ``task_id`` (queued or running); it is reported :class:`Stopped`."""
@@ -84,13 +104,17 @@ class Pool(ABC):
         return jobs
 
     def _next_job(self) -> Job | None:
-        """The oldest queued job, blocking; ``None`` once the pool is closed."""
+        """The oldest queued job, once there is room for its run (it is then open); blocking;
+        ``None`` once the pool is closed."""
         with self._lock:
-            while not self._queued and not self._closed.is_set():
+            while not (self._queued and self._room() > 0) and not self._closed.is_set():
+                self._full = self._full or bool(self._queued)
                 self._has_jobs.wait()
             if self._closed.is_set():
                 return None
-            return self._queued.pop(next(iter(self._queued)))
+            job = self._queued.pop(next(iter(self._queued)))
+            self._open.add(job.id)
+            return job
 
     def _close(self) -> None:
         with self._lock:

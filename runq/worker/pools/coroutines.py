@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from runq.context import TaskContext
@@ -26,6 +27,7 @@ class AsyncPool(Pool):
         self._loop = asyncio.new_event_loop()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._tasks: dict[str, tuple[asyncio.Task[Any], TaskContext]] = {}
+        self._room_freed = asyncio.Event()  # set on the loop when settled runs make room
 
     def start(self) -> None:
         threading.Thread(target=self._loop.run_forever, name="runq-async", daemon=True).start()
@@ -35,11 +37,25 @@ class AsyncPool(Pool):
         for job in jobs:
             asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
 
+    def settled(self, task_ids: Collection[str]) -> bool:
+        woke = super().settled(task_ids)
+        if woke:
+            self._loop.call_soon_threadsafe(self._room_freed.set)
+        return woke
+
     async def _run(self, job: Job) -> None:
         async with self._slots:
-            with self._lock:
-                if self._queued.pop(job.id, None) is None:
-                    return  # cancelled or handed back before it started
+            while True:
+                with self._lock:
+                    if job.id not in self._queued:
+                        return  # cancelled or handed back before it started
+                    if self._room() > 0:
+                        del self._queued[job.id]
+                        self._open.add(job.id)
+                        break
+                    self._full = True
+                    self._room_freed.clear()
+                await self._room_freed.wait()
             context = job.context()
             task = asyncio.current_task()
             assert task is not None
