@@ -125,3 +125,36 @@ def test_expired_results_are_pruned_in_batches_skipping_locked_rows(pg_app: runq
         assert _rows(pg_url) == 1  # all but the locked row
     _housekeep(pg_app)
     assert _rows(pg_url) == 0
+
+
+def test_a_renewal_never_reports_held_a_claim_taken_over_while_it_waited(
+    pg_app: runq.App, pg_url: str, connection: Any
+) -> None:
+    """A renewal that waits on the row of a claim being reclaimed (its lease expired) answers from
+    what it could write, not from its snapshot: not held. It said held, and a worker thawed from a
+    SIGSTOP ran tasks already taken over (bench/soak.py --stop-share 1, docs/reliability.md)."""
+    conninfo, schema = postgres_conninfo(pg_url)
+    pg_app.enqueue("add", [1, 2])
+    pg_app.enqueue("add", [3, 4])
+    taken, kept = pg_app.broker.claim(["default"], "w1", 2, 0.1)
+
+    def expired(watch: Any, claim: Any) -> bool:
+        sql = f'SELECT lease_until < extract(epoch FROM statement_timestamp()) FROM "{schema}".tasks WHERE id = %s'
+        return bool(watch.execute(sql, (claim.id,)).fetchone()[0])
+
+    with psycopg.connect(conninfo, autocommit=True) as watch:
+        wait_until(lambda: expired(watch, taken) and expired(watch, kept), 30)
+        # Another worker's claim reclaims ``taken`` (runq's own statement, as one transaction, not committed yet).
+        connection.execute(
+            f"UPDATE \"{schema}\".tasks SET status = 'pending', token = NULL, lease_until = NULL WHERE id = %s",
+            (taken.id,),
+        )
+        answers: list[list[bool]] = []
+        renewing = threading.Thread(target=lambda: answers.append(pg_app.broker.renew([taken, kept], 30.0)))
+        renewing.start()
+        waits = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        wait_until(lambda: watch.execute(waits).fetchone()[0], 30)  # the renewal waits on the reclaim's row lock
+        connection.commit()
+        renewing.join(30)
+    assert answers == [[False, True]]  # the reclaimed one is gone; the expired one nobody took is renewed
+    assert pg_app.broker.renew([kept], 30.0) == [True]

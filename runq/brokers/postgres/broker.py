@@ -320,7 +320,11 @@ class PostgresBroker(Broker):
         listener.wait_work(names, mark, timeout)
 
     def renew(self, claims: Sequence[Claim], lease: float) -> list[bool]:
-        """Report which claims are still held; write only the leases past half their time."""
+        """Report which claims are still held; write only the leases past half their time.
+
+        A lease past half its time is held only if this statement renewed it: its snapshot would
+        still show it running while a claim reclaims it (the update waits on that claim's row lock,
+        then finds the token gone), and the worker would run a task taken over."""
         if not claims:
             return []
         s = self.s
@@ -329,11 +333,11 @@ class PostgresBroker(Broker):
             lambda cur: cur.execute(
                 "WITH c AS (SELECT * FROM unnest(%s::text[], %s::text[]) AS c(id, token)),"
                 f" held AS (SELECT t.id FROM {s}.tasks t JOIN c ON t.id = c.id AND t.token = c.token"
-                " WHERE t.status = 'running'),"
+                f" WHERE t.status = 'running' AND t.lease_until - {NOW} >= %s / 2),"
                 f" renewed AS (UPDATE {s}.tasks t SET lease_until = {NOW} + %s FROM c WHERE t.id = c.id"
                 f" AND t.token = c.token AND t.status = 'running' AND t.lease_until - {NOW} < %s / 2 RETURNING t.id)"
                 " SELECT id FROM held UNION SELECT id FROM renewed",
-                (ids, tokens, lease, lease),
+                (ids, tokens, lease, lease, lease),
             ).fetchall(),
             transaction=False,
         )
