@@ -3,9 +3,9 @@ broker under test; and what it says about duplicates and concurrency limits.
 
 Each process appends JSON lines to ``<dir>/<pid>.jsonl``, one ``os.write`` per line on an
 ``O_APPEND`` descriptor, so a line is whole or absent even when the process is SIGKILLed
-mid-task. Three events: ``start`` and ``end`` of a task body (written by the body), and
-``settled``, written by a middleware's ``on_finish`` in the worker once the broker accepted
-the attempt's outcome.
+mid-task. Events: ``start`` and ``end`` of a task body (written by the body), and, from a
+middleware's ``on_finish`` in the worker, ``settled`` once the broker accepted the attempt's
+outcome, or ``stopped`` when the worker found the claim gone and dropped the run's outcome.
 
 The worker's own log adds one more fact: each outcome the broker refused ("late outcome
 rejected": the claim had been taken over), by task id and worker.
@@ -79,7 +79,7 @@ class Run:
     start: float
     end: float | None = None
     settled: bool = False
-    refused: bool = False  # the worker logged its outcome as rejected (taken over)
+    refused: bool = False  # its outcome was refused, or dropped: the claim had been taken over
     key: str | None = None
     probe: bool = False
 
@@ -115,13 +115,14 @@ def read(
     known = set(workers)
     runs: dict[tuple[str, int], Run] = {}
     settled: set[tuple[str, int]] = set()
+    stopped: set[tuple[str, int]] = set()
     anomalies: list[str] = []
     for path in sorted(directory.glob("*.jsonl")):
         for line in path.read_text().splitlines():
             event = json.loads(line)
             task = (event["id"], event["a"])
-            if event["e"] == "settled":
-                settled.add(task)
+            if event["e"] in ("settled", "stopped"):
+                (settled if event["e"] == "settled" else stopped).add(task)
                 continue
             worker = event["pid"] if event["pid"] in known else event["pp"]
             if event["e"] == "start":
@@ -135,7 +136,7 @@ def read(
     by_task: dict[str, list[Run]] = defaultdict(list)
     for task, run in runs.items():
         run.settled = task in settled
-        run.refused = (run.id, run.worker) in refused
+        run.refused = (run.id, run.worker) in refused or task in stopped
         by_task[run.id].append(run)
     for task_runs in by_task.values():
         task_runs.sort(key=lambda run: run.attempt)

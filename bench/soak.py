@@ -72,10 +72,12 @@ app = runq.App()
 
 
 class _Settled(runq.Middleware):
-    """Notes each outcome the broker accepted, in the worker, after the settle."""
+    """Notes each outcome the broker accepted, in the worker, after the settle; and each run the
+    worker stopped because its claim was gone (``on_finish`` hears those as ``cancelled``: the
+    soak cancels nothing itself)."""
 
     def on_finish(self, task: runq.TaskContext, outcome: runq.TaskOutcome) -> None:
-        note("settled", task.id, task.attempt)
+        note("stopped" if outcome.status == "cancelled" else "settled", task.id, task.attempt)
 
 
 app.add_middleware(_Settled())

@@ -15,7 +15,10 @@ What a SIGKILL runs twice: a run that finished but whose outcome was not settled
 run again by another worker once its lease expires. The pool starts no run while
 ``concurrency + settle_batch`` runs are open (started, or finished and unsettled), so that
 is the most a kill can duplicate; with ``settle_batch=0``, one per slot
-(docs/reliability.md).
+(docs/reliability.md). A claim held ahead whose lease was not confirmed (claimed or
+renewed) for half a lease, as after a SIGSTOP or a long broker outage, starts only once
+the keeper's next renewal says it is still this worker's: a thawed worker does not run
+what was taken over meanwhile.
 
 Shutdown (SPEC §3): the first SIGTERM/SIGINT stops claiming and lets running tasks
 finish within ``grace``; the second, or the end of ``grace``, returns the tasks
@@ -234,6 +237,7 @@ class Worker:
                 free = self.capacity - len(self._inflight)
             if self._stopping.is_set():
                 return
+            sent = time.monotonic()  # the leases run from (no earlier than) here
             claims = self._retrying(partial(self.broker.claim, queues, self.id, free, self.settings.lease))
             if claims is None:
                 continue
@@ -252,7 +256,7 @@ class Worker:
                     jobs.append(begun)
                 else:
                     self._end(entry, begun)  # never run: refused or held back
-            self.pool.submit_many(jobs)
+            self.pool.submit_many(jobs, sent)
             if len(claims) < free:  # the queues ran dry: block until a wake-up, not claim again
                 self._idle(queues)
 
@@ -448,12 +452,15 @@ class Worker:
                 self._try(lambda: self.task_metrics.flush(self.broker.add_task_metrics))
 
     def _renew(self, claims: list[Claim]) -> None:
+        sent = time.monotonic()
         held = self._try(lambda: self.broker.renew(claims, self.settings.lease))
         if held is None:
             return  # broker unreachable: keep running; a lost lease shows up at settle
         for claim, ok in zip(claims, held, strict=True):
             if not ok:
                 self.pool.cancel(claim.id)
+        # Claims held ahead may start (one unconfirmed for half a lease waits for this).
+        self.pool.renewed([claim.id for claim, ok in zip(claims, held, strict=True) if ok], sent)
 
     def _hand_back_paused(self) -> None:
         """Claims taken ahead (prefetched) for a queue paused since go back unstarted, so no task

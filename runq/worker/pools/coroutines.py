@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from runq.context import TaskContext
@@ -27,21 +26,18 @@ class AsyncPool(Pool):
         self._loop = asyncio.new_event_loop()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._tasks: dict[str, tuple[asyncio.Task[Any], TaskContext]] = {}
-        self._room_freed = asyncio.Event()  # set on the loop when settled runs make room
+        self._unblocked = asyncio.Event()  # set on the loop when a run may start again
 
     def start(self) -> None:
         threading.Thread(target=self._loop.run_forever, name="runq-async", daemon=True).start()
 
-    def submit_many(self, jobs: list[Job]) -> None:
-        super().submit_many(jobs)
+    def submit_many(self, jobs: list[Job], claimed_at: float) -> None:
+        super().submit_many(jobs, claimed_at)
         for job in jobs:
             asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
 
-    def settled(self, task_ids: Collection[str]) -> bool:
-        woke = super().settled(task_ids)
-        if woke:
-            self._loop.call_soon_threadsafe(self._room_freed.set)
-        return woke
+    def _woken(self) -> None:
+        self._loop.call_soon_threadsafe(self._unblocked.set)
 
     async def _run(self, job: Job) -> None:
         async with self._slots:
@@ -49,13 +45,11 @@ class AsyncPool(Pool):
                 with self._lock:
                     if job.id not in self._queued:
                         return  # cancelled or handed back before it started
-                    if self._room() > 0:
-                        del self._queued[job.id]
-                        self._open.add(job.id)
+                    if self._may_start(job):
+                        self._open_run(job)
                         break
-                    self._full = True
-                    self._room_freed.clear()
-                await self._room_freed.wait()
+                    self._unblocked.clear()
+                await self._unblocked.wait()
             context = job.context()
             task = asyncio.current_task()
             assert task is not None

@@ -129,9 +129,10 @@ class ProcessPool(Pool):
         if self._runtime < BATCH_BELOW:
             with self._lock:
                 share = min(BATCH_MAX, most, -(-len(self._queued) // self.concurrency))
-                while len(batch) < share and self._queued and self._room() > 0:
-                    job = self._queued.pop(next(iter(self._queued)))
-                    self._open.add(job.id)
+                while len(batch) < share and (job := next(iter(self._queued.values()), None)) is not None:
+                    if not self._may_start(job):
+                        break
+                    self._open_run(job)
                     batch.append(job)
         return batch
 
