@@ -217,8 +217,8 @@ class Proxy:
         """Whether cut_next() cut this chunk (its connection is gone then)."""
         if not to_server and pair.doomed:
             self.counts.reply_cuts += 1
+            self.fired.set()  # before the reset: the caller's error must not outrun it
             self._drop(pair)
-            self.fired.set()
             return True
         with self._lock:
             armed = self._next
@@ -229,8 +229,8 @@ class Proxy:
             pair.doomed = True  # relayed now; its reply is cut when it comes
             return False
         self.counts.request_cuts += 1
-        self._drop(pair)
         self.fired.set()
+        self._drop(pair)
         return True
 
     def _drop(self, pair: _Pair, count: bool = True) -> None:
