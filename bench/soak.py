@@ -362,9 +362,10 @@ def soak_once(url: str, args: argparse.Namespace, variant: str, workdir: Path) -
 def probe_seats(producer: runq.App, args: argparse.Namespace, ledger: Path) -> dict[str, Any]:
     """After the drain every seat must be free: per key, ``--limit`` probe runs enqueued together
     all start before any ends (a leaked seat makes one wait for another's end). Keys go in rounds
-    that fit the fleet's slots, so only a seat, never a worker slot, can make a probe wait."""
+    of at most one worker's slots (a worker claims up to twice its slots ahead), so only a seat,
+    never a worker slot, can make a probe wait."""
     keys = [f"k{i}" for i in range(args.keys)] + ["*whole"]
-    per_round = max(1, args.workers * args.concurrency // (2 * args.limit))
+    per_round = max(1, args.concurrency // args.limit)
     late: list[str] = []
     waits: list[float] = []
     for first in range(0, len(keys), per_round):

@@ -261,8 +261,10 @@ class PostgresBroker(Broker):
             (WORKER_LOST, queues, queues, queues),
         ).fetchone()
         notes = Notes()
+        locked = False  # slot locks held: a later batch may not wait for more (limits.hold_excess)
         if row and row[2]:  # tasks past their deadline (rare: an index probe finds none)
             limits.expire_due(cur, s, queues, notes, notes.freed)
+            locked = bool(notes.freed)
             limits.release(cur, s, notes.freed, notes)
         if (row and row[0]) or notes.cancelled:
             self._record(cur, {"retried": row[0] if row else 0, "cancelled": notes.cancelled}, notes)
@@ -271,7 +273,10 @@ class PostgresBroker(Broker):
             for _ in range(limits.HOLD_ROUNDS):
                 want = limit - len(claims)
                 rows = limits.pick(cur, s, queue, want, lease, worker_id) if want > 0 else []
-                held = limits.hold_excess(cur, s, queue, rows)
+                held = limits.hold_excess(cur, s, queue, rows, wait=not locked)
+                if held is None:  # a slot busy in another transaction: these stay pending
+                    return claims
+                locked = locked or any(r[7] is not None for r in rows)
                 claims.extend(Claim(r[0], queue, r[1], r[2], r[3]) for r in rows if r[0] not in held)
                 if not held or len(rows) < want:
                     break
