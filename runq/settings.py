@@ -14,12 +14,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from runq.options import check_queue, parse_queues
+from runq.options import check_queue, check_seconds, parse_queues
 from runq.signing import check_keys
 
 POOLS = ("process", "thread", "async")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MAX_SETTLE_BATCH = 10_000
 
 DEFAULT_URL = "sqlite:///runq.db"  # the embedded default: a file in the current directory
 
@@ -44,6 +45,12 @@ class Settings:
     # peak memory reached this many MiB (0: no limit). See runq/worker/pools/processes.py.
     max_tasks_per_child: int = 0
     max_memory_per_child: int = 0
+    # What a SIGKILLed worker can run twice (docs/reliability.md): it never has more than
+    # concurrency + settle_batch runs started and not settled (0: a slot starts its next task only
+    # once its last outcome is settled); the settler waits up to settle_interval seconds for
+    # settle_batch outcomes to gather before it settles fewer.
+    settle_batch: int = 256
+    settle_interval: float = 0.0
 
     def __post_init__(self) -> None:
         # Flags and variables are case-insensitive (--log-level debug, RUNQ_POOL=Thread).
@@ -65,6 +72,9 @@ class Settings:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.grace < 0:
             raise ValueError(f"grace must be >= 0, got {self.grace}")
+        if not 0 <= self.settle_batch <= MAX_SETTLE_BATCH:
+            raise ValueError(f"settle_batch must be between 0 and {MAX_SETTLE_BATCH}, got {self.settle_batch}")
+        object.__setattr__(self, "settle_interval", check_seconds("settle_interval", self.settle_interval))
         if self.max_payload <= 0:
             raise ValueError(f"max_payload must be > 0, got {self.max_payload}")
         if not self.queues:

@@ -227,6 +227,8 @@ def test_every_setting_is_read_from_the_environment_and_documented() -> None:
         "RUNQ_SIGNING_KEYS": "new-0123456789abcdef,old-0123456789abcdef",
         "RUNQ_MAX_TASKS_PER_CHILD": "100",
         "RUNQ_MAX_MEMORY_PER_CHILD": "512",
+        "RUNQ_SETTLE_BATCH": "0",
+        "RUNQ_SETTLE_INTERVAL": "0.02",
     }
     assert set(env) == {f"RUNQ_{spec.name.upper()}" for spec in fields(Settings)}
     settings = Settings.from_env(env)
@@ -241,6 +243,7 @@ def test_every_setting_is_read_from_the_environment_and_documented() -> None:
     assert (settings.log_level, settings.log_format) == ("DEBUG", "json")
     assert settings.signing_keys == ("new-0123456789abcdef", "old-0123456789abcdef")
     assert (settings.max_tasks_per_child, settings.max_memory_per_child) == (100, 512)
+    assert (settings.settle_batch, settings.settle_interval) == (0, 0.02)
     flags = Settings.from_env(env, pool="thread", concurrency=5, log_level="warning", queues="a, b")
     assert (flags.pool, flags.concurrency, flags.log_level, flags.queues) == ("thread", 5, "WARNING", ("a", "b"))
     with pytest.raises(ValueError, match="log level"):

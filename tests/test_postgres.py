@@ -16,6 +16,7 @@ from tests.conftest import WorkerProcess, wait_until
 psycopg = pytest.importorskip("psycopg")
 
 from runq.brokers.postgres import postgres_conninfo  # noqa: E402 - after the importorskip
+from runq.models import Status  # noqa: E402
 
 
 def _sig(app: runq.App, *args: int) -> runq.Signature:
@@ -125,3 +126,64 @@ def test_expired_results_are_pruned_in_batches_skipping_locked_rows(pg_app: runq
         assert _rows(pg_url) == 1  # all but the locked row
     _housekeep(pg_app)
     assert _rows(pg_url) == 0
+
+
+def test_a_renewal_never_reports_held_a_claim_taken_over_while_it_waited(
+    pg_app: runq.App, pg_url: str, connection: Any
+) -> None:
+    """A renewal that waits on the row of a claim being reclaimed (its lease expired) answers from
+    what it could write, not from its snapshot: not held. It said held, and a worker thawed from a
+    SIGSTOP ran tasks already taken over (bench/soak.py --stop-share 1, docs/reliability.md)."""
+    conninfo, schema = postgres_conninfo(pg_url)
+    pg_app.enqueue("add", [1, 2])
+    pg_app.enqueue("add", [3, 4])
+    taken, kept = pg_app.broker.claim(["default"], "w1", 2, 0.1)
+
+    def expired(watch: Any, claim: Any) -> bool:
+        sql = f'SELECT lease_until < extract(epoch FROM statement_timestamp()) FROM "{schema}".tasks WHERE id = %s'
+        return bool(watch.execute(sql, (claim.id,)).fetchone()[0])
+
+    with psycopg.connect(conninfo, autocommit=True) as watch:
+        wait_until(lambda: expired(watch, taken) and expired(watch, kept), 30)
+        # Another worker's claim reclaims ``taken`` (runq's own statement, as one transaction, not committed yet).
+        connection.execute(
+            f"UPDATE \"{schema}\".tasks SET status = 'pending', token = NULL, lease_until = NULL WHERE id = %s",
+            (taken.id,),
+        )
+        answers: list[list[bool]] = []
+        renewing = threading.Thread(target=lambda: answers.append(pg_app.broker.renew([taken, kept], 30.0)))
+        renewing.start()
+        waits = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        wait_until(lambda: watch.execute(waits).fetchone()[0], 30)  # the renewal waits on the reclaim's row lock
+        connection.commit()
+        renewing.join(30)
+    assert answers == [[False, True]]  # the reclaimed one is gone; the expired one nobody took is renewed
+    assert pg_app.broker.renew([kept], 30.0) == [True]
+
+
+def test_a_claim_holding_a_slot_lock_never_waits_for_another(pg_app: runq.App, pg_url: str, connection: Any) -> None:
+    """A claim whose first round locked one concurrency slot never waits for a second: a settle
+    holding the second and waiting for the first closed a cycle, which PostgreSQL breaks after
+    deadlock_timeout (1 s), and a limited drain crawled (bench/soak.py --limited: deadlocks every
+    few seconds, 6,000 tasks in ~140 s). The busy slot's task stays pending for a later claim."""
+    limit = runq.Limit(1, key="k")
+    a1, a2, b1 = (pg_app.enqueue("echo", kwargs={"k": k}, concurrency=limit) for k in ("a", "a", "b"))
+    _, schema = postgres_conninfo(pg_url)
+    slot_b = connection.execute(f'SELECT queue, slot FROM "{schema}".tasks WHERE id = %s', (b1.id,)).fetchone()
+    # Another transaction (a settle freeing a seat of b) holds b's slot lock.
+    connection.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s || chr(31) || %s, 1))", slot_b)
+    claims: list[Any] = []
+    # Round 1 takes a1 and a2 (slot a locked, a2 held back); round 2 takes b1 and needs slot b.
+    claiming = threading.Thread(target=lambda: claims.extend(pg_app.broker.claim(["default"], "w", 2, 30.0)))
+    claiming.start()
+    claiming.join(10)
+    waited = claiming.is_alive()
+    connection.rollback()
+    claiming.join(30)
+    assert not waited, "the claim waited for a second slot lock"
+    assert [claim.id for claim in claims] == [a1.id]
+    held, given_back = pg_app.info(a2.id), pg_app.info(b1.id)
+    assert held is not None and held.status is Status.SCHEDULED  # waits for a's seat
+    assert given_back is not None and (given_back.status, given_back.attempts) == (Status.PENDING, 0)
+    [again] = pg_app.broker.claim(["default"], "w", 2, 30.0)
+    assert again.id == b1.id and again.attempt == 1

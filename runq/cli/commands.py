@@ -14,7 +14,7 @@ from runq.cli import console as out
 from runq.cli.group import FINAL, STATUSES, _app, _app_settings, _known, _settings, checked, common, fail, main
 from runq.logs import LEVELS
 from runq.models import Status, TaskInfo
-from runq.settings import LOG_FORMATS, POOLS
+from runq.settings import LOG_FORMATS, MAX_SETTLE_BATCH, POOLS
 
 # -- worker ------------------------------------------------------------------------------
 
@@ -41,6 +41,14 @@ from runq.settings import LOG_FORMATS, POOLS
 @click.option(
     "--max-memory-per-child", type=click.IntRange(min=0), default=None, metavar="MIB",
     help="Process pool: replace a child once its memory peaked at MIB [0: never].",
+)  # fmt: skip
+@click.option(
+    "--settle-batch", type=click.IntRange(min=0, max=MAX_SETTLE_BATCH), default=None, metavar="N",
+    help="Runs started and not settled, beyond one per slot: what a SIGKILL can run twice [256].",
+)  # fmt: skip
+@click.option(
+    "--settle-interval", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+    help="Wait up to this long for N outcomes to settle together [0].",
 )  # fmt: skip
 @click.option("--beat", is_flag=True, help="Also enqueue APP's periodic tasks (as `runq beat`).")
 @common

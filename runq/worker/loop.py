@@ -5,10 +5,20 @@ Three threads share one table of in-flight claims, each with a single job:
 * the **claimer** takes as many tasks as there are free slots, in one broker call,
   and blocks on the broker while there is nothing to do;
 * the **settler** turns finished runs into outcomes (retry policy lives here) and
-  settles everything that finished meanwhile in one broker call;
+  settles everything that finished meanwhile in one broker call (waiting up to
+  ``settle_interval`` for ``settle_batch`` outcomes to gather);
 * the **keeper** renews the leases of running tasks every half second, stops runs
   whose claim is gone (cancelled, or taken over after a stall), and publishes the
   heartbeat.
+
+What a SIGKILL runs twice: a run that finished but whose outcome was not settled yet is
+run again by another worker once its lease expires. The pool starts no run while
+``concurrency + settle_batch`` runs are open (started, or finished and unsettled), so that
+is the most a kill can duplicate; with ``settle_batch=0``, one per slot
+(docs/reliability.md). A claim held ahead whose lease was not confirmed (claimed or
+renewed) for half a lease, as after a SIGSTOP or a long broker outage, starts only once
+the keeper's next renewal says it is still this worker's: a thawed worker does not run
+what was taken over meanwhile.
 
 Shutdown (SPEC §3): the first SIGTERM/SIGINT stops claiming and lets running tasks
 finish within ``grace``; the second, or the end of ``grace``, returns the tasks
@@ -59,12 +69,12 @@ RENEW_INTERVAL = 0.5
 HEARTBEAT_INTERVAL = 2.0
 HEARTBEAT_TTL = 10.0
 IDLE_WAIT = 1.0
-SETTLE_BATCH = 256
 PREFETCH = 1  # claims held beyond the running ones, per slot
 SHORT_TASK = 0.005  # seconds: tasks this short on average are claimed further ahead...
 SHORT_PREFETCH = 3  # ...this many per slot, so a round trip moves more of them,
 SHORT_HELD = 64  # ...and at least this many in all (≤ 320 ms of work: no hoarding)
 MAX_BACKOFF = 5.0
+SETTLE_CALL = 256  # outcomes one settle call may carry, at least (held claims, not runs, may queue beyond the runs)
 
 
 @dataclass
@@ -227,6 +237,7 @@ class Worker:
                 free = self.capacity - len(self._inflight)
             if self._stopping.is_set():
                 return
+            sent = time.monotonic()  # the leases run from (no earlier than) here
             claims = self._retrying(partial(self.broker.claim, queues, self.id, free, self.settings.lease))
             if claims is None:
                 continue
@@ -245,7 +256,7 @@ class Worker:
                     jobs.append(begun)
                 else:
                     self._end(entry, begun)  # never run: refused or held back
-            self.pool.submit_many(jobs)
+            self.pool.submit_many(jobs, sent)
             if len(claims) < free:  # the queues ran dry: block until a wake-up, not claim again
                 self._idle(queues)
 
@@ -330,7 +341,10 @@ class Worker:
         """Called by the pool when a run ends."""
         with self._cond:
             entry = self._inflight.get(job.id)
-        if entry is None or entry.message is None:
+        if entry is None:
+            self.pool.settled([job.id])  # forgotten meanwhile: its run is not open any more
+            return
+        if entry.message is None:
             return
         if isinstance(ended, Stopped):
             self._forget([entry])
@@ -354,11 +368,15 @@ class Worker:
         return max(1, self.capacity // 4)
 
     def _settle_loop(self) -> None:
+        gather, interval = max(1, self.settings.settle_batch), self.settings.settle_interval
+        most = max(SETTLE_CALL, self.concurrency + self.settings.settle_batch)  # every run that can be open
         while (item := self._outcomes.get()) is not None:
             batch = [item]
-            while len(batch) < SETTLE_BATCH:
+            deadline = time.monotonic() + interval
+            while len(batch) < most:
+                wait = deadline - time.monotonic() if len(batch) < gather else 0.0
                 try:
-                    more = self._outcomes.get_nowait()
+                    more = self._outcomes.get(timeout=wait) if wait > 0 else self._outcomes.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
@@ -403,6 +421,7 @@ class Worker:
                 self._inflight.pop(entry.claim.id, None)
             if self._stopping.is_set() or self.capacity - len(self._inflight) >= self._round():
                 self._cond.notify_all()  # the claimer has a round to claim (or shutdown waits)
+        self.pool.settled([entry.claim.id for entry in entries])  # (outside _cond: the pool's lock comes first)
 
     @staticmethod
     def _wait(entry: InFlight, outcome: Outcome) -> float | None:
@@ -433,12 +452,15 @@ class Worker:
                 self._try(lambda: self.task_metrics.flush(self.broker.add_task_metrics))
 
     def _renew(self, claims: list[Claim]) -> None:
+        sent = time.monotonic()
         held = self._try(lambda: self.broker.renew(claims, self.settings.lease))
         if held is None:
             return  # broker unreachable: keep running; a lost lease shows up at settle
         for claim, ok in zip(claims, held, strict=True):
             if not ok:
                 self.pool.cancel(claim.id)
+        # Claims held ahead may start (one unconfirmed for half a lease waits for this).
+        self.pool.renewed([claim.id for claim, ok in zip(claims, held, strict=True) if ok], sent)
 
     def _hand_back_paused(self) -> None:
         """Claims taken ahead (prefetched) for a queue paused since go back unstarted, so no task

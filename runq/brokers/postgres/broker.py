@@ -261,8 +261,10 @@ class PostgresBroker(Broker):
             (WORKER_LOST, queues, queues, queues),
         ).fetchone()
         notes = Notes()
+        locked = False  # slot locks held: a later batch may not wait for more (limits.hold_excess)
         if row and row[2]:  # tasks past their deadline (rare: an index probe finds none)
             limits.expire_due(cur, s, queues, notes, notes.freed)
+            locked = bool(notes.freed)
             limits.release(cur, s, notes.freed, notes)
         if (row and row[0]) or notes.cancelled:
             self._record(cur, {"retried": row[0] if row else 0, "cancelled": notes.cancelled}, notes)
@@ -271,7 +273,10 @@ class PostgresBroker(Broker):
             for _ in range(limits.HOLD_ROUNDS):
                 want = limit - len(claims)
                 rows = limits.pick(cur, s, queue, want, lease, worker_id) if want > 0 else []
-                held = limits.hold_excess(cur, s, queue, rows)
+                held = limits.hold_excess(cur, s, queue, rows, wait=not locked)
+                if held is None:  # a slot busy in another transaction: these stay pending
+                    return claims
+                locked = locked or any(r[7] is not None for r in rows)
                 claims.extend(Claim(r[0], queue, r[1], r[2], r[3]) for r in rows if r[0] not in held)
                 if not held or len(rows) < want:
                     break
@@ -320,7 +325,11 @@ class PostgresBroker(Broker):
         listener.wait_work(names, mark, timeout)
 
     def renew(self, claims: Sequence[Claim], lease: float) -> list[bool]:
-        """Report which claims are still held; write only the leases past half their time."""
+        """Report which claims are still held; write only the leases past half their time.
+
+        A lease past half its time is held only if this statement renewed it: its snapshot would
+        still show it running while a claim reclaims it (the update waits on that claim's row lock,
+        then finds the token gone), and the worker would run a task taken over."""
         if not claims:
             return []
         s = self.s
@@ -329,11 +338,11 @@ class PostgresBroker(Broker):
             lambda cur: cur.execute(
                 "WITH c AS (SELECT * FROM unnest(%s::text[], %s::text[]) AS c(id, token)),"
                 f" held AS (SELECT t.id FROM {s}.tasks t JOIN c ON t.id = c.id AND t.token = c.token"
-                " WHERE t.status = 'running'),"
+                f" WHERE t.status = 'running' AND t.lease_until - {NOW} >= %s / 2),"
                 f" renewed AS (UPDATE {s}.tasks t SET lease_until = {NOW} + %s FROM c WHERE t.id = c.id"
                 f" AND t.token = c.token AND t.status = 'running' AND t.lease_until - {NOW} < %s / 2 RETURNING t.id)"
                 " SELECT id FROM held UNION SELECT id FROM renewed",
-                (ids, tokens, lease, lease),
+                (ids, tokens, lease, lease, lease),
             ).fetchall(),
             transaction=False,
         )

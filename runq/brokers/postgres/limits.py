@@ -69,13 +69,26 @@ def pick(cur: Cursor[Any], s: str, queue: str, want: int, lease: float, worker: 
     return rows
 
 
-def hold_excess(cur: Cursor[Any], s: str, queue: str, rows: list[tuple[Any, ...]]) -> set[str]:
+def hold_excess(
+    cur: Cursor[Any], s: str, queue: str, rows: list[tuple[Any, ...]], wait: bool = True
+) -> set[str] | None:
     """Of the tasks just claimed, those whose slot now has more runs than its limit go back as
-    held (the latest in claim order first); their ids. Slots are locked first, in one order."""
+    held (the latest in claim order first); their ids. Slots are locked first, in one order.
+
+    ``wait=False``: the transaction holds slot locks already (a claim's later round or queue), and
+    waiting for more could close a cycle with one that holds these and waits for ours (a settle
+    takes its slots in one order, but after ours). Then a slot busy elsewhere gives every task of
+    ``rows`` back (pending again, its attempt returned) and the answer is None."""
     slots = sorted({row[7] for row in rows if row[7] is not None})
     if not slots:
         return set()
-    lock_slots(cur, [(queue, slot) for slot in slots])
+    if not lock_slots(cur, [(queue, slot) for slot in slots], wait):
+        cur.execute(
+            f"UPDATE {s}.tasks SET status = 'pending', attempts = attempts - 1, token = NULL, lease_until = NULL,"
+            " started_at = NULL WHERE seq = ANY(%s)",
+            ([row[6] for row in rows],),
+        )
+        return None
     counts = dict(
         cur.execute(
             f"SELECT slot, count(*) FROM {s}.tasks WHERE queue = %s AND slot = ANY(%s) AND slot IS NOT NULL"
@@ -100,15 +113,21 @@ def hold_excess(cur: Cursor[Any], s: str, queue: str, rows: list[tuple[Any, ...]
     return ids
 
 
-def lock_slots(cur: Cursor[Any], slots: list[tuple[str, str]]) -> None:
+def lock_slots(cur: Cursor[Any], slots: list[tuple[str, str]], wait: bool = True) -> bool:
     """The transaction's advisory locks on ``(queue, slot)`` pairs, in one order. A claim counts
     a slot's runs and a release its seats only under its lock, so neither misses the other's
-    change: a task held by a claim not yet committed is released once that claim commits."""
-    cur.execute(
-        "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(q || chr(31) || x, 1) AS k"
-        " FROM unnest(%s::text[], %s::text[]) AS l(q, x) ORDER BY 1) AS l",
-        ([queue for queue, _ in slots], [slot for _, slot in slots]),
+    change: a task held by a claim not yet committed is released once that claim commits.
+    ``wait=False`` takes only the locks free now: False when one was not."""
+    keys = (
+        "FROM (SELECT DISTINCT hashtextextended(q || chr(31) || x, 1) AS k"
+        " FROM unnest(%s::text[], %s::text[]) AS l(q, x) ORDER BY 1) AS l"
     )
+    pairs = ([queue for queue, _ in slots], [slot for _, slot in slots])
+    if wait:
+        cur.execute(f"SELECT pg_advisory_xact_lock(k) {keys}", pairs)
+        return True
+    row = cur.execute(f"SELECT bool_and(pg_try_advisory_xact_lock(k)) {keys}", pairs).fetchone()
+    return bool(row and row[0])
 
 
 def release(cur: Cursor[Any], s: str, freed: Freed, notes: Notes) -> None:

@@ -18,6 +18,7 @@ async      coroutine cancelled         coroutine cancelled
 from __future__ import annotations
 
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING
@@ -52,24 +53,79 @@ class Pool(ABC):
         self._has_jobs = threading.Condition(self._lock)
         self._queued: dict[str, Job] = {}  # submitted, not started; insertion-ordered
         self._closed = threading.Event()
+        # Runs handed to a slot and not yet settled by the worker (running, or finished with their
+        # outcome on its way to the broker). No run starts while there are this many, so a SIGKILL
+        # re-runs at most that many finished tasks (docs/reliability.md).
+        self._open: set[str] = set()
+        self._most_open = self.concurrency + settings.settle_batch
+        # When each claim's lease was last known to hold (monotonic): sent its claim, or a renewal
+        # of it since. One unconfirmed for half a lease (the worker was frozen, or cut off from the
+        # broker) may have been taken over: it starts only once a renewal of it says it is ours.
+        self._confirmed: dict[str, float] = {}
+        self._stale_after = settings.lease / 2
+        self._blocked = False  # a slot waits for room or a renewal: wake it when either comes
 
     @abstractmethod
     def start(self) -> None: ...
 
-    def submit_many(self, jobs: list[Job]) -> None:
-        """Queue ``jobs`` in order, under one lock (a claim's worth at a time)."""
+    def submit_many(self, jobs: list[Job], claimed_at: float) -> None:
+        """Queue ``jobs`` in order, under one lock (a claim's worth at a time); ``claimed_at``:
+        when their claim was sent (``time.monotonic()``)."""
         if not jobs:
             return
         with self._lock:
             for job in jobs:
                 self._queued[job.id] = job
+                self._confirmed[job.id] = claimed_at
             self._has_jobs.notify(len(jobs))
+
+    def settled(self, task_ids: Collection[str]) -> None:
+        """The worker settled (or dropped) these claims: their runs are no longer open."""
+        with self._lock:
+            self._open.difference_update(task_ids)
+            for task_id in task_ids:
+                self._confirmed.pop(task_id, None)
+            self._unblock()
+
+    def renewed(self, task_ids: Collection[str], sent_at: float) -> None:
+        """A renewal sent at ``sent_at`` (monotonic) kept these claims (those it found gone the
+        worker cancels instead). A claim sent before it but received after is not among them."""
+        with self._lock:
+            for task_id in task_ids:
+                if task_id in self._confirmed:
+                    self._confirmed[task_id] = sent_at
+            self._unblock()
+
+    def _unblock(self) -> None:
+        """Wake the slots waiting for room or a renewal (the lock held)."""
+        if self._blocked:
+            self._blocked = False
+            self._has_jobs.notify_all()
+            self._woken()
+
+    def _woken(self) -> None:  # noqa: B027 (a hook: only the async pool needs it)
+        """Called (the lock held) when waiting slots are woken; the async pool wakes its coroutines."""
+
+    def _may_start(self, job: Job) -> bool:
+        """Whether ``job`` may start now (the lock held): there is room for its run, and its claim
+        was confirmed within half a lease. Otherwise the waiting slot is woken by :meth:`settled`
+        or :meth:`renewed`."""
+        confirmed = self._confirmed.get(job.id, float("-inf"))
+        if len(self._open) < self._most_open and time.monotonic() - confirmed < self._stale_after:
+            return True
+        self._blocked = True
+        return False
+
+    def _open_run(self, job: Job) -> None:
+        """``job`` leaves the queue for a slot (the lock held)."""
+        del self._queued[job.id]
+        self._open.add(job.id)
 
     def cancel(self, task_id: str) -> None:
         """Stop ``task_id`` (queued or running); it is reported :class:`Stopped`."""
         with self._lock:
             job = self._queued.pop(task_id, None)
-        if job is not None:
+        if job is not None:  # (the worker forgets it: settled() drops what the pool kept)
             self.on_done(job, Stopped())
         else:
             self._stop_running(task_id)
@@ -84,13 +140,16 @@ class Pool(ABC):
         return jobs
 
     def _next_job(self) -> Job | None:
-        """The oldest queued job, blocking; ``None`` once the pool is closed."""
+        """The oldest queued job, once it may start (:meth:`_may_start`; it is then open);
+        blocking; ``None`` once the pool is closed."""
         with self._lock:
-            while not self._queued and not self._closed.is_set():
+            while not self._closed.is_set():
+                job = next(iter(self._queued.values()), None)
+                if job is not None and self._may_start(job):
+                    self._open_run(job)
+                    return job
                 self._has_jobs.wait()
-            if self._closed.is_set():
-                return None
-            return self._queued.pop(next(iter(self._queued)))
+            return None
 
     def _close(self) -> None:
         with self._lock:

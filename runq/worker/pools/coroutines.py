@@ -26,20 +26,30 @@ class AsyncPool(Pool):
         self._loop = asyncio.new_event_loop()
         self._slots = asyncio.Semaphore(self.concurrency)
         self._tasks: dict[str, tuple[asyncio.Task[Any], TaskContext]] = {}
+        self._unblocked = asyncio.Event()  # set on the loop when a run may start again
 
     def start(self) -> None:
         threading.Thread(target=self._loop.run_forever, name="runq-async", daemon=True).start()
 
-    def submit_many(self, jobs: list[Job]) -> None:
-        super().submit_many(jobs)
+    def submit_many(self, jobs: list[Job], claimed_at: float) -> None:
+        super().submit_many(jobs, claimed_at)
         for job in jobs:
             asyncio.run_coroutine_threadsafe(self._run(job), self._loop)
 
+    def _woken(self) -> None:
+        self._loop.call_soon_threadsafe(self._unblocked.set)
+
     async def _run(self, job: Job) -> None:
         async with self._slots:
-            with self._lock:
-                if self._queued.pop(job.id, None) is None:
-                    return  # cancelled or handed back before it started
+            while True:
+                with self._lock:
+                    if job.id not in self._queued:
+                        return  # cancelled or handed back before it started
+                    if self._may_start(job):
+                        self._open_run(job)
+                        break
+                    self._unblocked.clear()
+                await self._unblocked.wait()
             context = job.context()
             task = asyncio.current_task()
             assert task is not None

@@ -129,8 +129,11 @@ class ProcessPool(Pool):
         if self._runtime < BATCH_BELOW:
             with self._lock:
                 share = min(BATCH_MAX, most, -(-len(self._queued) // self.concurrency))
-                while len(batch) < share and self._queued:
-                    batch.append(self._queued.pop(next(iter(self._queued))))
+                while len(batch) < share and (job := next(iter(self._queued.values()), None)) is not None:
+                    if not self._may_start(job):
+                        break
+                    self._open_run(job)
+                    batch.append(job)
         return batch
 
     def _serve(self) -> None:
@@ -223,6 +226,7 @@ class ProcessPool(Pool):
         with self._lock:
             for job in jobs:
                 self._busy.pop(job.id, None)
+                self._open.discard(job.id)  # not run: open again when handed out again
             stopped = [job for job in jobs if job.id in self._cancelled]
             self._cancelled.difference_update(job.id for job in stopped)
             jobs = [job for job in jobs if job not in stopped]
