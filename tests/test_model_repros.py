@@ -417,3 +417,16 @@ def test_a_task_released_by_its_own_enqueue_keeps_its_place(moved: tuple[Broker,
     plain = Message(new_task_id("a"), "t", "a")
     broker.enqueue([child, plain], U)
     assert [c.id for c in broker.claim(["a"], "w", 2, U)] == [child.id, plain.id]
+
+
+def test_tasks_ready_in_one_settle_go_in_enqueue_order(moved: tuple[Broker, Clock]) -> None:
+    """A retry and a dependent released by the same settle are ready at the same moment."""
+    broker, _ = moved
+    parent = put(broker)
+    child = put(broker, after=(parent,))
+    retried = put(broker)
+    claims = broker.claim(["a"], "w", 2, U)
+    assert [c.id for c in claims] == [parent, retried]
+    done = Outcome(claims[0].id, claims[0].token, "succeeded", result="1")
+    assert broker.settle([Outcome(claims[1].id, claims[1].token, "retry"), done]) == [True, True]
+    assert [c.id for c in broker.claim(["a"], "w", 2, U)] == [child, retried]
