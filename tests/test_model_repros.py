@@ -430,3 +430,14 @@ def test_tasks_ready_in_one_settle_go_in_enqueue_order(moved: tuple[Broker, Cloc
     done = Outcome(claims[0].id, claims[0].token, "succeeded", result="1")
     assert broker.settle([Outcome(claims[1].id, claims[1].token, "retry"), done]) == [True, True]
     assert [c.id for c in broker.claim(["a"], "w", 2, U)] == [child, retried]
+
+
+def test_a_task_held_by_its_slot_shows_no_worker(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: PostgreSQL claims, then gives back the tasks over their slot's limit,
+    and left the claiming worker on them though none ran them."""
+    broker, _ = moved
+    running = put(broker, slot="s", concurrency=1)
+    held = put(broker, slot="s", concurrency=1)
+    assert [c.id for c in broker.claim(["a"], "w", 2, U)] == [running]
+    info = broker.get(held)
+    assert info is not None and (info.status, info.worker, info.attempts) == (Status.SCHEDULED, None, 0)
