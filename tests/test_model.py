@@ -354,6 +354,10 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[
         yield flushed
 
 
+# A PostgreSQL broker's pool draws from `random` in its own thread (a new connection's jittered
+# lifetime): Hypothesis takes that for a strategy using `random` when it falls inside a draw.
+@pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies")
+@pytest.mark.timeout(0 if "RUNQ_MODEL_EXAMPLES" in os.environ else 900)  # a long profile has no limit
 def test_every_broker_behaves_as_memory(fresh: Callable[[], str], request: pytest.FixtureRequest) -> None:
     kind = request.node.callspec.params["fresh"]
     machine = type(f"SameAsMemory_{kind}", (SameAsMemory,), {"fresh": staticmethod(fresh), "kind": kind})
