@@ -393,3 +393,51 @@ def test_a_claim_keeps_every_queue_it_is_given(moved: tuple[Broker, Clock]) -> N
     assert len(broker.claim(["a", "b"], "w", 1, U)) == 1
     info = broker.get(due)
     assert info is not None and info.status is Status.PENDING
+
+
+def test_tasks_retried_in_one_settle_go_in_enqueue_order(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: two retries in one settle, both ready at that moment: every broker
+    queues them in enqueue order, Redis did in the settle's order (lua/lib.lua: order_ready)."""
+    broker, _ = moved
+    first, second = put(broker), put(broker)
+    claims = broker.claim(["a"], "w", 2, U)
+    assert [c.id for c in claims] == [first, second]
+    retries = [Outcome(c.id, c.token, "retry") for c in reversed(claims)]
+    assert broker.settle(retries) == [True, True]
+    assert [c.id for c in broker.claim(["a"], "w", 2, U)] == [first, second]
+
+
+def test_a_task_released_by_its_own_enqueue_keeps_its_place(moved: tuple[Broker, Clock]) -> None:
+    """A task whose parents all succeeded already is ready at once, in the batch's order."""
+    broker, _ = moved
+    parent = put(broker)
+    [claim] = broker.claim(["a"], "w", 1, U)
+    assert broker.settle([Outcome(claim.id, claim.token, "succeeded", result="1")]) == [True]
+    child = Message(new_task_id("a"), "t", "a", after=(parent,))
+    plain = Message(new_task_id("a"), "t", "a")
+    broker.enqueue([child, plain], U)
+    assert [c.id for c in broker.claim(["a"], "w", 2, U)] == [child.id, plain.id]
+
+
+def test_tasks_ready_in_one_settle_go_in_enqueue_order(moved: tuple[Broker, Clock]) -> None:
+    """A retry and a dependent released by the same settle are ready at the same moment."""
+    broker, _ = moved
+    parent = put(broker)
+    child = put(broker, after=(parent,))
+    retried = put(broker)
+    claims = broker.claim(["a"], "w", 2, U)
+    assert [c.id for c in claims] == [parent, retried]
+    done = Outcome(claims[0].id, claims[0].token, "succeeded", result="1")
+    assert broker.settle([Outcome(claims[1].id, claims[1].token, "retry"), done]) == [True, True]
+    assert [c.id for c in broker.claim(["a"], "w", 2, U)] == [child, retried]
+
+
+def test_a_task_held_by_its_slot_shows_no_worker(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: PostgreSQL claims, then gives back the tasks over their slot's limit,
+    and left the claiming worker on them though none ran them."""
+    broker, _ = moved
+    running = put(broker, slot="s", concurrency=1)
+    held = put(broker, slot="s", concurrency=1)
+    assert [c.id for c in broker.claim(["a"], "w", 2, U)] == [running]
+    info = broker.get(held)
+    assert info is not None and (info.status, info.worker, info.attempts) == (Status.SCHEDULED, None, 0)

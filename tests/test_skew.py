@@ -1,7 +1,7 @@
 """Clock skew (issue 23 part 5): a worker whose wall clock is 30 s ahead or behind neither
 reclaims early, nor runs a delayed task early, nor breaks a rate limit, because every
 duration runq keeps (leases, etas, retry back-offs, rate-limit slots, heartbeats) is counted on
-the broker's clock: Redis ``TIME`` inside its functions, PostgreSQL's ``statement_timestamp()``.
+the broker's clock: Redis ``TIME`` inside its functions, PostgreSQL's ``transaction_timestamp()``.
 
 The skew is real: each worker runs under libfaketime (Debian's ``faketime`` package, which
 .ci/run installs) with its wall clock moved and its monotonic clock left alone, and the tests

@@ -2,7 +2,7 @@
 
 Every broker counts time on its own clock, and reads it in one place: memory:// its offset
 (``MemoryBroker.advance``), SQLite ``SQLiteBroker.clock``, Redis ``clock()`` in lib.lua (``TIME``
-plus ``SHIFT``, 0 in production), PostgreSQL ``statement_timestamp()``. :func:`clocked` opens a
+plus ``SHIFT``, 0 in production), PostgreSQL ``transaction_timestamp()``. :func:`clocked` opens a
 broker for a URL and a :class:`Clock` that moves it:
 
     broker, clock = clocked(url)      # memory://, sqlite:///..., redis://, redis+cluster://, postgresql://
@@ -16,7 +16,7 @@ How each moves, with nothing on a production path but the seams above:
   own). Redis also ages keys on its real clock (idempotency keys, done lists, rate limits), so
   each move shortens every key's TTL by as much, and deletes those it runs out.
 - **PostgreSQL**: the broker connects with ``search_path=<clock schema>, pg_catalog``, so its
-  SQL's unqualified ``statement_timestamp()`` finds the clock schema's function of that name
+  SQL's unqualified ``transaction_timestamp()`` finds the clock schema's function of that name
   first (PostgreSQL's documented way to override a built-in), which adds the shift kept in a
   one-row table there.
 """
@@ -129,8 +129,8 @@ class PostgresClock(Clock):
             conn.execute(f"CREATE TABLE {s}.shift (seconds float8 NOT NULL)")
             conn.execute(f"INSERT INTO {s}.shift VALUES (0)")
             conn.execute(
-                f"CREATE FUNCTION {s}.statement_timestamp() RETURNS timestamptz LANGUAGE sql STABLE AS"
-                f" $$ SELECT pg_catalog.statement_timestamp()"
+                f"CREATE FUNCTION {s}.transaction_timestamp() RETURNS timestamptz LANGUAGE sql STABLE AS"
+                f" $$ SELECT pg_catalog.transaction_timestamp()"
                 f" + make_interval(secs => (SELECT seconds FROM {s}.shift)) $$"
             )
         options = quote(f"-csearch_path={self.schema},pg_catalog")

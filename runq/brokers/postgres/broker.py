@@ -12,7 +12,7 @@ version table). The methods mirror ``sqlite.py`` one for one; what Postgres adds
 - :meth:`PostgresBroker.using` enqueues on the caller's own connection, inside its
   transaction: the task exists if and only if that transaction commits.
 
-Times are the server's clock (``statement_timestamp()``), so workers with skewed clocks agree.
+Times are the server's clock (``transaction_timestamp()``: flow.NOW), so workers with skewed clocks agree.
 """
 
 from __future__ import annotations

@@ -41,7 +41,10 @@ from runq.models import Message
 
 Later = deque[tuple[str, str, str | None]]  # (child, parent, error): a cascade's steps into other queues
 
-NOW = "extract(epoch FROM statement_timestamp())::float8"
+# The broker's one clock: the server's, one instant per transaction (as SQLite and memory:// date
+# every change of one call alike: tasks a settle makes ready together tie, and queue in enqueue
+# order). Enqueued inside an app's transaction (PostgresBroker.using), tasks are dated at its start.
+NOW = "extract(epoch FROM transaction_timestamp())::float8"
 
 
 @dataclass

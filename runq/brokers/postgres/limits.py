@@ -56,13 +56,14 @@ def pick(cur: Cursor[Any], s: str, queue: str, want: int, lease: float, worker: 
     """Claim up to ``want`` pending tasks of ``queue`` (none while it is paused; none past its
     deadline: those wait for :func:`expire_due`), in claim order."""
     rows = cur.execute(
-        f"WITH picked AS (SELECT seq FROM {s}.tasks WHERE status = 'pending' AND queue = %s"
+        f"WITH picked AS (SELECT seq, worker AS was FROM {s}.tasks WHERE status = 'pending' AND queue = %s"
         f" AND (deadline IS NULL OR deadline > {NOW}) AND NOT EXISTS (SELECT 1 FROM {s}.paused WHERE queue = %s)"
         " ORDER BY priority DESC, ready_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
         f" UPDATE {s}.tasks t SET status = 'running', attempts = t.attempts + 1,"
         f" token = replace(gen_random_uuid()::text, '-', ''), lease_until = {NOW} + %s, worker = %s,"
         f" started_at = {NOW} FROM picked WHERE t.seq = picked.seq"
-        " RETURNING t.id, t.payload, t.attempts, t.token, t.priority, t.ready_at, t.seq, t.slot, t.concurrency",
+        " RETURNING t.id, t.payload, t.attempts, t.token, t.priority, t.ready_at, t.seq, t.slot, t.concurrency,"
+        " picked.was",
         (queue, queue, want, lease, worker),
     ).fetchall()
     rows.sort(key=lambda r: (-r[4], r[5], r[6]))
@@ -97,18 +98,21 @@ def hold_excess(
         ).fetchall()
     )
     held: list[int] = []
+    was: list[str | None] = []  # each one's worker before this claim: a held task was never taken
     ids: set[str] = set()
     for row in reversed(rows):  # the last claimed give their seats back first
         slot, limit = row[7], row[8] or 1
         if slot is not None and counts.get(slot, 0) > limit:
             counts[slot] -= 1
             held.append(row[6])
+            was.append(row[9])
             ids.add(row[0])
     if held:
         cur.execute(
-            f"UPDATE {s}.tasks SET status = 'scheduled', ready_at = %s, attempts = attempts - 1, token = NULL,"
-            " lease_until = NULL, started_at = NULL WHERE seq = ANY(%s)",
-            (HELD, held),
+            f"UPDATE {s}.tasks t SET status = 'scheduled', ready_at = %s, attempts = attempts - 1, token = NULL,"
+            " lease_until = NULL, started_at = NULL, worker = h.was"
+            " FROM unnest(%s::bigint[], %s::text[]) AS h(seq, was) WHERE t.seq = h.seq",
+            (HELD, held, was),
         )
     return ids
 

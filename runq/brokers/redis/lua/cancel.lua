@@ -29,6 +29,7 @@ release_freed(now)  -- a pending or running task of a concurrency slot gave its 
 notify(id, KEYS[EXTRA + 1], rec)
 count('cancelled', 1)
 release_children(id, dependency_error(id, 'was cancelled'), now)
+order_ready()
 local answer = {1}
 for _, step in ipairs(EFFECTS) do
   answer[#answer + 1] = step

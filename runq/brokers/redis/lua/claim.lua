@@ -26,13 +26,9 @@ trim(now, batch)
 reserve_due(now, batch)  -- due tasks were ready before any this claim takes back
 
 local readied = 0
-local lost = {}
-for i, id in ipairs(redis.call('ZRANGEBYSCORE', Q.running, '-inf', '(' .. stamp(now), 'LIMIT', 0, batch)) do
-  lost[i] = {id, load(id)}
-end
-table.sort(lost, function(a, b) return a[2].seq < b[2].seq end)  -- all ready now: in enqueue order
-for _, entry in ipairs(lost) do
-  local id, rec = entry[1], entry[2]
+local lost = redis.call('ZRANGEBYSCORE', Q.running, '-inf', '(' .. stamp(now), 'LIMIT', 0, batch)
+for _, id in ipairs(lost) do
+  local rec = load(id)
   rec.error, rec.token, rec.lease_until, rec.ready_at = WORKER_LOST, nil, nil, stamp(now)
   make_ready(id, rec)
   save(id, rec)
@@ -56,6 +52,7 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', Q.scheduled, '-inf', stamp(now),
   readied = readied + 1
 end
 release_freed(now)
+order_ready()  -- all ready now (taken back, let out of their slot): in enqueue order
 
 local claims = {}
 local paused = redis.call('EXISTS', Q.paused) == 1
@@ -113,6 +110,7 @@ while not paused and #claims < limit do
   end
 end
 release_freed(now)
+order_ready()
 
 local left = redis.call('ZCARD', Q.pending)
 if left == 0 or paused then

@@ -88,7 +88,7 @@ local function wait_for(id, rec, after)
     end
   end
   if #waiting == 0 then
-    release(id, rec, now)
+    release(id, rec, now, rec.seq)  -- its own seq: ready in enqueue order, as the others of the batch
     return true
   end
   redis.call('HSET', Q.parents, id, cjson.encode(waiting))
@@ -160,6 +160,7 @@ flush()
 count('enqueued', added)
 wake(queued + readied)
 release_freed(now)  -- a debounced task that was pending gave its seat up
+order_ready()
 for _, step in ipairs(EFFECTS) do
   ids[#ids + 1] = step
 end

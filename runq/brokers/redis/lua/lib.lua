@@ -25,9 +25,10 @@ local OUTBOX_GRACE = 5  -- seconds before claim hands an unapplied outbox step t
 local DEFAULT_RESULT_TTL = 86400  -- runq.models.Message.result_ttl
 
 -- Per call (begin): INDEX, the zset of each indexed state (by seq: enqueue order, list.lua);
--- PLACE, the zset that orders a task while it is in a state, for the states that have one; EFFECTS, the steps posted;
--- FREED, the concurrency slots whose tasks gave a seat up (slot -> its limit).
-local INDEX, PLACE, EFFECTS, FREED
+-- PLACE, the zset that orders a task while it is in a state, for the states that have one;
+-- EFFECTS, the steps posted; FREED, the concurrency slots whose tasks gave a seat up (slot ->
+-- its limit); READIED, the tasks it made ready (order_ready).
+local INDEX, PLACE, EFFECTS, FREED, READIED
 local SEAT = {pending = 'p', running = 'r'}  -- the states that hold a seat of a slot
 local FINAL = {succeeded = true, failed = true, cancelled = true}
 
@@ -168,10 +169,42 @@ end
 -- Queue a task behind every task of its priority that was ready before it (`seq`: its place
 -- in the ready order, when it took it before: reserve_due).
 local function make_ready(id, rec, seq)
-  seq = seq or redis.call('INCR', Q.seq)
+  if not seq then
+    seq = redis.call('INCR', Q.seq)
+    READIED[#READIED + 1] = id
+  end
   rec.due = nil
   rec.score = string.format('%.0f', (100 - rec.priority) * TWO_44 + seq)
   enter(id, rec, 'pending', rec.score)
+end
+
+-- Tasks this call made ready (at the same moment) queue in enqueue order, as on every broker
+-- (ready tasks are ordered by priority, then the time they became ready, then enqueue order):
+-- the seqs they were given are dealt out again in that order. Call it before reading `pending`.
+local function order_ready()
+  if #READIED > 1 then
+    local tasks, seqs, seen = {}, {}, {}
+    for _, id in ipairs(READIED) do
+      local rec = not seen[id] and load(id)
+      seen[id] = true
+      if rec and rec.status == 'pending' then
+        tasks[#tasks + 1] = {id, rec}
+        seqs[#seqs + 1] = tonumber(rec.score) % TWO_44
+      end
+    end
+    table.sort(seqs)
+    table.sort(tasks, function(a, b) return a[2].seq < b[2].seq end)
+    for i, task in ipairs(tasks) do
+      local id, rec = task[1], task[2]
+      local score = string.format('%.0f', (100 - rec.priority) * TWO_44 + seqs[i])
+      if score ~= rec.score then
+        rec.score = score
+        redis.call('ZADD', Q.pending, score, id)
+        save(id, rec)
+      end
+    end
+  end
+  READIED = {}
 end
 
 -- Call a variadic command with `args` in chunks (Lua's unpack has a stack limit).
@@ -310,13 +343,14 @@ local function add_child(parent, child)
   redis.call('HSET', Q.children, parent, cjson.encode(children))
 end
 
--- A waiting task whose parents all succeeded: pending now, or scheduled for its delay.
-local function release(id, rec, now)
+-- A waiting task whose parents all succeeded: pending now, or scheduled for its delay (`seq`:
+-- its place in the ready order, for a task its own enqueue releases).
+local function release(id, rec, now, seq)
   if tonumber(rec.ready_at) > now then
     enter(id, rec, 'scheduled', rec.ready_at)
   else
     rec.ready_at = stamp(now)
-    make_ready(id, rec)
+    make_ready(id, rec, seq)
     wake(1)
   end
 end
@@ -465,5 +499,5 @@ local function begin()
     pending = Q.pending, scheduled = Q.scheduled, running = Q.running,
     succeeded = Q.expiring, cancelled = Q.expiring,
   }
-  EFFECTS, FREED = {}, {}
+  EFFECTS, FREED, READIED = {}, {}, {}
 end

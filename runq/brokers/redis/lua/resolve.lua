@@ -12,4 +12,5 @@
 local now = clock()
 reserve_due(now, 100)  -- due tasks were ready before the child
 resolve(ARGV[1], ARGV[2], ARGV[3] ~= '' and ARGV[3] or nil, now)
+order_ready()
 return EFFECTS

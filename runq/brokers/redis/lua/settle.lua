@@ -106,6 +106,7 @@ for name, k in pairs(counts) do
 end
 wake(woken)
 release_freed(now)  -- slots whose runs ended release their held tasks
+order_ready()  -- retried, released and let-out tasks, all ready now: in enqueue order
 if #samples > 0 then  -- latency samples and per-second throughput for stats()
   variadic('LPUSH', Q.samples, samples, 2000)
   redis.call('LTRIM', Q.samples, 0, SAMPLE_CAP - 1)
