@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, overload
 
 from runq import options as rules
 from runq import signing
@@ -310,6 +310,8 @@ class App:
         call: Options,
         *,
         leading: int = 0,
+        pass_results: Literal["first", "list"] | None = None,
+        after_final: bool = False,
     ) -> Message:
         """Validate one call against the task's defaults and the settings; build its Message.
 
@@ -351,6 +353,8 @@ class App:
             result_ttl=opts.result_ttl or self.settings.result_ttl,
             soft_timeout=opts.soft_timeout,
             after=opts.after or (),
+            pass_results=pass_results,
+            after_final=after_final,
             sealer=signing.signer(self.settings.signing_keys),
             **flow,
         )

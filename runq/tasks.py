@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, ParamSpec, Protocol, TypeVar
 
 from runq import options
 from runq.context import TaskContext
@@ -180,6 +180,8 @@ class Producer(Protocol):
         call: Options,
         *,
         leading: int = 0,
+        pass_results: Literal["first", "list"] | None = None,
+        after_final: bool = False,
     ) -> Message: ...
 
     def send(

@@ -114,17 +114,22 @@ def _step(
 ) -> Message:
     """One step's message, waiting on ``parents`` (before its own ``after``) and taking their
     results (``pass_results``; ``final``: the ``after_final`` mode, a batch's summary step).
-    The parents are in ``after`` before the App builds it, so its checks and middleware see the
-    step as it is stored (tracing links the step to its parents' producer spans).
+    The App builds it whole, so its checks and middleware see the step as it is stored
+    (tracing links the step to its parents' producer spans).
     ``leading``: how many results come in front of its arguments (checked against its signature)."""
     opts = signature.opts
     if parents:
         own = opts.after or ()
         opts = dataclasses.replace(opts, after=(*parents, *(p for p in own if p not in parents)))
-    message = app.message(signature.name, signature.args, signature.kwargs, opts, leading=leading)
-    if pass_results is None and not final:
-        return message
-    return dataclasses.replace(message, pass_results=pass_results, after_final=final)
+    return app.message(
+        signature.name,
+        signature.args,
+        signature.kwargs,
+        opts,
+        leading=leading,
+        pass_results=pass_results,
+        after_final=final,
+    )
 
 
 class Chain:
