@@ -125,3 +125,12 @@ def test_expired_results_are_pruned_in_batches_skipping_locked_rows(pg_app: runq
         assert _rows(pg_url) == 1  # all but the locked row
     _housekeep(pg_app)
     assert _rows(pg_url) == 0
+
+
+def test_libpq_options_in_the_url_reach_the_server(pg_url: str) -> None:
+    """A space in a libpq parameter (options=-c%20name%3Dvalue) stays a space: the schema
+    parameter is taken out and the rest encoded again, once with "+" (which libpq keeps)."""
+    url = f"{pg_url}&options=-c%20statement_timeout%3D4321"
+    conninfo, _ = postgres_conninfo(url)
+    with psycopg.connect(conninfo) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("4321ms",)
