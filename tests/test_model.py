@@ -26,8 +26,6 @@ import itertools
 import json
 import os
 import secrets
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -74,7 +72,6 @@ class SameAsMemory(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.url = self.fresh()
-        self.directory = Path(tempfile.mkdtemp(prefix="runq-model-"))
         memory, memory_clock = clocked("memory://")
         real, real_clock = clocked(self.url)
         self.brokers: tuple[Broker, Broker] = (memory, real)
@@ -86,7 +83,6 @@ class SameAsMemory(RuleBasedStateMachine):
     def teardown(self) -> None:
         for clock in self.clocks:
             clock.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
 
     # -- both brokers, one answer ------------------------------------------------------
 
@@ -345,8 +341,13 @@ def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[
     """A new, empty broker's URL for each program."""
     kind = request.param
     if kind == "sqlite":
-        count = itertools.count()
-        yield lambda: f"sqlite:///{tmp_path / f'runq-{next(count)}.db'}"
+
+        def removed() -> str:  # the last program's file (closed by now), so a long run keeps one
+            for old in tmp_path.glob("runq.db*"):
+                old.unlink()
+            return f"sqlite:///{tmp_path / 'runq.db'}"
+
+        yield removed
     elif kind == "postgres":
         database: str = request.getfixturevalue("postgres_database")
         url = f"{database}?schema=m_{secrets.token_hex(6)}"

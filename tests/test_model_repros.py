@@ -441,3 +441,21 @@ def test_a_task_held_by_its_slot_shows_no_worker(moved: tuple[Broker, Clock]) ->
     assert [c.id for c in broker.claim(["a"], "w", 2, U)] == [running]
     info = broker.get(held)
     assert info is not None and (info.status, info.worker, info.attempts) == (Status.SCHEDULED, None, 0)
+
+
+def test_a_task_held_by_its_slot_is_as_it_was(moved: tuple[Broker, Clock]) -> None:
+    """Found by test_model: a task retried, then held back by a claim for its slot's limit, kept
+    its last run's claim (a settle sent again still read as applied) and start everywhere but on
+    PostgreSQL, which claims then gives back, and had cleared them."""
+    broker, _ = moved
+    task_id = put(broker, slot="s", concurrency=1)
+    [first] = broker.claim(["a"], "w", 1, U)
+    retry = Outcome(first.id, first.token, "retry")
+    assert broker.settle([retry]) == [True]
+    other = put(broker, slot="s", concurrency=1, priority=1)
+    assert [c.id for c in broker.claim(["a"], "w", 1, U)] == [other]
+    assert broker.claim(["a"], "x", 1, U) == []  # holds task_id: its slot has its run
+    info = broker.get(task_id)
+    assert info is not None and (info.status, info.worker, info.attempts) == (Status.SCHEDULED, "w", 1)
+    assert info.started_at is not None
+    assert broker.settle([retry]) == [True]

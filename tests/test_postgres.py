@@ -187,3 +187,12 @@ def test_a_claim_holding_a_slot_lock_never_waits_for_another(pg_app: runq.App, p
     assert given_back is not None and (given_back.status, given_back.attempts) == (Status.PENDING, 0)
     [again] = pg_app.broker.claim(["default"], "w", 2, 30.0)
     assert again.id == b1.id and again.attempt == 1
+
+
+def test_libpq_options_in_the_url_reach_the_server(pg_url: str) -> None:
+    """A space in a libpq parameter (options=-c%20name%3Dvalue) stays a space: the schema
+    parameter is taken out and the rest encoded again, once with "+" (which libpq keeps)."""
+    url = f"{pg_url}&options=-c%20statement_timeout%3D4321"
+    conninfo, _ = postgres_conninfo(url)
+    with psycopg.connect(conninfo) as conn:
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("4321ms",)

@@ -56,14 +56,15 @@ def pick(cur: Cursor[Any], s: str, queue: str, want: int, lease: float, worker: 
     """Claim up to ``want`` pending tasks of ``queue`` (none while it is paused; none past its
     deadline: those wait for :func:`expire_due`), in claim order."""
     rows = cur.execute(
-        f"WITH picked AS (SELECT seq, worker AS was FROM {s}.tasks WHERE status = 'pending' AND queue = %s"
+        f"WITH picked AS (SELECT seq, worker AS was, token AS was_token, started_at AS was_started FROM {s}.tasks"
+        " WHERE status = 'pending' AND queue = %s"
         f" AND (deadline IS NULL OR deadline > {NOW}) AND NOT EXISTS (SELECT 1 FROM {s}.paused WHERE queue = %s)"
         " ORDER BY priority DESC, ready_at, seq LIMIT %s FOR UPDATE SKIP LOCKED)"
         f" UPDATE {s}.tasks t SET status = 'running', attempts = t.attempts + 1,"
         f" token = replace(gen_random_uuid()::text, '-', ''), lease_until = {NOW} + %s, worker = %s,"
         f" started_at = {NOW} FROM picked WHERE t.seq = picked.seq"
         " RETURNING t.id, t.payload, t.attempts, t.token, t.priority, t.ready_at, t.seq, t.slot, t.concurrency,"
-        " picked.was",
+        " picked.was, picked.was_token, picked.was_started",
         (queue, queue, want, lease, worker),
     ).fetchall()
     rows.sort(key=lambda r: (-r[4], r[5], r[6]))
@@ -97,22 +98,21 @@ def hold_excess(
             (queue, slots),
         ).fetchall()
     )
-    held: list[int] = []
-    was: list[str | None] = []  # each one's worker before this claim: a held task was never taken
+    held: list[tuple[Any, ...]] = []  # seq, and worker, token, started_at before this claim
     ids: set[str] = set()
     for row in reversed(rows):  # the last claimed give their seats back first
         slot, limit = row[7], row[8] or 1
         if slot is not None and counts.get(slot, 0) > limit:
             counts[slot] -= 1
-            held.append(row[6])
-            was.append(row[9])
+            held.append((row[6], *row[9:12]))
             ids.add(row[0])
-    if held:
+    if held:  # as if never taken: what it was before this claim (a settle sent again is still known)
         cur.execute(
-            f"UPDATE {s}.tasks t SET status = 'scheduled', ready_at = %s, attempts = attempts - 1, token = NULL,"
-            " lease_until = NULL, started_at = NULL, worker = h.was"
-            " FROM unnest(%s::bigint[], %s::text[]) AS h(seq, was) WHERE t.seq = h.seq",
-            (HELD, held, was),
+            f"UPDATE {s}.tasks t SET status = 'scheduled', ready_at = %s, attempts = attempts - 1, lease_until = NULL,"
+            " worker = h.worker, token = h.token, started_at = h.started_at"
+            " FROM unnest(%s::bigint[], %s::text[], %s::text[], %s::float8[]) AS h(seq, worker, token, started_at)"
+            " WHERE t.seq = h.seq",
+            (HELD, *(list(column) for column in zip(*held, strict=True))),
         )
     return ids
 

@@ -12,7 +12,7 @@ import logging
 import re
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import Cursor
@@ -32,7 +32,8 @@ def postgres_conninfo(url: str) -> tuple[str, str]:
     schema = next((value for name, value in query if name == "schema"), "runq")
     if not _SCHEMA_NAME.fullmatch(schema):
         raise ValueError(f"schema must be 1-48 of a-z 0-9 _ (not starting with a digit), got {schema!r}")
-    rest = urlencode([(name, value) for name, value in query if name != "schema"])
+    # quote, not quote_plus: libpq reads "+" as itself (options=-c%20x must stay "-c x")
+    rest = urlencode([(name, value) for name, value in query if name != "schema"], quote_via=quote)
     return urlunsplit(("postgresql", parts.netloc, parts.path, rest, "")), schema
 
 
