@@ -1,0 +1,200 @@
+"""``python -m bench.retention``: the bytes a broker keeps per finished no-op task (issue 23 part 4).
+
+python -m bench.retention                          # every broker, 20,000 tasks, 3 rounds
+python -m bench.retention --brokers redis --tasks 20000 --rounds 1 --detail
+
+Each round runs on a fresh broker (a private redis-server, a private PostgreSQL database on
+``RUNQ_BENCH_POSTGRES``, a temporary SQLite file), through the broker API directly (enqueue,
+claim, settle ``succeeded`` with the ``null`` result a worker sends for ``None``), so it
+measures what the broker stores, not a worker. It first finishes ``--warm`` tasks (the
+latency-sample list and the throughput hash reach their caps, the schema exists), then
+measures the store before, with ``--tasks`` queued, and after they all finished:
+
+* Redis: ``INFO memory`` ``used_memory``; with ``--detail``, ``MEMORY USAGE`` of each of the
+  queue's keys and one finished record as stored.
+* PostgreSQL: ``pg_total_relation_size`` of every runq table (heap, TOAST, indexes), as left
+  (dead row versions included: what autovacuum reuses) and after ``VACUUM FULL`` (the floor).
+* SQLite: the database file after ``PRAGMA wal_checkpoint(TRUNCATE)``, as left and after ``VACUUM``.
+
+Bytes per finished task = (after - before) / tasks; the median of the rounds is printed.
+Run it under the shared lock: ``flock /tmp/runq-bench.lock .venv/bin/python -m bench.retention``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sqlite3
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import redis
+
+import runq
+from runq.brokers.base import Broker
+from runq.models import Message, Outcome, new_task_id
+
+from .redis_server import RedisServer
+
+ADMIN_URL = os.environ.get("RUNQ_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+QUEUE = "default"
+BATCH = 1000
+
+
+def run_tasks(broker: Broker, n: int, finish: bool = True) -> None:
+    """Enqueue ``n`` no-op tasks; with ``finish``, claim and settle them all as succeeded (``null``)."""
+    for start in range(0, n, BATCH):
+        messages = [Message(id=new_task_id(QUEUE), name="noop", queue=QUEUE) for _ in range(min(BATCH, n - start))]
+        broker.enqueue(messages, 86400.0)
+    if finish:
+        finish_all(broker)
+
+
+def finish_all(broker: Broker) -> None:
+    while claims := broker.claim([QUEUE], "bench-retention", BATCH, 300.0):
+        outcomes = [Outcome(c.id, c.token, "succeeded", result="null", runtime=0.0001) for c in claims]
+        assert all(broker.settle(outcomes)), "a settle was refused"
+
+
+def measure(store: Callable[[], dict[str, int]], broker: Broker, args: argparse.Namespace) -> dict[str, float]:
+    run_tasks(broker, args.warm)
+    before = store()
+    run_tasks(broker, args.tasks, finish=False)
+    queued = store()
+    finish_all(broker)
+    after = store()
+    figures = {f"queued {k}": (queued[k] - before[k]) / args.tasks for k in before}
+    figures |= {f"finished {k}": (after[k] - before[k]) / args.tasks for k in before}
+    return figures
+
+
+@contextmanager
+def redis_broker(args: argparse.Namespace) -> Iterator[tuple[runq.App, Callable[[], dict[str, int]]]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(Path(tmp))
+        try:
+            app = runq.App(server.url)
+            client: Any = redis.Redis.from_url(server.url)
+
+            def store() -> dict[str, int]:
+                return {"used_memory": int(client.info("memory")["used_memory"])}
+
+            yield app, store
+            if args.detail:
+                redis_detail(client, args.tasks + args.warm)
+            app.close()
+        finally:
+            server.kill()
+
+
+def redis_detail(client: Any, finished: int) -> None:
+    """Where the bytes go: each key of the queue, per finished task, and one record as stored."""
+    print(f"  Redis keys (MEMORY USAGE ... SAMPLES 0), per finished task over {finished:,}:")
+    for key in sorted(k.decode() for k in client.keys("runq:*")):
+        usage = client.memory_usage(key, samples=0) or 0
+        print(f"    {key:40} {usage:>12,} B  {usage / finished:8.1f} B/task")
+    tasks_key = f"runq:{{{QUEUE}}}:tasks"
+    field, record = next(iter(client.hscan(tasks_key, count=10)[1].items()))
+    print(f"  a finished record ({len(record)} bytes of JSON, id {len(field)} bytes): {record.decode()}")
+
+
+@contextmanager
+def postgres_broker(args: argparse.Namespace) -> Iterator[tuple[runq.App, Callable[[], dict[str, int]]]]:
+    import psycopg
+
+    name = f"runq_retention_{os.getpid()}_{secrets.token_hex(4)}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        with psycopg.connect(url, autocommit=True) as db:
+
+            def sizes(full: bool = False) -> dict[str, int]:
+                tables = [
+                    row[0]
+                    for row in db.execute(
+                        "SELECT c.oid::regclass::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+                        " WHERE n.nspname = 'runq' AND c.relkind = 'r'"
+                    )
+                ]
+                if full:
+                    for table in tables:
+                        db.execute(f"VACUUM FULL {table}")
+                total = sum(int(db.execute(f"SELECT pg_total_relation_size('{t}')").fetchone()[0]) for t in tables)  # type: ignore[index]
+                return {"bytes" if not full else "bytes after VACUUM FULL": total}
+
+            def store() -> dict[str, int]:
+                return sizes() | sizes(full=True)
+
+            app = runq.App(url)
+            yield app, store
+            if args.detail:
+                for row in db.execute(
+                    "SELECT c.relname, pg_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n"
+                    " ON n.oid = c.relnamespace WHERE n.nspname = 'runq' ORDER BY 2 DESC LIMIT 12"
+                ):
+                    print(f"    {row[0]:32} {row[1]:>12,} B")
+            app.close()
+    finally:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def sqlite_broker(args: argparse.Namespace) -> Iterator[tuple[runq.App, Callable[[], dict[str, int]]]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "runq.db"
+        app = runq.App(f"sqlite:///{path}")
+
+        def size(vacuum: bool) -> int:
+            with sqlite3.connect(path) as db:
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if vacuum:
+                    db.execute("VACUUM")
+            return path.stat().st_size
+
+        def store() -> dict[str, int]:
+            return {"file bytes": size(False), "file bytes after VACUUM": size(True)}
+
+        yield app, store
+        app.close()
+
+
+BROKERS = {"redis": redis_broker, "postgres": postgres_broker, "sqlite": sqlite_broker}
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.retention", description=__doc__.splitlines()[0])
+    parser.add_argument("--brokers", default=",".join(BROKERS), help=f"comma-separated, of: {','.join(BROKERS)}")
+    parser.add_argument("--tasks", type=int, default=20_000, help="tasks measured [20000]")
+    parser.add_argument("--warm", type=int, default=5_000, help="tasks finished before measuring [5000]")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh brokers per figure; the median is shown [3]")
+    parser.add_argument("--detail", action="store_true", help="where the bytes go (Redis keys, PostgreSQL relations)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(sys.argv[1:] if argv is None else argv)
+    print(
+        f"bytes kept per task: {args.tasks:,} no-op tasks after {args.warm:,} warm-up, median of {args.rounds} rounds"
+    )
+    for kind in args.brokers.split(","):
+        rounds: list[dict[str, float]] = []
+        for _ in range(args.rounds):
+            with BROKERS[kind](args) as (app, store):
+                rounds.append(measure(store, app.broker, args))
+        for figure in rounds[0]:
+            values = [r[figure] for r in rounds]
+            spread = f" ({min(values):.0f}-{max(values):.0f})" if len(values) > 1 else ""
+            print(f"{kind:9} {figure:34} {statistics.median(values):8.1f} B/task{spread}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
