@@ -10,7 +10,8 @@ Key layout (``q`` is the queue name; every key of a queue carries the hash tag `
 a function touches exactly one cluster slot):
 
     runq:{q}:tasks            hash    id -> task record (JSON: status, attempts, token, times...);
-                                      none for a pending task never claimed (see lib.lua)
+                                      none for a pending task never claimed; a finished one
+                                      with one-letter names (lib.lua: encode, decode)
     runq:{q}:payloads         hash    id -> Message JSON, as enqueued
     runq:{q}:pending          zset    id -> (100 - priority) * 2^44 + seq   (claim order)
     runq:{q}:scheduled        zset    id -> ready_at
