@@ -59,7 +59,7 @@ import json
 from typing import NamedTuple
 
 from runq.brokers.rules import EXPIRED, WORKER_LOST
-from runq.models import Status, queue_of
+from runq.models import DEFAULT_RESULT_TTL, Status, queue_of
 
 QUEUES_KEY = "runq:queues"
 WORKERS_KEY = "runq:workers"
@@ -227,7 +227,12 @@ def lua_layouts() -> str:
     constants the scripts share with the other brokers (brokers/rules.py)."""
     lines = [
         f"local {name} = {json.dumps(value)}"
-        for name, value in (("WORKER_LOST", WORKER_LOST), ("EXPIRED", EXPIRED), ("EVENTS", EVENTS))
+        for name, value in (
+            ("WORKER_LOST", WORKER_LOST),
+            ("EXPIRED", EXPIRED),
+            ("EVENTS", EVENTS),
+            ("DEFAULT_RESULT_TTL", DEFAULT_RESULT_TTL),  # a payload without result_ttl has this one
+        )
     ]
     for table, layout in LAYOUTS.items():
         entries = ", ".join(f"{field} = {i}" for i, field in enumerate(layout))

@@ -22,7 +22,6 @@ local SAMPLE_CAP = 4096
 local TWO_44 = 17592186044416
 local TWO_50 = 1125899906842624
 local OUTBOX_GRACE = 5  -- seconds before claim hands an unapplied outbox step to its worker
-local DEFAULT_RESULT_TTL = 86400  -- runq.models.Message.result_ttl
 
 -- Per call (begin): INDEX, the zset of each indexed state (by seq: enqueue order, list.lua);
 -- PLACE, the zset that orders a task while it is in a state, for the states that have one;
