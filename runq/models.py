@@ -430,6 +430,12 @@ class QueueStats:
     failed: int = 0
     cancelled: int = 0
 
+    @property
+    def retained(self) -> int:
+        """Finished tasks kept: succeeded and cancelled ones for their ``result_ttl``, failed
+        ones until purged (docs/reliability.md, "Retention")."""
+        return self.succeeded + self.failed + self.cancelled
+
 
 @dataclass(frozen=True)
 class Percentiles:

@@ -533,6 +533,17 @@ class PostgresBroker(Broker):
     def ping(self) -> None:
         self._run(lambda cur: cur.execute("SELECT 1"), transaction=False)
 
+    def storage_bytes(self) -> int | None:
+        row = self._run(
+            lambda cur: cur.execute(
+                "SELECT sum(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n"
+                " ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r'",
+                (self.schema,),
+            ).fetchone(),
+            transaction=False,
+        )
+        return None if row is None or row[0] is None else int(row[0])
+
     # -- flow control -------------------------------------------------------------
 
     def take_tick(self, name: str, tick: str, ttl: float) -> bool:
