@@ -17,6 +17,10 @@ measures the store before, with ``--tasks`` queued, and after they all finished:
 * SQLite: the database file after ``PRAGMA wal_checkpoint(TRUNCATE)``, as left and after ``VACUUM``.
 
 Bytes per finished task = (after - before) / tasks; the median of the rounds is printed.
+
+``--expiry SECONDS``: whether deleting expired tasks keeps up instead. One process finishes
+tasks with ``result_ttl=1`` as fast as it can for SECONDS, then counts the tasks stored past
+their expiry (a short result_ttl bounds nothing if expiry falls behind).
 Run it under the shared lock: ``flock /tmp/runq-bench.lock .venv/bin/python -m bench.retention``.
 """
 
@@ -29,8 +33,9 @@ import sqlite3
 import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +49,8 @@ from .redis_server import RedisServer
 
 ADMIN_URL = os.environ.get("RUNQ_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 QUEUE = "default"
+# An open broker: its App, what its store takes now (name -> bytes), how many tasks it keeps past their expiry.
+Opened = tuple[runq.App, Callable[[], dict[str, int]], Callable[[], int]]
 BATCH = 1000
 
 
@@ -62,6 +69,18 @@ def finish_all(broker: Broker) -> None:
         assert all(broker.settle(outcomes)), "a settle was refused"
 
 
+def expiry(broker: Broker, seconds: float, count_expired: Callable[[], int]) -> str:
+    """Finish tasks with result_ttl=1 for ``seconds``; the rate and the expired tasks left stored."""
+    start, done = time.monotonic(), 0
+    while time.monotonic() - start < seconds:
+        broker.enqueue([Message(new_task_id(QUEUE), "noop", QUEUE, result_ttl=1.0) for _ in range(500)], 60.0)
+        while claims := broker.claim([QUEUE], "bench-retention", 500, 300.0):
+            broker.settle([Outcome(c.id, c.token, "succeeded", result="null", result_ttl=1.0) for c in claims])
+            done += len(claims)
+    elapsed = time.monotonic() - start
+    return f"{done:,} tasks in {elapsed:.0f} s ({done / elapsed:,.0f}/s); stored past their expiry: {count_expired():,}"
+
+
 def measure(store: Callable[[], dict[str, int]], broker: Broker, args: argparse.Namespace) -> dict[str, float]:
     run_tasks(broker, args.warm)
     before = store()
@@ -75,7 +94,7 @@ def measure(store: Callable[[], dict[str, int]], broker: Broker, args: argparse.
 
 
 @contextmanager
-def redis_broker(args: argparse.Namespace) -> Iterator[tuple[runq.App, Callable[[], dict[str, int]]]]:
+def redis_broker(args: argparse.Namespace) -> Iterator[Opened]:
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp))
         try:
@@ -85,7 +104,11 @@ def redis_broker(args: argparse.Namespace) -> Iterator[tuple[runq.App, Callable[
             def store() -> dict[str, int]:
                 return {"used_memory": int(client.info("memory")["used_memory"])}
 
-            yield app, store
+            def expired() -> int:
+                now = client.time()
+                return int(client.zcount(f"runq:{{{QUEUE}}}:expiring", "-inf", now[0] + now[1] / 1e6))
+
+            yield app, store, expired
             if args.detail:
                 redis_detail(client, args.tasks + args.warm)
             app.close()
@@ -105,7 +128,7 @@ def redis_detail(client: Any, finished: int) -> None:
 
 
 @contextmanager
-def postgres_broker(args: argparse.Namespace) -> Iterator[tuple[runq.App, Callable[[], dict[str, int]]]]:
+def postgres_broker(args: argparse.Namespace) -> Iterator[Opened]:
     import psycopg
 
     name = f"runq_retention_{os.getpid()}_{secrets.token_hex(4)}"
@@ -132,8 +155,12 @@ def postgres_broker(args: argparse.Namespace) -> Iterator[tuple[runq.App, Callab
             def store() -> dict[str, int]:
                 return sizes() | sizes(full=True)
 
+            def expired() -> int:
+                row = db.execute("SELECT count(*) FROM runq.tasks WHERE expires_at < extract(epoch FROM now())")
+                return int(row.fetchone()[0])  # type: ignore[index]
+
             app = runq.App(url)
-            yield app, store
+            yield app, store, expired
             if args.detail:
                 for row in db.execute(
                     "SELECT c.relname, pg_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n"
@@ -147,7 +174,7 @@ def postgres_broker(args: argparse.Namespace) -> Iterator[tuple[runq.App, Callab
 
 
 @contextmanager
-def sqlite_broker(args: argparse.Namespace) -> Iterator[tuple[runq.App, Callable[[], dict[str, int]]]]:
+def sqlite_broker(args: argparse.Namespace) -> Iterator[Opened]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "runq.db"
         app = runq.App(f"sqlite:///{path}")
@@ -162,11 +189,20 @@ def sqlite_broker(args: argparse.Namespace) -> Iterator[tuple[runq.App, Callable
         def store() -> dict[str, int]:
             return {"file bytes": size(False), "file bytes after VACUUM": size(True)}
 
-        yield app, store
+        def expired() -> int:
+            with sqlite3.connect(path) as db:
+                row = db.execute("SELECT count(*) FROM runq_tasks WHERE expires_at < ?", (time.time(),)).fetchone()
+                return int(row[0])
+
+        yield app, store, expired
         app.close()
 
 
-BROKERS = {"redis": redis_broker, "postgres": postgres_broker, "sqlite": sqlite_broker}
+BROKERS: dict[str, Callable[[argparse.Namespace], AbstractContextManager[Opened]]] = {
+    "redis": redis_broker,
+    "postgres": postgres_broker,
+    "sqlite": sqlite_broker,
+}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -176,18 +212,22 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--warm", type=int, default=5_000, help="tasks finished before measuring [5000]")
     parser.add_argument("--rounds", type=int, default=3, help="fresh brokers per figure; the median is shown [3]")
     parser.add_argument("--detail", action="store_true", help="where the bytes go (Redis keys, PostgreSQL relations)")
+    parser.add_argument("--expiry", type=float, metavar="SECONDS", help="measure whether expiry keeps up instead")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(sys.argv[1:] if argv is None else argv)
-    print(
-        f"bytes kept per task: {args.tasks:,} no-op tasks after {args.warm:,} warm-up, median of {args.rounds} rounds"
-    )
+    if not args.expiry:
+        print(f"bytes kept per task: {args.tasks:,} no-op tasks after {args.warm:,} warm-up, median of {args.rounds}")
     for kind in args.brokers.split(","):
+        if args.expiry:
+            with BROKERS[kind](args) as (app, _, expired):
+                print(f"{kind:9} expiry: {expiry(app.broker, args.expiry, expired)}")
+            continue
         rounds: list[dict[str, float]] = []
         for _ in range(args.rounds):
-            with BROKERS[kind](args) as (app, store):
+            with BROKERS[kind](args) as (app, store, _):
                 rounds.append(measure(store, app.broker, args))
         for figure in rounds[0]:
             values = [r[figure] for r in rounds]
