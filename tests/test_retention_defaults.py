@@ -1,8 +1,10 @@
-"""A workflow step whose result a later step reads outlives the short default result_ttl.
+"""Which tasks outlive the short default result_ttl, and why.
 
-The default keeps a finished task ten minutes (runq/models.py: DEFAULT_RESULT_TTL); a chord's
-callback reads its members' results when it starts, which a backlog may delay longer than
-that. runq/workflow.py keeps such steps a day unless their result_ttl was chosen.
+The default keeps a finished task ten minutes (runq/models.py: DEFAULT_RESULT_TTL). Two kinds
+of task are kept longer unless their result_ttl was chosen (by their task or their call): a
+workflow step whose result a later step reads (a chord's callback reads its members' results
+when it starts, which a backlog may delay: runq/workflow.py keeps them a day), and a task with
+an idempotency key (the key answers only while its task is kept: App.message keeps it key_ttl).
 """
 
 from __future__ import annotations
@@ -42,4 +44,20 @@ def test_steps_read_by_a_later_step_are_kept_a_day_unless_chosen(tmp_path: Path)
     # the chain's first step and the chord's first member: a day; the member with its own 30 s keeps it
     assert kept == [30.0, WORKFLOW_RESULT_TTL, WORKFLOW_RESULT_TTL], ttls
     assert ttls[chord.id] == DEFAULT_RESULT_TTL and len(ttls) == 6
+    app.close()
+
+
+def test_a_keyed_task_is_kept_as_long_as_its_key_holds(tmp_path: Path) -> None:
+    path = tmp_path / "runq.db"
+    app = runq.App(f"sqlite:///{path}")
+    keyed = app.enqueue("t", key="once")
+    chosen = app.enqueue("t", key="twice", result_ttl=30)
+    plain = app.enqueue("t")
+    ttls = stored_ttls(path)
+    assert ttls == {keyed.id: app.settings.key_ttl, chosen.id: 30.0, plain.id: DEFAULT_RESULT_TTL}
+    [claim] = app.broker.claim(["default"], "w", 1, 30)
+    assert claim.id == keyed.id
+    outcome = runq.models.Outcome(claim.id, claim.token, "succeeded", result="1", result_ttl=ttls[claim.id])
+    assert app.broker.settle([outcome])
+    assert app.enqueue("t", key="once").id == keyed.id  # the key still answers with the first task
     app.close()
