@@ -102,6 +102,28 @@ def _hidden_character(text: str) -> str | None:
     return None
 
 
+def visible(text: str, keep: str = "") -> str:
+    """``text`` safe to print: each character the rules refuse in a name (controls, invisible
+    formatting, line separators, lone surrogates; those in ``keep`` aside) becomes its JSON
+    escape (``\\u001b``), so a terminal shows it rather than obeys it, and UTF-8 can encode it.
+    Used on every human read path: a broker may hold such text (a task's result or error, a
+    name written by an older runq). On JSON text it is lossless: the escape is JSON's own."""
+    if text.isprintable():  # fast path: every refused character is unprintable
+        return text
+    out = []
+    for char in text:
+        if char in keep or unicodedata.category(char) not in _HIDDEN:
+            out.append(char)
+            continue
+        point = ord(char)
+        if point > 0xFFFF:  # as JSON writes it: a surrogate pair
+            point -= 0x10000
+            out.append(f"\\u{0xD800 + (point >> 10):04x}\\u{0xDC00 + (point & 0x3FF):04x}")
+        else:
+            out.append(f"\\u{point:04x}")
+    return "".join(out)
+
+
 def _text(what: str, value: Any, limit: int) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a string, got {type(value).__name__}")

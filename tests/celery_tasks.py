@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from runq.contrib.celery import Celery, shared_task
+from runq.contrib.celery.exceptions import SoftTimeLimitExceeded
 from runq.contrib.celery.result import AsyncResult
 from runq.contrib.celery.utils.log import get_task_logger
 
@@ -93,6 +94,21 @@ def broken():
 
 @app.task(time_limit=1)
 def too_slow():
+    time.sleep(30)
+
+
+@app.task
+def crunch(seconds):
+    """Cleans up when its soft time limit is reached (given at the call: apply_async(soft_time_limit=...))."""
+    try:
+        time.sleep(seconds)
+        return "done"
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+
+
+@app.task(soft_time_limit=0.5, time_limit=30)
+def ignores_its_soft_limit():
     time.sleep(30)
 
 

@@ -23,8 +23,9 @@ import pytest
 import runq
 from runq.contrib.celery import Celery, current_app, shared_task, states
 from runq.contrib.celery.config import Current
-from runq.contrib.celery.exceptions import TaskRevokedError, TimeoutError
+from runq.contrib.celery.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeoutError
 from runq.contrib.celery.result import AsyncResult
+from runq.contrib.celery.task import call_options
 from tests import celery_tasks as tasks
 from tests.conftest import ROOT, wait_until
 from tests.support.servers import RedisServer
@@ -145,6 +146,29 @@ def test_apply_async_countdown_eta_queue_and_priority(worker: Path) -> None:
     assert routed.get(timeout=30) == "refreshed news" and tasks.app.info(routed.id).queue == "feeds"
 
 
+def test_apply_async_expires(worker: Path) -> None:
+    """Celery's ``expires``: counted from the call; a task not started by then is REVOKED."""
+    late = tasks.add.apply_async((1, 2), countdown=2, expires=0.5)  # due after its expiry: never runs
+    with pytest.raises(TaskRevokedError):
+        late.get(timeout=60)
+    assert late.state == states.REVOKED
+    info = tasks.app.info(late.id)
+    assert info.started_at is None and info.error is not None and info.error["type"] == "Expired", info
+    assert tasks.add.apply_async((2, 3), expires=60).get(timeout=30) == 5
+    naive = datetime.now(timezone.utc).replace(tzinfo=None) + timedelta(minutes=1)  # naive: UTC, as eta
+    assert tasks.add.apply_async((3, 3), expires=naive).get(timeout=30) == 6
+
+
+def test_soft_time_limit_is_raised_inside_the_task(worker: Path) -> None:
+    assert tasks.crunch.apply_async((30,), soft_time_limit=0.3).get(timeout=60) == "cleaned up", worker.read_text()
+    assert tasks.crunch.delay(0).get(timeout=30) == "done"  # no limit given: none applies
+    ignored = tasks.ignores_its_soft_limit.delay()  # @app.task(soft_time_limit=0.5)
+    with pytest.raises(SoftTimeLimitExceeded):
+        ignored.get(timeout=60)
+    assert ignored.state == states.FAILURE
+    assert tasks.app.info(ignored.id).attempts == 1  # not retried, as in Celery
+
+
 def test_revoke_and_unknown_ids(worker: Path) -> None:
     result = tasks.add.apply_async((1, 1), countdown=60)
     result.revoke()
@@ -169,14 +193,12 @@ def test_get_inside_a_task_is_refused(worker: Path) -> None:
 
 
 def test_unsupported_celery_features_name_the_runq_way() -> None:
-    with pytest.raises(NotImplementedError, match="`expires`"):
-        tasks.add.apply_async((1, 2), expires=60)
     with pytest.raises(NotImplementedError, match=r"runq\.chain"):
         tasks.add.apply_async((1, 2), link=tasks.add.s(1))
-    with pytest.raises(NotImplementedError, match="`soft_timeout`"):
+    with pytest.raises(NotImplementedError, match="Task subclasses"):
 
-        @tasks.app.task(soft_time_limit=5)
-        def soft() -> None: ...
+        @tasks.app.task(base=type("Custom", (), {}))
+        def based() -> None: ...
 
     with pytest.raises(NotImplementedError, match="JSON only"):
         tasks.app.conf.task_serializer = "pickle"
@@ -201,6 +223,7 @@ def test_settings_are_read_where_they_map(tmp_path: Path) -> None:
         CELERY_RESULT_EXPIRES = timedelta(minutes=5)
         CELERY_TASK_DEFAULT_QUEUE = "work"
         CELERY_TASK_TIME_LIMIT = 20
+        CELERY_TASK_SOFT_TIME_LIMIT = 15
         CELERY_TASK_ROUTES: ClassVar[dict[str, dict[str, str]]] = {"billing.*": {"queue": "billing"}}
         CELERY_RESULT_BACKEND = "redis://ignored"  # runq keeps results in its broker
         DEBUG = True  # not Celery's
@@ -217,6 +240,13 @@ def test_settings_are_read_where_they_map(tmp_path: Path) -> None:
 
         sent = app.info(charge.delay(5).id)
         assert (sent.queue, sent.args) == ("work", [5])
+        each_call = call_options(app, charge.name, {}, charge.config)  # what every send of charge carries
+        assert (each_call.timeout, each_call.soft_timeout) == (20, 15)
+
+        @app.task(expires=timedelta(minutes=2))
+        def remind() -> None: ...
+
+        assert call_options(app, remind.name, {}, remind.config).expires == 120
         assert app.info(app.send_task("billing.tasks.refund", [1]).id).queue == "billing"
     finally:
         app.close()

@@ -158,6 +158,21 @@ def test_work_enqueued_between_an_empty_claim_and_the_wait_ends_the_wait(app: ru
     assert len(take(broker)) == 1
 
 
+def test_interrupt_ends_the_wait_in_progress_and_every_later_one(broker: Broker) -> None:
+    """A stopping worker interrupts its claimer's idle wait rather than sitting it out (up to
+    5 s on Redis, the whole timeout elsewhere: each longer than the 3 s allowed here)."""
+    waiter = threading.Thread(target=broker.wait_for_work, args=(("default",), 60.0))
+    waiter.start()
+    waiter.join(timeout=0.5)
+    assert waiter.is_alive(), "nothing to do: the wait should still be blocked"
+    broker.interrupt()
+    waiter.join(timeout=3.0)
+    assert not waiter.is_alive()
+    started = time.monotonic()
+    broker.wait_for_work(("default",), 60.0)
+    assert time.monotonic() - started < 3.0
+
+
 # -- idempotency ------------------------------------------------------------------------
 
 

@@ -53,7 +53,7 @@ def metrics(broker_url: str, tmp_path: Path) -> Iterator[Callable[[], dict[str, 
     with open(log, "ab") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     auth = {"Authorization": f"Bearer {token}"}
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth, timeout=10)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth, timeout=60)  # a loaded CI machine
 
     def load() -> dict[str, float]:
         response = client.get("/metrics")
@@ -73,7 +73,7 @@ def metrics(broker_url: str, tmp_path: Path) -> Iterator[Callable[[], dict[str, 
             return False
 
     try:
-        wait_until(up, timeout=30, interval=0.05)
+        wait_until(up, timeout=120, interval=0.05)
         yield load
     finally:
         client.close()
@@ -88,21 +88,30 @@ def test_queue_load_is_running_plus_ready_over_worker_slots(
     start_worker: Callable[..., Any],
     tmp_path: Path,
 ) -> None:
+    # Every wait is on an observed state with a generous deadline (a loaded 2-core CI machine
+    # can take many seconds to start a worker): no step assumes how long another one takes.
     release = tmp_path / "release"
-    handles = [app.enqueue("hold", [str(release)], queue="load") for _ in range(3)]
-    assert metrics() == {"load": 3.0}  # no worker drains it: the count itself (one slot)
+    started = [tmp_path / f"started-{i}" for i in range(3)]
+    handles = [app.enqueue("hold", [str(release)], {"started": str(marker)}, queue="load") for marker in started]
+    try:
+        assert metrics() == {"load": 3.0}  # no worker drains it: the count itself (one slot)
 
-    start_worker(
-        broker_url, "--queues", "load,idle", "--pool", "thread", "--concurrency", "2", app="tests.keda_tasks:app"
-    )
-    # 2 slots busy and 1 task ready (pending, or claimed ahead): (2 + 1) / 2.
-    wait_until(lambda: metrics() == {"load": 1.5, "idle": 0.0}, timeout=30, interval=0.05)
-    running = app.stats().queues["load"].running
-    assert running >= 2, "the load must count tasks while they run"
-
-    release.touch()
-    assert [h.result(timeout=60) for h in handles] == ["released"] * 3
-    wait_until(lambda: metrics() == {"load": 0.0, "idle": 0.0}, timeout=30, interval=0.05)
+        start_worker(
+            broker_url, "--queues", "load,idle", "--pool", "thread", "--concurrency", "2", app="tests.keda_tasks:app"
+        )
+        # Both slots are taken once two tasks have started; the third cannot start before the
+        # release. (Waiting on the load alone was racy: it reads 1.5 as soon as the worker's
+        # heartbeat is seen, which can be before its first claim.)
+        wait_until(lambda: sum(marker.exists() for marker in started) == 2, timeout=120, interval=0.05)
+        assert app.stats().queues["load"].running >= 2, "two tasks started: the broker counts them running"
+        # 2 slots busy and 1 task ready (pending, or claimed ahead): (2 + 1) / 2. A pending-only
+        # figure would read 0.5 (or 0 with the third claimed ahead): the load counts running tasks.
+        wait_until(lambda: metrics() == {"load": 1.5, "idle": 0.0}, timeout=120, interval=0.05)
+        assert sum(marker.exists() for marker in started) == 2  # still two busy slots, one waiting
+    finally:
+        release.touch()
+    assert [h.result(timeout=120) for h in handles] == ["released"] * 3
+    wait_until(lambda: metrics() == {"load": 0.0, "idle": 0.0}, timeout=120, interval=0.05)
 
 
 # -- the KEDA ScaledObject ---------------------------------------------------------------------

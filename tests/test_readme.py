@@ -5,13 +5,16 @@ fence, with ``<!-- not run: why -->``; an unmarked block this test cannot run fa
 so nothing is skipped silently. The runnable blocks run in README order in one empty
 directory, as a reader would type them:
 
-- a Python block whose first line is ``# name.py`` is written to that file; any other
-  Python block runs as a script there (``python block.py``). A one-line expression whose
-  comment is a Python literal (``h.result(timeout=10)  # 5``) must give that value.
+- a Python block whose first line is ``# name.py`` (or ``# package/name.py``) is written to
+  that file; any other Python block runs as a script there (``python block.py``). A one-line
+  expression whose comment is a Python literal (``h.result(timeout=10)  # 5``) must give that
+  value.
 - a shell block runs line by line with the venv's ``runq`` on PATH; ``runq worker ...``
-  starts a real worker in the background (kept for the rest of the README); ``<id>`` is
-  the id the latest ``runq enqueue`` printed; a comment that is a JSON value
-  (``runq result <id> --wait 10  # 5``) must be what the line prints. Every line exits 0.
+  starts a real worker in the background (kept for the rest of the README), and so do
+  Django's ``python manage.py runq_worker ...`` and ``django-admin runq_worker ...``; the
+  next line runs once the broker lists that worker. ``<id>`` is the id the latest ``runq
+  enqueue`` printed; a comment that is a JSON value (``runq result <id> --wait 10  # 5``)
+  must be what the line prints. Every line exits 0.
 
 At the end no task may be in the dead-letter set and none may be left ready or running:
 an example that enqueues a task its worker cannot run fails here, not for a reader.
@@ -46,6 +49,8 @@ NOT_RUN = re.compile(r"^\s*<!-- not run: (?P<why>\S.*?) -->\s*$")
 PYTHON, SHELL = {"python", "py"}, {"bash", "sh", "shell"}
 FILE_HEADER = re.compile(r"^# (?P<name>[\w/]+\.py)\s*$")
 COMMAND_TIMEOUT = 60.0
+# Commands that start a worker, which runs until the end: runq's own and Django's.
+WORKER = re.compile(r"^(runq worker|python manage\.py runq_worker|django-admin runq_worker)(\s|$)")
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,8 @@ class Reader:
 
     @property
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNQ_") and k != "PYTHONPATH"}
+        unset = {"PYTHONPATH", "DJANGO_SETTINGS_MODULE"}  # a reader's shell has neither
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RUNQ_") and k not in unset}
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONUNBUFFERED"] = "1"
         if not self.url.startswith("sqlite:"):  # SQLite: the README's default, runq.db in this directory
@@ -153,7 +159,9 @@ class Reader:
         first = block.text.splitlines()[0]
         named = FILE_HEADER.match(first)
         if named:
-            (self.cwd / named["name"]).write_text(block.text, encoding="utf-8")
+            path = self.cwd / named["name"]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(block.text, encoding="utf-8")
             return
         script = self.cwd / f"readme_{block.line}.py"
         script.write_text(with_checks(block.text, block.line + 1), encoding="utf-8")
@@ -168,7 +176,7 @@ class Reader:
         if "<id>" in command:
             assert self.last_id, f"README.md:{line} uses <id> before any `runq enqueue` printed one"
             command = command.replace("<id>", self.last_id)
-        if command.startswith("runq worker "):
+        if WORKER.match(command):
             self.start_worker(command, line)
             return
         done = subprocess.run(

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -20,7 +23,7 @@ import runq
 from runq.cli import main
 from runq.models import LATEST
 from tests import validation_tasks
-from tests.conftest import WITH_POSTGRES, WorkerProcess
+from tests.conftest import ROOT, WITH_POSTGRES, WorkerProcess, corrupt_payload
 
 ON_EVERY_BROKER = pytest.mark.parametrize("broker_url", WITH_POSTGRES, indirect=True)
 ON_SQLITE = pytest.mark.parametrize("broker_url", ["sqlite"], indirect=True)  # refused before any I/O
@@ -335,6 +338,89 @@ def test_the_old_path_to_an_absurd_eta_is_closed(app: runq.App, broker_url: str)
         app.enqueue("t", [1], delay=1e12)
     assert cli("enqueue", "t", "[1]", "--delay", "1e12", "--url", broker_url).exit_code == 2
     assert nothing_enqueued(app)
+
+
+# Stored values a terminal would obey (ESC sequences, a bell, a bidi override, C1 NEL) or UTF-8
+# cannot encode (a lone surrogate: a task may return one, JSON escapes it): every read path must
+# show them, escaped, and never crash on them.
+ODD_RESULT = "\x1b[2J \u202e \x85"
+SURROGATE = "\ud800"  # (arguments cannot hold one: the task makes it)
+ODD_MESSAGE = "\x1b[31mred\x1b[0m \u202eevil"
+ODD_NAME = "\x1b]0;title\x07\x1b[31mRED"
+RAW = (b"\x1b", b"\x07", "\u202e".encode(), "\x85".encode())
+
+
+@pytest.fixture
+def odd(app: runq.App, broker_url: str, start_worker: Callable[..., WorkerProcess]) -> dict[str, str]:
+    """Succeeded tasks whose results and a failed task whose error a real worker stored, and a
+    pending task with a name an older runq accepted (written by hand)."""
+    start_worker(broker_url, "--pool", "thread", app="tests.misbehave_tasks:app")
+    ids = {
+        "result": app.enqueue("misbehave", [{"end": ["return", ODD_RESULT]}], retries=0).id,
+        "surrogate": app.enqueue("misbehave", [{"end": ["odd", "surrogate"]}], retries=0).id,
+        "error": app.enqueue("misbehave", [{"end": ["raise", "ValueError", ODD_MESSAGE, False]}], retries=0).id,
+    }
+    for task_id in ids.values():
+        info = app.broker.wait(task_id, 60)
+        assert info is not None and info.status.final, info
+    ids["name"] = app.enqueue("t", [1]).id
+    corrupt_payload(broker_url, ids["name"], json.dumps({"name": ODD_NAME, "args": [ODD_NAME]}))
+    return ids
+
+
+def runq_bytes(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """``python -m runq ARGS`` into a pipe, its output as the bytes a terminal would get."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "runq", *args], capture_output=True, env=env, timeout=120)
+
+
+@ON_EVERY_BROKER
+def test_cli_shows_what_a_terminal_would_obey_escaped(app: runq.App, broker_url: str, odd: dict[str, str]) -> None:
+    for kind, value in (("result", ODD_RESULT), ("surrogate", SURROGATE)):  # Python: as returned
+        assert app.info(odd[kind]).result == value  # type: ignore[union-attr]
+    runs = {
+        "list": runq_bytes("list", "--url", broker_url),
+        "list --json": runq_bytes("list", "--json", "--url", broker_url),
+        **{f"info {kind}": runq_bytes("info", task_id, "--url", broker_url) for kind, task_id in odd.items()},
+        **{
+            f"info --json {kind}": runq_bytes("info", task_id, "--json", "--url", broker_url)
+            for kind, task_id in odd.items()
+        },
+        "result": runq_bytes("result", odd["result"], "--url", broker_url),
+        "result --json": runq_bytes("result", odd["result"], "--json", "--url", broker_url),
+        "result surrogate": runq_bytes("result", odd["surrogate"], "--url", broker_url),
+        "result error": runq_bytes("result", odd["error"], "--url", broker_url),
+    }
+    for what, done in runs.items():
+        assert done.returncode == (1 if what == "result error" else 0), (what, done.stderr)
+        shown = done.stdout + done.stderr
+        assert not [raw for raw in RAW if raw in shown], (what, shown)
+        assert b"Traceback" not in done.stderr, (what, shown)  # (stdout has the failed task's own)
+    listed = runs["list"].stdout.decode()
+    assert "\\u001b[2J" in listed and "\\u001b]0;title\\u0007" in listed and "\\u202eevil" in listed, listed
+    assert "\\u001b[31mred" in runs["result error"].stderr.decode()
+    # JSON output stays the same JSON: the escapes read back as the stored values.
+    by_id = {task["id"]: task for task in json.loads(runs["list --json"].stdout)}
+    assert by_id[odd["result"]]["result"] == ODD_RESULT
+    assert by_id[odd["name"]]["name"] == ODD_NAME
+    assert ODD_MESSAGE in by_id[odd["error"]]["error"]["message"]
+    assert json.loads(runs["info --json result"].stdout)["result"] == ODD_RESULT
+    assert json.loads(runs["result"].stdout) == ODD_RESULT
+    assert json.loads(runs["result --json"].stdout)["result"] == ODD_RESULT
+    assert by_id[odd["surrogate"]]["result"] == SURROGATE
+    assert json.loads(runs["info --json surrogate"].stdout)["result"] == SURROGATE
+    assert json.loads(runs["result surrogate"].stdout) == SURROGATE
+
+
+@ON_EVERY_BROKER
+def test_http_reads_survive_what_utf_8_cannot_hold(app: runq.App, http: httpx.Client, odd: dict[str, str]) -> None:
+    for path in ("/api/tasks", "/api/snapshot", *(f"/api/tasks/{task_id}" for task_id in odd.values())):
+        response = http.get(path)
+        assert response.status_code == 200, (path, response.text)
+    # A lone surrogate becomes its escape as text (as runq stores error messages); the rest is JSON's own.
+    assert http.get(f"/api/tasks/{odd['surrogate']}").json()["result"] == "\\ud800"
+    assert http.get(f"/api/tasks/{odd['result']}").json()["result"] == ODD_RESULT
+    assert http.get(f"/api/tasks/{odd['name']}").json()["name"] == ODD_NAME
 
 
 # -- by name: the registered task's options, unknown names refused with suggestions -----------------

@@ -25,6 +25,12 @@ class RunqPeer(Peer):
             " benchmark task waits on one Redis INCR)",
             workloads=frozenset({"W2"}),
         ),
+        Variant(
+            "process pool",
+            "`runq worker runq.cli.bench:app` x2 with no pool flag: the default process pool (one child"
+            " per CPU), what a user runs first",
+            workloads=frozenset({"W2"}),
+        ),
     )
 
     def __init__(self) -> None:
@@ -34,6 +40,8 @@ class RunqPeer(Peer):
         self.echo = rb.bound(self.app, "bench.echo")
 
     def worker_commands(self, variant: Variant, kind: str) -> list[list[str]]:
+        if kind == DRAIN and variant.name == "process pool":
+            return [rb.worker_command(self.url, pool="process") for _ in range(2)]
         if kind == DRAIN:
             return [rb.worker_command(self.url, 64 if variant.name else None) for _ in range(2)]
         if kind == IO:

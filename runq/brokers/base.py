@@ -255,6 +255,12 @@ class Broker(ABC):
         user not allowed ``INFO``)."""
         return None
 
+    @abstractmethod
+    def interrupt(self) -> None:
+        """End ``wait_for_work`` at once, now and from now on: the worker that owns this broker
+        is stopping, and its claimer should not sit out an idle wait first (a SIGTERM would
+        otherwise take up to a second). Thread-safe; never raises."""
+
     # -- lifecycle --------------------------------------------------------------
 
     def ping(self) -> None:

@@ -195,9 +195,9 @@ def reset(url: str) -> None:
             client.flushdb()
 
 
-def worker_command(url: str, concurrency: int | None = None) -> list[str]:
-    """The documented worker command runq is benchmarked with: the thread pool, default settings."""
-    command = [sys.executable, "-m", "runq", "worker", WORKER_APP, "--url", url, "--pool", "thread"]
+def worker_command(url: str, concurrency: int | None = None, pool: str = "thread") -> list[str]:
+    """The documented worker command runq is benchmarked with: the thread pool unless told, default settings."""
+    command = [sys.executable, "-m", "runq", "worker", WORKER_APP, "--url", url, "--pool", pool]
     if concurrency:
         command += ["--concurrency", str(concurrency)]
     return command

@@ -202,7 +202,7 @@ def info(task_id: str, url: str | None, as_json: bool) -> None:
     items.append(("error", f"{error.get('type')}: {error.get('message')}" if error else None))
     out.pairs(items)
     if error.get("traceback"):
-        click.echo(str(error["traceback"]).rstrip())
+        click.echo(rules.visible(str(error["traceback"]).rstrip(), keep="\n"))
 
 
 @main.command()
@@ -218,7 +218,7 @@ def result(task_id: str, wait: float, url: str | None, as_json: bool) -> None:
     if as_json:
         out.echo_json({"id": found.id, "status": found.status.value, "result": found.result, "error": found.error})
     elif found.status is Status.SUCCEEDED:
-        click.echo(json.dumps(found.result, ensure_ascii=False))
+        click.echo(rules.visible(json.dumps(found.result, ensure_ascii=False)))
     if found.status is Status.SUCCEEDED:
         return
     error = found.error or {}

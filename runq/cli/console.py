@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
+from runq.options import visible
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -47,12 +49,18 @@ def is_terminal() -> bool:
 
 
 def echo_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str, ensure_ascii=False) + "\n")
+    """``data`` as JSON; what a terminal would obey or UTF-8 cannot hold is written as a JSON escape."""
+    sys.stdout.write(visible(json.dumps(data, indent=2, default=str, ensure_ascii=False), keep="\n") + "\n")
     sys.stdout.flush()
 
 
 def cell(value: Any) -> str:
-    """How one value reads in a table: no ``None``, short timestamps, compact JSON."""
+    """How one value reads in a table: no ``None``, short timestamps, compact JSON, and what a
+    terminal would obey (an ESC sequence in a stored name, result or error) escaped."""
+    return visible(_cell(value))
+
+
+def _cell(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):

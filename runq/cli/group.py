@@ -23,6 +23,7 @@ from runq.app import App
 from runq.errors import BrokerUnavailable, RunqError
 from runq.logs import mask_url, scrub
 from runq.models import FINAL_STATUSES, Status, TaskInfo
+from runq.options import visible
 from runq.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -47,7 +48,7 @@ def checked(check: Callable[[Any], Any]) -> Callable[[click.Context, click.Param
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Error: {visible(message, keep=chr(10))}", err=True)  # a task's error message may hold an ESC
     sys.exit(code)
 
 

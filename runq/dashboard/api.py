@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 
 from runq import options as rules
 from runq.app import App
-from runq.errors import BrokerUnavailable, TaskNotFound
+from runq.errors import BrokerUnavailable, TaskNotFound, printable
 from runq.handles import Handle
 from runq.logs import mask_url
 from runq.models import QUEUE_NAME, Status, TaskInfo, WorkerInfo, queue_of
@@ -311,7 +311,19 @@ def _finite(value: Any) -> Any:
 
 
 def task_out(info: TaskInfo) -> TaskOut:
-    return TaskOut.model_validate(info.to_dict())
+    return TaskOut.model_validate(_utf8(info.to_dict()))
+
+
+def _utf8(value: Any) -> Any:
+    """``value`` with each lone surrogate (a task may return one: JSON holds it, UTF-8 cannot,
+    so the response could not be written) as its escape in text, as runq stores error messages."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_utf8(key): _utf8(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_utf8(item) for item in value]
+    return value
 
 
 def worker_out(worker: WorkerInfo, now: float) -> WorkerOut:

@@ -157,6 +157,7 @@ class Worker:
             log.info("worker %s runs only signed messages (%r)", self.id, self.signer)
         while not self._stopping.wait(0.2):
             pass
+        self.broker.interrupt()  # the claimer's idle wait ends now, not at its timeout
         threads[0].join()
         self._drain()
         self._outcomes.put(None)

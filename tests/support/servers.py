@@ -523,7 +523,8 @@ REDIS_ACL = (
     "resetkeys ~runq:* resetchannels &runq:* -@all +ping +time +select +multi +exec +fcall +function|load"
     " +blpop +get +set +del +exists +hget +hgetall +hmget +hset +hdel +hexists +hincrby +hincrbyfloat +hkeys +hlen"
     " +lpush +rpush +lrange +ltrim +pexpire +incr +incrby +sadd +smembers +srem +zadd +zcard +zlexcount +zrange"
-    " +zrangebylex +zrangebyscore +zrevrange +zrem +zscore +publish +subscribe +unsubscribe"
+    " +zrangebylex +zrangebyscore +zrevrange +zrem +zscore +publish +subscribe +unsubscribe +client|id"
+    " +client|unblock"
 )
 
 

@@ -91,6 +91,7 @@ class MemoryBroker(Broker):
         self._tables = Tables()
         self._offset = 0.0
         self._cond = threading.Condition(threading.Lock())
+        self._interrupted = False  # see interrupt()
 
     # -- the clock ------------------------------------------------------------------
 
@@ -256,6 +257,8 @@ class MemoryBroker(Broker):
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         with self._cond:
+            if self._interrupted:
+                return
             if any(self._tables.has_ready(queue) for queue in queues if queue not in self._tables.paused):
                 return
             wake = [r.ready_at for q in queues if (r := self._tables.next_due(q)) is not None]
@@ -267,6 +270,11 @@ class MemoryBroker(Broker):
             ]
             until = min(wake, default=None)
             self._cond.wait(timeout if until is None else max(0.0, min(timeout, until - self.now())))
+
+    def interrupt(self) -> None:
+        with self._cond:
+            self._interrupted = True
+            self._cond.notify_all()
 
     def renew(self, claims: Sequence[Claim], lease: float) -> builtins.list[bool]:
         def change(tables: Tables, now: float) -> builtins.list[bool]:

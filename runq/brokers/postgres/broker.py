@@ -86,6 +86,7 @@ class PostgresBroker(Broker):
         self._connect_timeout = connect_timeout
         self._timeout = max(1, round(connect_timeout))  # libpq's connect_timeout: whole seconds
         self._listener: Listener | None = None
+        self._interrupted = False  # see interrupt()
         self._lock = threading.Lock()
         self._opened = False
         self._last_cleanup = 0.0
@@ -310,6 +311,8 @@ class PostgresBroker(Broker):
         return deleted
 
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
+        if self._interrupted:
+            return
         listener = self._listen()
         names = list(queues)
         mark = listener.work_mark(names)
@@ -332,6 +335,13 @@ class PostgresBroker(Broker):
         if row[1] is not None:
             timeout = min(timeout, max(0.0, row[1]))
         listener.wait_work(names, mark, timeout)
+
+    def interrupt(self) -> None:
+        self._interrupted = True
+        with self._lock:
+            listener = self._listener
+        if listener is not None:
+            listener.interrupt()
 
     def renew(self, claims: Sequence[Claim], lease: float) -> list[bool]:
         """Report which claims are still held; write only the leases past half their time.

@@ -45,6 +45,7 @@ class Listener:
         self.epoch = 0
         self._connected = False
         self._closed = False
+        self._interrupted = False  # see interrupt()
         self._conn: psycopg.Connection[tuple[object, ...]] | None = None
         self._thread = threading.Thread(target=self._run, name="runq-pg-listen", daemon=True)
         self._thread.start()
@@ -64,7 +65,15 @@ class Listener:
         """Block until one of ``queues`` was notified after ``mark``, a reconnect, or ``timeout``."""
         names = tuple(queues)
         with self._cond:
-            self._cond.wait_for(lambda: self.work_mark_locked(names) != mark or self._closed, max(0.0, timeout))
+            self._cond.wait_for(
+                lambda: self.work_mark_locked(names) != mark or self._closed or self._interrupted, max(0.0, timeout)
+            )
+
+    def interrupt(self) -> None:
+        """Every work wait ends now and from now on (its worker is stopping)."""
+        with self._cond:
+            self._interrupted = True
+            self._cond.notify_all()
 
     def work_mark_locked(self, queues: tuple[str, ...]) -> tuple[int, tuple[int, ...]]:
         return self.epoch, tuple(self._work.get(q, 0) for q in queues)

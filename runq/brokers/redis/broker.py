@@ -17,6 +17,7 @@ functions once their ``result_ttl`` passes (``expiring``), a few hundred per cal
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import heapq
 import itertools
@@ -24,6 +25,7 @@ import json
 import logging
 import math
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
@@ -52,7 +54,7 @@ from runq.brokers.redis.keys import (
 )
 from runq.brokers.redis.outbox import Flow
 from runq.brokers.redis.scripts import Call, Functions
-from runq.brokers.redis.waits import BLOCK_SLICE, CLUSTER_SLICE, ThreadWaits, ceil_ms, info_of
+from runq.brokers.redis.waits import BLOCK_SLICE, CLUSTER_SLICE, INTERRUPT_SLICE, ThreadWaits, ceil_ms, info_of
 from runq.brokers.rules import breaker_event
 from runq.logs import mask_url
 from runq.models import (
@@ -135,6 +137,9 @@ class RedisBroker(Broker):
         self._blocking = self._client(options | {"socket_timeout": timeout + BLOCK_SLICE})
         self.functions = Functions(self._r, self.cluster)
         self._blocking_functions = Functions(self._blocking, self.cluster)
+        self._interrupted = False  # see interrupt()
+        self._waiting: set[int] = set()  # CLIENT IDs of this broker's BLPOPs in progress
+        self._waiting_lock = threading.Lock()
         self.flow = Flow(self._r, self.functions)
         self._policy_checked = False
         self._registered: dict[str, float] = {}  # queue -> when this process last added it to QUEUES_KEY
@@ -266,19 +271,45 @@ class RedisBroker(Broker):
         if wait <= 0.001:
             return
         wake_keys = [queue_keys(queue).wake for queue in queues]
+        if self._interrupted:
+            return
         if not self.cluster:
-            (reply,) = self._blocking_functions.send([("BLPOP", *wake_keys, ceil_ms(wait))])
+            client_id = self._blocking_functions.client_id()
+            if client_id is not None:
+                with self._waiting_lock:
+                    self._waiting.add(client_id)
+            try:
+                if self._interrupted:  # interrupt() may have run before this wait could be unblocked
+                    return
+                (reply,) = self._blocking_functions.send([("BLPOP", *wake_keys, ceil_ms(wait))])
+            finally:
+                if client_id is not None:
+                    with self._waiting_lock:
+                        self._waiting.discard(client_id)
             if isinstance(reply, Exception):
                 raise reply
             return
-        if len(wake_keys) == 1:  # routed to the key's node
-            self._blocking.blpop(wake_keys, ceil_ms(wait))
-            return
-        # Cluster: the wake lists live in different slots, and one BLPOP reaches one slot.
+        # Cluster: a BLPOP reaches one slot (the wake lists of several queues live in different
+        # ones), and its connection is the cluster client's: waits go in slices, and interrupt()
+        # is seen between them.
         deadline = time.monotonic() + wait
+        one = len(wake_keys) == 1
         for key in _cycle(wake_keys):
-            if self._blocking.blpop([key], CLUSTER_SLICE) is not None or time.monotonic() >= deadline:
+            block = min(INTERRUPT_SLICE, max(0.0, deadline - time.monotonic())) if one else CLUSTER_SLICE
+            if self._blocking.blpop([key], ceil_ms(block)) is not None or self._interrupted:
                 return
+            if time.monotonic() >= deadline:
+                return
+
+    def interrupt(self) -> None:
+        """Unblock this broker's waits now (``CLIENT UNBLOCK``: the BLPOP answers as at its
+        timeout). A cluster's wait ends at the end of its slice (``INTERRUPT_SLICE`` at most)."""
+        self._interrupted = True
+        with self._waiting_lock:
+            waiting = list(self._waiting)
+        for client_id in waiting:
+            with contextlib.suppress(redis.RedisError):  # an ACL refuses it, or the server is gone: the timeout ends it
+                self._r.execute_command("CLIENT", "UNBLOCK", client_id)
 
     @_guarded
     def renew(self, claims: Sequence[Claim], lease: float) -> list[bool]:

@@ -99,6 +99,8 @@ class _Lane(threading.local):
     connection: Any = None
     pid = 0
     generation = 0
+    client_id: int | None = None  # the server's CLIENT ID of the socket id_of
+    id_of: Any = None
 
 
 def _disconnect_all(lanes: dict[int, Any]) -> None:
@@ -179,6 +181,17 @@ class Functions:
             callback = callbacks.get(command[0])  # as redis-py's own commands answer (BLPOP: a tuple)
             replies.append(reply if callback is None else callback(reply))
         return replies
+
+    def client_id(self) -> int | None:
+        """This thread's lane's ``CLIENT ID`` (asked once per socket), the name ``CLIENT
+        UNBLOCK`` needs; ``None`` where the server refuses it (an ACL without the command)."""
+        lane = self._lane
+        connection = self._connection()
+        if lane.id_of is not connection._sock or connection._sock is None:
+            (reply,) = self.send([("CLIENT", "ID")])
+            lane.client_id = None if isinstance(reply, Exception) else int(reply)
+            lane.id_of = connection._sock
+        return lane.client_id
 
     def close(self) -> None:
         with self._lanes_lock:

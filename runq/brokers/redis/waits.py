@@ -74,6 +74,7 @@ class AsyncSource(Protocol):
 
 BLOCK_SLICE = 5.0  # longest single blocking call, so a lost connection is noticed
 CLUSTER_SLICE = 0.05  # per-queue blocking slice when the queues live in different slots
+INTERRUPT_SLICE = 0.25  # a cluster worker's idle wait on one queue: how soon it sees interrupt()
 RECHECK = BLOCK_SLICE  # read an awaited task's state again when not heard of for this long
 IDLE = 10.0  # a driver with nothing to wait for ends after this long
 PLAIN_TOKENS = (b"1", b"gone", "1", "gone")  # a wake-up without the state (outbox.py), or gone

@@ -77,6 +77,7 @@ class SQLiteBroker(Broker):
         self._busy_timeout = max(connect_timeout, 30.0)
         self._connect_timeout = connect_timeout
         self._local = threading.local()
+        self._interrupted = threading.Event()  # see interrupt()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._last_cleanup = 0.0
@@ -332,6 +333,8 @@ class SQLiteBroker(Broker):
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Until a commit by another connection since this thread's last claim looked (or, with
         no claim before, since now), a due time, or ``timeout``."""
+        if self._interrupted.is_set():
+            return
         deadline = time.monotonic() + timeout
         seen: int | None = self._local.__dict__.pop("seen", None)  # once: a second wait must not spin
         marks = ",".join("?" * len(queues))
@@ -347,7 +350,11 @@ class SQLiteBroker(Broker):
             deadline = min(deadline, time.monotonic() + max(0.0, row[0] - self.clock()))
         # Paced as ever (the first look after FIRST_POLL), so a worker whose queues are dry while
         # other connections commit all the time claims at most every millisecond.
-        follow.until_changed(self._data_version, self._data_version() if seen is None else seen, deadline)
+        seen = self._data_version() if seen is None else seen
+        follow.until_changed(self._data_version, seen, deadline, stop=self._interrupted)
+
+    def interrupt(self) -> None:
+        self._interrupted.set()
 
     def renew(self, claims: Sequence[Claim], lease: float) -> list[bool]:
         """Read which claims are still held (that is how a worker learns of a cancel), and

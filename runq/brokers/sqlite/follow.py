@@ -12,6 +12,7 @@ The price: states closer together than the poll show as one change, the latest (
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
@@ -31,12 +32,18 @@ POLL = 0.025
 GROWTH = 1.25
 
 
-def until_changed(version: Callable[[], int], seen: int, deadline: float, longest: float = POLL) -> bool:
+def until_changed(
+    version: Callable[[], int], seen: int, deadline: float, longest: float = POLL, stop: threading.Event | None = None
+) -> bool:
     """Wait until ``version()`` (``PRAGMA data_version`` of one connection) moves from ``seen``
-    (``True``), or until the monotonic ``deadline`` (``False``); ``longest``: the interval's cap."""
+    (``True``), or until the monotonic ``deadline`` or ``stop`` (``False``); ``longest``: the
+    interval's cap."""
     interval = FIRST_POLL
     while (remaining := deadline - time.monotonic()) > 0:
-        time.sleep(min(interval, remaining))
+        if stop is None:
+            time.sleep(min(interval, remaining))
+        elif stop.wait(min(interval, remaining)):
+            return False
         if version() != seen:
             return True
         interval = min(longest, interval * GROWTH)

@@ -79,7 +79,12 @@ class Celery(App):
         if known is not None or task.name in self.tasks:
             raise ValueError(f"a different task is already registered as {task.name!r}")
         config = task.config
-        defaults = {"timeout": config.time_limit, "rate_limit": config.rate_limit, "retries": config.retries_cap}
+        defaults = {
+            "timeout": config.time_limit,
+            "soft_timeout": config.soft_time_limit,
+            "rate_limit": config.rate_limit,
+            "retries": config.retries_cap,
+        }
         options: dict[str, Any] = {k: v for k, v in defaults.items() if v is not None}
         App.task(self, name=task.name, retry_for=(runq.Retry,), **options)(runner(task))
         self._celery_tasks[task.name] = task

@@ -22,8 +22,6 @@ SEND_NO_OPS = {
     "add_to_parent": "runq keeps no parent/child trail",
 }
 SEND_REFUSED = {
-    "expires": "runq has no expiry yet (the coming task option is `expires`); revoke() a task that must not run",
-    "soft_time_limit": "runq has no soft time limit yet (the coming option is `soft_timeout`); use time_limit",
     "link": "chain the tasks with runq.chain(a.s(...), b.s()), or @app.task(on_success=...)",
     "link_error": "use @app.task(on_failure=...) on a runq task",
     "task_id": "runq makes a task's id (it carries the queue)",
@@ -53,7 +51,6 @@ CONF_NO_OPS = frozenset(
     }
 )
 CONF_REFUSED = {
-    "task_soft_time_limit": "runq has no soft time limit yet (the coming option is `soft_timeout`)",
     "beat_schedule": "give the task @app.periodic(cron=... or every=...) and run `runq beat APP`",
     "task_always_eager": "test with runq.App('memory://') and app.drain(), or call the task function",
     "task_queues": "runq makes a queue on first use; list the worker's with `runq worker --queues`",
@@ -70,6 +67,7 @@ class Config:
     default_queue: str | None
     default_priority: int | None
     time_limit: float | None
+    soft_time_limit: float | None
     imports: list[str]  # modules a worker imports (include=, imports, autodiscover_tasks)
 
     def __init__(self, app: App | None = None) -> None:
@@ -79,6 +77,7 @@ class Config:
             "default_queue": None,
             "default_priority": None,
             "time_limit": None,
+            "soft_time_limit": None,
         }
         for name, value in {**fresh, "imports": []}.items():
             object.__setattr__(self, name, value)
@@ -158,6 +157,7 @@ _HANDLERS: dict[str, Callable[[Config, Any], None]] = {
     "task_default_queue": lambda conf, v: setattr(conf, "default_queue", check_queue(v)),
     "task_default_priority": lambda conf, v: setattr(conf, "default_priority", v),
     "task_time_limit": lambda conf, v: setattr(conf, "time_limit", v),
+    "task_soft_time_limit": lambda conf, v: setattr(conf, "soft_time_limit", v),
     "task_routes": _set_routes,
     "task_serializer": _set_serializer,
     "result_serializer": _set_serializer,

@@ -4,7 +4,7 @@ Retry                      raised by ``self.retry()``: a runq.Retry, so the work
 MaxRetriesExceededError    ``self.retry()`` past ``max_retries`` without an ``exc`` to re-raise
 TimeoutError               ``AsyncResult.get(timeout=...)`` ran out (also a builtin TimeoutError)
 TaskRevokedError           ``AsyncResult.get()`` of a task that was cancelled (revoked)
-SoftTimeLimitExceeded      never raised: ``soft_time_limit`` is refused until runq has ``soft_timeout``
+SoftTimeLimitExceeded      raised inside a task at its ``soft_time_limit``: it is runq.SoftTimeout itself
 """
 
 from __future__ import annotations
@@ -38,5 +38,6 @@ class TaskRevokedError(Exception):
     """The task was revoked (runq: cancelled) before it finished."""
 
 
-class SoftTimeLimitExceeded(Exception):
-    """Importable for ``except SoftTimeLimitExceeded:`` code; runq never raises it (no soft limits yet)."""
+# runq raises its own SoftTimeout at a task's soft_timeout (what soft_time_limit maps to): the same
+# class, so ``except SoftTimeLimitExceeded:`` in Celery code catches it, and get() raises it.
+SoftTimeLimitExceeded = runq.SoftTimeout

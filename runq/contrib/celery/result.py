@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 from runq.context import current
 from runq.contrib.celery import states
 from runq.contrib.celery.config import Current
-from runq.contrib.celery.exceptions import TaskRevokedError, TimeoutError
-from runq.errors import TaskCancelled, TaskFailed
+from runq.contrib.celery.exceptions import SoftTimeLimitExceeded, TaskRevokedError, TimeoutError
+from runq.errors import ErrorKind, TaskCancelled, TaskFailed
 from runq.models import Status, TaskInfo, queue_of
 
 if TYPE_CHECKING:
@@ -151,6 +151,8 @@ def _exception(info: TaskInfo) -> BaseException:
     error = info.error or {}
     if info.status is Status.CANCELLED:
         return TaskRevokedError(error.get("message") or "revoked")
+    if error.get("type") == ErrorKind.SOFT_TIMEOUT:  # recorded under runq's own name
+        return SoftTimeLimitExceeded(str(error.get("message", "")))
     rebuilt = rebuild_exception(str(error.get("type", "")), str(error.get("message", "")))
     return rebuilt if rebuilt is not None else TaskFailed(info.id, error)
 

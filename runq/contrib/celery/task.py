@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from runq.context import current
@@ -41,8 +41,6 @@ NO_OP_OPTIONS = {
     "trail": "runq keeps no child-task trail",
 }
 REFUSED_OPTIONS = {
-    "soft_time_limit": "runq has no soft time limit yet (the coming task option is `soft_timeout`); "
-    "use time_limit, runq's hard `timeout`",
     "base": "runq has no Task subclasses: watch tasks with runq.Middleware",
 }
 RETRIES_FOREVER = MAX_RETRIES  # max_retries=None: runq's retries are a number, at most this
@@ -62,6 +60,8 @@ class TaskConfig:
     retry_backoff_max: float = 600.0
     retry_jitter: bool = True
     time_limit: float | None = None
+    soft_time_limit: float | None = None  # runq's soft_timeout: SoftTimeLimitExceeded is runq.SoftTimeout
+    expires: float | timedelta | datetime | None = None  # from the call, as apply_async(expires=...)
     rate_limit: str | None = None
     queue: str | None = None
     priority: int | None = None
@@ -81,8 +81,6 @@ def parse_task_options(name: str, options: Mapping[str, Any]) -> TaskConfig:
     if values.get("serializer", "json") != "json":
         raise NotImplementedError(f"serializer={values['serializer']!r}: runq is JSON only (no pickle)")
     values.pop("serializer", None)
-    if values.get("soft_time_limit") is None:
-        values.pop("soft_time_limit", None)
     if values.get("base") in (None, Task):
         values.pop("base", None)
     for key, why in REFUSED_OPTIONS.items():
@@ -296,7 +294,7 @@ def call_options(app: App, name: str, options: Mapping[str, Any], config: TaskCo
         if values.get(key) is not None:
             raise NotImplementedError(f"apply_async({key}=...): {why}")
         values.pop(key, None)
-    mapped = {"countdown", "eta", "queue", "priority", "time_limit"}
+    mapped = {"countdown", "eta", "expires", "queue", "priority", "time_limit", "soft_time_limit"}
     unknown = sorted(set(values) - mapped)
     if unknown:
         names, supported = ", ".join(unknown), ", ".join(sorted(mapped))
@@ -307,12 +305,16 @@ def call_options(app: App, name: str, options: Mapping[str, Any], config: TaskCo
         "queue": values.get("queue") or conf.route(name) or own.queue or conf.default_queue,
         "priority": values.get("priority", own.priority if own.priority is not None else conf.default_priority),
         "timeout": values.get("time_limit") or own.time_limit or conf.time_limit,
+        "soft_timeout": values.get("soft_time_limit") or own.soft_time_limit or conf.soft_time_limit,
         "retries": config.retries_cap if config else None,
     }
     if values.get("countdown") is not None:
         result["delay"] = max(0.0, float(values["countdown"]))
     if values.get("eta") is not None:
         result["eta"] = _aware(values["eta"])
+    expires = values.get("expires", own.expires)
+    if expires is not None:  # seconds or a datetime from now: not started by then, it ends REVOKED
+        result["expires"] = _aware(expires) if isinstance(expires, datetime) else expires
     return Options.build({k: v for k, v in result.items() if v is not None})
 
 
