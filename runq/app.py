@@ -336,6 +336,9 @@ class App:
             rules.check_soft_timeout(opts.soft_timeout, opts.timeout)
         delay, flow = _flow(name, opts, _delay_of(opts), args_list, kwargs_dict, task, leading)
         queue = opts.queue or "default"
+        result_ttl = opts.result_ttl or self.settings.result_ttl
+        if opts.key is not None and opts.result_ttl is None:  # a key answers only while its task is kept
+            result_ttl = max(result_ttl, self.settings.key_ttl)
         message = Message(
             id=new_task_id(queue),
             name=name,
@@ -350,7 +353,7 @@ class App:
             backoff_max=opts.backoff_max,
             jitter=opts.jitter,
             timeout=opts.timeout,
-            result_ttl=opts.result_ttl or self.settings.result_ttl,
+            result_ttl=result_ttl,
             soft_timeout=opts.soft_timeout,
             after=opts.after or (),
             pass_results=pass_results,

@@ -30,6 +30,16 @@ LATEST = datetime(9999, 12, 30, tzinfo=timezone.utc)
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
+# Seconds a finished task's record (its result, or why it ended) is kept: ``Settings.result_ttl``'s
+# default (runq/settings.py, ``RUNQ_RESULT_TTL``), defined here because a message leaves a
+# result_ttl equal to it out of its payload and the Redis functions read that absence as it.
+# Ten minutes, not a day: every finished task costs ~0.5-0.9 kB on each broker for this long,
+# ~1 GB of Redis at 2,000 tasks/s (docs/reliability.md, "Retention"; bench/retention.py).
+DEFAULT_RESULT_TTL = 600.0
+# A workflow step whose result (or end) a later step reads is kept at least this long unless its
+# result_ttl was chosen (runq/workflow.py: kept_for_later_steps): a backlog may delay that step.
+WORKFLOW_RESULT_TTL = 86400.0
+
 
 class Status(str, enum.Enum):
     """Where a task is in its lifecycle (SPEC §3)."""
@@ -116,7 +126,7 @@ class Message:
     backoff_max: float | None = None
     jitter: bool | None = None
     timeout: float | None = None
-    result_ttl: float = 86400.0
+    result_ttl: float = DEFAULT_RESULT_TTL
     soft_timeout: float | None = None  # SoftTimeout raised inside the task; written only when set
     after: tuple[str, ...] = ()
     # Workflow steps: "first" prepends the result of after[0] to args (chain), "list"
@@ -227,7 +237,7 @@ class Outcome:
     result: str | None = None
     error: Mapping[str, Any] | None = None
     delay: float = 0.0
-    result_ttl: float = 86400.0
+    result_ttl: float = DEFAULT_RESULT_TTL
     uncount: bool = False
     runtime: float | None = None
     breaker: BreakerRule | None = None  # set on a run's end (never a release) of a task with a breaker
@@ -419,6 +429,12 @@ class QueueStats:
     succeeded: int = 0
     failed: int = 0
     cancelled: int = 0
+
+    @property
+    def retained(self) -> int:
+        """Finished tasks kept: succeeded and cancelled ones for their ``result_ttl``, failed
+        ones until purged (docs/reliability.md, "Retention")."""
+        return self.succeeded + self.failed + self.cancelled
 
 
 @dataclass(frozen=True)

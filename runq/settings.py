@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from runq.models import DEFAULT_RESULT_TTL
 from runq.options import check_queue, check_seconds, parse_queues
 from runq.signing import check_keys
 
@@ -33,7 +34,7 @@ class Settings:
     pool: str = "process"
     lease: float = 30.0
     grace: float = 30.0
-    result_ttl: float = 86400.0
+    result_ttl: float = DEFAULT_RESULT_TTL  # runq/models.py: why ten minutes
     key_ttl: float = 86400.0
     max_payload: int = 1024 * 1024
     connect_timeout: float = 5.0

@@ -60,7 +60,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
 
 from runq.handles import BatchHandle, GroupHandle, Handle, summarise
-from runq.models import Message, Status, TaskInfo, queue_of
+from runq.models import WORKFLOW_RESULT_TTL, Message, Status, TaskInfo, queue_of
 from runq.tasks import Options, Signature
 
 if TYPE_CHECKING:
@@ -342,9 +342,28 @@ class _Plan:
     def enqueue(self, tail: _Tail) -> list[str]:
         """Enqueue every planned message; the ids of ``tail`` as the broker gave them (an
         idempotency key may answer with an earlier task's id)."""
-        ids = self.app.broker.enqueue(self.messages, self.app.settings.key_ttl)
+        ids = self.app.broker.enqueue(self.kept_for_later_steps(), self.app.settings.key_ttl)
         self.given = dict(zip((message.id for message in self.messages), ids, strict=True))
         return [self.given[task_id] for task_id in tail.ids]
+
+    def kept_for_later_steps(self) -> list[Message]:
+        """The messages, each step whose result (or end) a later step reads kept at least
+        :data:`~runq.models.WORKFLOW_RESULT_TTL` unless its own ``result_ttl`` was chosen.
+
+        A later step reads its parents' records when it starts, which a backlog can put long
+        after they ended: with the short default ``result_ttl`` a chord's first members would
+        be gone before its callback starts. A step left at the App's default is kept a day, as
+        every step was before that default became ten minutes; one given a ``result_ttl`` of its
+        own (by its task or its call) keeps it.
+        """
+        read = {parent for m in self.messages if m.pass_results or m.after_final for parent in m.after}
+        default = self.app.settings.result_ttl
+        return [
+            dataclasses.replace(m, result_ttl=max(default, WORKFLOW_RESULT_TTL))
+            if m.id in read and m.result_ttl == default
+            else m
+            for m in self.messages
+        ]
 
     def _group(self, members: tuple[Workflow, ...], before: _Tail | None) -> _Tail:
         if not members and before is not None and before.ids:

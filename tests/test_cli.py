@@ -167,7 +167,7 @@ def test_status_and_metrics(app: runq.App, broker_url: str) -> None:
     assert text[3].split()[:3] == ["total", "1", "1"]
 
     metrics = ok_json("metrics", "--url", broker_url)
-    assert set(metrics) == {"queues", "counters", "wait", "run", "throughput", "breakers"}
+    assert set(metrics) == {"queues", "counters", "wait", "run", "throughput", "breakers", "retained"}
     assert metrics["counters"]["enqueued"] == 2 and set(metrics["wait"]) == {"p50", "p95", "p99"}
     text = cli("metrics", "--url", broker_url).stdout
     assert "p50" in text and "throughput" in text and "enqueued" in text

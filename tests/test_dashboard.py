@@ -215,7 +215,9 @@ def test_snapshot_carries_what_the_page_shows(app: runq.App, api: httpx.Client) 
     make_failed(app)
     app.enqueue("t")
     snap = api.get("/api/snapshot").json()
-    assert set(snap) == {"time", "stats", "workers", "dead", "recent", "periodic", "paused"}
+    assert set(snap) == {"time", "stats", "workers", "dead", "recent", "periodic", "paused", "retained"}
+    assert snap["retained"]["tasks"] == 1  # the failed task (kept until purged)
+    assert isinstance(snap["retained"]["storage_bytes"], int)  # every broker here can say
     assert [t["status"] for t in snap["recent"]] == ["pending", "failed"]
     assert len(snap["dead"]) == 1
     assert snap["stats"]["queues"]["default"]["pending"] == 1

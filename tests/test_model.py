@@ -46,7 +46,17 @@ from hypothesis.stateful import (
 )
 
 from runq.brokers import Broker
-from runq.models import BreakerRule, Claim, Message, Outcome, Status, TaskInfo, WorkerInfo, new_task_id
+from runq.models import (
+    DEFAULT_RESULT_TTL,
+    BreakerRule,
+    Claim,
+    Message,
+    Outcome,
+    Status,
+    TaskInfo,
+    WorkerInfo,
+    new_task_id,
+)
 from tests.support.clock import Clock, clocked
 
 U = 1000.0  # the model's unit of time (see the module docstring)
@@ -278,7 +288,7 @@ def messages(draw: st.DrawFn, parents: list[str], made: int) -> Message:
         delay=debounce or draw(st.sampled_from([0.0, U, 3 * U]), label="delay"),
         key=key,
         after=after,
-        result_ttl=draw(st.sampled_from([2 * U, 86400.0]), label="result_ttl"),
+        result_ttl=draw(st.sampled_from([2 * U, 86400.0, DEFAULT_RESULT_TTL]), label="result_ttl"),
         expires=draw(st.sampled_from([None, 2 * U, 5 * U]), label="expires"),
         debounce=debounce,
         slot=slot,

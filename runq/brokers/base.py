@@ -247,6 +247,14 @@ class Broker(ABC):
     def workers(self) -> builtins.list[WorkerInfo]:
         """Workers whose heartbeat is still live."""
 
+    def storage_bytes(self) -> int | None:
+        """Bytes the broker's store takes now: what queued and retained (finished, kept for
+        ``result_ttl``) tasks cost (docs/reliability.md, "Retention"). Redis: ``used_memory``
+        (summed over a cluster's masters); PostgreSQL: runq's tables with their indexes and TOAST;
+        SQLite: the file and its WAL. ``None`` when the broker cannot say (``memory://``, a Redis
+        user not allowed ``INFO``)."""
+        return None
+
     @abstractmethod
     def interrupt(self) -> None:
         """End ``wait_for_work`` at once, now and from now on: the worker that owns this broker

@@ -114,11 +114,13 @@ def _pause(queue: str, url: str | None, as_json: bool, paused: bool) -> None:
 @main.command()
 @common
 def metrics(url: str | None, as_json: bool) -> None:
-    """Counts, counters, wait/run latency p50/p95/p99 (last 5 min) and throughput (last minute)."""
+    """Counts, counters, wait/run latency p50/p95/p99 (last 5 min), throughput (last minute), and
+    the finished tasks kept with the bytes the broker's store takes (docs/reliability.md, "Retention")."""
     app = _app(url, create=False)
     stats = _started_only(app.stats(), app.workers())
+    retained = {"tasks": sum(q.retained for q in stats.queues.values()), "storage_bytes": app.broker.storage_bytes()}
     if as_json:
-        out.echo_json({**stats.to_dict(), "breakers": _breakers_json(stats.breakers)})
+        out.echo_json({**stats.to_dict(), "breakers": _breakers_json(stats.breakers), "retained": retained})
         return
     _queue_table(stats)
     counters = stats.counters
@@ -126,6 +128,9 @@ def metrics(url: str | None, as_json: bool) -> None:
     rows = [(kind, *(out.seconds(getattr(p, q)) for q in ("p50", "p95", "p99"))) for kind, p in _latency(stats)]
     out.table(("latency, last 5 min", "p50", "p95", "p99"), rows)
     out.line(f"throughput {out.rate(stats.throughput)} (tasks finished, last minute)", "bold")
+    stored = retained["storage_bytes"]
+    size = "" if stored is None else f"; the broker's store takes {stored / 1e6:,.1f} MB"
+    out.line(f"retained {retained['tasks']:,} finished tasks (kept for result_ttl, failed until purged){size}")
 
 
 def _latency(stats: Stats) -> list[tuple[str, Any]]:

@@ -228,6 +228,16 @@ class StatsOut(BaseModel):
     throughput: float = Field(description="Tasks finished per second over the last minute.")
 
 
+class RetainedOut(BaseModel):
+    """What finished tasks kept for their result_ttl cost (docs/reliability.md, "Retention")."""
+
+    tasks: int = Field(description="Finished tasks kept: succeeded and cancelled for result_ttl, failed until purged.")
+    storage_bytes: int | None = Field(
+        description="Bytes the broker's store takes (Redis used_memory, PostgreSQL runq's tables, SQLite's file);"
+        " null when the broker cannot say."
+    )
+
+
 class PurgeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -275,6 +285,7 @@ class Snapshot(BaseModel):
     recent: list[TaskOut]
     periodic: list[PeriodicOut] = Field(description="APP's periodic tasks, soonest first.")
     paused: list[str] = Field(default_factory=list, description="The queues paused now.")
+    retained: RetainedOut
 
 
 QUEUE = Path(pattern=QUEUE_NAME.pattern, description="A queue name (runq/options.py: check_queue).")
@@ -501,14 +512,18 @@ def _live(app: App, interval: float) -> APIRouter:
 
     def snapshot() -> Snapshot:
         now = time.time()
+        stats = app.stats()
         return Snapshot(
             time=now,
-            stats=StatsOut.model_validate(app.stats().to_dict()),
+            stats=StatsOut.model_validate(stats.to_dict()),
             workers=[worker_out(w, now) for w in app.workers()],
             dead=[task_out(t) for t in app.list(Status.FAILED, None, DEAD_LETTER_LIMIT)],
             recent=[task_out(t) for t in app.list(None, None, RECENT_LIMIT)],
             periodic=periodic_out(app, now),
             paused=sorted(app.paused()),
+            retained=RetainedOut(
+                tasks=sum(q.retained for q in stats.queues.values()), storage_bytes=app.broker.storage_bytes()
+            ),
         )
 
     @router.get("/snapshot", response_model=Snapshot)

@@ -55,6 +55,7 @@ class RunqCollector(Collector):
             stats = self.app.stats()
             workers = self.app.workers()
             per_task = read(self.app.broker.task_metrics())
+            stored = self.app.broker.storage_bytes()
         except (RunqError, OSError):
             up.add_metric([], 0)
             yield up
@@ -67,6 +68,7 @@ class RunqCollector(Collector):
             for state in STATES:
                 depth.add_metric([queue, state], getattr(counts, state))
         yield depth
+        yield from retention_metrics(stats.queues, stored)
 
         for name in (*COUNTERS, *sorted(set(stats.counters) - set(COUNTERS))):
             help_text = COUNTER_HELP.get(name, f"Tasks counted as {name}.")
@@ -84,6 +86,26 @@ class RunqCollector(Collector):
 
         yield from _worker_metrics(workers)
         yield queue_load(stats.queues, workers)
+
+
+def retention_metrics(queues: dict[str, QueueStats], stored: int | None) -> Iterator[GaugeMetricFamily]:
+    """What finished tasks kept for their ``result_ttl`` cost (docs/reliability.md, "Retention"):
+    how many each queue retains (``failed`` ones until purged) and the broker store's bytes."""
+    retained = GaugeMetricFamily(
+        "runq_retained_tasks",
+        "Finished tasks the broker keeps (succeeded and cancelled for result_ttl, failed until purged).",
+        labels=["queue"],
+    )
+    for queue, counts in sorted(queues.items()):
+        retained.add_metric([queue], counts.retained)
+    yield retained
+    if stored is not None:
+        size = GaugeMetricFamily(
+            "runq_broker_storage_bytes",
+            "Bytes the broker's store takes: Redis used_memory, PostgreSQL runq's tables and indexes, SQLite's file.",
+        )
+        size.add_metric([], stored)
+        yield size
 
 
 def _task_metrics(series: list[TaskSeries]) -> Iterator[CounterMetricFamily | HistogramMetricFamily]:

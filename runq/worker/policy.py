@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runq.errors import ErrorKind, retries_on
-from runq.models import BreakerRule, Claim, Message, Outcome
+from runq.models import DEFAULT_RESULT_TTL, BreakerRule, Claim, Message, Outcome
 from runq.observe.middleware import FinishStatus, TaskOutcome
 from runq.worker.ended import Crashed, Error, Failed, Finished, HandedBack, Held, Refused, Settled, TimedOut
 
@@ -50,7 +50,7 @@ class Policy:
     timeout: float | None = None
     soft_timeout: float | None = None  # runq.SoftTimeout raised inside the task (runq/worker/soft.py)
     retry_for: tuple[type[BaseException], ...] = ()  # empty: every error is retried
-    result_ttl: float = 86400.0
+    result_ttl: float = DEFAULT_RESULT_TTL
     breaker: BreakerRule | None = None  # told how each run ended, in the settle of its outcome
 
     @classmethod

@@ -549,6 +549,22 @@ class RedisBroker(Broker):
     def ping(self) -> None:
         self._r.ping()
 
+    @_guarded
+    def storage_bytes(self) -> int | None:
+        try:
+            where = {"target_nodes": "primaries"} if self.cluster else {}  # RedisCluster.PRIMARIES
+            found: Mapping[str, Any] = self._r.info("memory", **where)
+        except (redis.ConnectionError, redis.TimeoutError):
+            raise
+        except redis.RedisError as exc:  # INFO not allowed (the README's least-privilege ACL)
+            log.debug("cannot read used_memory: %s", exc)
+            return None
+        if "used_memory" in found:
+            return int(found["used_memory"])
+        # A cluster answers per master: their sum is what runq's data takes (replicas hold copies).
+        nodes = [info for info in found.values() if isinstance(info, Mapping) and "used_memory" in info]
+        return sum(int(info["used_memory"]) for info in nodes) if nodes else None
+
     def close(self) -> None:
         self._events.close()
         self._waits.close()

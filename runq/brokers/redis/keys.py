@@ -10,7 +10,8 @@ Key layout (``q`` is the queue name; every key of a queue carries the hash tag `
 a function touches exactly one cluster slot):
 
     runq:{q}:tasks            hash    id -> task record (JSON: status, attempts, token, times...);
-                                      none for a pending task never claimed (see lib.lua)
+                                      none for a pending task never claimed; a finished one
+                                      with one-letter names (lib.lua: encode, decode)
     runq:{q}:payloads         hash    id -> Message JSON, as enqueued
     runq:{q}:pending          zset    id -> (100 - priority) * 2^44 + seq   (claim order)
     runq:{q}:scheduled        zset    id -> ready_at
@@ -58,7 +59,7 @@ import json
 from typing import NamedTuple
 
 from runq.brokers.rules import EXPIRED, WORKER_LOST
-from runq.models import Status, queue_of
+from runq.models import DEFAULT_RESULT_TTL, Status, queue_of
 
 QUEUES_KEY = "runq:queues"
 WORKERS_KEY = "runq:workers"
@@ -226,7 +227,12 @@ def lua_layouts() -> str:
     constants the scripts share with the other brokers (brokers/rules.py)."""
     lines = [
         f"local {name} = {json.dumps(value)}"
-        for name, value in (("WORKER_LOST", WORKER_LOST), ("EXPIRED", EXPIRED), ("EVENTS", EVENTS))
+        for name, value in (
+            ("WORKER_LOST", WORKER_LOST),
+            ("EXPIRED", EXPIRED),
+            ("EVENTS", EVENTS),
+            ("DEFAULT_RESULT_TTL", DEFAULT_RESULT_TTL),  # a payload without result_ttl has this one
+        )
     ]
     for table, layout in LAYOUTS.items():
         entries = ", ".join(f"{field} = {i}" for i, field in enumerate(layout))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -551,6 +552,12 @@ class SQLiteBroker(Broker):
 
     def stats(self) -> Stats:
         return inspect.stats(self._read(), self.clock())
+
+    def storage_bytes(self) -> int | None:
+        try:
+            return sum(os.path.getsize(path) for path in (self.path, f"{self.path}-wal") if os.path.exists(path))
+        except OSError:
+            return None
 
     @staticmethod
     def _count(db: sqlite3.Connection, name: str, amount: int) -> None:

@@ -115,6 +115,9 @@ function render(snap) {
     el("div", {}, el("dt", {}, k), el("dd", {}, v.toLocaleString()))));
   for (const kind of ["wait", "run"]) for (const p of ["p50", "p95", "p99"]) $(`${kind}-${p}`).textContent = seconds(snap.stats[kind][p]);
   $("throughput").textContent = snap.stats.throughput.toFixed(1) + " /s";
+  const kept = snap.retained;
+  $("retained").textContent = kept.tasks.toLocaleString() + " tasks" +
+    (kept.storage_bytes == null ? "" : " · broker store " + (kept.storage_bytes / 1e6).toFixed(1) + " MB");
 
   // A paused queue is marked, and listed even while empty; its button resumes it.
   const paused = new Set(snap.paused || []);

@@ -72,7 +72,7 @@ while not paused and #claims < limit do
   local payloads = redis.call('HMGET', Q.payloads, unpack(ids))
   local plain, running, saved = {}, {}, {}
   for i, id in ipairs(ids) do
-    local rec = records[i] and cjson.decode(records[i]) or fresh(id, tonumber(found[2 * i]))
+    local rec = records[i] and decode(records[i]) or fresh(id, tonumber(found[2 * i]))
     if rec.deadline and tonumber(rec.deadline) <= now then
       expire(id, rec, now)
     elseif rec.slot and seats(rec.slot, false) >= tonumber(rec.cap) then
@@ -93,7 +93,7 @@ while not paused and #claims < limit do
         running[#running + 1] = id
       end
       saved[#saved + 1] = id
-      saved[#saved + 1] = cjson.encode(rec)
+      saved[#saved + 1] = encode(rec)
       claims[#claims + 1] = {id, payloads[i] or '', rec.attempts, rec.token}
     end
   end

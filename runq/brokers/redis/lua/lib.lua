@@ -22,7 +22,6 @@ local SAMPLE_CAP = 4096
 local TWO_44 = 17592186044416
 local TWO_50 = 1125899906842624
 local OUTBOX_GRACE = 5  -- seconds before claim hands an unapplied outbox step to its worker
-local DEFAULT_RESULT_TTL = 86400  -- runq.models.Message.result_ttl
 
 -- Per call (begin): INDEX, the zset of each indexed state (by seq: enqueue order, list.lua);
 -- PLACE, the zset that orders a task while it is in a state, for the states that have one;
@@ -54,17 +53,69 @@ local function fresh(id, score)
   }
 end
 
+-- A finished record is kept for its result_ttl, so it is stored compact: one-letter
+-- (upper-case: no field is named so) names for its fields, the status as a letter, a
+-- priority of 0 left out, and without the fields only an unfinished task reads (its
+-- claim score and ready_at: a retry sets both again). Every other record, and every record
+-- a function hands back, keeps the long names; decode() reads both forms, so records an
+-- older runq wrote read as before. bench/retention.py measures what this saves.
+local SHORT = {
+  status = 'S', attempts = 'A', priority = 'P', seq = 'Q', result = 'R', error = 'E', worker = 'W',
+  settled = 'T', enqueued_at = 'N', started_at = 'B', finished_at = 'F', expires_at = 'X',
+  result_ttl = 'L', progress = 'G',
+}
+local LONG = {  -- SHORT inverted (written out: a library's load cannot call pairs)
+  S = 'status', A = 'attempts', P = 'priority', Q = 'seq', R = 'result', E = 'error', W = 'worker',
+  T = 'settled', N = 'enqueued_at', B = 'started_at', F = 'finished_at', X = 'expires_at',
+  L = 'result_ttl', G = 'progress',
+}
+local UNFINISHED_ONLY = {score = true, ready_at = true}
+local STATUS_CODE = {succeeded = 's', failed = 'f', cancelled = 'c'}
+local STATUS_OF = {s = 'succeeded', f = 'failed', c = 'cancelled'}
+
+local function decode(raw)
+  local rec = cjson.decode(raw)
+  if rec.S == nil then
+    return rec
+  end
+  local long = {}
+  for name, value in pairs(rec) do
+    long[LONG[name] or name] = value
+  end
+  long.status = STATUS_OF[rec.S] or rec.S
+  long.priority = long.priority or 0
+  return long
+end
+
+local function encode(rec)
+  local code = STATUS_CODE[rec.status]
+  if not code then
+    return cjson.encode(rec)
+  end
+  local short = {}
+  for name, value in pairs(rec) do
+    if not UNFINISHED_ONLY[name] then
+      short[SHORT[name] or name] = value
+    end
+  end
+  short.S = code
+  if short.P == 0 then
+    short.P = nil
+  end
+  return cjson.encode(short)
+end
+
 local function load(id)
   local raw = redis.call('HGET', Q.tasks, id)
   if raw then
-    return cjson.decode(raw)
+    return decode(raw)
   end
   local score = redis.call('ZSCORE', Q.pending, id)
   return score and fresh(id, tonumber(score)) or nil
 end
 
 local function save(id, rec)
-  redis.call('HSET', Q.tasks, id, cjson.encode(rec))
+  redis.call('HSET', Q.tasks, id, encode(rec))
 end
 
 -- A task that exists and has not outlived its result_ttl.

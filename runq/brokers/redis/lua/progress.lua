@@ -12,7 +12,7 @@ local stored = {}
 for i = 1, #ARGV, PRO_N do
   local id = ARGV[i + PRO.id]
   local raw = redis.call('HGET', Q.tasks, id)
-  local rec = raw and cjson.decode(raw)
+  local rec = raw and decode(raw)
   if rec and rec.status == 'running' and rec.token == ARGV[i + PRO.token] then
     local progress = cjson.decode(ARGV[i + PRO.progress])
     progress.at = stamp(now)

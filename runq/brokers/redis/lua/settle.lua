@@ -88,11 +88,11 @@ local records = redis.call('HMGET', Q.tasks, unpack(ids))
 local accepted, saved = {}, {}
 for n, id in ipairs(ids) do
   local i = SET_N * (n - 1) + 1
-  local rec = records[n] and cjson.decode(records[n])
+  local rec = records[n] and decode(records[n])
   if rec and rec.status == 'running' and rec.token == ARGV[i + SET.token] then
     apply(id, rec, i, n)
     saved[#saved + 1] = id
-    saved[#saved + 1] = cjson.encode(rec)
+    saved[#saved + 1] = encode(rec)
     accepted[n] = 1
   elseif rec and rec.settled == ARGV[i + SET.token] and live(rec, now) then  -- (past its result_ttl: gone)
     accepted[n] = 2
