@@ -123,7 +123,8 @@ class Worker:
         self.started_at = time.time()
         self._inflight: dict[str, InFlight] = {}
         self._cond = threading.Condition()
-        self._outcomes: queue.Queue[tuple[Outcome, InFlight] | None] = queue.Queue()
+        # SimpleQueue: put and get in C (queue.Queue: ~1.3 µs of Python locking per task, uncontended)
+        self._outcomes: queue.SimpleQueue[tuple[Outcome, InFlight] | None] = queue.SimpleQueue()
         self._stopping = threading.Event()  # no more claims
         self._forced = threading.Event()  # second signal: stop waiting for running tasks
         self._halted = threading.Event()  # all threads end

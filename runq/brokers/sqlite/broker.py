@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
@@ -280,7 +280,7 @@ class SQLiteBroker(Broker):
             else:
                 if slot is not None:
                     tally[slot] = tally.get(slot, 0) + 1
-                taken.append((row, uuid.uuid4().hex))
+                taken.append((row, os.urandom(16).hex()))  # a fencing token (uuid4().hex cost ~4x)
         db.executemany(
             "UPDATE runq_tasks SET status = 'running', attempts = attempts + 1, token = ?,"
             " lease_until = ?, worker = ?, started_at = ? WHERE seq = ?",
@@ -386,10 +386,13 @@ class SQLiteBroker(Broker):
 
     def settle(self, outcomes: Sequence[Outcome]) -> list[bool]:
         accepted: list[bool] = []
+        counts: Counter[str] = Counter()  # written once per batch, not once per outcome
         with self._write() as db:
             now = self.clock()
             freed: flow.Freed = {}
             flow.seats_of(db, [outcome.id for outcome in outcomes], freed)  # one read per batch
+            # Only these can have children to release (no settle adds a dependency): one read per batch.
+            parents = flow.parents_among(db, [o.id for o in outcomes if o.kind in ("succeeded", "failed")])
             for outcome in outcomes:
                 sql, params, counter = self._settle_statement(outcome, now)
                 # The token stays (no longer 'running', it fences nothing): a repeat of this outcome is recognised.
@@ -406,12 +409,14 @@ class SQLiteBroker(Broker):
                     rule = outcome.breaker
                     flow.breaker(db, rule.name, event, rule.failures, rule.seconds, now, outcome.token)
                 if ok and counter:
-                    self._count(db, counter, 1)
-                if ok and outcome.kind in ("succeeded", "failed"):
+                    counts[counter] += 1
+                if ok and outcome.id in parents:
                     error = None if outcome.kind == "succeeded" else dependency_error(outcome.id, "failed")
-                    self._count(db, "cancelled", flow.release_children(db, outcome.id, error, now))
+                    counts["cancelled"] += flow.release_children(db, outcome.id, error, now)
             if freed:
                 flow.release(db, freed, now)
+            for name, amount in sorted(counts.items()):
+                self._count(db, name, amount)
         return accepted
 
     @staticmethod

@@ -219,7 +219,10 @@ def release(db: sqlite3.Connection, freed: Freed, now: float) -> None:
 def seats_of(db: sqlite3.Connection, ids: list[str], freed: Freed) -> None:
     """The slots of tasks about to leave their seats (``ids`` pending or running now). By id
     only (the ``+`` keeps SQLite off the status index, which would scan every pending task
-    of the table once per settle batch: measured, 35 -> 120 µs of worker CPU per task)."""
+    of the table once per settle batch: measured, 35 -> 120 µs of worker CPU per task).
+    Nothing to read when no task holds a seat (one probe of ``runq_seats``): the usual case."""
+    if not ids or not any_seated(db):
+        return
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         rows = db.execute(
@@ -229,6 +232,30 @@ def seats_of(db: sqlite3.Connection, ids: list[str], freed: Freed) -> None:
         )
         for row in rows:
             freed[(row["queue"], row["slot"])] = row["concurrency"] or 1
+
+
+def any_seated(db: sqlite3.Connection) -> bool:
+    """Whether any task holds a seat of a concurrency slot: the first entry of ``runq_seats``
+    (named: SQLite would rather walk ``runq_by_status`` through every pending task)."""
+    row = db.execute(
+        "SELECT 1 FROM runq_tasks INDEXED BY runq_seats WHERE slot IS NOT NULL AND status IN ('pending', 'running')"
+        " LIMIT 1"
+    ).fetchone()
+    return row is not None
+
+
+def parents_among(db: sqlite3.Connection, ids: list[str]) -> set[str]:
+    """Which of ``ids`` have waiting children: none to look for when no task waits on any."""
+    if not ids or db.execute("SELECT 1 FROM runq_deps LIMIT 1").fetchone() is None:
+        return set()
+    found: set[str] = set()
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        found.update(
+            row[0] for row in db.execute(f"SELECT DISTINCT parent FROM runq_deps WHERE parent IN ({marks})", chunk)
+        )
+    return found
 
 
 def debounce(db: sqlite3.Connection, holder: str, message: Message, key_ttl: float, now: float, freed: Freed) -> bool:

@@ -139,14 +139,16 @@ class Pool(ABC):
                 del self._queued[job.id]
         return jobs
 
-    def _next_job(self) -> Job | None:
-        """The oldest queued job, once it may start (:meth:`_may_start`; it is then open);
-        blocking; ``None`` once the pool is closed."""
+    def _next_job(self, opened: Callable[[Job], None] | None = None) -> Job | None:
+        """The oldest queued job, once it may start (:meth:`_may_start`; it is then open, and
+        ``opened`` is called with it under the same lock); blocking; ``None`` once the pool is closed."""
         with self._lock:
             while not self._closed.is_set():
                 job = next(iter(self._queued.values()), None)
                 if job is not None and self._may_start(job):
                     self._open_run(job)
+                    if opened is not None:
+                        opened(job)
                     return job
                 self._has_jobs.wait()
             return None

@@ -49,11 +49,15 @@ class ThreadPool(Pool):
         threading.Thread(target=self._serve, args=(_Slot(),), name="runq-thread", daemon=True).start()
 
     def _serve(self, slot: _Slot) -> None:
-        while (job := self._next_job()) is not None:
-            context = job.context()
+        contexts: dict[str, TaskContext] = {}
+
+        def opened(job: Job) -> None:  # (the lock held: running from the moment it leaves the queue)
             deadline = time.monotonic() + job.timeout if job.timeout else float("inf")
-            with self._lock:
-                self._running[job.id] = _Running(job, context, slot, deadline)
+            context = contexts[job.id] = job.context()
+            self._running[job.id] = _Running(job, context, slot, deadline)
+
+        while (job := self._next_job(opened)) is not None:
+            context = contexts.pop(job.id)
             ended = run_job(self.app, job, context)
             with self._lock:
                 if slot.abandoned:
