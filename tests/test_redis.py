@@ -259,9 +259,10 @@ def test_result_blocks_on_redis_without_polling(app: runq.App, broker: RedisBrok
     wait_until(lambda: not client.hexists(queue_keys("default").waiters, handle.id))
     after = command_calls(client)
     # One BLPOP, ended by the wake list when the wait gave up; on a loaded machine the shared
-    # driver may start one more round before it sees that (polling would be dozens).
-    assert 1 <= after["blpop"] - before["blpop"] <= 2
-    assert after["fcall"] - before["fcall"] == 2  # watch (pipelined with the BLPOP), unwatch
+    # driver may start one more round before it sees that (polling would be dozens of each).
+    rounds = after.get("blpop", 0) - before.get("blpop", 0)
+    assert 1 <= rounds <= 2
+    assert 2 <= after["fcall"] - before["fcall"] <= 2 * rounds  # per round at most a watch and an unwatch
 
 
 def test_result_wakes_as_soon_as_the_task_is_settled(app: runq.App, broker: RedisBroker) -> None:
