@@ -111,7 +111,7 @@ moments = st.sampled_from(ZONES).flatmap(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(moments, st.sampled_from(CRONS))
 def test_next_after_is_the_first_tick_the_rule_gives(case: tuple[str, int, float], cron: str) -> None:
     zone_name, transition, shift = case
