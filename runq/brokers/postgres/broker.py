@@ -314,6 +314,8 @@ class PostgresBroker(Broker):
         if self._interrupted:
             return
         listener = self._listen()
+        if self._interrupted:  # interrupt() ran before this listener was there to be interrupted
+            return
         names = list(queues)
         mark = listener.work_mark(names)
         s = self.s

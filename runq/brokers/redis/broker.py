@@ -265,14 +265,14 @@ class RedisBroker(Broker):
     @_guarded
     def wait_for_work(self, queues: Sequence[str], timeout: float) -> None:
         """Block on the queues' wake lists until work arrives, the next due time, or ``timeout``."""
+        if self._interrupted:  # its worker is stopping: not even the due-time round trip
+            return
         calls = [Call("due", function_keys("due", queue), ()) for queue in queues]
         due = min((float(d) for d in self.functions.batch(calls) if float(d) >= 0), default=math.inf)
         wait = min(timeout, due, BLOCK_SLICE)
         if wait <= 0.001:
             return
         wake_keys = [queue_keys(queue).wake for queue in queues]
-        if self._interrupted:
-            return
         if not self.cluster:
             client_id = self._blocking_functions.client_id()
             if client_id is not None:
