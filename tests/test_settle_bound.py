@@ -53,7 +53,7 @@ def pool_of(kind: str, ended: queue.Queue[str], **settings: Any) -> Iterator[Poo
         if loop is not None:
             wait_until(lambda: not loop.is_running(), 10)
             loop.close()
-        for child in getattr(pool, "_children", []):
+        for child in list(getattr(pool, "_children", [])):  # a snapshot: serving threads retire theirs
             child.proc.wait(10)
 
 

@@ -253,9 +253,13 @@ class ProcessPool(Pool):
             return set(self._running.values())
 
     def terminate(self) -> None:
+        """Kill every child and reap it: a child left unreaped is a zombie (and, in a test,
+        a ``ResourceWarning``). Pipes stay open: a serving thread may still read them."""
         self._close()
         with self._lock:
             children = list(self._children)
         for proc in children:
             with contextlib.suppress(ProcessLookupError):
                 proc.proc.kill()
+        for proc in children:
+            proc.proc.wait()
