@@ -1,6 +1,7 @@
 """Workflows: chain, group, chord, batch, built on one broker feature, ``after`` (SPEC §2, §3, §11).
 
-A workflow is enqueued whole, in one ``enqueue`` call: later steps are ``waiting`` tasks
+A workflow is enqueued whole, in one ``enqueue`` call (one per keyed step that later steps
+wait for: ``_Plan.enqueue``): later steps are ``waiting`` tasks
 whose ``after`` lists the steps they wait for. The broker releases a waiting task when
 its last parent succeeds and cancels it (with its own dependents) when one fails or is
 cancelled, in the transaction that settles the parent: no coordinator process, no
@@ -340,10 +341,19 @@ class _Plan:
         return self._collect(tail.ids, keep=True) if tail.many else tail
 
     def enqueue(self, tail: _Tail) -> list[str]:
-        """Enqueue every planned message; the ids of ``tail`` as the broker gave them (an
-        idempotency key may answer with an earlier task's id)."""
-        ids = self.app.broker.enqueue(self.kept_for_later_steps(), self.app.settings.key_ttl)
-        self.given = dict(zip((message.id for message in self.messages), ids, strict=True))
+        """Enqueue every planned message; the ids of ``tail`` as the broker gave them.
+
+        An idempotency key may answer with an earlier task's id, and the steps after a keyed
+        step must then wait for that task, not for the planned one, which never exists. Their
+        ``after`` is in the (signed) payload, so the broker cannot repoint it: the plan goes
+        in parts, each ending with a keyed step that a later step waits for, and each later
+        part waits for the ids the broker gave. Without such a step it is one call, all or
+        nothing; with them, each part is."""
+        self.given = {}
+        for part in _parts(self.kept_for_later_steps()):
+            sent = [_repointed(message, self.given) for message in part]
+            ids = self.app.broker.enqueue(sent, self.app.settings.key_ttl)
+            self.given.update(zip((message.id for message in part), ids, strict=True))
         return [self.given[task_id] for task_id in tail.ids]
 
     def kept_for_later_steps(self) -> list[Message]:
@@ -385,6 +395,24 @@ class _Plan:
 
 def _passes(before: _Tail) -> PassResults:
     return "list" if before.many else "first"
+
+
+def _parts(messages: list[Message]) -> list[list[Message]]:
+    """``messages`` cut after each keyed step that a later step waits for (see ``_Plan.enqueue``)."""
+    awaited = {parent for message in messages for parent in message.after}
+    parts: list[list[Message]] = [[]]
+    for message in messages:
+        parts[-1].append(message)
+        if message.key is not None and message.id in awaited:
+            parts.append([])
+    return [part for part in parts if part]
+
+
+def _repointed(message: Message, given: dict[str, str]) -> Message:
+    """``message`` waiting for the tasks the broker gave in place of its planned parents.
+    Duplicates stay: a group of two steps with one key passes that task's result twice."""
+    after = tuple(given.get(parent, parent) for parent in message.after)
+    return message if after == message.after else dataclasses.replace(message, after=after)
 
 
 def parent_results(broker: Broker, message: Message) -> list[Any]:

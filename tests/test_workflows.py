@@ -91,6 +91,22 @@ def test_chord_with_a_failed_member_cancels_the_callback_naming_it(
     assert failed.id in info.error["message"] and info.error["type"] == "DependencyFailed"
 
 
+def test_steps_after_a_keyed_step_follow_the_task_its_key_answered_with(
+    app: runq.App, broker_url: str, start_worker: StartWorker
+) -> None:
+    """A keyed step answered with an earlier task's id: the steps after it wait for that task
+    (they were left waiting for the planned id, which never existed, and were cancelled)."""
+    start_worker(broker_url, *THREADS, "--queues", "default,b")
+    first = runq.chain(s(app, "add", 1, 2, key="k"), s(app, "add", 10, queue="b")).delay()
+    assert first.result(timeout=30) == 13
+    again = runq.chain(s(app, "add", 1, 2, key="k"), s(app, "add", 100, queue="b")).delay()
+    assert again.result(timeout=30) == 103  # on the first chain's keyed step's result
+    twice = runq.chord([s(app, "add", 2, 2, key="g"), s(app, "add", 2, 2, key="g")], s(app, "total")).delay()
+    assert twice.result(timeout=30) == 8  # one task, its result passed for both members
+    keyed = [t for t in app.list(status="succeeded", limit=100) if t.args in ([1, 2], [2, 2])]
+    assert len(keyed) == 2  # each key ran its task once
+
+
 # -- after= ----------------------------------------------------------------------------------------
 
 
