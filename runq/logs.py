@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from typing import Any, NamedTuple
 from urllib.parse import unquote, unquote_plus
 
+from runq.options import visible
+
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -60,8 +62,15 @@ class JSONFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """One line per event. Text from a broker (a task's name or error) may hold an ESC or a
+    newline; it is printed escaped, so it can neither steer a terminal nor forge a line."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = visible(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
@@ -75,7 +84,7 @@ def _pair(name: str, value: Any) -> str:
     if name == "duration" and isinstance(value, float):
         return f"duration={value:.4f}s"
     text = str(value)
-    return f"{name}={json.dumps(text) if (' ' in text or not text) else text}"
+    return f"{name}={json.dumps(text) if (' ' in text or not text or not text.isprintable()) else text}"
 
 
 def configure(level: str = "INFO", fmt: str = "text") -> None:

@@ -1,5 +1,6 @@
 """A URL's password never shows (SPEC §8): one masker (runq.logs.mask_url / scrub) for every URL
-form, used by every broker's errors, the CLI's output and every runq log line."""
+form, used by every broker's errors, the CLI's output and every runq log line; and no text
+from a broker steers a text log line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import subprocess
 import sys
 import time
+import unicodedata
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -150,3 +152,16 @@ def test_cli_on_an_unreachable_postgres_fails_fast_with_one_masked_line(url: str
     assert "cli-s3cret" not in done.stdout + done.stderr and "***" in lines[0]
     assert "error connecting" not in done.stderr
     assert took < 4.0  # (was 5.3 s: the pool's 5 s wait) Python's start-up included
+
+
+@given(name=st.text(min_size=1), error=st.text())
+def test_a_text_log_line_stays_one_printable_line_whatever_the_broker_holds(name: str, error: str) -> None:
+    """A task's name and error come from the broker (anyone who can write to it): an ESC or a
+    newline in them is printed escaped, never obeyed by a terminal or read as a second line."""
+    record = logging.makeLogRecord(
+        {"name": "runq.worker", "levelname": "INFO", "msg": "unknown task %s", "args": (name,)}
+    )
+    record.task = {"task": name, "error": f"Boom: {error}"}
+    line = logs.TextFormatter().format(record)
+    assert len(line.splitlines()) == 1, line
+    assert not [c for c in line if unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp", "Cs")], line
