@@ -38,6 +38,7 @@ class ErrorKind(str, enum.Enum):
     RETRY = "Retry"  # the task raised runq.Retry
     SOFT_TIMEOUT = "SoftTimeout"  # the task reached its soft_timeout and did not catch runq.SoftTimeout
     EXPIRED = "Expired"  # not started before its ``expires`` deadline: ended cancelled (SPEC §9)
+    CANCELLED = "Cancelled"  # cancelled by a call (``cancel``), before or while it ran
 
     def __str__(self) -> str:
         return self.value

@@ -15,6 +15,7 @@ from runq.models import Outcome, queue_of
 PROBE_POLL = 1.0  # longest hold while a half-open breaker's probe runs
 HELD = math.inf  # the ready_at of a task held by its concurrency limit: it waits for a slot, not a time
 EXPIRED = json.dumps({"type": ErrorKind.EXPIRED.value, "message": "expired before it started"})
+CANCELLED = json.dumps({"type": ErrorKind.CANCELLED.value, "message": "cancelled"})  # a cancel() call's
 EXPIRED_VERB = "expired"  # dependents of an expired task: "parent task <id> expired"
 
 

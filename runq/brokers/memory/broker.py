@@ -42,7 +42,7 @@ from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.feed import Feed
 from runq.brokers.memory import flow, follow
 from runq.brokers.memory.tables import Record, Tables
-from runq.brokers.rules import WORKER_LOST, dependency_error
+from runq.brokers.rules import CANCELLED, WORKER_LOST, dependency_error
 from runq.models import (
     COUNTERS,
     FINAL_STATUSES,
@@ -59,7 +59,6 @@ from runq.models import (
 )
 
 T = TypeVar("T")
-CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
 
 
 def memory_options(url: str) -> tuple[float, int | None]:

@@ -39,7 +39,7 @@ from runq.brokers.postgres import flow, follow, inspect, limits, produce
 from runq.brokers.postgres.flow import NOW, Notes
 from runq.brokers.postgres.listen import Listener
 from runq.brokers.postgres.setup import connect_and_migrate, postgres_conninfo, unavailable
-from runq.brokers.rules import WORKER_LOST, dependency_error
+from runq.brokers.rules import CANCELLED, WORKER_LOST, dependency_error
 from runq.errors import BrokerUnavailable
 from runq.models import (
     FINAL_STATUSES,
@@ -63,7 +63,6 @@ CLEANUP_BATCH = 1000
 CLEANUP_ROUND = (20, 0.25)
 NOTIFY_CHUNK = 7000  # bytes of task ids per NOTIFY payload (the limit is 8000)
 POOL_SIZE = 10
-CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
 # The connection a producer lent with PostgresBroker.using(conn), and which broker it is for.
 _LENT: ContextVar[tuple[PostgresBroker, psycopg.Connection[Any]] | None] = ContextVar("runq_pg_lent", default=None)
 

@@ -30,12 +30,13 @@ from redis.utils import HIREDIS_AVAILABLE
 
 from runq.brokers.aio import AsyncBroker, AsyncFeed
 from runq.brokers.redis import connection
-from runq.brokers.redis.broker import CANCELLED, RedisBroker
+from runq.brokers.redis.broker import RedisBroker
 from runq.brokers.redis.connection import UNAVAILABLE, unavailable
 from runq.brokers.redis.events import AsyncEvents
 from runq.brokers.redis.keys import done_key, function_keys
 from runq.brokers.redis.scripts import Call, body, library
 from runq.brokers.redis.waits import BLOCK_SLICE, AsyncWaits, info_of
+from runq.brokers.rules import CANCELLED
 from runq.models import Message, TaskInfo, queue_of
 
 T = TypeVar("T")

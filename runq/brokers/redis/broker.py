@@ -55,7 +55,7 @@ from runq.brokers.redis.keys import (
 from runq.brokers.redis.outbox import Flow
 from runq.brokers.redis.scripts import Call, Functions
 from runq.brokers.redis.waits import BLOCK_SLICE, CLUSTER_SLICE, INTERRUPT_SLICE, ThreadWaits, ceil_ms, info_of
-from runq.brokers.rules import breaker_event
+from runq.brokers.rules import CANCELLED, breaker_event
 from runq.logs import mask_url
 from runq.models import (
     COUNTERS,
@@ -79,7 +79,6 @@ T = TypeVar("T")
 
 STATUSES = tuple(Status)
 BATCH = 200  # tasks promoted, reclaimed or expired per claim, purged per purge call
-CANCELLED = '{"type":"Cancelled","message":"cancelled"}'
 REGISTER_EVERY = 10.0
 
 

@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 from runq.brokers import rules
 from runq.brokers.base import BreakerEvent, Broker
 from runq.brokers.feed import Feed
-from runq.brokers.rules import WORKER_LOST, dependency_error
+from runq.brokers.rules import CANCELLED, WORKER_LOST, dependency_error
 from runq.brokers.sqlite import flow, follow, inspect
 from runq.errors import BrokerUnavailable
 from runq.models import (
@@ -46,7 +46,6 @@ from runq.models import (
 RESULT_POLL = 0.005  # a result wait's longest interval: a waiter is there for that task's end
 CLEANUP_INTERVAL = 1.0
 CLEANUP_BATCH = 1000
-CANCELLED = json.dumps({"type": "Cancelled", "message": "cancelled"})
 _TASK_COLUMNS = (
     "id, queue, name, status, payload, attempts, result, error, worker, enqueued_at, started_at, finished_at, ready_at,"
     " progress"
