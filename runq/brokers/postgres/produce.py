@@ -13,6 +13,17 @@ from runq.brokers.postgres import flow, limits
 from runq.brokers.postgres.flow import NOW, Notes
 from runq.models import Message
 
+_TYPES = ("text", "text", "text", "int", "float8", "text", "text", "float8", "bool")
+_FLOW_TYPES = ("float8", "text", "int")
+_MANY = " FROM unnest({columns}) WITH ORDINALITY"  # one array per column, in order
+_ONE = " FROM (VALUES ({columns}, 1))"
+
+
+def _source(one: bool, flowing: bool) -> str:
+    """The rows to insert: one per message, each with its columns of :data:`_TYPES` and its ``ord``."""
+    types = _TYPES + (_FLOW_TYPES if flowing else ())
+    return (_ONE if one else _MANY).format(columns=", ".join(f"%s::{t}" + ("" if one else "[]") for t in types))
+
 
 def insert(cur: Cursor[Any], s: str, messages: Sequence[Message], key_ttl: float, wake: str | None = None) -> list[Any]:
     """Insert in one statement, in order (``seq`` is the FIFO tie-break); the ids inserted.
@@ -42,20 +53,21 @@ def insert(cur: Cursor[Any], s: str, messages: Sequence[Message], key_ttl: float
         f" ELSE 'pending' END, m.priority, {NOW} + m.delay, m.payload, m.key,"
         f" CASE WHEN m.key IS NULL THEN NULL ELSE {NOW} + %s END, m.result_ttl, {NOW}"
         + (f", {NOW} + m.expires, m.slot, m.concurrency" if flowing else "")
-        + " FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::text[], %s::text[],"
-        " %s::float8[], %s::bool[]" + (", %s::float8[], %s::text[], %s::int[]" if flowing else "") + ")"
-        " WITH ORDINALITY AS m(id, queue, name, priority, delay, payload, key, result_ttl, waiting"
+        + _source(len(messages) == 1, flowing)
+        + " AS m(id, queue, name, priority, delay, payload, key, result_ttl, waiting"
         + (", expires, slot, concurrency" if flowing else "")
         + ", ord) ORDER BY m.ord ON CONFLICT DO NOTHING RETURNING id, queue"
     )
+    one = len(messages) == 1  # one row of plain values: psycopg adapts arrays in Python, slowly
+    params = [column[0] for column in columns] if one else columns
     if wake is None:
-        return cur.execute(statement, (key_ttl, *columns)).fetchall()
+        return cur.execute(statement, (key_ttl, *params)).fetchall()
     cur.execute(
         f"WITH ins AS ({statement}), counted AS (INSERT INTO {s}.counter_deltas (name, value)"
         " SELECT 'enqueued', count(*) FROM ins HAVING count(*) > 0),"
         " woken AS (SELECT pg_notify(%s, q) FROM (SELECT DISTINCT queue AS q FROM ins) AS w)"
         " SELECT (SELECT count(*) FROM woken)",
-        (key_ttl, *columns, wake),
+        (key_ttl, *params, wake),
     )
     return []
 
