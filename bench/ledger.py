@@ -185,7 +185,7 @@ def analyse(
     ids: Iterable[str],
     runs: Mapping[str, list[Run]],
     faults: list[Fault],
-    statuses: Mapping[str, tuple[str, int]],  # id -> (final status, attempts)
+    statuses: Mapping[str, tuple[str, int]] | None,  # id -> (final status, attempts); None: not known
     lease: float,
     anomalies: list[str] | None = None,
 ) -> Analysis:
@@ -201,13 +201,14 @@ def analyse(
     found.unsettled_at_kill = {worker: 0 for worker in kills}
     for task_id in ids:
         task_runs = [run for run in runs.get(task_id, []) if not run.probe]
-        status, attempts = statuses.get(task_id, ("missing", 0))
-        if status != "succeeded":
-            found.not_succeeded.append(f"{task_id}: {status}")
         completed = [run for run in task_runs if run.end is not None]
         if not completed:
             found.lost.append(task_id)
-        found.unstarted_claims += max(0, attempts - len(task_runs))
+        if statuses is not None:  # the long soak's records expired: the caller checks the counters
+            status, attempts = statuses.get(task_id, ("missing", 0))
+            if status != "succeeded":
+                found.not_succeeded.append(f"{task_id}: {status}")
+            found.unstarted_claims += max(0, attempts - len(task_runs))
         for run in task_runs:
             if run.end is None:
                 killed = kills.get(run.worker)
