@@ -32,9 +32,11 @@ seconds the workers' RSS, the broker's size and the tasks enqueued and finished 
 ``--restart-at`` seconds the broker is restarted once (Redis: a graceful SHUTDOWN of the
 append-only private server and a start on the same port; PostgreSQL: every backend of the
 private database terminated, the shared server left up); ``--spare`` workers are never killed
-(one long-lived process shows a leak that replaced ones would hide). Finished records expire
-(``result_ttl``, 600 s) before the end, so the final statuses come from the broker's counters,
-not from each task's record; the ledger still checks every task. The samples, a flatness
+(one long-lived process shows a leak that replaced ones would hide); ``--vacuum-every S``
+(PostgreSQL) runs ``VACUUM (ANALYZE)`` on runq's tables every S seconds, for a server whose
+autovacuum is off (the machine's is: what autovacuum does is then the soak's to do). Finished
+records expire (``result_ttl``, 600 s) before the end, so the final statuses come from the
+broker's counters, not from each task's record; the ledger still checks every task. The samples, a flatness
 verdict per series and the restart go to ``--json``, a plot to ``--plot`` (an SVG)::
 
     python -m bench.soak --broker redis --long --tasks 1000000 --seconds 1800 --fault-every 45 \
@@ -72,7 +74,7 @@ import runq
 from runq.models import DEFAULT_RESULT_TTL
 
 from .ledger import LEDGER_ENV, Fault, analyse, note, peak_overlap, read, refusals
-from .soak_sizes import PostgresStore, RedisStore, Sampler, Store, flatness, plot, series
+from .soak_sizes import PostgresStore, RedisStore, Sampler, Store, Vacuumer, flatness, plot, series
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "soak"
@@ -364,10 +366,14 @@ def soak_once(url: str, args: argparse.Namespace, variant: str, workdir: Path, s
     feeder = threading.Thread(target=enqueue, args=(producer, calls, over, ids, failures))
     sampler = long_sampler(url, args, fleet, ids, server) if args.long else None
     restart: dict[str, Any] = {}
+    vacuum = Vacuumer(url, args.vacuum_every) if args.vacuum_every and args.broker == "postgres" else None
     started = time.time()
     if sampler is not None:
         sampler.started = started
         sampler.start()
+    if vacuum is not None:
+        vacuum.started = started
+        vacuum.start()
     try:
         if not args.upfront:
             feeder.start()
@@ -401,11 +407,15 @@ def soak_once(url: str, args: argparse.Namespace, variant: str, workdir: Path, s
     finally:
         if sampler is not None:
             sampler.stop()
+        if vacuum is not None:
+            vacuum.stop()
         fleet.close()
     statuses: dict[str, tuple[str, int]] | None = {}
     if args.long:  # most records have expired (result_ttl): the counters say how the tasks ended
         statuses = None
         long = {"counters": producer.stats().counters, "enqueue_failures": failures, "restart": restart}
+        if vacuum is not None:
+            long["vacuums"], long["vacuum_errors"] = vacuum.runs, vacuum.errors
     else:
         for task_id in ids:
             info = producer.info(task_id)
@@ -577,6 +587,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--spare", type=int, default=None, help="workers never killed [0; 1 with --long]")
     parser.add_argument("--warm-up", type=float, default=None, help="--long: seconds before sizes must be flat [660]")
     parser.add_argument("--plot", type=Path, default=None, help="--long: draw the samples into this SVG")
+    parser.add_argument("--vacuum-every", type=float, default=0, help="postgres: VACUUM runq's tables [0: never]")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (ledgers, worker logs)")
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.replace(";", " ").split() if v.strip()]
