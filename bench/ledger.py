@@ -175,6 +175,7 @@ class Analysis:
             "unstarted_claims": self.unstarted_claims,
             "kills": self.kills,
             "most_duplicates_from_one_kill": max(self.by_kill.values(), default=0),
+            "duplicates_by_kill": {str(worker): n for worker, n in self.by_kill.items() if n},  # worker pid -> n
             "most_unsettled_at_one_kill": max(self.unsettled_at_kill.values(), default=0),
             "examples": self.examples[:20],
             "anomalies": self.anomalies[:20],

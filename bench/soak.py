@@ -436,6 +436,7 @@ def soak_once(url: str, args: argparse.Namespace, variant: str, workdir: Path, s
     if sampler is not None:
         kill_times = [fault.at - started for fault in fleet.faults if fault.kind == "kill"]
         result.long = {**long, **sized(sampler, args, kill_times, restart)}
+        result.long["killed_pids"] = [fault.worker for fault in fleet.faults if fault.kind == "kill"]
     return result
 
 
