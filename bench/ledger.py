@@ -175,6 +175,7 @@ class Analysis:
             "unstarted_claims": self.unstarted_claims,
             "kills": self.kills,
             "most_duplicates_from_one_kill": max(self.by_kill.values(), default=0),
+            "duplicates_by_kill": {str(worker): n for worker, n in self.by_kill.items() if n},  # worker pid -> n
             "most_unsettled_at_one_kill": max(self.unsettled_at_kill.values(), default=0),
             "examples": self.examples[:20],
             "anomalies": self.anomalies[:20],
@@ -185,7 +186,7 @@ def analyse(
     ids: Iterable[str],
     runs: Mapping[str, list[Run]],
     faults: list[Fault],
-    statuses: Mapping[str, tuple[str, int]],  # id -> (final status, attempts)
+    statuses: Mapping[str, tuple[str, int]] | None,  # id -> (final status, attempts); None: not known
     lease: float,
     anomalies: list[str] | None = None,
 ) -> Analysis:
@@ -201,13 +202,14 @@ def analyse(
     found.unsettled_at_kill = {worker: 0 for worker in kills}
     for task_id in ids:
         task_runs = [run for run in runs.get(task_id, []) if not run.probe]
-        status, attempts = statuses.get(task_id, ("missing", 0))
-        if status != "succeeded":
-            found.not_succeeded.append(f"{task_id}: {status}")
         completed = [run for run in task_runs if run.end is not None]
         if not completed:
             found.lost.append(task_id)
-        found.unstarted_claims += max(0, attempts - len(task_runs))
+        if statuses is not None:  # the long soak's records expired: the caller checks the counters
+            status, attempts = statuses.get(task_id, ("missing", 0))
+            if status != "succeeded":
+                found.not_succeeded.append(f"{task_id}: {status}")
+            found.unstarted_claims += max(0, attempts - len(task_runs))
         for run in task_runs:
             if run.end is None:
                 killed = kills.get(run.worker)

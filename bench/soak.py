@@ -27,6 +27,21 @@ enqueued, then drained; tasks/s
 from the workers' launch to the last completion (total) and between the 10 % and 90 % marks
 (steady).
 
+``--long``: the long soak (issue 23 part 4; :mod:`bench.soak_sizes`): every ``--sample-every``
+seconds the workers' RSS, the broker's size and the tasks enqueued and finished are noted; at
+``--restart-at`` seconds the broker is restarted once (Redis: a graceful SHUTDOWN of the
+append-only private server and a start on the same port; PostgreSQL: every backend of the
+private database terminated, the shared server left up); ``--spare`` workers are never killed
+(one long-lived process shows a leak that replaced ones would hide); ``--vacuum-every S``
+(PostgreSQL) runs ``VACUUM (ANALYZE)`` on runq's tables every S seconds, for a server whose
+autovacuum is off (the machine's is: what autovacuum does is then the soak's to do). Finished
+records expire (``result_ttl``, 600 s) before the end, so the final statuses come from the
+broker's counters, not from each task's record; the ledger still checks every task. The samples, a flatness
+verdict per series and the restart go to ``--json``, a plot to ``--plot`` (an SVG)::
+
+    python -m bench.soak --broker redis --long --tasks 1000000 --seconds 1800 --fault-every 45 \
+        --json soak-long-redis.json --plot docs/soak-redis.svg
+
 ``--variants`` compares worker settings, interleaved run by run: ``default``, ``strict``
 (``--settle-batch 0 --settle-interval 0``) or ``batch=N,interval=S``. Each broker is private
 (a fresh SQLite file, a private redis-server / valkey-server / 3-master cluster, a private
@@ -56,14 +71,17 @@ from pathlib import Path
 from typing import Any
 
 import runq
+from runq.models import DEFAULT_RESULT_TTL
 
 from .ledger import LEDGER_ENV, Fault, analyse, note, peak_overlap, read, refusals
+from .soak_sizes import PostgresStore, RedisStore, Sampler, Store, Vacuumer, flatness, plot, series
 
 ROOT = Path(__file__).resolve().parent.parent
 QUEUE = "soak"
 RETRIES = 1000  # a lost run (WorkerLost) uses an attempt: a task must outlive every kill that takes it
 BROKERS = ("sqlite", "redis", "valkey", "cluster", "postgres")
 ADMIN_URL = os.environ.get("RUNQ_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+MIB = 2**20
 VARIANTS = {"default": (), "strict": ("--settle-batch", "0", "--settle-interval", "0")}
 
 # -- the workers' App: `runq worker bench.soak:app` ------------------------------------------------
@@ -111,24 +129,35 @@ def whole(seconds: float = 0.0, probe: bool = False) -> None:
 # -- brokers -----------------------------------------------------------------------------------
 
 
+@dataclass
+class Private:
+    """A private broker: ``fresh()`` empties it and returns its URL; ``server``, a private
+    redis-server or valkey-server (the long soak restarts it)."""
+
+    fresh: Callable[[], str]
+    server: Any = None
+
+
 @contextmanager
-def brokers(kind: str, directory: Path) -> Iterator[Callable[[], str]]:
-    """A private broker of ``kind`` for this soak; yields a function that empties it and returns its URL."""
+def brokers(kind: str, directory: Path, persist: bool = False) -> Iterator[Private]:
+    """A private broker of ``kind`` for this soak (``persist``: a Redis that keeps its data
+    through a restart, append-only)."""
     sys.path.insert(0, str(ROOT))  # tests.support: the servers the tests use
     if kind == "sqlite":
         count = iter(range(1_000_000))
-        yield lambda: f"sqlite:///{directory / f'soak-{next(count)}.db'}"
+        yield Private(lambda: f"sqlite:///{directory / f'soak-{next(count)}.db'}")
     elif kind in ("redis", "valkey"):
         from tests.support.servers import RedisServer, valkey_binary
 
-        server = RedisServer(directory / kind, binary=valkey_binary() if kind == "valkey" else None)
+        extra = ("--appendonly", "yes", "--appendfsync", "everysec") if persist else ()
+        server = RedisServer(directory / kind, *extra, binary=valkey_binary() if kind == "valkey" else None)
 
         def flushed() -> str:
             server.flush()
             return server.url
 
         try:
-            yield flushed
+            yield Private(flushed, server)
         finally:
             server.kill()
     elif kind == "cluster":
@@ -141,14 +170,14 @@ def brokers(kind: str, directory: Path) -> Iterator[Callable[[], str]]:
             return cluster.url
 
         try:
-            yield flushed_cluster
+            yield Private(flushed_cluster)
         finally:
             cluster.kill()
     elif kind == "postgres":
         from .postgres import private_database
 
         with private_database(ADMIN_URL) as database:
-            yield lambda: f"{database}?schema=soak_{secrets.token_hex(4)}"
+            yield Private(lambda: f"{database}?schema=soak_{secrets.token_hex(4)}")
     else:
         raise SystemExit(f"unknown broker {kind!r}; choose from {', '.join(BROKERS)}")
 
@@ -157,9 +186,10 @@ def brokers(kind: str, directory: Path) -> Iterator[Callable[[], str]]:
 
 
 class Fleet:
-    """``--workers`` real worker processes; a killed one is replaced at once."""
+    """``--workers`` real worker processes; a killed one is replaced at once. The first ``spare``
+    are never faulted."""
 
-    def __init__(self, command: list[str], env: dict[str, str], logs: Path, size: int) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], logs: Path, size: int, spare: int = 0) -> None:
         self.command, self.env, self.logs = command, env, logs
         self.procs: list[subprocess.Popen[bytes]] = []
         self.stopped: dict[int, tuple[float, float]] = {}  # pid -> (stopped at, when to SIGCONT it)
@@ -167,6 +197,7 @@ class Fleet:
         self.pids: set[int] = set()  # every worker that ever ran
         for _ in range(size):
             self.start()
+        self.spared = {proc.pid for proc in self.procs[:spare]}
 
     def start(self) -> None:
         with open(self.logs / f"worker-{len(self.pids)}.log", "ab") as out:
@@ -175,7 +206,7 @@ class Fleet:
         self.pids.add(proc.pid)
 
     def fault(self, rng: random.Random, stop_share: float, stop_seconds: float) -> None:
-        awake = [proc for proc in self.procs if proc.pid not in self.stopped and proc.poll() is None]
+        awake = [p for p in self.procs if p.pid not in self.spared and p.pid not in self.stopped and p.poll() is None]
         if not awake:
             return
         proc = rng.choice(awake)
@@ -227,6 +258,7 @@ class Result:
     stops: int
     analysis: dict[str, Any]
     limit: dict[str, Any] = field(default_factory=dict)
+    long: dict[str, Any] = field(default_factory=dict)  # --long: samples, restart, verdicts, counters
 
     @property
     def per_kill(self) -> float:
@@ -280,25 +312,44 @@ def variant_flags(variant: str) -> tuple[str, ...]:
     return tuple(flags)
 
 
-def enqueue(producer: runq.App, calls: list[runq.Signature], over: float, ids: list[str]) -> None:
-    """Enqueue ``calls`` evenly over ``over`` seconds (at once if 0), in rounds of 0.1 s."""
+def enqueue(
+    producer: runq.App, calls: list[runq.Signature], over: float, ids: list[str], failures: list[str] | None = None
+) -> None:
+    """Enqueue ``calls`` evenly over ``over`` seconds (at once if 0), in rounds of 0.1 s. With
+    ``failures``, a failed enqueue (the broker restarting) is noted there and tried again; a batch
+    that was stored though its reply was lost then runs with ids the soak does not check."""
     started = time.monotonic()
     done = 0
     while done < len(calls):
         due = len(calls) if over <= 0 else min(len(calls), int(len(calls) * (time.monotonic() - started) / over) + 1)
-        for first in range(done, due, 1000):
-            ids.extend(handle.id for handle in producer.enqueue_many(calls[first : min(due, first + 1000)]))
+        first = done
+        while first < due:
+            batch = calls[first : min(due, first + 1000)]
+            try:
+                ids.extend(handle.id for handle in producer.enqueue_many(batch))
+            except Exception as error:
+                if failures is None or len(failures) > 1000:
+                    raise
+                failures.append(f"{time.time():.1f} {type(error).__name__}: {error}"[:300])
+                time.sleep(0.5)
+                continue
+            first += len(batch)
         done = max(done, due)
         if done < len(calls):
             time.sleep(0.1)
 
 
 def remaining(producer: runq.App) -> int:
-    stats = producer.stats().queues.get(QUEUE)
+    """Tasks not finished yet (-1 while the broker does not answer)."""
+    try:
+        stats = producer.stats().queues.get(QUEUE)
+    except Exception:
+        return -1
     return 0 if stats is None else stats.pending + stats.scheduled + stats.running + stats.waiting
 
 
-def soak_once(url: str, args: argparse.Namespace, variant: str, workdir: Path) -> Result:
+def soak_once(url: str, args: argparse.Namespace, variant: str, workdir: Path, server: Any = None) -> Result:
+    """One soak on ``url`` (``server``: its private redis-server, which ``--long`` restarts)."""
     ledger = workdir / "ledger"
     ledger.mkdir(parents=True)
     env = {**environment(url), LEDGER_ENV: str(ledger)}
@@ -309,9 +360,20 @@ def soak_once(url: str, args: argparse.Namespace, variant: str, workdir: Path) -
     if args.upfront:
         enqueue(producer, calls, 0, ids)
     rng = random.Random(args.seed)
-    fleet = Fleet(worker_command(args, variant), env, workdir, args.workers)
-    feeder = threading.Thread(target=enqueue, args=(producer, calls, 0 if args.upfront else args.seconds, ids))
+    fleet = Fleet(worker_command(args, variant), env, workdir, args.workers, args.spare)
+    failures: list[str] | None = [] if args.long else None
+    over = 0 if args.upfront else args.seconds
+    feeder = threading.Thread(target=enqueue, args=(producer, calls, over, ids, failures))
+    sampler = long_sampler(url, args, fleet, ids, server) if args.long else None
+    restart: dict[str, Any] = {}
+    vacuum = Vacuumer(url, args.vacuum_every) if args.vacuum_every and args.broker == "postgres" else None
     started = time.time()
+    if sampler is not None:
+        sampler.started = started
+        sampler.start()
+    if vacuum is not None:
+        vacuum.started = started
+        vacuum.start()
     try:
         if not args.upfront:
             feeder.start()
@@ -319,12 +381,16 @@ def soak_once(url: str, args: argparse.Namespace, variant: str, workdir: Path) -
         next_look = started + 0.5
         while time.time() < started + args.seconds:
             if time.time() >= next_look:  # faults only while there is work: every kill hits a busy fleet
-                next_look = time.time() + 0.5
+                next_look = time.time() + (5.0 if args.long else 0.5)
                 if not feeder.is_alive() and len(ids) == len(calls) and not remaining(producer):
                     break
             if time.time() >= next_fault:
                 fleet.fault(rng, args.stop_share, args.stop_seconds)
                 next_fault = time.time() + rng.uniform(0.5, 1.5) * args.fault_every
+            if sampler is not None and not restart and time.time() >= started + args.restart_at:
+                at = time.time()
+                restart = {"at": at - started, "what": sampler.store.restart(), "took": time.time() - at}
+                print(f"  restart at {restart['at']:.0f} s: {restart['what']} ({restart['took']:.1f} s)", flush=True)
             fleet.wake()
             time.sleep(0.05)
         fleet.wake(everyone=True)
@@ -339,11 +405,21 @@ def soak_once(url: str, args: argparse.Namespace, variant: str, workdir: Path) -
         drained = time.time()
         limit = probe_seats(producer, args, ledger) if args.limited else {}
     finally:
+        if sampler is not None:
+            sampler.stop()
+        if vacuum is not None:
+            vacuum.stop()
         fleet.close()
-    statuses = {}
-    for task_id in ids:
-        info = producer.info(task_id)
-        statuses[task_id] = ("missing", 0) if info is None else (info.status.value, info.attempts)
+    statuses: dict[str, tuple[str, int]] | None = {}
+    if args.long:  # most records have expired (result_ttl): the counters say how the tasks ended
+        statuses = None
+        long = {"counters": producer.stats().counters, "enqueue_failures": failures, "restart": restart}
+        if vacuum is not None:
+            long["vacuums"], long["vacuum_errors"] = vacuum.runs, vacuum.errors
+    else:
+        for task_id in ids:
+            info = producer.info(task_id)
+            statuses[task_id] = ("missing", 0) if info is None else (info.status.value, info.attempts)
     producer.close()
     (workdir / "faults.json").write_text(json.dumps([vars(fault) for fault in fleet.faults]))
     (workdir / "statuses.json").write_text(json.dumps(statuses))
@@ -356,7 +432,68 @@ def soak_once(url: str, args: argparse.Namespace, variant: str, workdir: Path) -
         limit["runs_left_out_frozen"] = skipped
     kills = sum(fault.kind == "kill" for fault in fleet.faults)
     stops = sum(fault.kind == "stop" for fault in fleet.faults)
-    return Result(variant, drained - started, drained - chaos_end, kills, stops, found.to_dict(), limit)
+    result = Result(variant, drained - started, drained - chaos_end, kills, stops, found.to_dict(), limit)
+    if sampler is not None:
+        kill_times = [fault.at - started for fault in fleet.faults if fault.kind == "kill"]
+        result.long = {**long, **sized(sampler, args, kill_times, restart)}
+        result.long["killed_pids"] = [fault.worker for fault in fleet.faults if fault.kind == "kill"]
+    return result
+
+
+def long_sampler(url: str, args: argparse.Namespace, fleet: Fleet, ids: list[str], server: Any) -> Sampler:
+    """The long soak's sampler: the workers' RSS, the broker's size, enqueued and finished tasks."""
+    store: Store
+    if args.broker in ("redis", "valkey"):
+        store = RedisStore(server)
+    elif args.broker == "postgres":
+        store = PostgresStore(url)
+    else:
+        raise SystemExit(f"--long runs on redis, valkey or postgres, not {args.broker}")
+    watcher = runq.App(url)
+
+    def progress() -> tuple[int, int | None]:
+        return len(ids), watcher.stats().counters.get("succeeded", 0)
+
+    return Sampler(
+        args.sample_every, lambda: [proc.pid for proc in list(fleet.procs)], lambda: fleet.spared, store, progress
+    )
+
+
+def sized(sampler: Sampler, args: argparse.Namespace, kills: list[float], restart: dict[str, Any]) -> dict[str, Any]:
+    """The samples, each series' flatness after the warm-up (up to the end of the feed), the plot."""
+    samples = sampler.samples
+    names = ["rss_spared", "rss_others_median"]
+    if args.broker == "postgres":
+        names += ["store.total", "store.heap", "store.indexes", "store.live_rows", "store.dead_rows"]
+        store_lines = [("store.total", "total"), ("store.heap", "heap"), ("store.indexes", "indexes")]
+        store_heading = "PostgreSQL: runq's tables, pg_total_relation_size"
+    else:
+        names += ["store.used_memory", "store.keys"]
+        store_lines = [("store.used_memory", "used_memory")]
+        store_heading = "Redis INFO memory used_memory"
+    verdicts = {name: flatness(series(samples, name), args.warm_up, args.seconds) for name in names}
+    for name, verdict in verdicts.items():
+        print(f"  {name}: {verdict}")
+    if args.plot:
+        title = (
+            f"runq long soak, {args.broker}: {len(samples)} samples, {args.tasks:,} tasks over {args.seconds:.0f} s,"
+            f" {args.workers} workers, {len(kills)} SIGKILLs"
+        )
+        plot(
+            args.plot,
+            title,
+            samples,
+            [
+                ("Worker RSS", [("rss_spared", "spared worker"), ("rss_others_median", "others, median")], MIB, "MiB"),
+                (store_heading, store_lines, MIB, "MiB"),
+                ("Tasks", [("enqueued", "enqueued"), ("finished", "succeeded")], 1000, "thousands"),
+            ],
+            kills,
+            restart.get("at"),
+            args.warm_up,
+        )
+        print(f"  plot: {args.plot}")
+    return {"warm_up": args.warm_up, "verdicts": verdicts, "kill_times": kills, "samples": samples}
 
 
 def probe_seats(producer: runq.App, args: argparse.Namespace, ledger: Path) -> dict[str, Any]:
@@ -445,6 +582,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--drain-timeout", type=float, default=600.0)
     parser.add_argument("--json", type=Path, default=None, help="also write every run's figures here")
+    parser.add_argument("--long", action="store_true", help="sample sizes, restart the broker once (redis, postgres)")
+    parser.add_argument("--sample-every", type=float, default=10.0, help="--long: seconds between samples [10]")
+    parser.add_argument("--restart-at", type=float, default=None, help="--long: seconds in [half of --seconds]")
+    parser.add_argument("--spare", type=int, default=None, help="workers never killed [0; 1 with --long]")
+    parser.add_argument("--warm-up", type=float, default=None, help="--long: seconds before sizes must be flat [660]")
+    parser.add_argument("--plot", type=Path, default=None, help="--long: draw the samples into this SVG")
+    parser.add_argument("--vacuum-every", type=float, default=0, help="postgres: VACUUM runq's tables [0: never]")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (ledgers, worker logs)")
     args = parser.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.replace(";", " ").split() if v.strip()]
@@ -454,6 +598,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         args.task_seconds = 0.01 if args.limited else 0.0
     if args.seed is None:
         args.seed = random.randrange(1 << 30)
+    if args.restart_at is None:
+        args.restart_at = args.seconds / 2 if args.long else float("inf")
+    if args.spare is None:
+        args.spare = 1 if args.long else 0
+    if args.warm_up is None:
+        args.warm_up = DEFAULT_RESULT_TTL + 60  # every finished record kept is one that expires too
     return args
 
 
@@ -463,18 +613,18 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.broker}: seed {args.seed}, work directory {workdir}", flush=True)
     results: dict[str, list[Any]] = {variant: [] for variant in args.variants}
     failed = False
-    with brokers(args.broker, workdir) as fresh:
+    with brokers(args.broker, workdir, persist=args.long) as private:
         for run in range(args.runs):
             for variant in args.variants:
                 where = workdir / f"run{run}-{variant.replace('=', '').replace(',', '-')}"
                 where.mkdir()
                 if args.throughput:
-                    rate = drain_once(fresh(), args, variant, where)
+                    rate = drain_once(private.fresh(), args, variant, where)
                     results[variant].append(rate)
                     print(f"run {run + 1} {variant}: total {rate['total']:,.0f}/s, steady {rate['steady']:,.0f}/s")
                     continue
                 args.seed += 1
-                result = soak_once(fresh(), args, variant, where)
+                result = soak_once(private.fresh(), args, variant, where, private.server)
                 results[variant].append(result)
                 failed |= show(run, result, args)
     summary = summarise(results, args)
@@ -502,6 +652,10 @@ def show(run: int, result: Result, args: argparse.Namespace) -> bool:
         print(f"  ! {line}")
     broke = bool(found["lost"] or found["not_succeeded"] or found["anomalies"])
     broke |= bool(found["causes"].get("settled, yet ran again") or found["causes"].get("unexplained"))
+    if result.long:
+        counters = result.long["counters"]
+        print(f"  counters {counters}; enqueue failures {len(result.long['enqueue_failures'] or [])}")
+        broke |= bool(counters.get("failed")) or counters.get("succeeded", 0) < found["tasks"]
     if result.limit:
         print(f"  limit: {result.limit}")
         broke |= bool(result.limit["keys_over_limit"] or result.limit["keys_with_a_busy_seat"])

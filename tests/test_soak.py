@@ -59,3 +59,34 @@ def test_the_ledger_puts_each_duplicate_down_to_its_cause() -> None:
     keyed = [Run("a", 1, 1, 0.0, 2.0, key="k"), Run("b", 1, 1, 1.0, key="k"), Run("c", 1, 3, 10.0, 11.0, key="k")]
     assert peak_overlap(keyed, [kill]) == ({"k": 2}, 0)  # b ends at its worker's kill, before c starts
     assert peak_overlap([*keyed, Run("d", 1, 2, 25.0, 26.0, key="k")], [kill, stop]) == ({"k": 2}, 1)
+
+
+def test_the_long_soak_gauges_memory_judges_growth_and_draws_it(tmp_path: Path) -> None:
+    """bench/soak_sizes.py, which the long soak's verdicts and plots (docs/soak-*.svg) rest on."""
+    import os
+    import subprocess
+    import sys
+    import xml.etree.ElementTree as ET
+
+    from bench.soak_sizes import descendants, flatness, plot, rss
+
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        assert child.pid in descendants(os.getpid())
+        assert rss(os.getpid()) > rss(child.pid) > 0  # the tree counts the child
+    finally:
+        child.communicate(b"")
+    flat = [(float(t), 100.0 + t % 3) for t in range(100)]
+    growing = [(float(t), 100.0 + t) for t in range(100)]
+    assert flatness(flat, 10, 99)["verdict"] == "flat"
+    grown = flatness(growing, 10, 99)
+    assert grown["verdict"] == "GROWING" and grown["growth_percent"] > 40
+    samples = [{"t": t, "rss_spared": 5e7, "store": {"used_memory": 1e6 + t}} for t in range(0, 70, 10)]
+    samples[3]["store"] = None  # the broker restarting: a gap, not a zero
+    panels = [("RSS", [("rss_spared", "spared")], 1.0, "B"), ("Redis", [("store.used_memory", "used")], 1.0, "B")]
+    plot(tmp_path / "soak.svg", "t", samples, panels, kills=[15.0], restart=30.0, warm_up=20.0)
+    svg = "{http://www.w3.org/2000/svg}"
+    root = ET.parse(tmp_path / "soak.svg").getroot()
+    lines = root.findall(f"{svg}polyline")
+    assert len(lines) == 2 and len(lines[1].attrib["points"].split()) == 6
+    assert any(line.attrib["stroke"] == "red" for line in root.findall(f"{svg}line"))
