@@ -47,6 +47,7 @@ from runq.app import App
 from runq.brokers import DEFAULT_URL, Broker, connect
 from runq.context import TaskContext
 from runq.errors import BrokerUnavailable
+from runq.fastinit import make
 from runq.logs import mask_url
 from runq.models import Claim, Message, Outcome, WorkerInfo
 from runq.observe import Observers, TaskOutcome
@@ -300,17 +301,20 @@ class Worker:
             args = prepared
         if log.isEnabledFor(logging.DEBUG):
             log.debug("started", extra={"task": {"task_id": claim.id, "task": message.name, "worker": self.id}})
-        return Job(
-            claim.id,
-            message.name,
-            claim.queue,
-            claim.attempt,
-            args,
-            message.kwargs,
-            entry.policy.timeout,
-            message.trace,
-            entry.policy.soft_timeout,
-            claim.token,
+        return make(  # every task: without the frozen __init__ (runq/fastinit.py)
+            Job,
+            {
+                "id": claim.id,
+                "name": message.name,
+                "queue": claim.queue,
+                "attempt": claim.attempt,
+                "args": args,
+                "kwargs": message.kwargs,
+                "timeout": entry.policy.timeout,
+                "trace": message.trace,
+                "soft_timeout": entry.policy.soft_timeout,
+                "token": claim.token,
+            },
         )
 
     def _prepare(

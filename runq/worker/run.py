@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from runq.context import TaskContext, _current
 from runq.errors import ErrorKind, Retry, SoftTimeout, error_type, printable, retries_on, safe_str
+from runq.fastinit import make
 from runq.options import unknown_name
 from runq.worker import soft
 from runq.worker.ended import Error, Failed, Finished
@@ -125,7 +126,7 @@ class _Attempt:
         self.started = time.perf_counter()
         self.context = context
         self.observers = app.observers
-        self.pid = os.getpid()
+        self.pid = _pid
         self.progress = reporting(app, job.id, job.token, context)
         self._token = _current.set(context)
         self._end: Finished | Failed | None = None
@@ -149,19 +150,34 @@ class _Attempt:
             self.observers.end(context, self._error)
         duration = time.perf_counter() - self.started
         notes = dict(context.notes) if context.notes else _NO_NOTES
-        if isinstance(end, Finished):
-            return Finished(end.result, duration, notes)
+        if isinstance(end, Finished):  # without the frozen __init__ (runq/fastinit.py)
+            return make(Finished, {"result": end.result, "duration": duration, "notes": notes})
         return Failed(end.error, end.retryable, end.retry_delay, duration, notes)
 
 
 _NO_NOTES: Mapping[str, str] = MappingProxyType({})
+_NULL: tuple[Finished, None] = (Finished("null", 0.0, _NO_NOTES), None)  # what a task returning None ends with
+
+
+_pid = os.getpid()  # this process's id, kept current by the hook below
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+# A run reads the pid twice: a system call each time would hold the GIL through it, on every
+# task, while the other pool threads wait for it (W2 thread pool -4 %/-9 % on a 2-core machine).
+# os.fork() (and whatever forks through it) runs this hook in the child before anything else.
+os.register_at_fork(after_in_child=_forked)
 
 
 def _end_if_forked(pid: int) -> None:
     """A task that forked and whose child returned: that child is a copy of the worker (or of
     a pool child) sharing its pipes and broker connections, and must not report the run as
     well. It exits at once, its buffers unflushed (they are its parent's)."""
-    if os.getpid() != pid:
+    if _pid != pid:
         os._exit(0)
 
 
@@ -185,7 +201,7 @@ def finished(value: Any) -> tuple[Finished | Failed, BaseException | None]:
     """A returned value as its JSON result; a value JSON cannot hold fails the attempt for
     good (with the encoder's error, for on_end)."""
     if value is None:
-        return Finished("null"), None
+        return _NULL
     try:
         text = _JSON.encode(value)
     except Exception as exc:  # TypeError, ValueError (NaN), RecursionError, an int over the digit limit...
