@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
 
-from runq.fastinit import make
+from runq.fastinit import maker
 
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # the rule: runq/options.py's check_queue
 # The range read timestamps are clamped to: a day inside datetime's own, so that showing
@@ -179,9 +179,9 @@ class Message:
             raise ValueError("payload has wrong fields: sealer")
         if "after" in data:
             data["after"] = tuple(data["after"])
-        if "name" in data and _DECODED.issuperset(data):  # every task: made without __init__ (runq/fastinit.py)
+        if cls is Message and "name" in data and _DECODED.issuperset(data):  # every task: runq/fastinit.py
             data["id"], data["queue"] = id, queue
-            message = make(cls, data)
+            message = _make_message(data)
         else:
             try:  # __init__ says what is wrong
                 message = cls(id=id, queue=queue, **data)
@@ -195,6 +195,7 @@ class Message:
 
 
 _DECODED = frozenset(spec.name for spec in fields(Message)) - {"id", "queue", "sealer"}  # a payload's fields
+_make_message = maker(Message)
 _PAYLOAD_DEFAULTS = tuple(
     (spec.name, spec.default_factory() if callable(spec.default_factory) else spec.default)
     for spec in fields(Message)

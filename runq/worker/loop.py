@@ -47,7 +47,7 @@ from runq.app import App
 from runq.brokers import DEFAULT_URL, Broker, connect
 from runq.context import TaskContext
 from runq.errors import BrokerUnavailable
-from runq.fastinit import make
+from runq.fastinit import maker
 from runq.logs import mask_url
 from runq.models import Claim, Message, Outcome, WorkerInfo
 from runq.observe import Observers, TaskOutcome
@@ -75,6 +75,7 @@ SHORT_TASK = 0.005  # seconds: tasks this short on average are claimed further a
 SHORT_PREFETCH = 3  # ...this many per slot, so a round trip moves more of them,
 SHORT_HELD = 64  # ...and at least this many in all (≤ 320 ms of work: no hoarding)
 MAX_BACKOFF = 5.0
+_make_job = maker(Job)
 SETTLE_CALL = 256  # outcomes one settle call may carry, at least (held claims, not runs, may queue beyond the runs)
 
 
@@ -301,8 +302,7 @@ class Worker:
             args = prepared
         if log.isEnabledFor(logging.DEBUG):
             log.debug("started", extra={"task": {"task_id": claim.id, "task": message.name, "worker": self.id}})
-        return make(  # every task: without the frozen __init__ (runq/fastinit.py)
-            Job,
+        return _make_job(  # every task: without the frozen __init__ (runq/fastinit.py)
             {
                 "id": claim.id,
                 "name": message.name,

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from runq.context import TaskContext, _current
 from runq.errors import ErrorKind, Retry, SoftTimeout, error_type, printable, retries_on, safe_str
-from runq.fastinit import make
 from runq.options import unknown_name
 from runq.worker import soft
 from runq.worker.ended import Error, Failed, Finished
@@ -150,8 +149,8 @@ class _Attempt:
             self.observers.end(context, self._error)
         duration = time.perf_counter() - self.started
         notes = dict(context.notes) if context.notes else _NO_NOTES
-        if isinstance(end, Finished):  # without the frozen __init__ (runq/fastinit.py)
-            return make(Finished, {"result": end.result, "duration": duration, "notes": notes})
+        if isinstance(end, Finished):
+            return Finished(end.result, duration, notes)
         return Failed(end.error, end.retryable, end.retry_delay, duration, notes)
 
 
