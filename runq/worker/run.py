@@ -121,6 +121,8 @@ class _Attempt:
     """What surrounds a task's body, the same for the sync and the async edge: the duration,
     ``runq.current()``, progress, run-side middleware, and the fork guard."""
 
+    __slots__ = ("_end", "_error", "_token", "context", "observers", "pid", "progress", "started")
+
     def __init__(self, app: Registry, job: Job, context: TaskContext) -> None:
         self.started = time.perf_counter()
         self.context = context
