@@ -21,6 +21,8 @@ from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Literal, Protocol
 
+from runq.fastinit import maker
+
 QUEUE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")  # the rule: runq/options.py's check_queue
 # The range read timestamps are clamped to: a day inside datetime's own, so that showing
 # one in any local timezone (``astimezone()``) cannot overflow either.
@@ -177,10 +179,14 @@ class Message:
             raise ValueError("payload has wrong fields: sealer")
         if "after" in data:
             data["after"] = tuple(data["after"])
-        try:
-            message = cls(id=id, queue=queue, **data)
-        except TypeError as exc:
-            raise ValueError(f"payload has wrong fields: {exc}") from None
+        if cls is Message and "name" in data and _DECODED.issuperset(data):  # every task: runq/fastinit.py
+            data["id"], data["queue"] = id, queue
+            message = _make_message(data)
+        else:
+            try:  # __init__ says what is wrong
+                message = cls(id=id, queue=queue, **data)
+            except TypeError as exc:
+                raise ValueError(f"payload has wrong fields: {exc}") from None
         if not isinstance(message.name, str) or not isinstance(message.args, list):
             raise ValueError("payload has a bad name or args")
         if not isinstance(message.kwargs, dict):
@@ -188,6 +194,8 @@ class Message:
         return message
 
 
+_DECODED = frozenset(spec.name for spec in fields(Message)) - {"id", "queue", "sealer"}  # a payload's fields
+_make_message = maker(Message)
 _PAYLOAD_DEFAULTS = tuple(
     (spec.name, spec.default_factory() if callable(spec.default_factory) else spec.default)
     for spec in fields(Message)

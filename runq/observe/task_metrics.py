@@ -78,14 +78,17 @@ class TaskMetrics(Middleware):
     def record(self, queue: str, task: str | None, outcome: str, run: float | None, wait: float | None) -> None:
         """Count one settled attempt; ``run``/``wait`` in seconds when known (else not observed)."""
         names = _names(task if task is not None and self._known(task) else OTHER_TASK)
-        with self._lock:
+        with self._lock:  # (the two histograms written out: this runs for every settled attempt)
             series = self._deltas[queue]
             series[names.outcomes[outcome]] += 1
-            for histogram, value in (("run", run), ("wait", wait)):
-                if value is not None:
-                    value = max(0.0, value)
-                    series[names.buckets[histogram][bisect.bisect_left(BUCKETS, value)]] += 1
-                    series[names.sums[histogram]] += value
+            if run is not None:
+                run = max(0.0, run)
+                series[names.buckets["run"][bisect.bisect_left(BUCKETS, run)]] += 1
+                series[names.sums["run"]] += run
+            if wait is not None:
+                wait = max(0.0, wait)
+                series[names.buckets["wait"][bisect.bisect_left(BUCKETS, wait)]] += 1
+                series[names.sums["wait"]] += wait
 
     def on_finish(self, task: TaskContext, outcome: TaskOutcome) -> None:
         self.record(task.queue, task.name, _SERIES[outcome.status], outcome.duration, outcome.wait)

@@ -47,6 +47,7 @@ from runq.app import App
 from runq.brokers import DEFAULT_URL, Broker, connect
 from runq.context import TaskContext
 from runq.errors import BrokerUnavailable
+from runq.fastinit import maker
 from runq.logs import mask_url
 from runq.models import Claim, Message, Outcome, WorkerInfo
 from runq.observe import Observers, TaskOutcome
@@ -74,6 +75,7 @@ SHORT_TASK = 0.005  # seconds: tasks this short on average are claimed further a
 SHORT_PREFETCH = 3  # ...this many per slot, so a round trip moves more of them,
 SHORT_HELD = 64  # ...and at least this many in all (≤ 320 ms of work: no hoarding)
 MAX_BACKOFF = 5.0
+_make_job = maker(Job)
 SETTLE_CALL = 256  # outcomes one settle call may carry, at least (held claims, not runs, may queue beyond the runs)
 
 
@@ -300,17 +302,19 @@ class Worker:
             args = prepared
         if log.isEnabledFor(logging.DEBUG):
             log.debug("started", extra={"task": {"task_id": claim.id, "task": message.name, "worker": self.id}})
-        return Job(
-            claim.id,
-            message.name,
-            claim.queue,
-            claim.attempt,
-            args,
-            message.kwargs,
-            entry.policy.timeout,
-            message.trace,
-            entry.policy.soft_timeout,
-            claim.token,
+        return _make_job(  # every task: without the frozen __init__ (runq/fastinit.py)
+            {
+                "id": claim.id,
+                "name": message.name,
+                "queue": claim.queue,
+                "attempt": claim.attempt,
+                "args": args,
+                "kwargs": message.kwargs,
+                "timeout": entry.policy.timeout,
+                "trace": message.trace,
+                "soft_timeout": entry.policy.soft_timeout,
+                "token": claim.token,
+            },
         )
 
     def _prepare(

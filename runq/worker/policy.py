@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from runq.errors import ErrorKind, retries_on
+from runq.fastinit import maker
 from runq.models import DEFAULT_RESULT_TTL, BreakerRule, Claim, Message, Outcome
 from runq.observe.middleware import FinishStatus, TaskOutcome
 from runq.worker.ended import Crashed, Error, Failed, Finished, HandedBack, Held, Refused, Settled, TimedOut
@@ -66,10 +67,15 @@ class Policy:
                 value = getattr(task.defaults, name)
             if value is not None:
                 values[name] = value
-        return cls(**values)
+        return _make_policy(values) if cls is Policy else cls(**values)  # every task: runq/fastinit.py
 
     def delay(self, retry: int) -> float:
         return backoff_delay(retry, self.backoff, self.backoff_max, self.jitter)
+
+
+_make_policy = maker(Policy)
+_make_outcome = maker(Outcome)
+_make_task_outcome = maker(TaskOutcome)
 
 
 def backoff_delay(retry: int, backoff: float, backoff_max: float, jitter: bool) -> float:
@@ -82,15 +88,17 @@ def backoff_delay(retry: int, backoff: float, backoff_max: float, jitter: bool) 
 def decide(claim: Claim, policy: Policy, ended: Settled) -> Outcome:
     """The outcome to settle for ``claim``, however it ended. A run's end (never a claim that
     did not run) carries the task's breaker, which the broker drives in the same settle."""
-    if isinstance(ended, Finished):
-        return Outcome(
-            claim.id,
-            claim.token,
-            "succeeded",
-            result=ended.result,
-            result_ttl=policy.result_ttl,
-            runtime=ended.duration,
-            breaker=policy.breaker,
+    if isinstance(ended, Finished):  # the common end: made without the frozen __init__ (runq/fastinit.py)
+        return _make_outcome(
+            {
+                "id": claim.id,
+                "token": claim.token,
+                "kind": "succeeded",
+                "result": ended.result,
+                "result_ttl": policy.result_ttl,
+                "runtime": ended.duration,
+                "breaker": policy.breaker,
+            },
         )
     if isinstance(ended, Held):
         return Outcome(claim.id, claim.token, "release", delay=ended.delay, uncount=True)
@@ -147,11 +155,13 @@ _FINISHED: dict[str, FinishStatus] = {"succeeded": "succeeded", "retry": "retryi
 
 def task_outcome(outcome: Outcome, wait: float | None) -> TaskOutcome:
     """A settled outcome (not a release) as middleware sees it."""
-    return TaskOutcome(
-        _FINISHED[outcome.kind],
-        result_json=outcome.result,
-        error=outcome.error,
-        duration=outcome.runtime,
-        wait=wait,
-        retry_in=outcome.delay if outcome.kind == "retry" else None,
+    return _make_task_outcome(  # every settled task: without the frozen __init__ (runq/fastinit.py)
+        {
+            "status": _FINISHED[outcome.kind],
+            "result_json": outcome.result,
+            "error": outcome.error,
+            "duration": outcome.runtime,
+            "wait": wait,
+            "retry_in": outcome.delay if outcome.kind == "retry" else None,
+        },
     )

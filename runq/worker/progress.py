@@ -154,6 +154,8 @@ class RunProgress:
     """One run's end of the writer: what its ``runq.current().progress()`` calls, and the flush
     at its end. The writer is found on the first report only."""
 
+    __slots__ = ("_writer", "app", "task_id", "token")
+
     def __init__(self, app: Connected, task_id: str, token: str) -> None:
         self.app, self.task_id, self.token = app, task_id, token
         self._writer: ProgressWriter | None = None
