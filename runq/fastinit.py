@@ -15,19 +15,24 @@ Only for dataclasses whose ``__init__`` does nothing but assign its fields: no
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import MISSING, fields, is_dataclass
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar, cast
 
+P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def maker(cls: type[T]) -> Callable[[Mapping[str, Any]], T]:
-    """A function that does ``cls(**values)`` without ``__init__``. ``values`` must name fields
-    of ``cls`` only, and every field without a default: the callers pass literal keys, or keys
-    checked first (:meth:`runq.models.Message.decode` sends any other payload to ``__init__``)."""
-    if not is_dataclass(cls) or hasattr(cls, "__post_init__") or hasattr(cls, "__slots__"):
-        raise TypeError(f"maker() cannot make {cls.__name__}: its __init__ does more than assign fields")
+def maker(cls: Callable[P, T]) -> Callable[P, T]:
+    """A function that does ``cls(**fields)`` without ``__init__``, typed as ``cls`` itself, so
+    the type checker holds each call to the fields' names and types as it would a constructor's.
+    Keywords only. At run time a name that is not a field is not caught: callers pass literal
+    keywords, or names checked first (:meth:`runq.models.Message.decode` sends any other payload
+    to ``__init__``)."""
+    if not isinstance(cls, type) or not is_dataclass(cls) or hasattr(cls, "__post_init__") or hasattr(cls, "__slots__"):
+        raise TypeError(
+            f"maker() cannot make {getattr(cls, '__name__', cls)}: its __init__ does more than assign fields"
+        )
     plain: dict[str, Any] = {}
     factories: list[tuple[str, Callable[[], Any]]] = []
     for spec in fields(cls):
@@ -38,26 +43,27 @@ def maker(cls: type[T]) -> Callable[[Mapping[str, Any]], T]:
         elif spec.default_factory is not MISSING:
             factories.append((spec.name, spec.default_factory))
     new = object.__new__
+    kind = cls
 
-    if not factories:
+    def make(*args: P.args, **values: P.kwargs) -> T:
+        if args:
+            raise TypeError(f"{kind.__name__} made without __init__ takes keywords only")
+        made: Any = new(kind)
+        state = made.__dict__
+        state.update(plain)
+        state.update(values)
+        return cast(T, made)
 
-        def make(values: Mapping[str, Any]) -> T:
-            made = new(cls)
-            state = made.__dict__
-            state.update(plain)
-            state.update(values)
-            return made
-
-        return make
-
-    def make_with_factories(values: Mapping[str, Any]) -> T:
-        made = new(cls)
+    def make_with_factories(*args: P.args, **values: P.kwargs) -> T:
+        if args:
+            raise TypeError(f"{kind.__name__} made without __init__ takes keywords only")
+        made: Any = new(kind)
         state = made.__dict__
         state.update(plain)
         for name, factory in factories:
             if name not in values:
                 state[name] = factory()
         state.update(values)
-        return made
+        return cast(T, made)
 
-    return make_with_factories
+    return make_with_factories if factories else make

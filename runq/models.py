@@ -181,7 +181,7 @@ class Message:
             data["after"] = tuple(data["after"])
         if cls is Message and "name" in data and _DECODED.issuperset(data):  # every task: runq/fastinit.py
             data["id"], data["queue"] = id, queue
-            message = _make_message(data)
+            message = _make_message(**data)
         else:
             try:  # __init__ says what is wrong
                 message = cls(id=id, queue=queue, **data)

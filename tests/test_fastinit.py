@@ -22,10 +22,12 @@ class _Sample:
 
 def test_made_equals_init_made_and_stays_frozen() -> None:
     make = maker(_Sample)
-    made, built = make({"a": 1}), _Sample(1)
+    made, built = make(a=1), _Sample(1)
     assert made == built and repr(made) == repr(built) and hash(made.c) == hash(built.c)
-    assert make({"a": 1}).b is not made.b  # a default factory runs per value
-    assert make({"a": 2, "b": [3], "c": "x"}) == _Sample(2, [3], "x")
+    assert make(a=1).b is not made.b  # a default factory runs per value
+    assert make(a=2, b=[3], c="x") == _Sample(2, [3], "x")
+    with pytest.raises(TypeError, match="keywords only"):
+        make(1)
     with pytest.raises(dataclasses.FrozenInstanceError):
         made.a = 2  # type: ignore[misc]
     assert dataclasses.replace(made, c="y") == _Sample(1, [], "y")

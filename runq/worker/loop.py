@@ -303,18 +303,16 @@ class Worker:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("started", extra={"task": {"task_id": claim.id, "task": message.name, "worker": self.id}})
         return _make_job(  # every task: without the frozen __init__ (runq/fastinit.py)
-            {
-                "id": claim.id,
-                "name": message.name,
-                "queue": claim.queue,
-                "attempt": claim.attempt,
-                "args": args,
-                "kwargs": message.kwargs,
-                "timeout": entry.policy.timeout,
-                "trace": message.trace,
-                "soft_timeout": entry.policy.soft_timeout,
-                "token": claim.token,
-            },
+            id=claim.id,
+            name=message.name,
+            queue=claim.queue,
+            attempt=claim.attempt,
+            args=args,
+            kwargs=message.kwargs,
+            timeout=entry.policy.timeout,
+            trace=message.trace,
+            soft_timeout=entry.policy.soft_timeout,
+            token=claim.token,
         )
 
     def _prepare(

@@ -67,7 +67,7 @@ class Policy:
                 value = getattr(task.defaults, name)
             if value is not None:
                 values[name] = value
-        return _make_policy(values) if cls is Policy else cls(**values)  # every task: runq/fastinit.py
+        return _make_policy(**values) if cls is Policy else cls(**values)  # every task: runq/fastinit.py
 
     def delay(self, retry: int) -> float:
         return backoff_delay(retry, self.backoff, self.backoff_max, self.jitter)
@@ -90,15 +90,13 @@ def decide(claim: Claim, policy: Policy, ended: Settled) -> Outcome:
     did not run) carries the task's breaker, which the broker drives in the same settle."""
     if isinstance(ended, Finished):  # the common end: made without the frozen __init__ (runq/fastinit.py)
         return _make_outcome(
-            {
-                "id": claim.id,
-                "token": claim.token,
-                "kind": "succeeded",
-                "result": ended.result,
-                "result_ttl": policy.result_ttl,
-                "runtime": ended.duration,
-                "breaker": policy.breaker,
-            },
+            id=claim.id,
+            token=claim.token,
+            kind="succeeded",
+            result=ended.result,
+            result_ttl=policy.result_ttl,
+            runtime=ended.duration,
+            breaker=policy.breaker,
         )
     if isinstance(ended, Held):
         return Outcome(claim.id, claim.token, "release", delay=ended.delay, uncount=True)
@@ -156,12 +154,10 @@ _FINISHED: dict[str, FinishStatus] = {"succeeded": "succeeded", "retry": "retryi
 def task_outcome(outcome: Outcome, wait: float | None) -> TaskOutcome:
     """A settled outcome (not a release) as middleware sees it."""
     return _make_task_outcome(  # every settled task: without the frozen __init__ (runq/fastinit.py)
-        {
-            "status": _FINISHED[outcome.kind],
-            "result_json": outcome.result,
-            "error": outcome.error,
-            "duration": outcome.runtime,
-            "wait": wait,
-            "retry_in": outcome.delay if outcome.kind == "retry" else None,
-        },
+        status=_FINISHED[outcome.kind],
+        result_json=outcome.result,
+        error=outcome.error,
+        duration=outcome.runtime,
+        wait=wait,
+        retry_in=outcome.delay if outcome.kind == "retry" else None,
     )
