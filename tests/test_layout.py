@@ -15,7 +15,16 @@ PACKAGE = Path(__file__).resolve().parent.parent / "runq"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     (
         "ground floor",
-        ("runq.models", "runq.errors", "runq.context", "runq.options", "runq.logs", "runq.settings", "runq.signing"),
+        (
+            "runq.models",
+            "runq.errors",
+            "runq.context",
+            "runq.options",
+            "runq.logs",
+            "runq.settings",
+            "runq.signing",
+            "runq.fastinit",
+        ),
     ),
     ("the middleware seam", ("runq.observe.middleware",)),
     ("brokers", ("runq.brokers",)),
