@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import compileall
 import importlib
 import os
 import time
@@ -172,4 +173,10 @@ def count_steps(libraries: list[str], workloads: list[str], runs: int) -> int:
 
 
 def environment_ready() -> None:
+    """Run from the checkout, with runq's bytecode written: the peers come from wheels, which pip
+    compiles on install, while runq is usually an editable checkout. Under PYTHONDONTWRITEBYTECODE
+    every runq process would compile its source at start-up (~40 ms per worker), a cost no
+    installed runq pays."""
     os.chdir(ROOT)  # worker commands import bench.peers.* from here
+    compileall.compile_dir(ROOT / "runq", quiet=1)
+    compileall.compile_dir(ROOT / "bench", quiet=1)

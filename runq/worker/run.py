@@ -170,8 +170,9 @@ def _forked() -> None:
 
 # A run reads the pid twice. os.getpid() is a system call, made with the GIL held: the two cost
 # ~0.6 µs per task (a run's own path without them: ~4.7 µs), and each is a point where the thread
-# holding the GIL may be switched out. os.fork() (and whatever forks through it) runs this hook in
-# the child before anything else.
+# holding the GIL may be switched out. os.fork() runs this hook in the child before anything
+# else, and so does PyOS_AfterFork_Child(), which C code that forks and goes on running Python in
+# the child must call (it also remakes the GIL's state): no fork that returns to a task misses it.
 os.register_at_fork(after_in_child=_forked)
 
 
