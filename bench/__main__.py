@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .harness import WORKLOADS, Harness, Row, Sizes, count_steps, environment_ready
+from .harness import WORKLOADS, Harness, Row, Sizes, count_steps, environment_ready, interleaved
 from .peers import NAMES
 from .redis_server import RedisServer
 from .report import machine, render
@@ -80,12 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                     progress.update(bar, description=text)
 
                 harness = Harness(server.url, args.sizes, logs, step)
-                for name in args.libs:
-                    try:
-                        rows += harness.run_library(name, args.workloads, args.runs)
-                    except Exception as exc:  # an adapter that cannot even start
-                        failed[name] = f"{type(exc).__name__}: {exc}"
-                        console.print(f"[red]{name} could not run: {failed[name]}")
+                rows = interleaved(harness, args.libs, args.workloads, args.runs, failed)
+                for name, error in failed.items():
+                    console.print(f"[red]{name} could not run: {error}")
                 progress.advance(bar)
             info = machine(server.version(), started)
         finally:

@@ -172,6 +172,29 @@ def count_steps(libraries: list[str], workloads: list[str], runs: int) -> int:
     return total
 
 
+def interleaved(
+    harness: Harness, libs: list[str], workloads: list[str], runs: int, failed: dict[str, str]
+) -> list[Row]:
+    """Run after run, each library in turn (the order reversed every other run), so that a load
+    that drifts on a shared machine weighs on every library alike; one row per library variant.
+    A library that cannot even start is put in ``failed`` and skipped from then on."""
+    rows: dict[tuple[str, str], Row] = {}
+    for run in range(runs):
+        for name in libs if run % 2 == 0 else libs[::-1]:
+            if name in failed:
+                continue
+            try:
+                for row in harness.run_library(name, workloads, 1):
+                    kept = rows.setdefault((name, row.variant.name), row)
+                    if kept is not row:
+                        for metric, values in row.samples.items():
+                            kept.samples[metric] += values
+                        kept.errors += row.errors
+            except Exception as exc:  # an adapter that cannot even start
+                failed[name] = f"{type(exc).__name__}: {exc}"
+    return sorted(rows.values(), key=lambda row: libs.index(row.library))
+
+
 def environment_ready() -> None:
     """Run from the checkout, with runq's bytecode written: the peers come from wheels, which pip
     compiles on install, while runq is usually an editable checkout. Under PYTHONDONTWRITEBYTECODE

@@ -28,7 +28,7 @@ from typing import Any
 
 import psycopg
 
-from .harness import Harness, Row, Sizes, environment_ready
+from .harness import Harness, Row, Sizes, environment_ready, interleaved
 from .peers.pg import ENV
 from .redis_server import RedisServer
 from .report import COLUMNS, best_peer, cell, fmt, machine, problems, settings
@@ -92,11 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.mkdir()
         try:
             harness = Harness(server.url, args.sizes, logs, lambda text: print(text, file=sys.stderr, flush=True))
-            for name in args.libs:
-                try:
-                    rows += harness.run_library(name, args.workloads, args.runs)
-                except Exception as exc:  # an adapter that cannot even start
-                    failed[name] = f"{type(exc).__name__}: {exc}"
+            rows = interleaved(harness, args.libs, args.workloads, args.runs, failed)
             with psycopg.connect(url) as conn:
                 pg_version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
             info = machine(server.version(), started)
@@ -123,7 +119,8 @@ def render(rows: list[Row], failed: dict[str, str], info: dict[str, Any], args: 
         "",
         f"Run on {info['date']} with `python -m bench.postgres --runs {args.runs} --tasks {s.tasks}` "
         f"({info['minutes']:.0f} min), PostgreSQL {pg}, all three on the same server, in one private database. "
-        f"Each cell: **median of {args.runs} runs (min-max)**; throughputs in tasks/s, latencies in ms. "
+        f"Each cell: **median of {args.runs} runs (min-max)**, the runs interleaved (runq, Procrastinate, PgQueuer, "
+        "then the reverse order, …); throughputs in tasks/s, latencies in ms. "
         "Workloads as in [README.md](README.md): W1 enqueue ({:,} tasks; bulk {:,} per call), W2 drain of {:,} "
         "pre-enqueued no-op tasks by 2 worker processes (start-up included), W3 {} sequential round trips, "
         "W4 {:,} tasks sleeping 10 ms on 2 processes with 50-way concurrency.".format(

@@ -89,7 +89,8 @@ def render(rows: list[Row], failed: dict[str, str], info: dict[str, Any], args: 
         "# runq and its peers, side by side",
         "",
         f"Run on {info['date']} with `python -m bench --runs {args.runs}` "
-        f"({info['minutes']:.0f} min). Each cell: **median of {args.runs} runs (min-max)**; "
+        f"({info['minutes']:.0f} min). Each cell: **median of {args.runs} runs (min-max)**, the runs interleaved "
+        "(every library's first run, then every library's second in the reverse order, …); "
         "throughputs in tasks/s, latencies in ms. How each workload is measured: [README.md](README.md).",
         "",
     ]

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .harness import Harness, Row, Sizes, environment_ready
+from .harness import Harness, Row, Sizes, environment_ready, interleaved
 from .peers.sqlite_dir import ENV
 from .redis_server import RedisServer
 from .report import COLUMNS, best_peer, cell, fmt, machine, problems
@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         logs = Path(tmp) / "logs"
         logs.mkdir()
         try:
-            rows = interleaved(Harness(server.url, args.sizes, logs, progress), args, failed)
+            harness = Harness(server.url, args.sizes, logs, progress)
+            rows = interleaved(harness, args.libs, args.workloads, args.runs, failed)
             info = machine(server.version(), started)
         finally:
             server.kill()
@@ -94,27 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(text)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0
-
-
-def interleaved(harness: Harness, args: argparse.Namespace, failed: dict[str, str]) -> list[Row]:
-    """Run after run, each library in turn (the order reversed every other run), so that a load
-    that drifts on a shared machine weighs on both alike; one row per library variant."""
-    rows: dict[tuple[str, str], Row] = {}
-    for run in range(args.runs):
-        for name in args.libs if run % 2 == 0 else args.libs[::-1]:
-            if name in failed:
-                continue
-            print(f"run {run + 1} of {args.runs}: {name}", file=sys.stderr, flush=True)
-            try:
-                for row in harness.run_library(name, args.workloads, 1):
-                    kept = rows.setdefault((name, row.variant.name), row)
-                    if kept is not row:
-                        for metric, values in row.samples.items():
-                            kept.samples[metric] += values
-                        kept.errors += row.errors
-            except Exception as exc:  # an adapter that cannot even start
-                failed[name] = f"{type(exc).__name__}: {exc}"
-    return sorted(rows.values(), key=lambda row: args.libs.index(row.library))
 
 
 def progress(text: str) -> None:
