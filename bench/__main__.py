@@ -17,7 +17,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from .harness import WORKLOADS, Harness, Row, Sizes, count_steps, environment_ready, interleaved
+from .harness import WORKLOADS, Harness, Sizes, count_steps, environment_ready, interleaved
 from .peers import NAMES
 from .redis_server import RedisServer
 from .report import machine, render
@@ -64,7 +64,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["BENCH_REDIS_URL"] = server.url  # the adapters configure their apps from it at import
         logs = Path(tmp) / "logs"
         logs.mkdir()
-        rows: list[Row] = []
         failed: dict[str, str] = {}
         try:
             total = count_steps(args.libs, args.workloads, args.runs)

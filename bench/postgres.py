@@ -82,7 +82,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _exit)  # so that the private database is dropped on `kill`
     environment_ready()
     started = time.time()
-    rows: list[Row] = []
     failed: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="runq-bench-pg-") as tmp, private_database(ADMIN_URL) as url:
         server = RedisServer(Path(tmp))  # only for the completion counter, as in python -m bench
